@@ -1,0 +1,274 @@
+"""The small protocol every broker adapter implements.
+
+An adapter maps txmq's vocabulary (topics, groups, retry stages, dead-letter queues) onto one
+broker. Everything above this module (producer, relay, consumer) talks to brokers only
+through these classes, which is what lets an application switch brokers by URL.
+
+Threading: an :class:`Adapter` holds settings and is safe to share. Each
+:class:`Publisher` and :class:`Subscription` owns its own connection and must be used from
+one thread at a time (the pika discipline: one connection per thread).
+
+Physical names (DESIGN.md section 5), for group ``g`` and topic ``t``:
+
+* work queue (RabbitMQ queue bound to the deployment exchange with routing key ``t``) ``g.t``;
+  on Kafka the group reads topic ``t`` itself;
+* retry stage ``n`` (1-based): ``g.t.retry.n``;
+* dead-letter queue: ``g.t.dlq``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from txmq.message import Message, validate_name
+
+if TYPE_CHECKING:
+    from txmq.config import BrokerSettings
+
+
+def work_queue(group: str, topic: str) -> str:
+    """RabbitMQ queue of ``group`` for ``topic``."""
+    return f"{group}.{topic}"
+
+
+def retry_queue(group: str, topic: str, stage: int) -> str:
+    """Queue/topic holding messages waiting for retry ``stage`` (1-based)."""
+    return f"{group}.{topic}.retry.{stage}"
+
+
+def dead_letter_queue(group: str, topic: str) -> str:
+    """Queue/topic of messages of ``group`` that failed for good."""
+    return f"{group}.{topic}.dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """What a consumer group needs to exist for one topic.
+
+    Attributes:
+        group: the consumer group.
+        topic: the logical topic.
+        retry_delays: delay in seconds of each retry stage; stage ``n`` waits
+            ``retry_delays[n-1]``. Empty: no retry stages.
+    """
+
+    group: str
+    topic: str
+    retry_delays: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        validate_name(self.group, "group")
+        validate_name(self.topic, "topic")
+        if any(d <= 0 for d in self.retry_delays):
+            raise ValueError("retry delays must be positive")
+
+    @property
+    def work_queue(self) -> str:
+        return work_queue(self.group, self.topic)
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return dead_letter_queue(self.group, self.topic)
+
+    def retry_queues(self) -> list[str]:
+        return [
+            retry_queue(self.group, self.topic, n) for n in range(1, len(self.retry_delays) + 1)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOutcome:
+    """What the broker said about one published message.
+
+    ``error`` is ``None`` when the broker confirmed the message (persisted, routed);
+    otherwise it is the :class:`~txmq.errors.PublishError` (or subclass) describing why not.
+    """
+
+    message_id: str
+    error: Exception | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """One message received from a :class:`Subscription`, not yet settled.
+
+    Attributes:
+        message: the decoded message, or ``None`` when it could not be decoded
+            (``decode_error`` then says why, ``raw_body`` / ``raw_headers`` hold what came).
+        source: the physical queue or topic it was read from (work, retry or DLQ).
+        redelivered: the broker says it may have been delivered before.
+        token: adapter-private handle used to ack it (delivery tag, partition and offset).
+    """
+
+    message: Message | None
+    source: str
+    redelivered: bool
+    token: Any
+    decode_error: Exception | None = None
+    raw_body: bytes = b""
+    raw_headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def attempt(self) -> int:
+        """1 for a first delivery; ``n`` for the n-th attempt (from ``x-txmq-attempt``)."""
+        headers = self.message.headers if self.message is not None else self.raw_headers
+        try:
+            return max(1, int(headers.get("x-txmq-attempt", "1")))
+        except ValueError:
+            return 1
+
+
+class Publisher(abc.ABC):
+    """Publishes batches and reports, per message, whether the broker confirmed it.
+
+    RabbitMQ: persistent messages, publisher confirms pipelined across the batch, unroutable
+    (``mandatory`` returned) messages reported as failures. Kafka: idempotent producer with
+    ``acks=all``; with a ``transactional_id`` each batch is one Kafka transaction, so either
+    every outcome is ok or none is.
+    """
+
+    @abc.abstractmethod
+    def publish(
+        self, messages: Sequence[Message], *, timeout: float | None = None
+    ) -> list[PublishOutcome]:
+        """Publish ``messages`` to their topics; return one outcome per message, same order.
+
+        Raises:
+            BrokerUnavailable: the connection is lost (outcomes are then unknown).
+        """
+
+    @abc.abstractmethod
+    def send_to_queue(
+        self, queue: str, messages: Sequence[Message], *, timeout: float | None = None
+    ) -> list[PublishOutcome]:
+        """Publish straight into a physical queue/topic (retry stage, DLQ, replay)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection. Idempotent."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Subscription(abc.ABC):
+    """A consumer group's manual-ack stream over one or more queues/topics.
+
+    Messages are acknowledged only by :meth:`ack`; a message not acked before the
+    subscription's connection dies is redelivered (to this group).
+    """
+
+    @abc.abstractmethod
+    def poll(self, timeout: float, max_messages: int = 100) -> list[Delivery]:
+        """Return up to ``max_messages`` deliveries, waiting up to ``timeout`` s for the first."""
+
+    @abc.abstractmethod
+    def ack(self, deliveries: Iterable[Delivery]) -> None:
+        """Settle deliveries as done.
+
+        RabbitMQ acks them (one multiple-ack where contiguous); Kafka marks their offsets
+        done and commits the highest contiguous done offset per partition.
+        """
+
+    @abc.abstractmethod
+    def release(self, deliveries: Iterable[Delivery]) -> None:
+        """Give deliveries back unprocessed, to be delivered again (requeue / seek back)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop consuming; unacked deliveries will be redelivered. Idempotent."""
+
+    def pause(self, sources: Iterable[str]) -> None:  # noqa: B027 - optional capability
+        """Stop fetching from ``sources`` until :meth:`resume` (Kafka retry topics)."""
+
+    def resume(self, sources: Iterable[str]) -> None:  # noqa: B027 - optional capability
+        """Fetch from ``sources`` again."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Adapter(abc.ABC):
+    """One broker, as txmq uses it. Build it with :func:`txmq.connect`."""
+
+    #: OpenTelemetry ``messaging.system`` value: ``"rabbitmq"`` or ``"kafka"``.
+    system: str
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        self.settings = settings
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Connect once and disconnect, within the connect timeout.
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached (the URL in the message is redacted).
+        """
+
+    @abc.abstractmethod
+    def declare(self, topologies: Iterable[Topology]) -> None:
+        """Create (idempotently) the queues/topics of each topology.
+
+        Raises:
+            TopologyError: an existing object conflicts with what is asked.
+            BrokerUnavailable: the broker cannot be reached.
+        """
+
+    @abc.abstractmethod
+    def publisher(self, *, transactional_id: str | None = None) -> Publisher:
+        """Open a publisher; with ``transactional_id`` (Kafka), batches are transactions."""
+
+    @abc.abstractmethod
+    def subscribe(self, group: str, sources: Sequence[str], *, prefetch: int = 100) -> Subscription:
+        """Open a manual-ack subscription of ``group`` over physical ``sources``.
+
+        ``sources`` are physical names: on RabbitMQ queue names (``work_queue(...)``,
+        retry queues are not consumed: their TTL dead-letters back into the work queue); on
+        Kafka topic names (the topic itself, ``retry_queue(...)`` topics, a DLQ topic).
+        Use :meth:`sources_for` to get them for a list of topologies.
+        """
+
+    @abc.abstractmethod
+    def sources_for(self, topologies: Iterable[Topology]) -> list[str]:
+        """The physical names a consumer of these topologies reads from."""
+
+    @abc.abstractmethod
+    def read_queue(self, queue: str, *, limit: int, timeout: float) -> list[Delivery]:
+        """Read up to ``limit`` messages of a DLQ-like queue without consuming them for good.
+
+        Used by DLQ inspection; the messages stay where they are.
+        """
+
+    @abc.abstractmethod
+    def purge_queue(self, queue: str) -> int:
+        """Delete every message in ``queue``; return how many were deleted if known, else -1."""
+
+    def close(self) -> None:  # noqa: B027 - adapters without shared resources need nothing
+        """Release shared resources (admin clients). Idempotent."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.settings.redacted_url()!r})"

@@ -1,0 +1,144 @@
+"""The message txmq moves, and its id.
+
+A :class:`Message` is immutable. Its ``id`` is a UUIDv7 in text form, assigned once when the
+message is created and kept across redeliveries, retries, dead-lettering and re-publishes;
+consumers deduplicate on it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from txmq.errors import InvalidMessage, MessageTooLarge
+
+#: Header names starting with this prefix are txmq's own transport metadata.
+HEADER_PREFIX = "x-txmq-"
+HEADER_ID = "x-txmq-id"
+HEADER_KEY = "x-txmq-key"
+HEADER_TOPIC = "x-txmq-topic"
+HEADER_ATTEMPT = "x-txmq-attempt"
+HEADER_PRODUCER_GROUP = "x-txmq-producer-group"
+HEADER_TX_ID = "x-txmq-tx-id"
+HEADER_DUE_AT = "x-txmq-due-at"
+HEADER_ERROR_TYPE = "x-txmq-error-type"
+HEADER_ERROR_MESSAGE = "x-txmq-error-message"
+HEADER_FIRST_FAILURE = "x-txmq-first-failure-at"
+HEADER_LAST_FAILURE = "x-txmq-last-failure-at"
+
+#: Topics and group names: safe as RabbitMQ routing keys/queue names and Kafka topic names.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
+NAME_MAX_LENGTH = 120
+KEY_MAX_LENGTH = 255
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+def validate_name(value: object, what: str) -> str:
+    """Return ``value`` if it is a valid topic or group name, else raise :class:`InvalidMessage`."""
+    if not isinstance(value, str):
+        raise InvalidMessage(f"{what} must be a str, not {type(value).__name__}")
+    if len(value) > NAME_MAX_LENGTH or not NAME_PATTERN.match(value):
+        raise InvalidMessage(
+            f"invalid {what} {value[:NAME_MAX_LENGTH]!r}: use 1-{NAME_MAX_LENGTH} characters "
+            "from A-Z a-z 0-9 _ - and single dots between words"
+        )
+    return value
+
+
+_uuid7_lock = threading.Lock()
+_uuid7_last = 0
+
+
+def new_message_id() -> str:
+    """Return a new UUIDv7 (RFC 9562) as text, monotonic within this process.
+
+    The 48-bit millisecond timestamp is followed by a 74-bit counter-and-random field; ids
+    created in the same millisecond increase, so sorting ids sorts by creation time.
+    """
+    global _uuid7_last  # noqa: PLW0603 - one process-wide monotonic clock
+    with _uuid7_lock:
+        candidate = (time.time_ns() // 1_000_000) << 74 | int.from_bytes(os.urandom(10)) >> 6
+        # Within one millisecond, step past the last id instead of drawing a smaller one.
+        value = max(candidate, _uuid7_last + 1)
+        _uuid7_last = value
+    ms, rest = value >> 74, value & ((1 << 74) - 1)
+    rand_a, rand_b = rest >> 62, rest & ((1 << 62) - 1)
+    as_int = ms << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
+    return str(uuid.UUID(int=as_int))
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message: where it goes, what it carries, and the id that identifies it forever.
+
+    Args:
+        topic: logical destination (RabbitMQ routing key, Kafka topic).
+        body: the payload; ``bytes`` only: encode text or JSON yourself.
+        key: ordering key; messages with the same key keep their order (Kafka key).
+        headers: application headers, ``str -> str``; names starting with ``x-txmq-`` are
+            reserved for txmq's transport metadata.
+        id: the message id; a new UUIDv7 when omitted.
+
+    Raises:
+        InvalidMessage: on a bad topic, key, body type or header.
+
+    Example:
+        >>> m = Message("orders.created", b'{"order": 1}', key="customer-7")
+    """
+
+    topic: str
+    body: bytes
+    key: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    id: str = field(default_factory=new_message_id)
+
+    def __post_init__(self) -> None:
+        validate_name(self.topic, "topic")
+        if not isinstance(self.body, bytes):
+            raise InvalidMessage(
+                f"body must be bytes, not {type(self.body).__name__}; encode it first"
+            )
+        if self.key is not None and (
+            not isinstance(self.key, str) or not 0 < len(self.key) <= KEY_MAX_LENGTH
+        ):
+            raise InvalidMessage(f"key must be a non-empty str of at most {KEY_MAX_LENGTH} chars")
+        if not isinstance(self.id, str) or not 0 < len(self.id) <= 64:
+            raise InvalidMessage("id must be a non-empty str of at most 64 characters")
+        headers = dict(self.headers)
+        for name, value in headers.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise InvalidMessage("headers must map str to str")
+        object.__setattr__(self, "headers", MappingProxyType(headers))
+
+    def with_headers(self, **extra: str) -> Message:
+        """Return a copy with ``extra`` headers merged in (same id)."""
+        return Message(
+            self.topic, self.body, key=self.key, headers={**self.headers, **extra}, id=self.id
+        )
+
+    def application_headers(self) -> dict[str, str]:
+        """The headers without txmq's own ``x-txmq-`` ones."""
+        return {k: v for k, v in self.headers.items() if not k.startswith(HEADER_PREFIX)}
+
+    def size(self) -> int:
+        """Approximate size on the wire: body plus header names and values."""
+        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers.items())
+
+    def check_size(self, limit: int) -> None:
+        """Raise :class:`MessageTooLarge` if :meth:`size` exceeds ``limit`` bytes."""
+        if self.size() > limit:
+            raise MessageTooLarge(
+                f"message {self.id} on {self.topic!r} is {self.size()} bytes; the limit is {limit}"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(topic={self.topic!r}, id={self.id!r}, key={self.key!r}, "
+            f"body=<{len(self.body)} bytes>)"
+        )
