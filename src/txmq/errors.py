@@ -27,6 +27,10 @@ class MissingDependency(ConfigurationError, ImportError):
     """The driver for a broker or feature is not installed (e.g. ``pip install txmq[kafka]``)."""
 
 
+class WrongDatabase(ConfigurationError):
+    """A session or connection is bound to another database than the one txmq was given."""
+
+
 class InvalidMessage(TxmqError, ValueError):
     """A message cannot be sent as given: a bad topic or key, a body that is not bytes, ..."""
 
@@ -56,3 +60,11 @@ class PublishError(BrokerError):
 
 class TopologyError(BrokerError):
     """Queues, exchanges or topics could not be declared as asked (e.g. a conflicting type)."""
+
+
+class TransactionError(TxmqError):
+    """The outcome of a transactional send could not be established or applied."""
+
+
+class RecordNotFound(TxmqError, LookupError):
+    """No outbox record has the given id (or it is not in a state the operation accepts)."""

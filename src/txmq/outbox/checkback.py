@@ -1,0 +1,132 @@
+"""Check-back: resolve PREPARED half messages whose outcome is not known yet.
+
+Any instance of a producer group may run a :class:`CheckBack`; records are claimed with
+``FOR UPDATE SKIP LOCKED`` so two instances never answer the same record at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Connection
+
+from txmq.message import Message
+from txmq.outbox.store import OutboxRecord, OutboxStore, utcnow
+from txmq.states import CheckLimitPolicy, LocalTransactionState, RecordState
+
+log = logging.getLogger("txmq.checkback")
+
+#: ``checker(message, check_count) -> state``; ``check_count`` is 1 on the first check-back.
+Checker = Callable[[Message, int], LocalTransactionState]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckBackPolicy:
+    """When and how often PREPARED records are checked, and what happens at the limit.
+
+    Attributes:
+        immunity: age before the first check-back (RocketMQ: 6 s); per message overridable.
+        interval: time between check-backs of one record (RocketMQ: 30 s... 60 s).
+        max_checks: check-backs that may answer UNKNOWN before ``on_limit`` applies.
+        on_limit: PARK (default; an operator decides), COMMIT or ROLLBACK.
+    """
+
+    immunity: timedelta = timedelta(seconds=6)
+    interval: timedelta = timedelta(seconds=30)
+    max_checks: int = 15
+    on_limit: CheckLimitPolicy = CheckLimitPolicy.PARK
+
+    def __post_init__(self) -> None:
+        if self.max_checks < 1:
+            raise ValueError("max_checks must be at least 1")
+        if self.immunity < timedelta(0) or self.interval <= timedelta(0):
+            raise ValueError("immunity must be >= 0 and interval > 0")
+
+
+_LIMIT_TO_STATE = {
+    CheckLimitPolicy.PARK: RecordState.PARKED,
+    CheckLimitPolicy.COMMIT: RecordState.READY,
+    CheckLimitPolicy.ROLLBACK: RecordState.ROLLED_BACK,
+}
+
+
+class CheckBack:
+    """Answers due check-backs of one producer group.
+
+    Records written by :meth:`Producer.send_in_local_transaction` answer themselves through
+    their transaction marker; the others ask ``checker``. A checker that raises counts as
+    UNKNOWN.
+    """
+
+    def __init__(
+        self,
+        store: OutboxStore,
+        group: str,
+        checker: Checker | None,
+        policy: CheckBackPolicy,
+    ) -> None:
+        self.store = store
+        self.group = group
+        self.checker = checker
+        self.policy = policy
+
+    def run_once(self, limit: int = 50) -> int:
+        """Check every due record (up to ``limit``); return how many were looked at."""
+        with self.store.engine.begin() as connection:
+            due = self.store.claim_due_checks(connection, self.group, limit)
+            for record in due:
+                self._check(connection, record)
+        return len(due)
+
+    def _check(self, connection: Connection, record: OutboxRecord) -> None:
+        store = self.store
+        message_id = record.message.id
+        if record.tx_key is not None:
+            # Self-answering: a ROLLBACK marker wins only if the local transaction never
+            # committed; if it is still running, this insert waits for it to end.
+            outcome = store.insert_marker(connection, record.tx_key, LocalTransactionState.ROLLBACK)
+            to = (
+                RecordState.READY
+                if outcome is LocalTransactionState.COMMIT
+                else RecordState.ROLLED_BACK
+            )
+            store.transition(connection, message_id, to)
+            log.info("check-back of %s answered by its marker: %s", message_id, outcome.value)
+            return
+        count = record.check_count + 1
+        state = self._ask(record.message, count)
+        if state is LocalTransactionState.COMMIT:
+            store.count_check(connection, record.seq, count)
+            store.transition(connection, message_id, RecordState.READY)
+        elif state is LocalTransactionState.ROLLBACK:
+            store.count_check(connection, record.seq, count)
+            store.transition(connection, message_id, RecordState.ROLLED_BACK)
+        elif count >= self.policy.max_checks:
+            store.count_check(connection, record.seq, count)
+            to = _LIMIT_TO_STATE[self.policy.on_limit]
+            store.transition(
+                connection,
+                message_id,
+                to,
+                error=f"check-back limit ({self.policy.max_checks}) reached",
+            )
+            log.warning(
+                "message %s unresolved after %d check-backs: %s", message_id, count, to.value
+            )
+        else:
+            store.postpone_check(connection, record.seq, count, utcnow() + self.policy.interval)
+        log.debug("check-back %d of %s: %s", count, message_id, state.value)
+
+    def _ask(self, message: Message, count: int) -> LocalTransactionState:
+        if self.checker is None:
+            return LocalTransactionState.UNKNOWN
+        try:
+            return LocalTransactionState(self.checker(message, count))
+        except Exception:
+            log.exception(
+                "checker of group %s raised for %s: counted UNKNOWN", self.group, message.id
+            )
+            return LocalTransactionState.UNKNOWN

@@ -1,0 +1,411 @@
+"""The transactional producer: outbox staging and RocketMQ's half-message flow.
+
+Three ways to tie a message to a local transaction:
+
+* :meth:`Producer.stage` — outbox mode: the record is written in *your* SQLAlchemy
+  transaction; it exists (READY) exactly when that transaction commits.
+* :meth:`Producer.send_in_transaction` — RocketMQ's ``sendMessageInTransaction``: a PREPARED
+  half record is made durable, your executor runs the local transaction and answers COMMIT,
+  ROLLBACK or UNKNOWN; UNKNOWN (or a crash) is resolved later by the group's checker.
+* :meth:`Producer.send_in_local_transaction` — self-answering: txmq runs your function in a
+  transaction on its own database, with a transaction marker written first; the check-back
+  then decides from the marker alone, without a checker.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy import Engine, MetaData
+from sqlalchemy.orm import Session
+
+from txmq.adapters import Adapter, connect
+from txmq.errors import BrokerError, TransactionError, TxmqError
+from txmq.message import DEFAULT_MAX_BODY_BYTES, HEADER_PRODUCER_GROUP, Message, validate_name
+from txmq.outbox.checkback import CheckBack, CheckBackPolicy, Checker
+from txmq.outbox.relay import Relay
+from txmq.outbox.store import OutboxRecord, OutboxStore
+from txmq.outbox.tables import OutboxTables, make_outbox_tables
+from txmq.states import LocalTransactionState, RecordState
+
+log = logging.getLogger("txmq.producer")
+
+A = TypeVar("A")
+A_contra = TypeVar("A_contra", contravariant=True)
+
+#: The default home of txmq's tables when you do not pass your own ``MetaData``.
+metadata = MetaData()
+
+
+class Executor(Protocol[A_contra]):
+    """Runs the local transaction of a half message and says how it ended."""
+
+    def __call__(self, message: Message, arg: A_contra, /) -> LocalTransactionState: ...
+
+
+class KafkaTransaction(Protocol):
+    """The explicit transaction control of a transactional Kafka publisher."""
+
+    def begin(self) -> None: ...
+    def produce(self, messages: Sequence[Message]) -> None: ...
+    def commit(self, timeout: float | None = None) -> None: ...
+    def abort(self, timeout: float | None = None) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What a transactional send ended as.
+
+    Attributes:
+        message_id: the message's id (also the outbox record's id).
+        local_state: what the local transaction answered (UNKNOWN: check-back will decide).
+        record_state: the record's state now: READY / SENT (will be / was delivered),
+            ROLLED_BACK, or PREPARED (waiting for check-back).
+    """
+
+    message_id: str
+    local_state: LocalTransactionState
+    record_state: RecordState
+
+
+class Producer:
+    """Transactional producer of one producer group.
+
+    Args:
+        group: the producer group; every instance of the group answers its check-backs.
+        engine: the database holding the outbox (PostgreSQL recommended; SQLite: one relay).
+        broker: adapter or URL; needed to relay (and for Kafka native half messages).
+        checker: answers check-backs of :meth:`send_in_transaction` records.
+        check_policy: immunity, interval, limit and what happens at the limit.
+        tables: the outbox tables on your ``MetaData`` (default: :data:`metadata`).
+        kafka_native: on Kafka, produce half messages inside an open Kafka transaction while
+            the executor runs (DESIGN.md section 5); otherwise they go through the relay.
+        instance_id: stable name of this instance (Kafka ``transactional.id`` prefix).
+
+    Example:
+        >>> producer = txmq.Producer(group="orders", engine=engine, broker="kafka://...")
+        >>> with Session(engine) as session, session.begin():
+        ...     session.add(Order(...))
+        ...     producer.stage(session, txmq.Message("orders.created", b"{...}"))
+    """
+
+    def __init__(
+        self,
+        *,
+        group: str,
+        engine: Engine,
+        broker: Adapter | str | None = None,
+        checker: Checker | None = None,
+        check_policy: CheckBackPolicy | None = None,
+        tables: OutboxTables | None = None,
+        kafka_native: bool = True,
+        instance_id: str | None = None,
+        max_body_bytes: int | None = None,
+    ) -> None:
+        self.group = validate_name(group, "producer group")
+        self.engine = engine
+        self.tables = tables or make_outbox_tables(metadata)
+        self.store = OutboxStore(engine, self.tables)
+        self.broker = connect(broker) if isinstance(broker, str) else broker
+        self.check_policy = check_policy or CheckBackPolicy()
+        self.checkback = CheckBack(self.store, self.group, checker, self.check_policy)
+        self.kafka_native = (
+            kafka_native and self.broker is not None and self.broker.system == "kafka"
+        )
+        self.instance_id = instance_id or uuid.uuid4().hex[:12]
+        if max_body_bytes is not None:
+            self.max_body_bytes = max_body_bytes
+        elif self.broker is not None:
+            self.max_body_bytes = self.broker.settings.common.max_body_bytes
+        else:
+            self.max_body_bytes = DEFAULT_MAX_BODY_BYTES
+        self._transactions: queue.SimpleQueue[KafkaTransaction] = queue.SimpleQueue()
+        self._transaction_count = 0
+        self._transaction_lock = threading.Lock()
+        self._relay: Relay | None = None
+        self._workers: list[threading.Thread] = []
+        self._stop = threading.Event()
+
+    # -- outbox mode -----------------------------------------------------------------------
+
+    def stage(self, session: Session, *messages: Message) -> None:
+        """Write ``messages`` to the outbox inside the session's current transaction.
+
+        They exist (READY) if and only if that transaction commits, and are then published
+        by a relay.
+
+        Raises:
+            WrongDatabase: the session is bound to another database than the outbox's.
+            InvalidMessage / MessageTooLarge: a message cannot be sent as given.
+        """
+        checked = self._checked(messages)
+        connection = self.store.check_session(session)
+        self.store.stage(connection, checked, self.group)
+
+    # -- half-message mode -------------------------------------------------------------
+
+    def send_in_transaction(
+        self,
+        message: Message,
+        executor: Executor[A],
+        arg: A,
+        *,
+        immunity: timedelta | None = None,
+    ) -> SendResult:
+        """RocketMQ's ``sendMessageInTransaction``.
+
+        The PREPARED half record is durable before ``executor(message, arg)`` runs.
+        COMMIT makes the message deliverable, ROLLBACK discards it, UNKNOWN (or an exception,
+        or a crash) leaves it PREPARED for the check-back, no earlier than ``immunity``
+        (default: the check policy's) from now.
+
+        Raises:
+            InvalidMessage / MessageTooLarge: before anything is written.
+            TxmqError: the half record could not be written (the executor did not run).
+        """
+        (message,) = self._checked((message,))
+        self.store.prepare(message, self.group, immunity=immunity or self.check_policy.immunity)
+        if self.kafka_native:
+            return self._send_kafka_native(message, executor, arg)
+        with self.engine.begin() as connection:
+            # The row lock keeps check-backs away while the local transaction runs.
+            self.store.lock_prepared(connection, message.id)
+            state = self._execute(message, executor, arg)
+            if state is LocalTransactionState.UNKNOWN:
+                return SendResult(message.id, state, RecordState.PREPARED)
+            to = (
+                RecordState.READY
+                if state is LocalTransactionState.COMMIT
+                else RecordState.ROLLED_BACK
+            )
+            self.store.transition(connection, message.id, to)
+        return SendResult(message.id, state, to)
+
+    def _send_kafka_native(self, message: Message, executor: Executor[A], arg: A) -> SendResult:
+        transaction = self._acquire_transaction()
+        reusable = True
+        try:
+            with self.engine.begin() as connection:
+                self.store.lock_prepared(connection, message.id)
+                try:
+                    transaction.begin()
+                    transaction.produce([message])
+                    opened = True
+                except BrokerError:
+                    # The executor still runs; on COMMIT the relay delivers the message.
+                    log.warning("no Kafka transaction for %s; relaying", message.id, exc_info=True)
+                    opened = reusable = False
+                state = self._execute(message, executor, arg)
+                if state is not LocalTransactionState.COMMIT:
+                    if opened:
+                        self._abort(transaction)
+                    if state is LocalTransactionState.UNKNOWN:
+                        return SendResult(message.id, state, RecordState.PREPARED)
+                    to = RecordState.ROLLED_BACK
+                elif not opened:
+                    to = RecordState.READY
+                else:
+                    try:
+                        transaction.commit()
+                        to = RecordState.SENT
+                    except BrokerError:
+                        # Kafka "just threw": whether it committed is unknown. The local
+                        # transaction did commit, so the relay publishes it (again, same id).
+                        log.warning(
+                            "Kafka commit of %s failed; relaying", message.id, exc_info=True
+                        )
+                        reusable = False
+                        to = RecordState.READY
+                self.store.transition(connection, message.id, to)
+                return SendResult(message.id, state, to)
+        finally:
+            if reusable:
+                self._transactions.put(transaction)
+            else:
+                transaction.close()
+
+    def send_in_local_transaction(
+        self,
+        message: Message,
+        work: Callable[[Session], Any],
+        *,
+        immunity: timedelta | None = None,
+    ) -> SendResult:
+        """Run ``work(session)`` as the local transaction, on the outbox's database.
+
+        A transaction marker is the first statement of that transaction, so a check-back
+        can always tell whether it committed: no checker is needed, and the outcome is never
+        UNKNOWN once the transaction has ended. If ``work`` raises, the transaction is
+        rolled back, the message is discarded and the exception propagates.
+
+        Raises:
+            TransactionError: a check-back had already rolled the message back before the
+                local transaction could start (it then did nothing).
+        """
+        (message,) = self._checked((message,))
+        tx_key = message.id
+        self.store.prepare(
+            message, self.group, immunity=immunity or self.check_policy.immunity, tx_key=tx_key
+        )
+        try:
+            with Session(self.engine) as session, session.begin():
+                standing = self.store.insert_marker(
+                    session.connection(), tx_key, LocalTransactionState.COMMIT
+                )
+                if standing is not LocalTransactionState.COMMIT:
+                    raise TransactionError(
+                        f"message {message.id} was rolled back by a check-back before its "
+                        "local transaction started"
+                    )
+                work(session)
+        except BaseException:
+            # Whatever happened (work raised, commit failed or was interrupted), the marker
+            # now says how the transaction ended.
+            self._settle_by_marker(message, tx_key)
+            raise
+        with self.engine.begin() as connection:
+            self.store.transition(connection, message.id, RecordState.READY)
+        return SendResult(message.id, LocalTransactionState.COMMIT, RecordState.READY)
+
+    def _settle_by_marker(self, message: Message, tx_key: str) -> None:
+        try:
+            with self.engine.begin() as connection:
+                outcome = self.store.insert_marker(
+                    connection, tx_key, LocalTransactionState.ROLLBACK
+                )
+                to = (
+                    RecordState.READY
+                    if outcome is LocalTransactionState.COMMIT
+                    else RecordState.ROLLED_BACK
+                )
+                self.store.transition(connection, message.id, to)
+        except Exception:
+            log.warning("could not settle %s now; check-back will", message.id, exc_info=True)
+
+    # -- check-back, relay, operators ------------------------------------------------------
+
+    def check_back_once(self, limit: int = 50) -> int:
+        """Answer the due check-backs of this group once; return how many were looked at."""
+        return self.checkback.run_once(limit)
+
+    def relay(self, **options: Any) -> Relay:
+        """A :class:`Relay` for this producer's outbox and broker (``options``: see Relay)."""
+        if self.broker is None:
+            raise TxmqError("this producer has no broker: pass broker=... to relay")
+        options.setdefault("instance_id", self.instance_id)
+        return Relay(self.broker, self.store, **options)
+
+    def start(
+        self, *, relay: bool = True, check_back_every: float = 1.0, **relay_options: Any
+    ) -> Producer:
+        """Start the relay and the check-back loop in daemon threads (stop with :meth:`close`)."""
+        if relay and self._relay is None:
+            self._relay = self.relay(**relay_options).start()
+        if not self._workers:
+            worker = threading.Thread(
+                target=self._check_back_loop,
+                args=(check_back_every,),
+                name="txmq-checkback",
+                daemon=True,
+            )
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def _check_back_loop(self, every: float) -> None:
+        while not self._stop.is_set():
+            try:
+                looked_at = self.check_back_once()
+            except Exception:
+                log.exception("check-back pass failed")
+                looked_at = 0
+            if not looked_at:
+                self._stop.wait(every)
+
+    def parked(self, limit: int = 100) -> list[OutboxRecord]:
+        """PARKED records of this group, oldest first."""
+        return self.store.list(RecordState.PARKED, group=self.group, limit=limit)
+
+    def resume(self, message_id: str) -> None:
+        """Give a PARKED record a new round of check-backs (check count reset)."""
+        self.store.resolve(message_id, RecordState.PREPARED, reset_checks=True)
+
+    def commit(self, message_id: str) -> None:
+        """Operator decision: a PARKED (or PREPARED) record committed; it will be published."""
+        self.store.resolve(
+            message_id, RecordState.READY, expected=(RecordState.PARKED, RecordState.PREPARED)
+        )
+
+    def rollback(self, message_id: str) -> None:
+        """Operator decision: a PARKED (or PREPARED) record rolled back; it is discarded."""
+        self.store.resolve(
+            message_id, RecordState.ROLLED_BACK, expected=(RecordState.PARKED, RecordState.PREPARED)
+        )
+
+    def close(self) -> None:
+        """Stop the background threads and release Kafka transactions. Idempotent."""
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(10)
+        self._workers.clear()
+        if self._relay is not None:
+            self._relay.stop()
+            self._relay = None
+        while not self._transactions.empty():
+            self._transactions.get_nowait().close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _checked(self, messages: Sequence[Message]) -> list[Message]:
+        checked = []
+        for given in messages:
+            if not isinstance(given, Message):
+                raise TypeError(f"expected txmq.Message, not {type(given).__name__}")
+            message = given
+            if message.headers.get(HEADER_PRODUCER_GROUP) != self.group:
+                message = message.with_headers(**{HEADER_PRODUCER_GROUP: self.group})
+            message.check_size(self.max_body_bytes)
+            checked.append(message)
+        return checked
+
+    def _execute(self, message: Message, executor: Executor[A], arg: A) -> LocalTransactionState:
+        try:
+            return LocalTransactionState(executor(message, arg))
+        except Exception:
+            log.exception("local transaction of %s raised: UNKNOWN", message.id)
+            return LocalTransactionState.UNKNOWN
+
+    def _acquire_transaction(self) -> KafkaTransaction:
+        try:
+            return self._transactions.get_nowait()
+        except queue.Empty:
+            pass
+        assert self.broker is not None
+        with self._transaction_lock:
+            self._transaction_count += 1
+            number = self._transaction_count
+        publisher: Any = self.broker.publisher(
+            transactional_id=f"txmq-{self.group}-{self.instance_id}-{number}"
+        )
+        return publisher  # type: ignore[no-any-return]
+
+    def _abort(self, transaction: KafkaTransaction) -> None:
+        try:
+            transaction.abort()
+        except BrokerError:
+            # An unaborted transaction is aborted by the broker at its timeout; nothing reads it.
+            log.warning("Kafka abort failed", exc_info=True)

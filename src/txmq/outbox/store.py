@@ -1,0 +1,435 @@
+"""SQL of the producer side: stage, prepare, claim, mark, check-back bookkeeping, purge.
+
+All statements are SQLAlchemy Core on the tables of :mod:`txmq.outbox.tables`, so the same
+code runs on PostgreSQL (first-class: ``FOR UPDATE SKIP LOCKED``, LISTEN/NOTIFY), MySQL 8 /
+MariaDB 10.6+ (``SKIP LOCKED``) and SQLite (one relay and one check-back worker at a time).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from txmq.errors import RecordNotFound, WrongDatabase
+from txmq.message import Message
+from txmq.outbox.tables import OutboxTables
+from txmq.states import LocalTransactionState, RecordState
+
+#: PostgreSQL NOTIFY channel the relay LISTENs on.
+NOTIFY_CHANNEL = "txmq_outbox"
+_SKIP_LOCKED_DIALECTS = frozenset({"postgresql", "mysql", "mariadb"})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes for timezone-aware columns: they are UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """One outbox / half-message record as read from the database."""
+
+    seq: int
+    message: Message
+    producer_group: str
+    state: RecordState
+    check_count: int
+    publish_attempts: int
+    check_after: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    tx_key: str | None
+    last_error: str | None
+
+
+class OutboxStore:
+    """The producer's SQL, bound to one engine and one set of tables."""
+
+    def __init__(self, engine: Engine, tables: OutboxTables) -> None:
+        self.engine = engine
+        self.tables = tables
+        self.dialect = engine.dialect.name
+        self.skip_locked = self.dialect in _SKIP_LOCKED_DIALECTS
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _values(
+        self,
+        message: Message,
+        group: str,
+        state: RecordState,
+        *,
+        tx_key: str | None = None,
+        check_after: datetime | None = None,
+    ) -> dict[str, Any]:
+        now = utcnow()
+        return {
+            "id": message.id,
+            "producer_group": group,
+            "topic": message.topic,
+            "key": message.key,
+            "headers": json.dumps(dict(message.headers), separators=(",", ":")),
+            "body": message.body,
+            "state": state.value,
+            "tx_key": tx_key,
+            "check_count": 0,
+            "publish_attempts": 0,
+            "check_after": check_after,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def check_session(self, session: Session) -> Connection:
+        """Return the session's connection to the txmq database, or raise :class:`WrongDatabase`."""
+        connection = session.connection()
+        if connection.engine.url != self.engine.url:
+            raise WrongDatabase(
+                "the session is bound to "
+                f"{connection.engine.url.render_as_string(hide_password=True)}, but txmq's outbox "
+                f"lives in {self.engine.url.render_as_string(hide_password=True)}"
+            )
+        return connection
+
+    def stage(self, connection: Connection, messages: Sequence[Message], group: str) -> None:
+        """Insert READY records through ``connection`` inside the caller's transaction."""
+        connection.execute(
+            insert(self.tables.records),
+            [self._values(m, group, RecordState.READY) for m in messages],
+        )
+        self.notify(connection)
+
+    def notify(self, connection: Connection) -> None:
+        """Wake the relays once the surrounding transaction commits (PostgreSQL only)."""
+        if self.dialect == "postgresql":
+            connection.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
+
+    def prepare(
+        self, message: Message, group: str, *, immunity: timedelta, tx_key: str | None = None
+    ) -> None:
+        """Insert a PREPARED half record and commit it (durable before the local transaction)."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                insert(self.tables.records),
+                self._values(
+                    message,
+                    group,
+                    RecordState.PREPARED,
+                    tx_key=tx_key,
+                    check_after=utcnow() + immunity,
+                ),
+            )
+
+    def lock_prepared(self, connection: Connection, message_id: str) -> bool:
+        """Row-lock a PREPARED record so check-backs skip it; False if it is no longer PREPARED."""
+        records = self.tables.records
+        query = select(records.c.seq).where(
+            records.c.id == message_id, records.c.state == RecordState.PREPARED.value
+        )
+        if self.skip_locked:
+            query = query.with_for_update()
+        return connection.execute(query).first() is not None
+
+    def transition(
+        self,
+        connection: Connection,
+        message_id: str,
+        to: RecordState,
+        *,
+        expected: Iterable[RecordState] = (RecordState.PREPARED,),
+        error: str | None = None,
+    ) -> bool:
+        """Move one record to ``to`` if it is in one of ``expected``; return whether it moved."""
+        records = self.tables.records
+        values: dict[str, Any] = {"state": to.value, "updated_at": utcnow()}
+        if to is RecordState.READY:
+            values["check_after"] = None
+        if error is not None:
+            values["last_error"] = error
+        result = connection.execute(
+            update(records)
+            .where(
+                records.c.id == message_id,
+                records.c.state.in_([s.value for s in expected]),
+            )
+            .values(values)
+        )
+        moved = result.rowcount == 1
+        if moved and to is RecordState.READY:
+            self.notify(connection)
+        return moved
+
+    # -- transaction markers (self-answering check-back) --------------------------------
+
+    def insert_marker(
+        self, connection: Connection, tx_key: str, outcome: LocalTransactionState
+    ) -> LocalTransactionState:
+        """Insert ``(tx_key, outcome)`` unless the key exists; return the outcome that stands.
+
+        On PostgreSQL and MySQL an insert that meets a key written by a still-running
+        transaction waits for that transaction to end, which is what makes the check-back
+        decide correctly while the local transaction is still running.
+        """
+        markers = self.tables.markers
+        values = {"tx_key": tx_key, "outcome": outcome.value, "created_at": utcnow()}
+        if self.dialect in ("postgresql", "sqlite"):
+            dialect_insert: Any
+            if self.dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as dialect_insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert as dialect_insert
+            inserted = connection.execute(
+                dialect_insert(markers).values(values).on_conflict_do_nothing()
+            ).rowcount
+        else:
+            try:
+                with connection.begin_nested():
+                    connection.execute(insert(markers).values(values))
+                inserted = 1
+            except IntegrityError:
+                inserted = 0
+        if inserted:
+            return outcome
+        stored = connection.execute(
+            select(markers.c.outcome).where(markers.c.tx_key == tx_key)
+        ).scalar_one()
+        return LocalTransactionState(stored)
+
+    # -- relay ---------------------------------------------------------------------------
+
+    def claim_ready(self, connection: Connection, limit: int) -> list[OutboxRecord]:
+        """Lock up to ``limit`` due READY records, oldest first, that may be published now.
+
+        A record is held back when an earlier READY record with the same key is not in the
+        claimed set (another relay holds it, or it is backing off): same-key messages go out
+        in order.
+        """
+        records = self.tables.records
+        now = utcnow()
+        query = (
+            select(records)
+            .where(
+                records.c.state == RecordState.READY.value,
+                or_(records.c.check_after.is_(None), records.c.check_after <= now),
+            )
+            .order_by(records.c.seq)
+            .limit(limit)
+        )
+        if self.skip_locked:
+            query = query.with_for_update(skip_locked=True)
+        claimed = [self._record(row) for row in connection.execute(query)]
+        keyed = {r.message.key for r in claimed if r.message.key is not None}
+        if not keyed:
+            return claimed
+        claimed_seqs = {r.seq for r in claimed}
+        last_seq = max(claimed_seqs)
+        blocked: set[str] = set()
+        publishable_keyed: set[int] = set()
+        ahead = connection.execute(
+            select(records.c.seq, records.c.key)
+            .where(
+                records.c.state == RecordState.READY.value,
+                records.c.key.in_(keyed),
+                records.c.seq <= last_seq,
+            )
+            .order_by(records.c.seq)
+        )
+        for seq, key in ahead:
+            if key in blocked:
+                continue
+            if seq in claimed_seqs:
+                publishable_keyed.add(seq)
+            else:
+                blocked.add(key)
+        return [r for r in claimed if r.message.key is None or r.seq in publishable_keyed]
+
+    def mark_sent(self, connection: Connection, seqs: Sequence[int]) -> None:
+        if seqs:
+            records = self.tables.records
+            connection.execute(
+                update(records)
+                .where(records.c.seq.in_(seqs))
+                .values(state=RecordState.SENT.value, updated_at=utcnow(), last_error=None)
+            )
+
+    def mark_failed(self, connection: Connection, seq: int, error: str, retry_at: datetime) -> None:
+        records = self.tables.records
+        connection.execute(
+            update(records)
+            .where(records.c.seq == seq)
+            .values(
+                publish_attempts=records.c.publish_attempts + 1,
+                last_error=error[:2000],
+                check_after=retry_at,
+                updated_at=utcnow(),
+            )
+        )
+
+    # -- check-back ------------------------------------------------------------------------
+
+    def claim_due_checks(
+        self, connection: Connection, group: str, limit: int
+    ) -> list[OutboxRecord]:
+        """Lock PREPARED records of ``group`` whose check-back is due, oldest first."""
+        records = self.tables.records
+        query = (
+            select(records)
+            .where(
+                records.c.state == RecordState.PREPARED.value,
+                records.c.producer_group == group,
+                records.c.check_after <= utcnow(),
+            )
+            .order_by(records.c.check_after)
+            .limit(limit)
+        )
+        if self.skip_locked:
+            query = query.with_for_update(skip_locked=True)
+        return [self._record(row) for row in connection.execute(query)]
+
+    def postpone_check(
+        self, connection: Connection, seq: int, check_count: int, next_check: datetime
+    ) -> None:
+        records = self.tables.records
+        connection.execute(
+            update(records)
+            .where(records.c.seq == seq)
+            .values(check_count=check_count, check_after=next_check, updated_at=utcnow())
+        )
+
+    def count_check(self, connection: Connection, seq: int, check_count: int) -> None:
+        records = self.tables.records
+        connection.execute(
+            update(records).where(records.c.seq == seq).values(check_count=check_count)
+        )
+
+    # -- operators -------------------------------------------------------------------------
+
+    def get(self, message_id: str) -> OutboxRecord:
+        records = self.tables.records
+        with self.engine.connect() as connection:
+            row = connection.execute(select(records).where(records.c.id == message_id)).first()
+        if row is None:
+            raise RecordNotFound(f"no outbox record with id {message_id!r}")
+        return self._record(row)
+
+    def list(
+        self,
+        state: RecordState,
+        *,
+        group: str | None = None,
+        limit: int = 100,
+    ) -> list[OutboxRecord]:
+        records = self.tables.records
+        query = select(records).where(records.c.state == state.value)
+        if group is not None:
+            query = query.where(records.c.producer_group == group)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query.order_by(records.c.seq).limit(limit))
+            return [self._record(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        records = self.tables.records
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(records.c.state, func.count()).group_by(records.c.state)
+            )
+            return {state: count for state, count in rows}
+
+    def resolve(
+        self,
+        message_id: str,
+        to: RecordState,
+        *,
+        expected: Iterable[RecordState] = (RecordState.PARKED,),
+        reset_checks: bool = False,
+    ) -> None:
+        """Operator decision on a record (e.g. PARKED -> READY); raise if not in ``expected``."""
+        records = self.tables.records
+        values: dict[str, Any] = {"state": to.value, "updated_at": utcnow()}
+        if reset_checks:
+            values |= {"check_count": 0, "check_after": utcnow()}
+        elif to is RecordState.READY:
+            values["check_after"] = None
+        expected_values = [s.value for s in expected]
+        with self.engine.begin() as connection:
+            moved = connection.execute(
+                update(records)
+                .where(records.c.id == message_id, records.c.state.in_(expected_values))
+                .values(values)
+            ).rowcount
+            if not moved:
+                raise RecordNotFound(
+                    f"no outbox record {message_id!r} in state {' or '.join(expected_values)}"
+                )
+            if to is RecordState.READY:
+                self.notify(connection)
+
+    def purge(self, older_than: timedelta, *, batch: int = 5000) -> int:
+        """Delete SENT and ROLLED_BACK records (and their markers) older than ``older_than``."""
+        records, markers = self.tables.records, self.tables.markers
+        cutoff = utcnow() - older_than
+        done = 0
+        finished = [RecordState.SENT.value, RecordState.ROLLED_BACK.value]
+        while True:
+            with self.engine.begin() as connection:
+                victims = (
+                    select(records.c.seq)
+                    .where(records.c.state.in_(finished), records.c.updated_at < cutoff)
+                    .limit(batch)
+                )
+                seqs = list(connection.execute(victims).scalars())
+                if not seqs:
+                    break
+                connection.execute(delete(records).where(records.c.seq.in_(seqs)))
+                done += len(seqs)
+        with self.engine.begin() as connection:
+            still_pending = select(records.c.tx_key).where(
+                records.c.tx_key.is_not(None), records.c.state == RecordState.PREPARED.value
+            )
+            connection.execute(
+                delete(markers).where(
+                    and_(markers.c.created_at < cutoff, markers.c.tx_key.not_in(still_pending))
+                )
+            )
+        return done
+
+    # -- rows ------------------------------------------------------------------------------
+
+    def _record(self, row: Row[Any]) -> OutboxRecord:
+        m = row._mapping
+        message = Message(
+            m["topic"],
+            bytes(m["body"]),
+            key=m["key"],
+            headers=json.loads(m["headers"]),
+            id=m["id"],
+        )
+        created = _aware(m["created_at"])
+        updated = _aware(m["updated_at"])
+        assert created is not None  # NOT NULL column
+        assert updated is not None
+        return OutboxRecord(
+            seq=m["seq"],
+            message=message,
+            producer_group=m["producer_group"],
+            state=RecordState(m["state"]),
+            check_count=m["check_count"],
+            publish_attempts=m["publish_attempts"],
+            check_after=_aware(m["check_after"]),
+            created_at=created,
+            updated_at=updated,
+            tx_key=m["tx_key"],
+            last_error=m["last_error"],
+        )

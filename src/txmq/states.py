@@ -1,0 +1,39 @@
+"""The states of the transactional producer (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class LocalTransactionState(StrEnum):
+    """What a local-transaction executor or checker answers (RocketMQ's three states).
+
+    An executor or checker that raises counts as ``UNKNOWN``, never as ``COMMIT``.
+    """
+
+    COMMIT = "COMMIT"
+    ROLLBACK = "ROLLBACK"
+    UNKNOWN = "UNKNOWN"
+
+
+class RecordState(StrEnum):
+    """Lifecycle of an outbox / half-message record.
+
+    ``PREPARED`` -> ``READY`` -> ``SENT`` is the happy path; ``PREPARED`` -> ``ROLLED_BACK``
+    when the local transaction rolled back; ``PREPARED`` -> ``PARKED`` when the check-back
+    limit is reached under the PARK policy (an operator decides; never dropped silently).
+    """
+
+    PREPARED = "PREPARED"
+    READY = "READY"
+    SENT = "SENT"
+    ROLLED_BACK = "ROLLED_BACK"
+    PARKED = "PARKED"
+
+
+class CheckLimitPolicy(StrEnum):
+    """What happens to a record whose check-backs all answered UNKNOWN."""
+
+    PARK = "PARK"
+    COMMIT = "COMMIT"
+    ROLLBACK = "ROLLBACK"
