@@ -1,0 +1,382 @@
+"""RabbitMQ publisher with pipelined publisher confirms.
+
+Waiting for each confirm before the next publish costs a round trip per message (about
+1.4k msg/s); keeping the whole batch unconfirmed in flight is about ten times faster. pika's
+``BlockingChannel`` can only do the former, so the publisher drives an asynchronous
+``SelectConnection`` from an IO thread it owns. :meth:`RabbitMQPublisher.publish` hands a
+batch to that thread (``add_callback_threadsafe``) and waits for the batch's completion
+event; the IO thread publishes, maps delivery tags to the batch's messages and settles them
+as acks, nacks and returns arrive.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from txmq.adapters._rabbitmq_connection import (
+    PRECONDITION_FAILED,
+    connection_parameters,
+    describe,
+    pika,
+    reply_code,
+    unavailable,
+)
+from txmq.adapters._rabbitmq_wire import PERSISTENT, encode_headers
+from txmq.adapters.base import Publisher, PublishOutcome
+from txmq.config import RabbitMQSettings
+from txmq.errors import BrokerError, BrokerUnavailable, PublishError, TopologyError
+from txmq.message import Message, validate_name
+
+#: Exchange name AMQP gives the default exchange, which routes by queue name.
+DEFAULT_EXCHANGE = ""
+#: Extra seconds allowed for an IO thread to finish closing its connection.
+_CLOSE_GRACE = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    exchange: str
+    routing_key: str
+    message_id: str
+    body: bytes
+    properties: Any
+
+
+class _Batch:
+    """One publish call: its messages and what became of each.
+
+    Settled from the IO thread, abandoned from the caller's thread on timeout; ``lock``
+    makes the two exclusive, so an outcome never changes after the caller has read it.
+    """
+
+    __slots__ = ("closed", "done", "errors", "items", "lock", "lost", "remaining", "settled")
+
+    def __init__(self, items: list[_Outgoing]) -> None:
+        self.items = items
+        self.errors: list[Exception | None] = [None] * len(items)
+        self.settled = [False] * len(items)
+        self.remaining = len(items)
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        #: The caller has stopped waiting (timeout or lost connection); nothing changes now.
+        self.closed = False
+        #: Why the connection went away before every message was settled.
+        self.lost: str | None = None
+
+    def settle(self, index: int, error: Exception | None) -> None:
+        with self.lock:
+            if self.closed or self.settled[index]:
+                return
+            self.settled[index] = True
+            self.errors[index] = error
+            self.remaining -= 1
+            if self.remaining == 0:
+                self.closed = True
+                self.done.set()
+
+    def connection_lost(self, reason: str) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            self.lost = reason
+            self.done.set()
+
+    def abandon(self, timeout: float) -> None:
+        """Fail every message not settled yet: the caller stops waiting for them."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            for index, settled in enumerate(self.settled):
+                if not settled:
+                    self.errors[index] = PublishError(
+                        f"message {self.items[index].message_id} not confirmed by RabbitMQ "
+                        f"within {timeout:g} s"
+                    )
+
+    def outcomes(self) -> list[PublishOutcome]:
+        return [
+            PublishOutcome(item.message_id, error)
+            for item, error in zip(self.items, self.errors, strict=True)
+        ]
+
+
+class _Link:
+    """One ``SelectConnection`` in confirm mode and the IO thread that drives it.
+
+    Attributes other than ``_lock``-guarded ones belong to the IO thread. A link never
+    reconnects: once it is dead the publisher replaces it.
+    """
+
+    def __init__(self, settings: RabbitMQSettings, *, name: str) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._dead = False  # guarded by _lock
+        self._batches: set[_Batch] = set()  # guarded by _lock: submitted, not yet finished
+        self._ready = threading.Event()
+        self._failure: Exception | None = None  # why the link could not be opened
+        self._channel: Any = None
+        # Delivery tags on a confirm-mode channel count publishes from 1.
+        self._next_tag = 1
+        self._oldest_unconfirmed = 1
+        self._pending: dict[int, tuple[_Batch, int]] = {}
+        # basic.return arrives before the basic.ack of the same publish; remember why the
+        # message came back until its ack settles it.
+        self._returned: dict[str, str] = {}
+        self._connection = pika.SelectConnection(
+            connection_parameters(settings, name=name),
+            on_open_callback=self._on_connection_open,
+            on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_connection_closed,
+        )
+        self._thread = threading.Thread(target=self._run, name=f"{name} io", daemon=True)
+        self._thread.start()
+
+    # --- caller's thread -------------------------------------------------------------
+
+    @property
+    def dead(self) -> bool:
+        with self._lock:
+            return self._dead
+
+    def wait_ready(self) -> None:
+        """Block until the channel is in confirm mode.
+
+        Raises:
+            BrokerUnavailable: the connection could not be opened in time.
+            TopologyError: the deployment exchange exists with another type.
+        """
+        timeout = self._settings.common.connect_timeout
+        if not self._ready.wait(timeout + _CLOSE_GRACE):
+            self.close()
+            raise BrokerUnavailable(
+                f"RabbitMQ at {self._settings.redacted_url()} did not open a publisher "
+                f"channel within {timeout:g} s"
+            )
+        if self._failure is not None:
+            self.close()
+            raise self._failure
+
+    def submit(self, batch: _Batch) -> bool:
+        """Hand ``batch`` to the IO thread; ``False`` if the link is already dead."""
+        with self._lock:
+            if self._dead:
+                return False
+            self._batches.add(batch)
+        self._connection.ioloop.add_callback_threadsafe(functools.partial(self._send, batch))
+        return True
+
+    def forget(self, batch: _Batch) -> None:
+        with self._lock:
+            self._batches.discard(batch)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._connection.ioloop.add_callback_threadsafe(self._close_connection)
+            self._thread.join(self._settings.common.connect_timeout + _CLOSE_GRACE)
+
+    # --- IO thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._connection.ioloop.start()
+        finally:
+            self._die("the publisher's IO loop stopped")
+            self._connection.ioloop.close()
+
+    def _die(self, reason: str) -> None:
+        with self._lock:
+            self._dead = True
+            batches, self._batches = self._batches, set()
+        for batch in batches:
+            batch.connection_lost(reason)
+        self._ready.set()
+
+    def _fail_open(self, error: Exception) -> None:
+        if not self._ready.is_set():
+            self._failure = error
+
+    def _on_open_error(self, _connection: Any, exc: BaseException) -> None:
+        self._fail_open(unavailable(self._settings, exc, "connecting"))
+        self._connection.ioloop.stop()
+
+    def _on_connection_closed(self, _connection: Any, reason: BaseException) -> None:
+        self._fail_open(unavailable(self._settings, reason, "opening a publisher channel"))
+        self._die(describe(self._settings, reason))
+        self._connection.ioloop.stop()
+
+    def _close_connection(self) -> None:
+        if self._connection.is_closed:
+            self._connection.ioloop.stop()
+        elif not self._connection.is_closing:
+            self._connection.close()
+
+    def _on_connection_open(self, connection: Any) -> None:
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_channel_open(self, channel: Any) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        # Publishing to a missing exchange would close the channel; declaring the
+        # deployment exchange (idempotent) turns "nothing declared yet" into returns.
+        channel.exchange_declare(
+            self._settings.exchange,
+            exchange_type="topic",
+            durable=True,
+            callback=self._on_exchange_declared,
+        )
+
+    def _on_exchange_declared(self, _frame: Any) -> None:
+        self._channel.confirm_delivery(
+            ack_nack_callback=self._on_confirm, callback=lambda _frame: self._ready.set()
+        )
+
+    def _on_channel_closed(self, _channel: Any, reason: BaseException) -> None:
+        if reply_code(reason) == PRECONDITION_FAILED:
+            self._fail_open(
+                TopologyError(
+                    f"exchange {self._settings.exchange!r} exists but is not a durable topic "
+                    f"exchange: {describe(self._settings, reason)}"
+                )
+            )
+        else:
+            self._fail_open(unavailable(self._settings, reason, "opening a publisher channel"))
+        # Unsettled publishes on this channel will never be confirmed.
+        self._die(describe(self._settings, reason))
+        if not (self._connection.is_closing or self._connection.is_closed):
+            self._connection.close()
+
+    def _send(self, batch: _Batch) -> None:
+        publish = self._channel.basic_publish
+        pending = self._pending
+        for index, item in enumerate(batch.items):
+            try:
+                publish(item.exchange, item.routing_key, item.body, item.properties, True)
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                batch.connection_lost(describe(self._settings, exc))
+                return
+            pending[self._next_tag] = (batch, index)
+            self._next_tag += 1
+
+    def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
+        if method.exchange == DEFAULT_EXCHANGE:
+            reason = f"no queue named {method.routing_key!r}"
+        else:
+            reason = f"no queue bound for topic {method.routing_key!r}"
+        self._returned[properties.message_id] = f"{reason} ({method.reply_text})"
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        nacked = isinstance(method, pika.spec.Basic.Nack)
+        tag = method.delivery_tag
+        if method.multiple:
+            tags: range | tuple[int] = range(self._oldest_unconfirmed, tag + 1)
+        else:
+            tags = (tag,)
+        pending, returned = self._pending, self._returned
+        for confirmed in tags:
+            entry = pending.pop(confirmed, None)
+            if entry is None:
+                continue
+            batch, index = entry
+            message_id = batch.items[index].message_id
+            error: Exception | None = None
+            reason = returned.pop(message_id, None) if returned else None
+            if reason is not None:
+                error = PublishError(f"message {message_id} was returned: {reason}")
+            elif nacked:
+                error = PublishError(f"message {message_id} was rejected (nack) by RabbitMQ")
+            batch.settle(index, error)
+        while self._oldest_unconfirmed < self._next_tag and self._oldest_unconfirmed not in pending:
+            self._oldest_unconfirmed += 1
+
+
+class RabbitMQPublisher(Publisher):
+    """Publishes persistent messages with pipelined confirms; see :class:`Publisher`.
+
+    The connection is opened on first use and reopened by the first publish after it was
+    lost. Use from one thread at a time.
+    """
+
+    def __init__(self, settings: RabbitMQSettings) -> None:
+        self._settings = settings
+        self._link: _Link | None = None
+        self._closed = False
+
+    def publish(
+        self, messages: Sequence[Message], *, timeout: float | None = None
+    ) -> list[PublishOutcome]:
+        exchange = self._settings.exchange
+        return self._publish([(exchange, m.topic, m) for m in messages], timeout)
+
+    def send_to_queue(
+        self, queue: str, messages: Sequence[Message], *, timeout: float | None = None
+    ) -> list[PublishOutcome]:
+        validate_name(queue, "queue")
+        return self._publish([(DEFAULT_EXCHANGE, queue, m) for m in messages], timeout)
+
+    def close(self) -> None:
+        self._closed = True
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
+
+    def _publish(
+        self, targets: list[tuple[str, str, Message]], timeout: float | None
+    ) -> list[PublishOutcome]:
+        if self._closed:
+            raise BrokerError("the publisher is closed")
+        if not targets:
+            return []
+        limit = self._settings.common.max_body_bytes
+        for _, _, message in targets:
+            message.check_size(limit)
+        batch = _Batch([_outgoing(exchange, key, message) for exchange, key, message in targets])
+        link = self._live_link()
+        if not link.submit(batch):
+            # Lost between the check and the hand-off, before anything was sent.
+            link = self._live_link()
+            if not link.submit(batch):
+                raise BrokerUnavailable(
+                    f"RabbitMQ at {self._settings.redacted_url()} closed the publisher "
+                    "connection right after opening it"
+                )
+        wait = self._settings.common.publish_timeout if timeout is None else timeout
+        try:
+            if not batch.done.wait(wait):
+                batch.abandon(wait)
+        finally:
+            link.forget(batch)
+        if batch.lost is not None:
+            raise BrokerUnavailable(
+                f"lost the connection to RabbitMQ at {self._settings.redacted_url()} with "
+                f"{batch.remaining} of {len(batch.items)} messages unconfirmed (their outcome "
+                f"is unknown): {batch.lost}"
+            )
+        return batch.outcomes()
+
+    def _live_link(self) -> _Link:
+        if self._link is not None and not self._link.dead:
+            return self._link
+        if self._link is not None:
+            self._link.close()
+            self._link = None
+        link = _Link(self._settings, name="txmq publisher")
+        link.wait_ready()
+        self._link = link
+        return link
+
+
+def _outgoing(exchange: str, routing_key: str, message: Message) -> _Outgoing:
+    properties = pika.BasicProperties(
+        message_id=message.id,
+        delivery_mode=PERSISTENT,
+        headers=encode_headers(message),
+    )
+    return _Outgoing(exchange, routing_key, message.id, message.body, properties)

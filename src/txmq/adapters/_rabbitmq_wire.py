@@ -1,0 +1,167 @@
+"""txmq messages on the AMQP wire, and how settled delivery tags are grouped into acks.
+
+Nothing here talks to a broker, so it is tested without one.
+
+Wire format (same meaning as the Kafka adapter's): the body is the message body; the
+``message_id`` property is the message id; ``headers`` are the message headers plus
+``x-txmq-id``, ``x-txmq-topic`` (the logical topic, which survives dead-lettering and
+publishing straight into a queue) and ``x-txmq-key`` when there is a key. Decoding takes
+those three back into :class:`~txmq.message.Message` fields, so a decoded message equals
+the one that was published.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import decimal
+from collections.abc import Iterable, Mapping, Sequence
+
+from txmq.adapters.base import Delivery
+from txmq.errors import InvalidMessage, MessageDecodeError
+from txmq.message import HEADER_ID, HEADER_KEY, HEADER_TOPIC, Message
+
+#: ``delivery_mode`` of a message RabbitMQ writes to disk.
+PERSISTENT = 2
+
+#: Headers RabbitMQ itself adds (dead-lettering, quorum delivery counts, shovels). They
+#: describe the transport, not the message, and are not str -> str, so decoding drops them.
+_BROKER_HEADERS = frozenset(
+    {"x-death", "x-delivery-count", "x-received-from", "x-shovelled", "x-shovelled-timestamp"}
+)
+_BROKER_HEADER_PREFIXES = ("x-first-death-", "x-last-death-")
+_STRUCTURAL_HEADERS = frozenset({HEADER_ID, HEADER_KEY, HEADER_TOPIC})
+
+
+def encode_headers(message: Message) -> dict[str, str]:
+    """The AMQP ``headers`` table carrying ``message``."""
+    headers = dict(message.headers)
+    headers[HEADER_ID] = message.id
+    headers[HEADER_TOPIC] = message.topic
+    if message.key is not None:
+        headers[HEADER_KEY] = message.key
+    return headers
+
+
+def _is_broker_header(name: str) -> bool:
+    return name in _BROKER_HEADERS or name.startswith(_BROKER_HEADER_PREFIXES)
+
+
+def _header_text(value: object) -> str | None:
+    """``value`` as header text, or ``None`` when it has no faithful text form."""
+    text: str | None = None
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, bytes):
+        with contextlib.suppress(UnicodeDecodeError):
+            text = value.decode()
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, int | float | decimal.Decimal):
+        text = str(value)
+    elif isinstance(value, datetime.datetime):
+        text = value.isoformat()
+    return text
+
+
+def _text_headers(headers: Mapping[str, object]) -> dict[str, str]:
+    """Application and txmq headers as text; raise :class:`MessageDecodeError` if impossible."""
+    result: dict[str, str] = {}
+    for name, value in headers.items():
+        if _is_broker_header(name):
+            continue
+        text = _header_text(value)
+        if text is None:
+            raise MessageDecodeError(f"header {name!r} holds a {type(value).__name__}, not text")
+        result[name] = text
+    return result
+
+
+def raw_headers(headers: Mapping[str, object] | None) -> dict[str, str]:
+    """Every header as text, best effort, for inspecting a message that did not decode."""
+    result: dict[str, str] = {}
+    for name, value in (headers or {}).items():
+        text = _header_text(value)
+        result[str(name)] = text if text is not None else repr(value)
+    return result
+
+
+def decode_message(
+    body: bytes,
+    message_id: str | None,
+    headers: Mapping[str, object] | None,
+    routing_key: str,
+) -> Message:
+    """The message an AMQP delivery carries.
+
+    Raises:
+        MessageDecodeError: no id, a header without a text form, or fields that do not make
+            a valid message (e.g. a bad topic).
+    """
+    text = _text_headers(headers or {})
+    message_id = message_id or text.get(HEADER_ID)
+    if not message_id:
+        raise MessageDecodeError("no message id (neither message_id nor x-txmq-id is set)")
+    try:
+        return Message(
+            text.get(HEADER_TOPIC) or routing_key,
+            body,
+            key=text.get(HEADER_KEY),
+            headers={k: v for k, v in text.items() if k not in _STRUCTURAL_HEADERS},
+            id=message_id,
+        )
+    except InvalidMessage as exc:
+        raise MessageDecodeError(f"not a valid txmq message: {exc}") from exc
+
+
+def decode_delivery(
+    *,
+    source: str,
+    token: object,
+    redelivered: bool,
+    body: bytes,
+    message_id: str | None,
+    headers: Mapping[str, object] | None,
+    routing_key: str,
+) -> Delivery:
+    """A :class:`Delivery`; one that cannot be decoded carries the error and raw data instead."""
+    try:
+        message = decode_message(body, message_id, headers, routing_key)
+    except MessageDecodeError as exc:
+        return Delivery(
+            message=None,
+            source=source,
+            redelivered=redelivered,
+            token=token,
+            decode_error=exc,
+            raw_body=body,
+            raw_headers=raw_headers(headers),
+        )
+    return Delivery(message=message, source=source, redelivered=redelivered, token=token)
+
+
+def settlement_plan(outstanding: Iterable[int], tags: Iterable[int]) -> list[tuple[int, bool]]:
+    """How to settle ``tags`` in as few frames as possible: ``[(delivery_tag, multiple)]``.
+
+    ``outstanding`` is every unsettled delivery tag of the channel, oldest first. An AMQP
+    ``multiple`` settlement covers every outstanding tag up to the one given, so it is only
+    usable for the part of ``tags`` that is exactly the oldest outstanding tags; the rest
+    is settled one by one.
+
+    Example:
+        >>> settlement_plan([1, 2, 3, 5], [1, 2, 5])
+        [(2, True), (5, False)]
+    """
+    wanted: Sequence[int] = sorted(set(tags))
+    prefix = 0
+    for held, tag in zip(outstanding, wanted, strict=False):
+        if held != tag:
+            break
+        prefix += 1
+    plan: list[tuple[int, bool]] = []
+    if prefix >= 2:
+        plan.append((wanted[prefix - 1], True))
+    else:
+        prefix = 0
+    plan.extend((tag, False) for tag in wanted[prefix:])
+    return plan

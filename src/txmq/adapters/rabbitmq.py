@@ -1,0 +1,154 @@
+"""RabbitMQ adapter (pika): topology, publisher, subscription and queue inspection.
+
+Topology for group ``g`` and topic ``t`` (DESIGN.md section 5): one durable topic exchange
+per deployment (``settings.exchange``); the durable work queue ``g.t`` bound to it with
+routing key ``t``; retry queues ``g.t.retry.n`` whose per-queue TTL dead-letters messages
+back into ``g.t`` through the default exchange; and the dead-letter queue ``g.t.dlq``.
+
+Example:
+    >>> broker = txmq.connect("rabbitmq://guest:guest@127.0.0.1:5672/")  # doctest: +SKIP
+    >>> broker.declare([Topology("billing", "orders.created", retry_delays=(1, 10))])
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from txmq.adapters._rabbitmq_connection import (
+    channel_error,
+    close_quietly,
+    open_blocking,
+    pika,
+)
+from txmq.adapters._rabbitmq_publisher import RabbitMQPublisher
+from txmq.adapters._rabbitmq_subscription import RabbitMQSubscription
+from txmq.adapters._rabbitmq_wire import decode_delivery
+from txmq.adapters.base import Adapter, Delivery, Publisher, Subscription, Topology
+from txmq.config import BrokerSettings, RabbitMQSettings
+from txmq.errors import ConfigurationError
+from txmq.message import validate_name
+
+_AMQP_ERRORS = (pika.exceptions.AMQPError, OSError)
+
+
+class RabbitMQAdapter(Adapter):
+    """RabbitMQ as txmq uses it. Build it with :func:`txmq.connect`.
+
+    Every publisher and subscription opens its own connection; the adapter itself holds
+    none, and opens a short-lived one for each administrative call.
+    """
+
+    system = "rabbitmq"
+    settings: RabbitMQSettings
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        if not isinstance(settings, RabbitMQSettings):
+            raise ConfigurationError(f"RabbitMQAdapter needs RabbitMQSettings, not {settings!r}")
+        super().__init__(settings)
+
+    def ping(self) -> None:
+        close_quietly(open_blocking(self.settings, name="txmq ping"))
+
+    def declare(self, topologies: Iterable[Topology]) -> None:
+        topologies = list(topologies)
+        connection = open_blocking(self.settings, name="txmq declare")
+        doing = f"declaring exchange {self.settings.exchange!r}"
+        try:
+            channel = connection.channel()
+            channel.exchange_declare(self.settings.exchange, exchange_type="topic", durable=True)
+            for topology in topologies:
+                for queue, arguments in self._queues(topology):
+                    doing = f"declaring queue {queue!r} with {arguments}"
+                    channel.queue_declare(queue, durable=True, arguments=arguments)
+                doing = f"binding queue {topology.work_queue!r} to topic {topology.topic!r}"
+                channel.queue_bind(
+                    topology.work_queue, self.settings.exchange, routing_key=topology.topic
+                )
+        except _AMQP_ERRORS as exc:
+            raise channel_error(self.settings, exc, doing) from exc
+        finally:
+            # A refused declaration closes its channel; the connection goes with it.
+            close_quietly(connection)
+
+    def _queues(self, topology: Topology) -> list[tuple[str, dict[str, Any]]]:
+        """Every queue of ``topology`` with its declaration arguments."""
+        queue_type: dict[str, Any] = {"x-queue-type": self.settings.queue_type}
+        queues = [(topology.work_queue, queue_type)]
+        for queue, delay in zip(topology.retry_queues(), topology.retry_delays, strict=True):
+            retry = {
+                **queue_type,
+                "x-message-ttl": max(1, round(delay * 1000)),
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": topology.work_queue,
+            }
+            if self.settings.queue_type == "quorum":
+                # Quorum queues dead-letter at most once unless told otherwise; a retry must
+                # not vanish between the retry queue and the work queue.
+                retry |= {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+            queues.append((queue, retry))
+        queues.append((topology.dead_letter_queue, queue_type))
+        return queues
+
+    def publisher(self, *, transactional_id: str | None = None) -> Publisher:
+        """A publisher; ``transactional_id`` is a Kafka notion and is ignored here."""
+        return RabbitMQPublisher(self.settings)
+
+    def subscribe(self, group: str, sources: Sequence[str], *, prefetch: int = 100) -> Subscription:
+        validate_name(group, "group")
+        return RabbitMQSubscription(self.settings, group, sources, prefetch=prefetch)
+
+    def sources_for(self, topologies: Iterable[Topology]) -> list[str]:
+        return list(dict.fromkeys(t.work_queue for t in topologies))
+
+    def read_queue(self, queue: str, *, limit: int, timeout: float) -> list[Delivery]:
+        """Up to ``limit`` messages from the head of ``queue``, left in the queue.
+
+        They are fetched unacknowledged and given back (``requeue``), which puts them back
+        in their places; a consumer of the queue may see them marked redelivered.
+        """
+        validate_name(queue, "queue")
+        deadline = time.monotonic() + timeout
+        deliveries: list[Delivery] = []
+        last_tag = 0
+        connection = open_blocking(self.settings, name="txmq read-queue")
+        try:
+            channel = connection.channel()
+            while len(deliveries) < limit and time.monotonic() < deadline:
+                method, properties, body = channel.basic_get(queue, auto_ack=False)
+                if method is None:
+                    break
+                deliveries.append(
+                    decode_delivery(
+                        source=queue,
+                        token=None,
+                        redelivered=bool(method.redelivered),
+                        body=body,
+                        message_id=properties.message_id,
+                        headers=properties.headers,
+                        routing_key=method.routing_key,
+                    )
+                )
+                last_tag = method.delivery_tag
+            if last_tag:
+                channel.basic_nack(delivery_tag=last_tag, multiple=True, requeue=True)
+        except _AMQP_ERRORS as exc:
+            raise channel_error(self.settings, exc, f"reading queue {queue!r}") from exc
+        finally:
+            close_quietly(connection)
+        return deliveries
+
+    def purge_queue(self, queue: str) -> int:
+        validate_name(queue, "queue")
+        connection = open_blocking(self.settings, name="txmq purge")
+        try:
+            frame = connection.channel().queue_purge(queue)
+        except _AMQP_ERRORS as exc:
+            raise channel_error(self.settings, exc, f"purging queue {queue!r}") from exc
+        finally:
+            close_quietly(connection)
+        return int(frame.method.message_count)
+
+
+__all__ = ["RabbitMQAdapter"]
