@@ -212,9 +212,10 @@ class OutboxStore:
     def claim_ready(self, connection: Connection, limit: int) -> list[OutboxRecord]:
         """Lock up to ``limit`` due READY records, oldest first, that may be published now.
 
-        A record is held back when an earlier READY record with the same key is not in the
-        claimed set (another relay holds it, or it is backing off): same-key messages go out
-        in order.
+        Order is kept per (topic, key), the scope in which brokers order messages (a Kafka
+        partition, a RabbitMQ queue): a keyed record is held back while an earlier READY
+        record of the same topic and key is not in the claimed set (another relay holds it,
+        or it is backing off after a failed publish).
         """
         records = self.tables.records
         now = utcnow()
@@ -234,26 +235,25 @@ class OutboxStore:
         if not keyed:
             return claimed
         claimed_seqs = {r.seq for r in claimed}
-        last_seq = max(claimed_seqs)
-        blocked: set[str] = set()
-        publishable_keyed: set[int] = set()
-        ahead = connection.execute(
-            select(records.c.seq, records.c.key)
+        blocked: set[tuple[str, str]] = set()
+        publishable: set[int] = set()
+        earlier = connection.execute(
+            select(records.c.seq, records.c.topic, records.c.key)
             .where(
                 records.c.state == RecordState.READY.value,
                 records.c.key.in_(keyed),
-                records.c.seq <= last_seq,
+                records.c.seq <= max(claimed_seqs),
             )
             .order_by(records.c.seq)
         )
-        for seq, key in ahead:
-            if key in blocked:
+        for seq, topic, key in earlier:
+            if (topic, key) in blocked:
                 continue
             if seq in claimed_seqs:
-                publishable_keyed.add(seq)
+                publishable.add(seq)
             else:
-                blocked.add(key)
-        return [r for r in claimed if r.message.key is None or r.seq in publishable_keyed]
+                blocked.add((topic, key))
+        return [r for r in claimed if r.message.key is None or r.seq in publishable]
 
     def mark_sent(self, connection: Connection, seqs: Sequence[int]) -> None:
         if seqs:

@@ -1,0 +1,405 @@
+"""Producer side on SQLite with a recording publisher: states, check-back, relay bookkeeping."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, insert, select
+from sqlalchemy.orm import Session
+
+import txmq
+from txmq.adapters.base import Adapter, Delivery, Publisher, PublishOutcome, Subscription, Topology
+from txmq.config import parse_broker_url
+from txmq.outbox import CheckBackPolicy, Producer, make_outbox_tables
+from txmq.states import CheckLimitPolicy, LocalTransactionState, RecordState
+
+COMMIT, ROLLBACK, UNKNOWN = (
+    LocalTransactionState.COMMIT,
+    LocalTransactionState.ROLLBACK,
+    LocalTransactionState.UNKNOWN,
+)
+NOW = timedelta(0)
+
+
+class RecordingPublisher(Publisher):
+    def __init__(self, sink: list[txmq.Message], fail_topics: set[str]) -> None:
+        self.sink = sink
+        self.fail_topics = fail_topics
+
+    def publish(
+        self, messages: Sequence[txmq.Message], *, timeout: float | None = None
+    ) -> list[PublishOutcome]:
+        outcomes = []
+        for m in messages:
+            if m.topic in self.fail_topics:
+                outcomes.append(PublishOutcome(m.id, txmq.PublishError("unroutable")))
+            else:
+                self.sink.append(m)
+                outcomes.append(PublishOutcome(m.id))
+        return outcomes
+
+    def send_to_queue(
+        self, queue: str, messages: Sequence[txmq.Message], *, timeout: float | None = None
+    ) -> list[PublishOutcome]:
+        return self.publish(messages)
+
+    def close(self) -> None:
+        pass
+
+
+class RecordingAdapter(Adapter):
+    system = "rabbitmq"
+
+    def __init__(self) -> None:
+        super().__init__(parse_broker_url("rabbitmq://127.0.0.1:1/"))
+        self.published: list[txmq.Message] = []
+        self.fail_topics: set[str] = set()
+
+    def ping(self) -> None:
+        pass
+
+    def declare(self, topologies: Iterable[Topology]) -> None:
+        pass
+
+    def publisher(self, *, transactional_id: str | None = None) -> Publisher:
+        return RecordingPublisher(self.published, self.fail_topics)
+
+    def subscribe(self, group: str, sources: Sequence[str], *, prefetch: int = 100) -> Subscription:
+        raise NotImplementedError
+
+    def sources_for(self, topologies: Iterable[Topology]) -> list[str]:
+        return []
+
+    def read_queue(self, queue: str, *, limit: int, timeout: float) -> list[Delivery]:
+        return []
+
+    def purge_queue(self, queue: str) -> int:
+        return 0
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def metadata(engine: Engine) -> MetaData:
+    metadata = MetaData()
+    Table("orders", metadata, Column("id", Integer, primary_key=True))
+    make_outbox_tables(metadata)
+    metadata.create_all(engine)
+    return metadata
+
+
+@pytest.fixture
+def broker() -> RecordingAdapter:
+    return RecordingAdapter()
+
+
+def make_producer(
+    engine: Engine, metadata: MetaData, broker: Adapter, **kwargs: object
+) -> Producer:
+    return Producer(
+        group="orders",
+        engine=engine,
+        broker=broker,
+        tables=make_outbox_tables(metadata),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def states(producer: Producer) -> dict[str, int]:
+    return producer.store.counts()
+
+
+def test_stage_exists_only_if_the_transaction_commits(
+    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+) -> None:
+    producer = make_producer(engine, metadata, broker)
+    orders = metadata.tables["orders"]
+    with Session(engine) as session:
+        session.begin()
+        session.execute(insert(orders).values(id=1))
+        producer.stage(session, txmq.Message("orders.created", b"rolled back"))
+        session.rollback()
+    assert states(producer) == {}
+
+    committed = txmq.Message("orders.created", b"committed")
+    with Session(engine) as session, session.begin():
+        session.execute(insert(orders).values(id=2))
+        producer.stage(session, committed)
+    assert states(producer) == {"READY": 1}
+
+    assert producer.relay().drain() == 1
+    assert [m.id for m in broker.published] == [committed.id]
+    assert broker.published[0].headers["x-txmq-producer-group"] == "orders"
+    assert states(producer) == {"SENT": 1}
+
+
+def test_half_message_commit_rollback_unknown(
+    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+) -> None:
+    producer = make_producer(engine, metadata, broker)
+    seen: list[str] = []
+
+    def executor(message: txmq.Message, arg: LocalTransactionState) -> LocalTransactionState:
+        # The half record is durable before the local transaction runs.
+        seen.append(producer.store.get(message.id).state.value)
+        return arg
+
+    results = {
+        state: producer.send_in_transaction(
+            txmq.Message("t", state.value.encode()), executor, state
+        )
+        for state in (COMMIT, ROLLBACK, UNKNOWN)
+    }
+    assert seen == ["PREPARED"] * 3
+    assert results[COMMIT].record_state is RecordState.READY
+    assert results[ROLLBACK].record_state is RecordState.ROLLED_BACK
+    assert results[UNKNOWN].record_state is RecordState.PREPARED
+    producer.relay().drain()
+    assert [m.body for m in broker.published] == [b"COMMIT"]
+
+
+def test_executor_exception_counts_as_unknown(
+    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+) -> None:
+    producer = make_producer(engine, metadata, broker)
+
+    def explode(message: txmq.Message, arg: None) -> LocalTransactionState:
+        raise RuntimeError("boom")
+
+    result = producer.send_in_transaction(txmq.Message("t", b"x"), explode, None)
+    assert result.local_state is UNKNOWN
+    assert producer.store.get(result.message_id).state is RecordState.PREPARED
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [(COMMIT, RecordState.READY), (ROLLBACK, RecordState.ROLLED_BACK)],
+)
+def test_check_back_resolves_unknown(
+    engine: Engine,
+    metadata: MetaData,
+    broker: RecordingAdapter,
+    answer: LocalTransactionState,
+    expected: RecordState,
+) -> None:
+    counts: list[int] = []
+
+    def checker(message: txmq.Message, count: int) -> LocalTransactionState:
+        counts.append(count)
+        return UNKNOWN if count == 1 else answer
+
+    producer = make_producer(
+        engine,
+        metadata,
+        broker,
+        checker=checker,
+        check_policy=CheckBackPolicy(immunity=NOW, interval=timedelta(microseconds=1)),
+    )
+    result = producer.send_in_transaction(txmq.Message("t", b"x"), lambda m, a: UNKNOWN, None)
+    assert producer.check_back_once() == 1
+    assert producer.store.get(result.message_id).state is RecordState.PREPARED
+    assert producer.check_back_once() == 1
+    assert counts == [1, 2]
+    assert producer.store.get(result.message_id).state is expected
+
+
+def test_immunity_delays_the_first_check(
+    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+) -> None:
+    producer = make_producer(
+        engine, metadata, broker, checker=lambda m, c: COMMIT, check_policy=CheckBackPolicy()
+    )
+    result = producer.send_in_transaction(txmq.Message("t", b"x"), lambda m, a: UNKNOWN, None)
+    assert producer.check_back_once() == 0
+    override = producer.send_in_transaction(
+        txmq.Message("t", b"y"), lambda m, a: UNKNOWN, None, immunity=timedelta(microseconds=1)
+    )
+    assert producer.check_back_once() == 1
+    assert producer.store.get(result.message_id).state is RecordState.PREPARED
+    assert producer.store.get(override.message_id).state is RecordState.READY
+
+
+def test_checker_exception_then_limit_parks_and_resume_delivers(
+    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+) -> None:
+    answers = iter([UNKNOWN, "raise", UNKNOWN, COMMIT])
+
+    def checker(message: txmq.Message, count: int) -> LocalTransactionState:
+        answer = next(answers)
+        if answer == "raise":
+            raise RuntimeError("checker down")
+        return LocalTransactionState(answer)
+
+    producer = make_producer(
+        engine,
+        metadata,
+        broker,
+        checker=checker,
+        check_policy=CheckBackPolicy(
+            immunity=NOW, interval=timedelta(microseconds=1), max_checks=3
+        ),
+    )
+    result = producer.send_in_transaction(txmq.Message("t", b"x"), lambda m, a: UNKNOWN, None)
+    for _ in range(3):
+        producer.check_back_once()
+    record = producer.store.get(result.message_id)
+    assert record.state is RecordState.PARKED
+    assert record.check_count == 3
+    assert [r.message.id for r in producer.parked()] == [result.message_id]
+    assert producer.check_back_once() == 0  # parked records are not checked
+
+    producer.resume(result.message_id)
+    assert producer.check_back_once() == 1  # the fourth answer: COMMIT
+    producer.relay().drain()
+    assert [m.id for m in broker.published] == [result.message_id]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (CheckLimitPolicy.COMMIT, RecordState.READY),
+        (CheckLimitPolicy.ROLLBACK, RecordState.ROLLED_BACK),
+    ],
+)
+def test_limit_policy_commit_or_rollback(
+    engine: Engine,
+    metadata: MetaData,
+    broker: RecordingAdapter,
+    policy: CheckLimitPolicy,
+    expected: RecordState,
+) -> None:
+    producer = make_producer(
+        engine,
+        metadata,
+        broker,
+        check_policy=CheckBackPolicy(immunity=NOW, max_checks=1, on_limit=policy),
+    )
+    result = producer.send_in_transaction(txmq.Message("t", b"x"), lambda m, a: UNKNOWN, None)
+    producer.check_back_once()
+    assert producer.store.get(result.message_id).state is expected
+
+
+def test_operator_commit_and_rollback_of_parked(
+    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+) -> None:
+    producer = make_producer(
+        engine, metadata, broker, check_policy=CheckBackPolicy(immunity=NOW, max_checks=1)
+    )
+    a = producer.send_in_transaction(txmq.Message("t", b"a"), lambda m, x: UNKNOWN, None)
+    b = producer.send_in_transaction(txmq.Message("t", b"b"), lambda m, x: UNKNOWN, None)
+    producer.check_back_once()
+    producer.commit(a.message_id)
+    producer.rollback(b.message_id)
+    with pytest.raises(txmq.RecordNotFound):
+        producer.rollback(a.message_id)  # READY now: no longer an operator's decision
+    producer.relay().drain()
+    assert [m.body for m in broker.published] == [b"a"]
+
+
+def test_self_answering_commit_and_exception(
+    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+) -> None:
+    producer = make_producer(engine, metadata, broker)
+    orders = metadata.tables["orders"]
+    ok = producer.send_in_local_transaction(
+        txmq.Message("t", b"ok"), lambda s: s.execute(insert(orders).values(id=10))
+    )
+    assert ok.record_state is RecordState.READY
+
+    def fails(session: Session) -> None:
+        session.execute(insert(orders).values(id=11))
+        raise ValueError("business rule")
+
+    with pytest.raises(ValueError, match="business rule"):
+        producer.send_in_local_transaction(txmq.Message("t", b"bad"), fails)
+    with engine.connect() as connection:
+        assert list(connection.execute(select(orders.c.id))) == [(10,)]
+    assert states(producer) == {"READY": 1, "ROLLED_BACK": 1}
+
+
+def test_self_answering_check_back_needs_no_checker(
+    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+) -> None:
+    """A local transaction that never ran: the check-back's ROLLBACK marker wins, and the
+    late local transaction then fails on the key instead of committing."""
+    producer = make_producer(engine, metadata, broker, check_policy=CheckBackPolicy(immunity=NOW))
+    message = txmq.Message("t", b"x")
+    producer.store.prepare(message, "orders", immunity=NOW, tx_key=message.id)
+    assert producer.check_back_once() == 1
+    assert producer.store.get(message.id).state is RecordState.ROLLED_BACK
+
+    # A committed marker without the READY transition (crash right after the local commit).
+    late = txmq.Message("t", b"y")
+    producer.store.prepare(late, "orders", immunity=NOW, tx_key=late.id)
+    with engine.begin() as connection:
+        producer.store.insert_marker(connection, late.id, COMMIT)
+    assert producer.check_back_once() == 1
+    assert producer.store.get(late.id).state is RecordState.READY
+
+
+def test_same_key_order_is_kept_when_an_earlier_record_backs_off(
+    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+) -> None:
+    producer = make_producer(engine, metadata, broker)
+    relay = producer.relay()
+    broker.fail_topics.add("t")
+    with Session(engine) as session, session.begin():
+        producer.stage(session, txmq.Message("t", b"k1-first", key="k1"))
+    relay.drain()
+    broker.fail_topics.clear()
+    with Session(engine) as session, session.begin():
+        producer.stage(
+            session,
+            txmq.Message("t", b"k1-second", key="k1"),
+            txmq.Message("other", b"k1-other-topic", key="k1"),
+            txmq.Message("t", b"k2", key="k2"),
+            txmq.Message("t", b"nokey"),
+        )
+    relay.drain()
+    # k1-first backs off after its failed publish; k1-second waits behind it; the rest go.
+    assert [m.body for m in broker.published] == [b"k1-other-topic", b"k2", b"nokey"]
+    first, second = producer.store.list(RecordState.READY)
+    assert (first.message.body, second.message.body) == (b"k1-first", b"k1-second")
+    assert first.publish_attempts == 1
+    assert first.last_error is not None
+    assert "unroutable" in first.last_error
+
+
+def test_bad_input_is_rejected_before_anything_is_written(
+    engine: Engine, metadata: MetaData, broker: RecordingAdapter, tmp_path: Path
+) -> None:
+    producer = make_producer(engine, metadata, broker, max_body_bytes=100)
+    with pytest.raises(txmq.InvalidMessage):
+        txmq.Message("bad topic!", b"x")
+    with pytest.raises(txmq.InvalidMessage):
+        txmq.Message("t", "not bytes")  # type: ignore[arg-type]
+    with pytest.raises(txmq.MessageTooLarge):
+        producer.send_in_transaction(txmq.Message("t", b"x" * 200), lambda m, a: COMMIT, None)
+    other = create_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    with Session(other) as session, pytest.raises(txmq.WrongDatabase):
+        producer.stage(session, txmq.Message("t", b"x"))
+    with Session(engine) as session, session.begin(), pytest.raises(txmq.MessageTooLarge):
+        producer.stage(session, txmq.Message("t", b"ok"), txmq.Message("t", b"x" * 200))
+    assert states(producer) == {}
+    other.dispose()
+
+
+def test_purge_removes_finished_records_only(
+    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+) -> None:
+    producer = make_producer(engine, metadata, broker)
+    with Session(engine) as session, session.begin():
+        producer.stage(session, txmq.Message("t", b"a"))
+    producer.relay().drain()
+    producer.send_in_transaction(txmq.Message("t", b"b"), lambda m, a: UNKNOWN, None)
+    assert producer.store.purge(timedelta(days=1)) == 0
+    assert producer.store.purge(timedelta(0)) == 1
+    assert states(producer) == {"PREPARED": 1}
