@@ -1,0 +1,127 @@
+"""Inbox rows: claim a message key inside the handler's transaction, find duplicates, purge.
+
+PostgreSQL and SQLite use ``INSERT ... ON CONFLICT DO NOTHING`` (no exception, no aborted
+transaction); other databases insert inside a savepoint and read a unique violation as a
+duplicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, Insert, Table, delete, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from txmq.consumer.tables import STATUS_DEAD, STATUS_DONE, default_inbox_table
+
+_UPSERT_DIALECTS = frozenset({"postgresql", "sqlite"})
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """An existing inbox row: how an earlier delivery of the message ended."""
+
+    status: str
+    error_type: str | None
+    error_message: str | None
+
+    @property
+    def dead(self) -> bool:
+        return self.status == STATUS_DEAD
+
+
+class Inbox:
+    """The inbox rows of one consumer group in one table."""
+
+    def __init__(self, table: Table, group: str) -> None:
+        self.table = table
+        self.group = group
+
+    def _ignore_conflicts(self, session: Session) -> Insert | None:
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(self.table).on_conflict_do_nothing()
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            return sqlite_insert(self.table).on_conflict_do_nothing()
+        return None
+
+    def _row(
+        self, key: str, topic: str, status: str, error: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
+        return {
+            "consumer_group": self.group,
+            "message_key": key,
+            "topic": topic,
+            "status": status,
+            "processed_at": datetime.now(UTC),
+            "error_type": error[0] if error else None,
+            "error_message": error[1] if error else None,
+        }
+
+    def claim(
+        self,
+        session: Session,
+        key: str,
+        topic: str,
+        *,
+        status: str = STATUS_DONE,
+        error: tuple[str, str] | None = None,
+    ) -> bool:
+        """Insert the row for ``key``; False if it already exists (a duplicate)."""
+        row = self._row(key, topic, status, error)
+        statement = self._ignore_conflicts(session)
+        if statement is not None:
+            return bool(session.execute(statement, row).rowcount)  # type: ignore[attr-defined]
+        try:
+            with session.begin_nested():
+                session.execute(insert(self.table), row)
+        except IntegrityError:
+            return False
+        return True
+
+    def claim_many(self, session: Session, rows: Sequence[tuple[str, str]]) -> set[str]:
+        """Insert rows ``(key, topic)`` in one statement; return the keys that were new."""
+        values = [self._row(key, topic, STATUS_DONE) for key, topic in rows]
+        statement = self._ignore_conflicts(session)
+        if statement is None:
+            return {key for key, topic in rows if self.claim(session, key, topic)}
+        result = session.execute(statement.values(values).returning(self.table.c.message_key))
+        return set(result.scalars())
+
+    def lookup(self, session: Session, keys: Iterable[str]) -> dict[str, InboxEntry]:
+        """The existing rows among ``keys``."""
+        c = self.table.c
+        rows = session.execute(
+            select(c.message_key, c.status, c.error_type, c.error_message).where(
+                c.consumer_group == self.group, c.message_key.in_(list(keys))
+            )
+        )
+        return {row[0]: InboxEntry(row[1], row[2], row[3]) for row in rows}
+
+
+def purge_inbox(
+    engine: Engine,
+    older_than: timedelta,
+    *,
+    inbox: Table | None = None,
+    group: str | None = None,
+) -> int:
+    """Delete inbox rows older than ``older_than``; return how many were deleted.
+
+    Keep rows longer than a message can be redelivered (broker retention, the longest
+    retry delay, DLQ replay): a message whose row is gone is applied again if it comes back.
+    """
+    table = inbox if inbox is not None else default_inbox_table
+    statement = delete(table).where(table.c.processed_at < datetime.now(UTC) - older_than)
+    if group is not None:
+        statement = statement.where(table.c.consumer_group == group)
+    with engine.begin() as connection:
+        return connection.execute(statement).rowcount

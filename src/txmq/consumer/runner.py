@@ -1,0 +1,318 @@
+"""The consumer: a group, its handlers, and the worker threads that run them."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType, TracebackType
+from typing import Any, Self
+
+from sqlalchemy import Engine, Table
+from sqlalchemy.orm import Session, sessionmaker
+
+from txmq.adapters import Adapter, Topology, connect
+from txmq.consumer.compensation import Compensation, compensation_topic
+from txmq.consumer.inbox import Inbox
+from txmq.consumer.policy import RetryPolicy
+from txmq.consumer.stats import ConsumerStats, StatsSnapshot
+from txmq.consumer.tables import default_inbox_table
+from txmq.consumer.worker import Handler, Plan, Route, Worker
+from txmq.errors import ConfigurationError
+from txmq.message import Message, validate_name
+
+log = logging.getLogger("txmq.consumer")
+
+CompensationHandlerFn = Callable[[Compensation, Session], None]
+
+
+class Consumer:
+    """A consumer group: handlers run exactly once per message, or the message is dead-lettered.
+
+    Each handler runs inside one transaction of ``engine``'s database, together with the
+    insert of the inbox row ``(group, message id)``; a redelivered message finds its row and
+    is acknowledged without running the handler. The broker is acknowledged only after the
+    commit. A failing handler is retried after the policy's delays (the broker holds the
+    message; nobody sleeps); when it fails for good the message goes to
+    ``<group>.<topic>.dlq`` and, with ``compensate``, a compensation event goes back to the
+    producer group named by ``x-txmq-producer-group``.
+
+    The handler sees the attempt number as ``message.headers["x-txmq-attempt"]`` (``"1"`` on
+    the first delivery; :func:`txmq.consumer.attempt_of` parses it).
+
+    Args:
+        broker: an adapter (not closed by the consumer) or a broker URL (the consumer
+            connects and closes); ``$TXMQ_BROKER_URL`` when omitted.
+        engine: the consumer's database (PostgreSQL first-class; SQLite works).
+        group: the consumer group; every instance of a group shares its messages.
+        retry: default retry policy of the handlers.
+        prefetch: deliveries in flight per worker (RabbitMQ prefetch; Kafka poll size).
+        batch_size: 1 = one transaction per message; ``n`` > 1 = up to ``n`` messages in one
+            transaction and one ack; a failing batch is redone message by message.
+        concurrency: worker threads, each with its own connection.
+        compensate: default of the handlers' ``compensate`` flag.
+        inbox: the inbox table (from :func:`make_inbox_table`); ``txmq_inbox`` by default.
+            Create it with :func:`create_schema` or your migrations.
+        session_factory: makes the handler's ``Session``; ``sessionmaker(engine)`` by default.
+        declare: declare the queues/topics (work, retry stages, DLQ) at start.
+        poll_interval: longest wait of one poll, i.e. the reaction time to :meth:`stop`.
+        publish_timeout: seconds to wait for the broker to confirm retry/DLQ copies.
+
+    Raises:
+        ConfigurationError: on bad numbers or names.
+
+    Example:
+        >>> consumer = Consumer(broker=url, engine=engine, group="cart")  # doctest: +SKIP
+        >>> @consumer.handler("orders.created")
+        ... def on_order(message: Message, session: Session) -> None:
+        ...     session.add(CartItem(order=json.loads(message.body)["order"]))
+        >>> consumer.run()  # until SIGTERM / SIGINT / consumer.stop()
+    """
+
+    def __init__(
+        self,
+        *,
+        broker: Adapter | str | None = None,
+        engine: Engine,
+        group: str,
+        retry: RetryPolicy | None = None,
+        prefetch: int = 100,
+        batch_size: int = 1,
+        concurrency: int = 1,
+        compensate: bool = False,
+        inbox: Table | None = None,
+        session_factory: Callable[[], Session] | None = None,
+        declare: bool = True,
+        poll_interval: float = 1.0,
+        publish_timeout: float | None = None,
+    ) -> None:
+        self.group = validate_name(group, "group")
+        if prefetch < 1 or batch_size < 1 or concurrency < 1:
+            raise ConfigurationError("prefetch, batch_size and concurrency must be at least 1")
+        if batch_size > prefetch:
+            raise ConfigurationError("batch_size cannot exceed prefetch")
+        if poll_interval <= 0:
+            raise ConfigurationError("poll_interval must be positive")
+        self._broker = broker
+        self.engine = engine
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.prefetch = prefetch
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self.compensate = compensate
+        self.inbox_table = inbox if inbox is not None else default_inbox_table
+        self._sessions: Callable[[], Session] = session_factory or sessionmaker(engine)
+        self._declare = declare
+        self.poll_interval = poll_interval
+        self.publish_timeout = publish_timeout
+        self._handlers: dict[str, tuple[Handler, RetryPolicy | None, bool | None]] = {}
+        self._stats = ConsumerStats()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._adapter: Adapter | None = None
+        self._owns_adapter = False
+        self._lock = threading.Lock()
+
+    # -- registration -------------------------------------------------------------------
+
+    def handler(
+        self,
+        topic: str,
+        *,
+        retry: RetryPolicy | None = None,
+        compensate: bool | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Register the decorated function as the handler of ``topic`` (one per topic).
+
+        Args:
+            topic: the logical topic.
+            retry: this handler's policy instead of the consumer's.
+            compensate: this handler's compensation flag instead of the consumer's.
+        """
+
+        def register(fn: Handler) -> Handler:
+            self.add_handler(topic, fn, retry=retry, compensate=compensate)
+            return fn
+
+        return register
+
+    def add_handler(
+        self,
+        topic: str,
+        fn: Handler,
+        *,
+        retry: RetryPolicy | None = None,
+        compensate: bool | None = None,
+    ) -> None:
+        """Register ``fn(message, session)`` as the handler of ``topic``."""
+        validate_name(topic, "topic")
+        with self._lock:
+            if self._threads:
+                raise ConfigurationError("register handlers before starting the consumer")
+            if topic in self._handlers:
+                raise ConfigurationError(f"topic {topic!r} already has a handler")
+            self._handlers[topic] = (fn, retry, compensate)
+
+    def compensation(
+        self, producer_group: str, *, retry: RetryPolicy | None = None
+    ) -> Callable[[CompensationHandlerFn], CompensationHandlerFn]:
+        """Register the compensation handler of ``producer_group`` (topic ``<group>.compensation``).
+
+        The decorated ``fn(compensation, session)`` runs once per failed original message,
+        in an inbox-protected transaction like any handler.
+
+        Example:
+            >>> @consumer.compensation("bank")  # doctest: +SKIP
+            ... def refund(c: Compensation, session: Session) -> None:
+            ...     session.execute(update(Account).values(balance=Account.balance + amount))
+        """
+
+        def register(fn: CompensationHandlerFn) -> CompensationHandlerFn:
+            def on_event(message: Message, session: Session) -> None:
+                fn(Compensation.from_message(message), session)
+
+            self.add_handler(
+                compensation_topic(producer_group), on_event, retry=retry, compensate=False
+            )
+            return fn
+
+        return register
+
+    def topologies(self) -> list[Topology]:
+        """The queues/topics this consumer needs, one topology per handled topic."""
+        return [self._route(topic).topology for topic in self._handlers]
+
+    def _route(self, topic: str) -> Route:
+        fn, retry, compensate = self._handlers[topic]
+        policy = retry if retry is not None else self.retry
+        return Route(
+            topology=Topology(self.group, topic, retry_delays=policy.delays),
+            handler=fn,
+            policy=policy,
+            compensate=self.compensate if compensate is None else compensate,
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def stats(self) -> StatsSnapshot:
+        """What the consumer did so far (processed, duplicates, retried, dead-lettered...)."""
+        return self._stats.snapshot()
+
+    @property
+    def running(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
+    def start(self) -> None:
+        """Declare the topology and start the worker threads; return at once.
+
+        Raises:
+            ConfigurationError: no handler registered, or already started.
+            BrokerUnavailable: the broker cannot be reached to declare the topology.
+        """
+        with self._lock:
+            if not self._handlers:
+                raise ConfigurationError("register at least one handler before starting")
+            if self.running:
+                raise ConfigurationError("consumer already started")
+            adapter = self._connect()
+            routes: dict[str, Route] = {}
+            retry_sources: set[str] = set()
+            for topic in self._handlers:
+                route = self._route(topic)
+                for source in adapter.sources_for([route.topology]):
+                    routes[source] = route
+                retry_sources.update(route.topology.retry_queues())
+            if self._declare:
+                adapter.declare(self.topologies())
+            self._stop.clear()
+            plan = Plan(
+                adapter=adapter,
+                group=self.group,
+                routes=routes,
+                retry_sources=frozenset(retry_sources),
+                inbox=Inbox(self.inbox_table, self.group),
+                sessions=self._sessions,
+                prefetch=self.prefetch,
+                batch_size=self.batch_size,
+                poll_interval=self.poll_interval,
+                publish_timeout=self.publish_timeout,
+                stats=self._stats,
+                stop=self._stop,
+            )
+            self._threads = []
+            for index in range(self.concurrency):
+                name = f"txmq-consumer-{self.group}-{index}"
+                thread = threading.Thread(target=Worker(plan, name).run, name=name, daemon=True)
+                thread.start()
+                self._threads.append(thread)
+            log.info(
+                "consumer %s started: %d worker(s) on %s",
+                *(self.group, self.concurrency, sorted(routes)),
+            )
+
+    def _connect(self) -> Adapter:
+        if self._adapter is None:
+            if isinstance(self._broker, Adapter):
+                self._adapter = self._broker
+            else:
+                self._adapter = connect(self._broker)
+                self._owns_adapter = True
+        return self._adapter
+
+    def stop(self, timeout: float | None = 30.0) -> bool:
+        """Stop fetching, finish the message in hand, commit, ack, close.
+
+        Deliveries fetched but not started are given back to the broker (redelivered to
+        another instance or after a restart). Returns True when every worker has finished
+        within ``timeout`` seconds.
+        """
+        self._stop.set()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        stopped = not self.running
+        if stopped and self._owns_adapter and self._adapter is not None:
+            self._adapter.close()
+            self._adapter = None
+            self._owns_adapter = False
+        return stopped
+
+    def run(self) -> None:
+        """Consume until :meth:`stop`, SIGTERM or SIGINT; then stop gracefully.
+
+        Signal handlers are installed only when called from the main thread (Python allows
+        no other), and the previous handlers are restored on return.
+        """
+        previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, self._on_signal)
+        try:
+            self.start()
+            while not self._stop.wait(0.5) and self.running:
+                pass
+        finally:
+            self.stop()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("consumer %s: signal %d, stopping", self.group, signum)
+        self._stop.set()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"Consumer(group={self.group!r}, topics={sorted(self._handlers)})"

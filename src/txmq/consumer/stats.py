@@ -1,0 +1,47 @@
+"""Counters of what a consumer did, readable while it runs."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, fields
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSnapshot:
+    """Counts since the consumer was created.
+
+    Attributes:
+        processed: handler transactions committed (one per message).
+        duplicates: deliveries acknowledged without running the handler (inbox hit).
+        retried: failed attempts sent to a retry stage.
+        dead_lettered: messages sent to the DLQ (including undecodable ones).
+        compensations: compensation events sent.
+        held: retry deliveries given back because they were not due yet (Kafka).
+        batch_fallbacks: batches whose transaction failed and were redone one by one.
+    """
+
+    processed: int = 0
+    duplicates: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    compensations: int = 0
+    held: int = 0
+    batch_fallbacks: int = 0
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    """Thread-safe counters; :meth:`snapshot` reads them consistently."""
+
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _counts: dict[str, int] = field(
+        default_factory=lambda: {f.name: 0 for f in fields(StatsSnapshot)}
+    )
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def snapshot(self) -> StatsSnapshot:
+        with self._lock:
+            return StatsSnapshot(**self._counts)

@@ -1,0 +1,393 @@
+"""One consumer thread: poll, run handlers in inbox-protected transactions, settle.
+
+The order of effects is what makes processing effectively-once:
+
+1. the inbox row and the handler's writes commit in one DB transaction;
+2. only then is the delivery acknowledged (RabbitMQ ack / Kafka offset commit);
+3. a failure first publishes the retry or DLQ copy (broker-confirmed), then acknowledges
+   the original. Before a DLQ copy is sent, a ``dead`` inbox row is committed, so a late
+   duplicate of a dead-lettered (and maybe compensated) message is never applied: it is
+   forwarded to the DLQ again instead.
+
+A crash between any two steps leads to a redelivery that the inbox turns into a no-op
+(or a repeated forward, which the replay generation and compensation ids deduplicate).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from txmq.adapters.base import (
+    Adapter,
+    Delivery,
+    Publisher,
+    Subscription,
+    Topology,
+    dead_letter_queue,
+    retry_queue,
+)
+from txmq.consumer.compensation import compensation_event
+from txmq.consumer.envelopes import dead_letter_copy, raw_dead_letter, retry_copy
+from txmq.consumer.headers import (
+    error_text,
+    error_type,
+    inbox_key,
+    parse_attempt,
+    parse_timestamp,
+)
+from txmq.consumer.inbox import Inbox, InboxEntry
+from txmq.consumer.policy import RetryPolicy
+from txmq.consumer.stats import ConsumerStats
+from txmq.consumer.tables import STATUS_DEAD
+from txmq.errors import BrokerError, PublishError, TxmqError
+from txmq.message import HEADER_ATTEMPT, HEADER_DUE_AT, Message
+
+log = logging.getLogger("txmq.consumer")
+
+Handler = Callable[[Message, Session], None]
+
+#: Reconnect back-off after a broker error: first wait, cap.
+_BACKOFF = (0.5, 15.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where deliveries of one (group, topic) go."""
+
+    topology: Topology
+    handler: Handler
+    policy: RetryPolicy
+    compensate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything a worker thread needs; shared read-only by all workers of a consumer."""
+
+    adapter: Adapter
+    group: str
+    routes: Mapping[str, Route]
+    retry_sources: frozenset[str]
+    inbox: Inbox
+    sessions: Callable[[], Session]
+    prefetch: int
+    batch_size: int
+    poll_interval: float
+    publish_timeout: float | None
+    stats: ConsumerStats
+    stop: threading.Event
+
+
+@dataclass(slots=True)
+class _Item:
+    delivery: Delivery
+    route: Route
+    message: Message
+    key: str
+
+
+class Worker:
+    """Consumes with its own subscription and publisher (one connection per thread)."""
+
+    def __init__(self, plan: Plan, name: str) -> None:
+        self.plan = plan
+        self.name = name
+        self._subscription: Subscription | None = None
+        self._publisher: Publisher | None = None
+        # Kafka retry topics that are paused, with the time to resume them.
+        self._paused: dict[str, float] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Consume until the plan's stop event is set, reconnecting after broker errors."""
+        plan = self.plan
+        backoff = _BACKOFF[0]
+        while not plan.stop.is_set():
+            try:
+                self._subscription = plan.adapter.subscribe(
+                    plan.group, list(plan.routes), prefetch=plan.prefetch
+                )
+                backoff = _BACKOFF[0]
+                self._consume(self._subscription)
+            except BrokerError as exc:
+                log.warning("%s: broker error, reconnecting in %.1fs: %s", self.name, backoff, exc)
+            except Exception:
+                # A bug (ours or an adapter's): keep the consumer alive, the broker redelivers.
+                log.exception("%s: unexpected error, reconnecting in %.1fs", self.name, backoff)
+            finally:
+                self._disconnect()
+            if plan.stop.wait(backoff):
+                break
+            backoff = min(backoff * 2, _BACKOFF[1])
+
+    def _disconnect(self) -> None:
+        for closable in (self._subscription, self._publisher):
+            if closable is not None:
+                try:
+                    closable.close()
+                except TxmqError as exc:
+                    log.debug("%s: error while closing: %s", self.name, exc)
+        self._subscription = self._publisher = None
+        self._paused.clear()
+
+    def _consume(self, subscription: Subscription) -> None:
+        plan = self.plan
+        max_messages = max(plan.batch_size, min(plan.prefetch, 100))
+        while not plan.stop.is_set():
+            timeout = self._resume_due(subscription)
+            deliveries = subscription.poll(timeout, max_messages)
+            if deliveries:
+                self._handle(subscription, deliveries)
+
+    def _resume_due(self, subscription: Subscription) -> float:
+        """Resume paused sources that are due; return how long the next poll may wait."""
+        now = time.time()
+        due = [source for source, at in self._paused.items() if at <= now]
+        if due:
+            subscription.resume(due)
+            for source in due:
+                del self._paused[source]
+        if not self._paused:
+            return self.plan.poll_interval
+        return max(0.01, min(self.plan.poll_interval, min(self._paused.values()) - now))
+
+    # -- one polled batch ---------------------------------------------------------------
+
+    def _handle(self, subscription: Subscription, deliveries: Sequence[Delivery]) -> None:
+        settled: list[Delivery] = []
+        try:
+            items = self._triage(subscription, deliveries, settled)
+            if self.plan.batch_size > 1:
+                self._process_batches(subscription, items, settled)
+            else:
+                for item in items:
+                    if self.plan.stop.is_set():
+                        break
+                    self._process_one(item, settled)
+        finally:
+            # Whatever was committed is acknowledged even if a later message hit a broker
+            # error; what was not reached is redelivered when the subscription closes.
+            if settled:
+                subscription.ack(settled)
+
+    def _triage(
+        self, subscription: Subscription, deliveries: Sequence[Delivery], settled: list[Delivery]
+    ) -> list[_Item]:
+        """Give back what is not due, dead-letter what is undecodable, return the rest."""
+        held: list[Delivery] = []
+        items: list[_Item] = []
+        now = time.time()
+        for delivery in deliveries:
+            route = self.plan.routes.get(delivery.source)
+            if route is None:
+                log.error("%s: delivery from unexpected source %r", self.name, delivery.source)
+                held.append(delivery)
+            elif self._hold(subscription, delivery, now):
+                held.append(delivery)
+            elif delivery.message is None:
+                self._dead_letter_raw(delivery, route, now)
+                settled.append(delivery)
+            else:
+                message = delivery.message
+                if HEADER_ATTEMPT not in message.headers:
+                    message = message.with_headers(**{HEADER_ATTEMPT: "1"})
+                items.append(_Item(delivery, route, message, inbox_key(message)))
+        if held:
+            self.plan.stats.add("held", len(held))
+            subscription.release(held)
+        return items
+
+    def _process_batches(
+        self, subscription: Subscription, items: list[_Item], settled: list[Delivery]
+    ) -> None:
+        size = self.plan.batch_size
+        for start in range(0, len(items), size):
+            if self.plan.stop.is_set():
+                break
+            self._process_batch(items[start : start + size], settled)
+            subscription.ack(settled)  # one ack (multiple-ack / one commit) per batch
+            settled.clear()
+
+    def _hold(self, subscription: Subscription, delivery: Delivery, now: float) -> bool:
+        """Kafka retry topics are read at once: give back a message that is not due yet.
+
+        The source is paused until the message is due; later messages of the same source
+        in this poll are given back too (they are due later still: one delay per stage).
+        """
+        if delivery.source not in self.plan.retry_sources:
+            return False
+        if delivery.source in self._paused:
+            return True
+        headers = delivery.message.headers if delivery.message else delivery.raw_headers
+        due = parse_timestamp(headers.get(HEADER_DUE_AT))
+        if due is None or due <= now:
+            return False
+        self._paused[delivery.source] = due
+        subscription.pause([delivery.source])
+        return True
+
+    # -- processing ---------------------------------------------------------------------
+
+    def _process_one(self, item: _Item, settled: list[Delivery]) -> None:
+        plan = self.plan
+        entry: InboxEntry | None = None
+        fresh = False
+        try:
+            with plan.sessions() as session, session.begin():
+                fresh = plan.inbox.claim(session, item.key, item.message.topic)
+                if fresh:
+                    item.route.handler(item.message, session)
+                else:
+                    entry = plan.inbox.lookup(session, [item.key]).get(item.key)
+        except Exception as exc:
+            self._failed(item, exc)
+        else:
+            if fresh:
+                plan.stats.add("processed")
+            elif entry is not None and entry.dead:
+                self._forward_dead(item, entry)
+            else:
+                plan.stats.add("duplicates")
+        settled.append(item.delivery)
+
+    def _process_batch(self, items: list[_Item], settled: list[Delivery]) -> None:
+        plan = self.plan
+        dead: dict[str, InboxEntry] = {}
+        ran = 0
+        try:
+            with plan.sessions() as session, session.begin():
+                fresh = plan.inbox.claim_many(
+                    session, [(item.key, item.message.topic) for item in items]
+                )
+                for item in items:
+                    if item.key in fresh:
+                        fresh.discard(item.key)  # a key twice in one batch runs once
+                        item.route.handler(item.message, session)
+                        ran += 1
+                if ran < len(items):
+                    found = plan.inbox.lookup(session, {item.key for item in items})
+                    dead = {key: entry for key, entry in found.items() if entry.dead}
+        except Exception as exc:
+            log.info("%s: batch of %d failed (%s); redoing one by one", self.name, len(items), exc)
+            plan.stats.add("batch_fallbacks")
+            for item in items:
+                self._process_one(item, settled)
+            return
+        plan.stats.add("processed", ran)
+        plan.stats.add("duplicates", len(items) - ran - len(dead))
+        for item in items:
+            if item.key in dead:
+                self._forward_dead(item, dead.pop(item.key))
+            settled.append(item.delivery)
+
+    # -- failures -----------------------------------------------------------------------
+
+    def _failed(self, item: _Item, exc: Exception) -> None:
+        policy = item.route.policy
+        attempt = parse_attempt(item.message.headers)
+        etype, etext = error_type(exc), error_text(exc)
+        if policy.is_final(exc, attempt):
+            log.warning(
+                "%s: message %s on %r failed for good at attempt %d: %s: %s",
+                *(self.name, item.message.id, item.message.topic, attempt, etype, etext),
+            )
+            self._mark_dead(item, etype, etext)
+            self._dead_letter(item, etype, etext, attempt)
+            return
+        stage = policy.stage(attempt)
+        copy = retry_copy(
+            item.message,
+            error_type=etype,
+            error_message=etext,
+            attempt=attempt,
+            delay=policy.delay(attempt),
+            now=time.time(),
+        )
+        log.debug("%s: retrying %s (attempt %d failed: %s)", self.name, copy.id, attempt, etype)
+        topology = item.route.topology
+        self._send(retry_queue(topology.group, topology.topic, stage), copy)
+        self.plan.stats.add("retried")
+
+    def _mark_dead(self, item: _Item, etype: str, etext: str) -> None:
+        with self.plan.sessions() as session, session.begin():
+            self.plan.inbox.claim(
+                session, item.key, item.message.topic, status=STATUS_DEAD, error=(etype, etext)
+            )
+
+    def _forward_dead(self, item: _Item, entry: InboxEntry) -> None:
+        """A redelivery of a message already marked dead: make sure it reached the DLQ."""
+        self._dead_letter(
+            item,
+            entry.error_type or "unknown",
+            entry.error_message or "",
+            parse_attempt(item.message.headers),
+        )
+
+    def _dead_letter(self, item: _Item, etype: str, etext: str, attempt: int) -> None:
+        topology = item.route.topology
+        compensation_id = None
+        if item.route.compensate:
+            event = compensation_event(item.message, topology.group, etype, etext)
+            if event is not None:
+                compensation_id = self._compensate(event)
+        copy = dead_letter_copy(
+            item.message,
+            group=topology.group,
+            error_type=etype,
+            error_message=etext,
+            attempt=attempt,
+            now=time.time(),
+            compensation_id=compensation_id,
+        )
+        self._send(topology.dead_letter_queue, copy)
+        self.plan.stats.add("dead_lettered")
+
+    def _compensate(self, event: Message) -> str | None:
+        outcome = self._publisher_().publish([event], timeout=self.plan.publish_timeout)[0]
+        if outcome.error is None:
+            self.plan.stats.add("compensations")
+            return event.id
+        if isinstance(outcome.error, PublishError):
+            # Unroutable: nobody consumes the producer's compensation topic. The DLQ copy
+            # (without a compensation id) is the record; retrying would not route it either.
+            log.error("compensation %s could not be delivered: %s", event.id, outcome.error)
+            return None
+        raise outcome.error
+
+    def _dead_letter_raw(self, delivery: Delivery, route: Route, now: float) -> None:
+        reason = delivery.decode_error or ValueError("undecodable message")
+        copy = raw_dead_letter(
+            topic=route.topology.topic,
+            group=route.topology.group,
+            body=delivery.raw_body,
+            headers=delivery.raw_headers,
+            reason=error_text(reason),
+            error_type=error_type(reason),
+            now=now,
+        )
+        log.warning(
+            "%s: undecodable message on %r dead-lettered as %s: %s",
+            *(self.name, delivery.source, copy.id, reason),
+        )
+        self._send(dead_letter_queue(route.topology.group, route.topology.topic), copy)
+        self.plan.stats.add("dead_lettered")
+
+    def _send(self, queue: str, message: Message) -> None:
+        outcome = self._publisher_().send_to_queue(
+            queue, [message], timeout=self.plan.publish_timeout
+        )[0]
+        if outcome.error is not None:
+            # Not confirmed: do not ack the original; it is redelivered after reconnecting.
+            raise outcome.error
+
+    def _publisher_(self) -> Publisher:
+        if self._publisher is None:
+            self._publisher = self.plan.adapter.publisher()
+        return self._publisher

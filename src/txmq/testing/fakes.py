@@ -1,0 +1,298 @@
+"""An in-memory broker behind the adapter protocol, for fast unit tests of consumers.
+
+:class:`InMemoryBroker` keeps the semantics the consumer depends on: queues per
+``(group, topic)``, manual ack, redelivery of unacked messages when a subscription closes,
+release (requeue at the front), a dead-letter queue, and retry stages in one of two styles:
+
+* ``retry_mode="ttl"`` (RabbitMQ): retry queues are not consumed; a message becomes
+  visible in the work queue again when its stage delay has passed;
+* ``retry_mode="consume"`` (Kafka): retry queues are consumed directly, at once; the
+  consumer has to honour ``x-txmq-due-at`` itself (release + pause/resume).
+
+Everything is thread-safe; there is no persistence.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from txmq.adapters.base import (
+    Adapter,
+    Delivery,
+    Publisher,
+    PublishOutcome,
+    Subscription,
+    Topology,
+)
+from txmq.errors import BrokerUnavailable, MessageDecodeError, PublishError
+from txmq.message import Message
+
+
+@dataclass(slots=True)
+class _Entry:
+    message: Message | None
+    raw_body: bytes = b""
+    raw_headers: dict[str, str] = field(default_factory=dict)
+    redelivered: bool = False
+    visible_at: float = 0.0
+
+
+class InMemoryBroker(Adapter):
+    """A broker in a dict. ``InMemoryBroker()`` behaves like RabbitMQ, ``retry_mode="consume"``
+    like Kafka's retry topics.
+
+    Example:
+        >>> broker = InMemoryBroker()
+        >>> broker.declare([Topology("g", "t")])
+        >>> with broker.publisher() as p:
+        ...     p.publish([Message("t", b"x")])[0].ok
+        True
+    """
+
+    system = "memory"
+
+    def __init__(self, *, retry_mode: Literal["ttl", "consume"] = "ttl") -> None:
+        # No settings: nothing to connect to.
+        self.retry_mode = retry_mode
+        self._cond = threading.Condition()
+        self._queues: dict[str, deque[_Entry]] = {}
+        self._bindings: dict[str, set[str]] = {}
+        self._retry_targets: dict[str, tuple[float, str]] = {}
+        self._topologies: dict[str, Topology] = {}
+        self._tokens = itertools.count(1)
+        self.acks = 0
+        self.ack_calls = 0
+        self.down = False
+
+    def __repr__(self) -> str:
+        return f"InMemoryBroker(retry_mode={self.retry_mode!r})"
+
+    # -- adapter protocol ---------------------------------------------------------------
+
+    def ping(self) -> None:
+        self._check_up()
+
+    def declare(self, topologies: Iterable[Topology]) -> None:
+        with self._cond:
+            for topology in topologies:
+                self._topologies[topology.work_queue] = topology
+                self._queues.setdefault(topology.work_queue, deque())
+                self._queues.setdefault(topology.dead_letter_queue, deque())
+                self._bindings.setdefault(topology.topic, set()).add(topology.work_queue)
+                for queue, delay in zip(
+                    topology.retry_queues(), topology.retry_delays, strict=True
+                ):
+                    self._queues.setdefault(queue, deque())
+                    self._retry_targets[queue] = (delay, topology.work_queue)
+
+    def publisher(self, *, transactional_id: str | None = None) -> Publisher:
+        self._check_up()
+        return _Publisher(self)
+
+    def subscribe(self, group: str, sources: Sequence[str], *, prefetch: int = 100) -> Subscription:
+        self._check_up()
+        with self._cond:
+            missing = [s for s in sources if s not in self._queues]
+        if missing:
+            raise BrokerUnavailable(f"no such queue(s): {missing}")
+        return _Subscription(self, list(sources), prefetch)
+
+    def sources_for(self, topologies: Iterable[Topology]) -> list[str]:
+        sources: list[str] = []
+        for topology in topologies:
+            sources.append(topology.work_queue)
+            if self.retry_mode == "consume":
+                sources.extend(topology.retry_queues())
+        return sources
+
+    def read_queue(self, queue: str, *, limit: int, timeout: float) -> list[Delivery]:
+        with self._cond:
+            entries = list(self._queues.get(queue, ()))[:limit]
+        return [self._delivery(queue, entry, token=None) for entry in entries]
+
+    def purge_queue(self, queue: str) -> int:
+        with self._cond:
+            entries = self._queues.get(queue)
+            count = len(entries) if entries is not None else 0
+            if entries is not None:
+                entries.clear()
+            return count
+
+    # -- test helpers -------------------------------------------------------------------
+
+    def messages(self, queue: str) -> list[Message]:
+        """The decodable messages waiting in ``queue`` (not in flight), oldest first."""
+        with self._cond:
+            return [e.message for e in self._queues.get(queue, ()) if e.message is not None]
+
+    def depth(self, queue: str) -> int:
+        with self._cond:
+            return len(self._queues.get(queue, ()))
+
+    def inject_raw(self, queue: str, body: bytes, headers: dict[str, str]) -> None:
+        """Put an undecodable message (no txmq id) into ``queue``."""
+        with self._cond:
+            self._queues[queue].append(_Entry(None, raw_body=body, raw_headers=dict(headers)))
+            self._cond.notify_all()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _check_up(self) -> None:
+        if self.down:
+            raise BrokerUnavailable("in-memory broker is down")
+
+    def _delivery(self, queue: str, entry: _Entry, token: object) -> Delivery:
+        if entry.message is None:
+            return Delivery(
+                None,
+                queue,
+                entry.redelivered,
+                token,
+                decode_error=MessageDecodeError("no x-txmq-id header"),
+                raw_body=entry.raw_body,
+                raw_headers=dict(entry.raw_headers),
+            )
+        return Delivery(entry.message, queue, entry.redelivered, token)
+
+    def _enqueue(self, queue: str, message: Message) -> None:
+        target = self._retry_targets.get(queue)
+        visible_at = 0.0
+        if target is not None and self.retry_mode == "ttl":
+            visible_at = time.monotonic() + target[0]
+        self._queues[queue].append(_Entry(message, visible_at=visible_at))
+
+    def _move_due_retries(self, now: float) -> float | None:
+        """TTL mode: move due retry entries to their work queue; return the next due time."""
+        next_due: float | None = None
+        for queue, (_delay, target) in self._retry_targets.items():
+            if self.retry_mode != "ttl":
+                break
+            entries = self._queues[queue]
+            while entries and entries[0].visible_at <= now:
+                self._queues[target].append(entries.popleft())
+            if entries:
+                due = entries[0].visible_at
+                next_due = due if next_due is None else min(next_due, due)
+        return next_due
+
+
+class _Publisher(Publisher):
+    def __init__(self, broker: InMemoryBroker) -> None:
+        self._broker = broker
+        self._closed = False
+
+    def publish(
+        self, messages: Sequence[Message], *, timeout: float | None = None
+    ) -> list[PublishOutcome]:
+        broker = self._broker
+        broker._check_up()
+        outcomes = []
+        with broker._cond:
+            for message in messages:
+                queues = broker._bindings.get(message.topic, set())
+                for queue in queues:
+                    broker._enqueue(queue, message)
+                error = None if queues else PublishError(f"unroutable topic {message.topic!r}")
+                outcomes.append(PublishOutcome(message.id, error))
+            broker._cond.notify_all()
+        return outcomes
+
+    def send_to_queue(
+        self, queue: str, messages: Sequence[Message], *, timeout: float | None = None
+    ) -> list[PublishOutcome]:
+        broker = self._broker
+        broker._check_up()
+        with broker._cond:
+            if queue not in broker._queues:
+                error = PublishError(f"no such queue {queue!r}")
+                return [PublishOutcome(m.id, error) for m in messages]
+            for message in messages:
+                broker._enqueue(queue, message)
+            broker._cond.notify_all()
+        return [PublishOutcome(m.id) for m in messages]
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class _Subscription(Subscription):
+    def __init__(self, broker: InMemoryBroker, sources: list[str], prefetch: int) -> None:
+        self._broker = broker
+        self._sources = sources
+        self._prefetch = prefetch
+        self._paused: set[str] = set()
+        self._in_flight: dict[int, tuple[str, _Entry]] = {}
+        self._closed = False
+
+    def poll(self, timeout: float, max_messages: int = 100) -> list[Delivery]:
+        broker = self._broker
+        deadline = time.monotonic() + timeout
+        with broker._cond:
+            while True:
+                broker._check_up()
+                if self._closed:
+                    raise BrokerUnavailable("subscription is closed")
+                now = time.monotonic()
+                next_due = broker._move_due_retries(now)
+                room = min(max_messages, self._prefetch - len(self._in_flight))
+                deliveries = self._take(room)
+                if deliveries or now >= deadline:
+                    return deliveries
+                wait = deadline - now if next_due is None else min(deadline, next_due) - now
+                broker._cond.wait(max(wait, 0.001))
+
+    def _take(self, room: int) -> list[Delivery]:
+        taken: list[Delivery] = []
+        for source in self._sources:
+            if source in self._paused:
+                continue
+            entries = self._broker._queues[source]
+            while entries and len(taken) < room:
+                entry = entries.popleft()
+                token = next(self._broker._tokens)
+                self._in_flight[token] = (source, entry)
+                taken.append(self._broker._delivery(source, entry, token))
+        return taken
+
+    def ack(self, deliveries: Iterable[Delivery]) -> None:
+        broker = self._broker
+        broker._check_up()
+        with broker._cond:
+            broker.ack_calls += 1
+            for delivery in deliveries:
+                if self._in_flight.pop(delivery.token, None) is not None:
+                    broker.acks += 1
+
+    def release(self, deliveries: Iterable[Delivery]) -> None:
+        with self._broker._cond:
+            self._requeue([d.token for d in deliveries])
+
+    def _requeue(self, tokens: list[int]) -> None:
+        for token in reversed(tokens):
+            found = self._in_flight.pop(token, None)
+            if found is not None:
+                source, entry = found
+                entry.redelivered = True
+                self._broker._queues[source].appendleft(entry)
+        self._broker._cond.notify_all()
+
+    def pause(self, sources: Iterable[str]) -> None:
+        with self._broker._cond:
+            self._paused.update(sources)
+
+    def resume(self, sources: Iterable[str]) -> None:
+        with self._broker._cond:
+            self._paused.difference_update(sources)
+            self._broker._cond.notify_all()
+
+    def close(self) -> None:
+        with self._broker._cond:
+            if not self._closed:
+                self._closed = True
+                self._requeue(sorted(self._in_flight))
