@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, create_engine, func, select
 from sqlalchemy.orm import Session
 
-from txmq.adapters.base import dead_letter_queue, work_queue
-from txmq.consumer import Consumer, Reject, RetryPolicy, attempt_of, create_schema
+from txmq.adapters.base import Topology, dead_letter_queue, work_queue
+from txmq.consumer import Consumer, DeadLetters, Reject, RetryPolicy, attempt_of, create_schema
 from txmq.consumer.tables import make_inbox_table
 from txmq.message import Message
 from txmq.testing.fakes import InMemoryBroker
@@ -347,3 +347,54 @@ def test_unique_inbox_table_names_do_not_interfere(engine: Engine) -> None:
     with engine.connect() as c:
         assert c.execute(select(func.count()).select_from(other)).scalar() == 1
         assert c.execute(select(func.count()).select_from(inbox)).scalar() == 0
+
+
+@pytest.mark.parametrize("retry_mode", ["ttl", "consume"])
+def test_dlq_replay_applies_once_and_purge_empties(engine: Engine, retry_mode: str) -> None:
+    broker = InMemoryBroker(retry_mode=retry_mode)  # type: ignore[arg-type]
+    consumer = make_consumer(broker, engine, retry=RetryPolicy.no_retry())
+    fixed = threading.Event()
+
+    @consumer.handler(TOPIC)
+    def handler(message: Message, session: Session) -> None:
+        if not fixed.is_set():
+            raise RuntimeError("bug")
+        record(message, session)
+
+    first, second, third = (Message(TOPIC, str(i).encode()) for i in range(3))
+    dlq = DeadLetters(broker, group=GROUP, topic=TOPIC)
+    with consumer:
+        consumer.start()
+        publish(broker, first, second, third)
+        wait_for(lambda: consumer.stats.dead_lettered == 3)
+        letters = dlq.list()
+        assert [letter.message.id for letter in letters] == [first.id, second.id, third.id]
+        assert letters[0].error_type == "RuntimeError"
+        assert dlq.show(second.id) == letters[1]
+        fixed.set()
+        result = dlq.replay([first.id, second.id])
+        assert result.replayed == [first.id, second.id]
+        wait_for(lambda: consumer.stats.processed == 2)
+        assert [letter.message.id for letter in dlq.list()] == [third.id]
+    assert sorted(applied_ids(engine)) == sorted([first.id, second.id])
+    assert dlq.purge() == 1
+    assert dlq.list() == []
+
+
+def test_compensated_messages_are_not_replayed_unless_forced(engine: Engine) -> None:
+    broker = InMemoryBroker()
+    consumer = make_consumer(broker, engine, retry=RetryPolicy.no_retry(), compensate=True)
+
+    @consumer.handler(TOPIC)
+    def handler(message: Message, session: Session) -> None:
+        raise Reject("no")
+
+    broker.declare([*consumer.topologies(), Topology("bank-comp", "bank.compensation")])
+    m = Message(TOPIC, b"1", headers={"x-txmq-producer-group": "bank"})
+    with consumer:
+        consumer.start()
+        publish(broker, m)
+        wait_for(lambda: consumer.stats.dead_lettered == 1)
+    dlq = DeadLetters(broker, group=GROUP, topic=TOPIC)
+    assert dlq.replay().skipped_compensated == [m.id]
+    assert dlq.replay(force=True).replayed == [m.id]

@@ -6,6 +6,7 @@ See :class:`Consumer` for the guarantees and :class:`DeadLetters` for the DLQ ad
 from __future__ import annotations
 
 from txmq.consumer.compensation import Compensation, compensation_id, compensation_topic
+from txmq.consumer.dlq import DeadLetter, DeadLetters, ReplayResult
 from txmq.consumer.errors import Reject
 from txmq.consumer.headers import attempt_of, inbox_key
 from txmq.consumer.inbox import purge_inbox
@@ -17,7 +18,10 @@ from txmq.consumer.tables import create_schema, make_inbox_table
 __all__ = [
     "Compensation",
     "Consumer",
+    "DeadLetter",
+    "DeadLetters",
     "Reject",
+    "ReplayResult",
     "RetryPolicy",
     "StatsSnapshot",
     "attempt_of",

@@ -21,8 +21,12 @@ HEADER_GROUP = "x-txmq-group"
 HEADER_COMPENSATION_ID = "x-txmq-compensation-id"
 #: On a compensation event: the id of the message it compensates.
 HEADER_COMPENSATES = "x-txmq-compensates"
-#: On a dead-lettered undecodable message: why it could not be decoded.
+#: On a dead-lettered undecodable message: ``"1"`` (its id is new; its body and headers
+#: are what arrived).
 HEADER_RAW = "x-txmq-raw"
+#: On a replayed message: the only consumer group that may process it. On Kafka a replay
+#: goes back into the shared topic; other groups acknowledge it without processing.
+HEADER_TARGET_GROUP = "x-txmq-target-group"
 
 ERROR_MESSAGE_LIMIT = 500
 ERROR_TYPE_LIMIT = 200

@@ -18,6 +18,7 @@ class StatsSnapshot:
         compensations: compensation events sent.
         held: retry deliveries given back because they were not due yet (Kafka).
         batch_fallbacks: batches whose transaction failed and were redone one by one.
+        skipped: DLQ replays addressed to another group, acknowledged untouched (Kafka).
     """
 
     processed: int = 0
@@ -27,6 +28,7 @@ class StatsSnapshot:
     compensations: int = 0
     held: int = 0
     batch_fallbacks: int = 0
+    skipped: int = 0
 
 
 @dataclass(slots=True)

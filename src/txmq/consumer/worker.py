@@ -35,6 +35,7 @@ from txmq.adapters.base import (
 from txmq.consumer.compensation import compensation_event
 from txmq.consumer.envelopes import dead_letter_copy, raw_dead_letter, retry_copy
 from txmq.consumer.headers import (
+    HEADER_TARGET_GROUP,
     error_text,
     error_type,
     inbox_key,
@@ -193,6 +194,13 @@ class Worker:
                 held.append(delivery)
             elif delivery.message is None:
                 self._dead_letter_raw(delivery, route, now)
+                settled.append(delivery)
+            elif (
+                delivery.message.headers.get(HEADER_TARGET_GROUP, self.plan.group)
+                != self.plan.group
+            ):
+                # Another group's DLQ replay, sent through the shared Kafka topic.
+                self.plan.stats.add("skipped")
                 settled.append(delivery)
             else:
                 message = delivery.message
