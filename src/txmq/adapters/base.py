@@ -221,6 +221,11 @@ class Adapter(abc.ABC):
     def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings
 
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest message (body + headers) txmq publishes here (``max_body_bytes`` option)."""
+        return self.settings.common.max_body_bytes
+
     @abc.abstractmethod
     def ping(self) -> None:
         """Connect once and disconnect, within the connect timeout.

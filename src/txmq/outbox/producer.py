@@ -124,7 +124,7 @@ class Producer:
         if max_body_bytes is not None:
             self.max_body_bytes = max_body_bytes
         elif self.broker is not None:
-            self.max_body_bytes = self.broker.settings.common.max_body_bytes
+            self.max_body_bytes = self.broker.max_body_bytes
         else:
             self.max_body_bytes = DEFAULT_MAX_BODY_BYTES
         self._transactions: queue.SimpleQueue[KafkaTransaction] = queue.SimpleQueue()
@@ -172,7 +172,11 @@ class Producer:
             TxmqError: the half record could not be written (the executor did not run).
         """
         (message,) = self._checked((message,))
-        self.store.prepare(message, self.group, immunity=immunity or self.check_policy.immunity)
+        self.store.prepare(
+            message,
+            self.group,
+            immunity=self.check_policy.immunity if immunity is None else immunity,
+        )
         if self.kafka_native:
             return self._send_kafka_native(message, executor, arg)
         with self.engine.begin() as connection:
@@ -253,7 +257,10 @@ class Producer:
         (message,) = self._checked((message,))
         tx_key = message.id
         self.store.prepare(
-            message, self.group, immunity=immunity or self.check_policy.immunity, tx_key=tx_key
+            message,
+            self.group,
+            immunity=self.check_policy.immunity if immunity is None else immunity,
+            tx_key=tx_key,
         )
         try:
             with Session(self.engine) as session, session.begin():

@@ -190,16 +190,23 @@ class OutboxStore:
                 from sqlalchemy.dialects.postgresql import insert as dialect_insert
             else:
                 from sqlalchemy.dialects.sqlite import insert as dialect_insert
-            inserted = connection.execute(
-                dialect_insert(markers).values(values).on_conflict_do_nothing()
-            ).rowcount
+            # RETURNING, not rowcount: drivers report -1 for INSERT .. ON CONFLICT DO NOTHING.
+            inserted = (
+                connection.execute(
+                    dialect_insert(markers)
+                    .values(values)
+                    .on_conflict_do_nothing()
+                    .returning(markers.c.tx_key)
+                ).first()
+                is not None
+            )
         else:
             try:
                 with connection.begin_nested():
                     connection.execute(insert(markers).values(values))
-                inserted = 1
+                inserted = True
             except IntegrityError:
-                inserted = 0
+                inserted = False
         if inserted:
             return outcome
         stored = connection.execute(

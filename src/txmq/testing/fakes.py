@@ -31,7 +31,7 @@ from txmq.adapters.base import (
     Topology,
 )
 from txmq.errors import BrokerUnavailable, MessageDecodeError, PublishError
-from txmq.message import Message
+from txmq.message import DEFAULT_MAX_BODY_BYTES, Message
 
 
 @dataclass(slots=True)
@@ -72,6 +72,10 @@ class InMemoryBroker(Adapter):
 
     def __repr__(self) -> str:
         return f"InMemoryBroker(retry_mode={self.retry_mode!r})"
+
+    @property
+    def max_body_bytes(self) -> int:
+        return DEFAULT_MAX_BODY_BYTES
 
     # -- adapter protocol ---------------------------------------------------------------
 

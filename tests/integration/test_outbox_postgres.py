@@ -1,0 +1,292 @@
+"""Producer side on real PostgreSQL: locking, self-answering markers, concurrent relays."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, insert, select
+from sqlalchemy.orm import Session
+
+import txmq
+from txmq.outbox import CheckBackPolicy, Producer, make_outbox_tables
+from txmq.states import LocalTransactionState, RecordState
+from txmq.testing.fakes import InMemoryBroker
+
+pytestmark = pytest.mark.database
+
+NOW = timedelta(0)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_engine(database_url, pool_size=10)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def metadata(engine: Engine) -> Iterator[MetaData]:
+    prefix = f"t{uuid.uuid4().hex[:8]}_"
+    metadata = MetaData()
+    Table(f"{prefix}orders", metadata, Column("id", Integer, primary_key=True))
+    make_outbox_tables(metadata, prefix=prefix)
+    metadata.create_all(engine)
+    yield metadata
+    metadata.drop_all(engine)
+
+
+def orders_table(metadata: MetaData) -> Table:
+    return next(t for name, t in metadata.tables.items() if name.endswith("_orders"))
+
+
+def producer_for(
+    engine: Engine, metadata: MetaData, broker: txmq.Adapter, **kw: object
+) -> Producer:
+    prefix = orders_table(metadata).name.removesuffix("orders")
+    return Producer(
+        group="orders",
+        engine=engine,
+        broker=broker,
+        tables=make_outbox_tables(metadata, prefix=prefix),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def run_in_thread(target: object) -> tuple[threading.Thread, list[object]]:
+    result: list[object] = []
+
+    def wrapper() -> None:
+        try:
+            result.append(target())  # type: ignore[operator]
+        except BaseException as exc:  # handed to the test thread
+            result.append(exc)
+
+    thread = threading.Thread(target=wrapper, daemon=True)
+    thread.start()
+    return thread, result
+
+
+@pytest.mark.parametrize("local_outcome", ["commit", "raise"])
+def test_check_back_waits_for_a_running_local_transaction(
+    engine: Engine, metadata: MetaData, local_outcome: str
+) -> None:
+    producer = producer_for(
+        engine, metadata, InMemoryBroker(), check_policy=CheckBackPolicy(immunity=NOW)
+    )
+    orders = orders_table(metadata)
+    inside, release = threading.Event(), threading.Event()
+    message = txmq.Message("orders.created", b"x")
+
+    def work(session: Session) -> None:
+        session.execute(insert(orders).values(id=1))
+        inside.set()
+        assert release.wait(30)
+        if local_outcome == "raise":
+            raise RuntimeError("business rule")
+
+    sender, sent = run_in_thread(lambda: producer.send_in_local_transaction(message, work))
+    assert inside.wait(10)
+    checker, checked = run_in_thread(producer.check_back_once)
+    # The check-back's ROLLBACK marker insert is blocked by the running transaction's key.
+    checker.join(1.0)
+    assert checker.is_alive(), "check-back decided while the local transaction was running"
+    release.set()
+    sender.join(10)
+    checker.join(10)
+    assert checked == [1]
+    expected = RecordState.READY if local_outcome == "commit" else RecordState.ROLLED_BACK
+    assert producer.store.get(message.id).state is expected
+    with engine.connect() as connection:
+        rows = list(connection.execute(select(orders.c.id)))
+    assert rows == ([(1,)] if local_outcome == "commit" else [])
+    if local_outcome == "raise":
+        assert isinstance(sent[0], RuntimeError)
+
+
+def test_local_transaction_killed_midway_resolves_as_rollback(
+    engine: Engine, metadata: MetaData, database_url: str
+) -> None:
+    orders = orders_table(metadata)
+    prefix = orders.name.removesuffix("orders")
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from datetime import timedelta
+        from sqlalchemy import MetaData, create_engine, insert, Table, Column, Integer
+        import txmq
+        engine = create_engine({database_url!r})
+        metadata = MetaData()
+        orders = Table({orders.name!r}, metadata, Column("id", Integer, primary_key=True))
+        producer = txmq.Producer(group="orders", engine=engine,
+                                 tables=txmq.make_outbox_tables(metadata, prefix={prefix!r}))
+        def work(session):
+            session.execute(insert(orders).values(id=7))
+            print(producer.store.list(txmq.RecordState.PREPARED)[0].message.id, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        producer.send_in_local_transaction(
+            txmq.Message("orders.created", b"x"), work, immunity=timedelta(0))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == -9, done.stderr
+    message_id = done.stdout.strip()
+    producer = producer_for(
+        engine, metadata, InMemoryBroker(), check_policy=CheckBackPolicy(immunity=NOW)
+    )
+    # No checker is configured: the marker alone answers.
+    assert producer.store.get(message_id).state is RecordState.PREPARED
+    assert producer.check_back_once() == 1
+    assert producer.store.get(message_id).state is RecordState.ROLLED_BACK
+    with engine.connect() as connection:
+        assert list(connection.execute(select(orders.c.id))) == []
+
+
+def test_a_running_executor_is_not_checked_back(engine: Engine, metadata: MetaData) -> None:
+    """The half record is row-locked while the executor runs: check-backs skip it."""
+    calls: list[str] = []
+    producer = producer_for(
+        engine,
+        metadata,
+        InMemoryBroker(),
+        checker=lambda m, c: calls.append(m.id) or LocalTransactionState.ROLLBACK,
+        check_policy=CheckBackPolicy(immunity=NOW),
+    )
+    inside, release = threading.Event(), threading.Event()
+
+    def executor(message: txmq.Message, arg: None) -> LocalTransactionState:
+        inside.set()
+        assert release.wait(30)
+        return LocalTransactionState.COMMIT
+
+    sender, sent = run_in_thread(
+        lambda: producer.send_in_transaction(txmq.Message("t", b"x"), executor, None)
+    )
+    assert inside.wait(10)
+    assert producer.check_back_once() == 0
+    release.set()
+    sender.join(10)
+    assert calls == []
+    result = sent[0]
+    assert isinstance(result, txmq.SendResult)
+    assert producer.store.get(result.message_id).state is RecordState.READY
+
+
+def test_two_relays_and_two_check_backs_publish_each_message_once_in_key_order(
+    engine: Engine, metadata: MetaData
+) -> None:
+    broker = InMemoryBroker()
+    broker.declare([txmq.Topology("audit", "orders.created")])
+    producer = producer_for(
+        engine,
+        metadata,
+        broker,
+        checker=lambda m, c: LocalTransactionState.COMMIT,
+        check_policy=CheckBackPolicy(immunity=NOW),
+    )
+    keys = [f"k{i}" for i in range(10)]
+    with Session(engine) as session, session.begin():
+        producer.stage(
+            session,
+            *(
+                txmq.Message("orders.created", str(i).encode(), key=keys[i % 10])
+                for i in range(1000)
+            ),
+        )
+    half = [
+        producer.send_in_transaction(
+            txmq.Message("orders.created", b"half", key="half"),
+            lambda m, a: LocalTransactionState.UNKNOWN,
+            None,
+        ).message_id
+        for _ in range(50)
+    ]
+    relays = [producer.relay(batch_size=37, poll_interval=0.05) for _ in range(2)]
+    stop = threading.Event()
+
+    def check_backs() -> None:
+        while not stop.is_set() and producer.check_back_once(limit=7):
+            pass
+
+    workers = [threading.Thread(target=check_backs) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for relay in relays:
+        relay.start()
+    deadline = threading.Event()
+    for _ in range(300):
+        if producer.store.counts().get("SENT", 0) == 1050 or deadline.wait(0.1):
+            break
+    stop.set()
+    for relay in relays:
+        relay.stop()
+    for worker in workers:
+        worker.join(10)
+    delivered = broker.messages("audit.orders.created")
+    ids = [m.id for m in delivered]
+    assert len(ids) == 1050
+    assert len(set(ids)) == 1050, "a message was published twice without a crash"
+    assert set(half) <= set(ids)
+    by_key: dict[str | None, list[int]] = defaultdict(list)
+    for m in delivered:
+        if m.key != "half":
+            by_key[m.key].append(int(m.body))
+    for key, bodies in by_key.items():
+        assert bodies == sorted(bodies), f"key {key} out of order"
+
+
+def test_relay_wakes_up_on_notify(engine: Engine, metadata: MetaData) -> None:
+    broker = InMemoryBroker()
+    broker.declare([txmq.Topology("audit", "t")])
+    producer = producer_for(engine, metadata, broker)
+    relay = producer.relay(poll_interval=60.0)  # only a NOTIFY can wake it in time
+    relay.start()
+    try:
+        seen = threading.Event()
+        # Let the relay reach its idle wait before staging.
+        for _ in range(100):
+            if relay._thread is not None and relay._thread.is_alive():
+                break
+            seen.wait(0.01)
+        with Session(engine) as session, session.begin():
+            producer.stage(session, txmq.Message("t", b"wake"))
+        for _ in range(100):
+            if broker.messages("audit.t"):
+                break
+            seen.wait(0.05)
+        assert [m.body for m in broker.messages("audit.t")] == [b"wake"]
+    finally:
+        relay.stop()
+
+
+def test_relay_crash_between_confirm_and_mark_republishes_the_same_id(
+    engine: Engine, metadata: MetaData
+) -> None:
+    broker = InMemoryBroker()
+    broker.declare([txmq.Topology("audit", "t")])
+    producer = producer_for(engine, metadata, broker)
+    with Session(engine) as session, session.begin():
+        producer.stage(session, txmq.Message("t", b"once"))
+    relay = producer.relay()
+    original = producer.store.mark_sent
+
+    def crash(*args: object) -> None:
+        raise KeyboardInterrupt("relay killed after the broker confirmed")
+
+    producer.store.mark_sent = crash  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        relay.run_once()
+    producer.store.mark_sent = original  # type: ignore[method-assign]
+    assert relay.drain() == 1
+    delivered = broker.messages("audit.t")
+    assert len(delivered) == 2
+    assert delivered[0].id == delivered[1].id
