@@ -49,7 +49,8 @@ def connection_parameters(settings: RabbitMQSettings, *, name: str) -> Any:
 
 def describe(settings: RabbitMQSettings, exc: BaseException) -> str:
     """``exc`` as text safe to show: URL passwords and the configured password removed."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    # pika's connection errors often have an empty str() and say everything in repr().
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
     text = redact(text)
     if settings.password:
         text = text.replace(settings.password, "***")

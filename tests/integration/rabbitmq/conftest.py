@@ -1,0 +1,223 @@
+"""Fixtures for the RabbitMQ adapter's broker tests: unique names, cleanup, a cuttable proxy."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pika
+import pytest
+
+import txmq
+from txmq.adapters.base import Topology
+from txmq.adapters.rabbitmq import RabbitMQAdapter
+from txmq.config import parse_broker_url
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    # Temporary until txmq.testing.pytest_plugin provides it.
+    url = os.environ.get("TXMQ_TEST_RABBITMQ_URL")
+    if not url:
+        pytest.skip("TXMQ_TEST_RABBITMQ_URL is not set")
+    return url
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., None]:
+    """``wait_until(condition, timeout=10)``: poll ``condition`` until true, else fail."""
+    return _wait_until
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    suffix = uuid.uuid4().hex[:10]
+    return lambda prefix: f"{prefix}-{suffix}"
+
+
+@pytest.fixture
+def raw_channel(rabbitmq_url: str) -> Iterator[Any]:
+    """A plain pika channel for setting up and inspecting what the adapter does."""
+    settings = parse_broker_url(rabbitmq_url)
+    assert settings.system == "rabbitmq"
+    params = pika.ConnectionParameters(
+        settings.host,
+        settings.port,
+        settings.virtual_host,
+        pika.PlainCredentials(settings.username, settings.password),
+    )
+    connection = pika.BlockingConnection(params)
+    yield connection.channel()
+    if connection.is_open:
+        connection.close()
+
+
+@pytest.fixture
+def cleanup(rabbitmq_url: str) -> Iterator[list[str]]:
+    """Queue names to delete after the test (the shared broker stays tidy)."""
+    queues: list[str] = []
+    yield queues
+    settings = parse_broker_url(rabbitmq_url)
+    assert settings.system == "rabbitmq"
+    connection = pika.BlockingConnection(
+        pika.ConnectionParameters(
+            settings.host,
+            settings.port,
+            settings.virtual_host,
+            pika.PlainCredentials(settings.username, settings.password),
+        )
+    )
+    channel = connection.channel()
+    for queue in queues:
+        channel.queue_delete(queue)
+    connection.close()
+
+
+@pytest.fixture
+def adapter(rabbitmq_url: str) -> Iterator[RabbitMQAdapter]:
+    broker = txmq.connect(rabbitmq_url)
+    assert isinstance(broker, RabbitMQAdapter)
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
+def declared(
+    adapter: RabbitMQAdapter, unique: Callable[[str], str], cleanup: list[str]
+) -> Callable[..., Topology]:
+    """Declare a topology with unique group/topic names; its queues are deleted afterwards."""
+    counter = iter(range(1000))
+
+    def declare(
+        retry_delays: tuple[float, ...] = (),
+        *,
+        group: str | None = None,
+        topic: str | None = None,
+        broker: RabbitMQAdapter | None = None,
+    ) -> Topology:
+        n = next(counter)
+        topology = Topology(
+            group or unique(f"g{n}"), topic or unique(f"t{n}"), retry_delays=retry_delays
+        )
+        cleanup.extend([topology.work_queue, topology.dead_letter_queue, *topology.retry_queues()])
+        (broker or adapter).declare([topology])
+        return topology
+
+    return declare
+
+
+@pytest.fixture
+def depth(raw_channel: Any) -> Callable[[str], int]:
+    """``depth(queue)``: messages ready in ``queue`` (not counting unacked ones)."""
+    return lambda queue: int(raw_channel.queue_declare(queue, passive=True).method.message_count)
+
+
+class TcpProxy:
+    """Forwards TCP connections to the broker; can hold broker->client bytes or cut sockets.
+
+    Lets tests lose confirms (hold) and kill connections (sever) the way a network would.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.1)
+        self.port = self._server.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._stopped = threading.Event()
+        self.upstream_bytes = 0
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold_downstream(self) -> None:
+        self._flowing.clear()
+
+    def resume_downstream(self) -> None:
+        self._flowing.set()
+
+    def sever(self) -> None:
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._flowing.set()
+        self.sever()
+        self._server.close()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(self._target)
+            with self._lock:
+                self._sockets += [client, upstream]
+                self.connections += 1
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if upstream:
+                    with self._lock:
+                        self.upstream_bytes += len(data)
+                else:
+                    self._flowing.wait()
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def proxy(rabbitmq_url: str) -> Iterator[TcpProxy]:
+    settings = parse_broker_url(rabbitmq_url)
+    assert settings.system == "rabbitmq"
+    tcp = TcpProxy(settings.host, settings.port)
+    yield tcp
+    tcp.close()
+
+
+@pytest.fixture
+def proxied_adapter(rabbitmq_url: str, proxy: TcpProxy) -> Iterator[RabbitMQAdapter]:
+    """An adapter whose connections go through ``proxy``."""
+    parts = urlsplit(rabbitmq_url)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{proxy.port}"
+    netloc_text = f"{netloc[0]}@{host}" if len(netloc) == 2 else host
+    url = urlunsplit(parts._replace(netloc=netloc_text))
+    separator = "&" if parts.query else "?"
+    broker = txmq.connect(f"{url}{separator}connect_timeout=3")
+    assert isinstance(broker, RabbitMQAdapter)
+    yield broker
+    broker.close()

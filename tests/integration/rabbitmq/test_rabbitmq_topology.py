@@ -1,0 +1,101 @@
+"""RabbitMQ topology against a real broker: idempotent declare, conflicts, quorum queues."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import txmq
+from txmq import Message, Topology, TopologyError
+from txmq.adapters.rabbitmq import RabbitMQAdapter
+
+pytestmark = pytest.mark.broker
+
+
+def test_declare_is_idempotent_and_creates_every_queue(
+    adapter: RabbitMQAdapter, declared: Callable[..., Topology], depth: Callable[[str], int]
+) -> None:
+    topology = declared(retry_delays=(0.5, 5.0))
+    adapter.declare([topology, topology])
+    queues = [topology.work_queue, *topology.retry_queues(), topology.dead_letter_queue]
+    assert queues == [
+        f"{topology.group}.{topology.topic}",
+        f"{topology.group}.{topology.topic}.retry.1",
+        f"{topology.group}.{topology.topic}.retry.2",
+        f"{topology.group}.{topology.topic}.dlq",
+    ]
+    assert [depth(q) for q in queues] == [0, 0, 0, 0]
+
+
+def test_conflicting_redeclare_is_a_topology_error_and_the_adapter_recovers(
+    adapter: RabbitMQAdapter, declared: Callable[..., Topology]
+) -> None:
+    topology = declared(retry_delays=(1.0,))
+    changed = Topology(topology.group, topology.topic, retry_delays=(2.0,))
+    with pytest.raises(TopologyError, match="PRECONDITION_FAILED") as caught:
+        adapter.declare([changed])
+    assert topology.retry_queues()[0] in str(caught.value)
+    adapter.declare([topology])
+    with adapter.publisher() as publisher:
+        assert publisher.publish([Message(topology.topic, b"")])[0].ok
+
+
+def test_queue_type_conflict_is_a_topology_error(
+    rabbitmq_url: str, declared: Callable[..., Topology]
+) -> None:
+    topology = declared()
+    quorum = txmq.connect(f"{rabbitmq_url}?queue_type=quorum")
+    with pytest.raises(TopologyError, match="x-queue-type"):
+        quorum.declare([topology])
+
+
+def test_publisher_refuses_an_exchange_of_another_type(
+    rabbitmq_url: str, raw_channel: Any, unique: Callable[[str], str]
+) -> None:
+    exchange = unique("direct-exchange")
+    raw_channel.exchange_declare(exchange, exchange_type="direct")
+    try:
+        broker = txmq.connect(f"{rabbitmq_url}?exchange={exchange}")
+        with (
+            broker.publisher() as publisher,
+            pytest.raises(TopologyError, match="not a durable topic exchange"),
+        ):
+            publisher.publish([Message("t", b"")])
+    finally:
+        raw_channel.exchange_delete(exchange)
+
+
+def test_quorum_queues_carry_messages_and_retries(
+    rabbitmq_url: str, declared: Callable[..., Topology]
+) -> None:
+    quorum = txmq.connect(f"{rabbitmq_url}?queue_type=quorum")
+    assert isinstance(quorum, RabbitMQAdapter)
+    topology = declared(retry_delays=(0.5,), broker=quorum)
+    # A quorum queue refuses a classic redeclare; declaring as quorum again is fine.
+    quorum.declare([topology])
+    first, retried = Message(topology.topic, b"1"), Message(topology.topic, b"2")
+    with quorum.publisher() as publisher:
+        assert publisher.publish([first])[0].ok
+        sent_at = time.monotonic()
+        assert publisher.send_to_queue(topology.retry_queues()[0], [retried])[0].ok
+    got = []
+    with quorum.subscribe(topology.group, quorum.sources_for([topology])) as subscription:
+        deadline = time.monotonic() + 10
+        while len(got) < 2:
+            assert time.monotonic() < deadline
+            batch = subscription.poll(0.2)
+            subscription.ack(batch)
+            got += [d.message for d in batch]
+    assert got == [first, retried]
+    assert time.monotonic() - sent_at >= 0.45
+
+
+def test_ping_and_connect_check(rabbitmq_url: str) -> None:
+    broker = txmq.connect(rabbitmq_url, check=True)
+    broker.ping()
+    assert broker.system == "rabbitmq"
+    broker.close()
+    broker.close()
