@@ -1,0 +1,319 @@
+"""The transactional producer, written once and run against real RabbitMQ and Kafka.
+
+A message is published if and only if its local transaction committed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, insert
+from sqlalchemy.orm import Session
+
+import txmq
+from txmq.outbox import CheckBackPolicy, Producer, make_outbox_tables
+from txmq.states import LocalTransactionState, RecordState
+
+pytestmark = [pytest.mark.broker, pytest.mark.database]
+
+COMMIT, ROLLBACK, UNKNOWN = (
+    LocalTransactionState.COMMIT,
+    LocalTransactionState.ROLLBACK,
+    LocalTransactionState.UNKNOWN,
+)
+NOW = timedelta(0)
+QUICK_CHECKS = CheckBackPolicy(immunity=NOW, interval=timedelta(milliseconds=1))
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_engine(database_url, pool_size=10)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"p{uuid.uuid4().hex[:8]}_"
+
+
+@pytest.fixture
+def metadata(engine: Engine, prefix: str) -> Iterator[MetaData]:
+    metadata = MetaData()
+    Table(f"{prefix}orders", metadata, Column("id", Integer, primary_key=True))
+    make_outbox_tables(metadata, prefix=prefix)
+    metadata.create_all(engine)
+    yield metadata
+    metadata.drop_all(engine)
+
+
+@pytest.fixture
+def broker(broker_url: str) -> Iterator[txmq.Adapter]:
+    adapter = txmq.connect(broker_url)
+    yield adapter
+    adapter.close()
+
+
+@pytest.fixture
+def topic() -> str:
+    return f"orders.created.{uuid.uuid4().hex[:8]}"
+
+
+def declare(broker: txmq.Adapter, topic: str, *groups: str) -> None:
+    broker.declare([txmq.Topology(group, topic) for group in groups])
+
+
+def receive(
+    broker: txmq.Adapter, group: str, topic: str, count: int, *, timeout: float = 30.0
+) -> list[txmq.Message]:
+    """Consume (and ack) until ``count`` messages arrived or ``timeout`` passed."""
+    received: list[txmq.Message] = []
+    sources = broker.sources_for([txmq.Topology(group, topic)])
+    deadline = time.monotonic() + timeout
+    with broker.subscribe(group, sources) as subscription:
+        while len(received) < count and time.monotonic() < deadline:
+            deliveries = subscription.poll(0.5)
+            received.extend(d.message for d in deliveries if d.message is not None)
+            subscription.ack(deliveries)
+    return received
+
+
+def nothing_more(broker: txmq.Adapter, group: str, topic: str, *, wait: float = 2.0) -> bool:
+    """True if no message arrives within ``wait`` seconds (a bounded negative check)."""
+    return receive(broker, group, topic, 1, timeout=wait) == []
+
+
+def producer_for(
+    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, **kw: object
+) -> Producer:
+    return Producer(
+        group=f"orders-{prefix.strip('_')}",
+        engine=engine,
+        broker=broker,
+        tables=make_outbox_tables(metadata, prefix=prefix),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_staged_messages_exist_only_if_committed_and_reach_every_group(
+    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str
+) -> None:
+    declare(broker, topic, "cart", "billing")
+    producer = producer_for(engine, metadata, prefix, broker)
+    orders = metadata.tables[f"{prefix}orders"]
+    with Session(engine) as session:
+        session.begin()
+        session.execute(insert(orders).values(id=1))
+        producer.stage(session, txmq.Message(topic, b"rolled back"))
+        session.rollback()
+    committed = [txmq.Message(topic, f"order {i}".encode(), key=f"c{i % 3}") for i in range(20)]
+    with Session(engine) as session, session.begin():
+        session.execute(insert(orders).values(id=2))
+        producer.stage(session, *committed)
+    assert producer.relay().drain() == 20
+    for group in ("cart", "billing"):
+        received = receive(broker, group, topic, 20)
+        assert sorted(m.id for m in received) == sorted(m.id for m in committed)
+        assert all(m.body != b"rolled back" for m in received)
+        # Per-key order holds on both brokers.
+        for key in ("c0", "c1", "c2"):
+            expected_order = [m.id for m in committed if m.key == key]
+            assert [m.id for m in received if m.key == key] == expected_order
+    assert producer.store.counts() == {"SENT": 20}
+
+
+def test_half_message_outcomes(
+    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str
+) -> None:
+    """COMMIT, ROLLBACK, UNKNOWN then COMMIT, UNKNOWN then ROLLBACK, executor raises,
+    checker raises, limit reached -> PARKED then resumed: exactly the committed ones arrive."""
+    declare(broker, topic, "cart")
+    resumed: set[bytes] = set()
+
+    def checker(message: txmq.Message, count: int) -> LocalTransactionState:
+        if message.body == b"checker-raises" and count == 1:
+            raise RuntimeError("checker failed")
+        if message.body == b"unknown-rollback":
+            return ROLLBACK
+        if message.body == b"parked" and message.body not in resumed:
+            return UNKNOWN
+        return COMMIT
+
+    producer = producer_for(
+        engine,
+        metadata,
+        prefix,
+        broker,
+        checker=checker,
+        check_policy=CheckBackPolicy(
+            immunity=NOW, interval=timedelta(milliseconds=1), max_checks=2
+        ),
+    )
+
+    def executor(message: txmq.Message, answer: object) -> LocalTransactionState:
+        if answer == "raise":
+            raise RuntimeError("local transaction failed")
+        assert isinstance(answer, LocalTransactionState)
+        return answer
+
+    sends = {
+        b"commit": COMMIT,
+        b"rollback": ROLLBACK,
+        b"unknown-commit": UNKNOWN,
+        b"unknown-rollback": UNKNOWN,
+        b"raises-then-commit": "raise",
+        b"checker-raises": UNKNOWN,
+        b"parked": UNKNOWN,
+    }
+    results = {
+        body: producer.send_in_transaction(txmq.Message(topic, body), executor, answer)
+        for body, answer in sends.items()
+    }
+    assert results[b"commit"].record_state in (RecordState.READY, RecordState.SENT)
+    assert results[b"rollback"].record_state is RecordState.ROLLED_BACK
+    assert results[b"raises-then-commit"].local_state is UNKNOWN
+    for _ in range(3):
+        producer.check_back_once()
+    parked = producer.parked()
+    assert [r.message.body for r in parked] == [b"parked"]
+    assert parked[0].check_count == 2
+    resumed.add(b"parked")
+    producer.resume(parked[0].message.id)
+    producer.check_back_once()
+    producer.relay().drain()
+    expected = [b"checker-raises", b"commit", b"parked", b"raises-then-commit", b"unknown-commit"]
+    assert sorted(m.body for m in receive(broker, "cart", topic, len(expected))) == expected
+    assert nothing_more(broker, "cart", topic)
+
+
+def test_self_answering_local_transaction(
+    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str
+) -> None:
+    declare(broker, topic, "cart")
+    producer = producer_for(engine, metadata, prefix, broker)
+    orders = metadata.tables[f"{prefix}orders"]
+    ok = producer.send_in_local_transaction(
+        txmq.Message(topic, b"ok"), lambda s: s.execute(insert(orders).values(id=1))
+    )
+    with pytest.raises(RuntimeError):
+        producer.send_in_local_transaction(
+            txmq.Message(topic, b"no"), lambda s: (_ for _ in ()).throw(RuntimeError("no"))
+        )
+    producer.relay().drain()
+    assert [m.id for m in receive(broker, "cart", topic, 1)] == [ok.message_id]
+    assert nothing_more(broker, "cart", topic)
+
+
+def test_producer_killed_after_local_commit_is_resolved_by_another_instance(
+    engine: Engine,
+    metadata: MetaData,
+    prefix: str,
+    broker: txmq.Adapter,
+    broker_url: str,
+    database_url: str,
+    topic: str,
+) -> None:
+    """SIGKILL after the local commit, before the broker commit: another process of the
+    group answers the check-back from the business data; delivered exactly once."""
+    declare(broker, topic, "cart")
+    orders = metadata.tables[f"{prefix}orders"]
+    group = f"orders-{prefix.strip('_')}"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from datetime import timedelta
+        from sqlalchemy import Column, Integer, MetaData, Table, create_engine, insert
+        import txmq
+        engine = create_engine({database_url!r})
+        metadata = MetaData()
+        orders = Table({orders.name!r}, metadata, Column("id", Integer, primary_key=True))
+        producer = txmq.Producer(group={group!r}, engine=engine, broker={broker_url!r},
+                                 tables=txmq.make_outbox_tables(metadata, prefix={prefix!r}))
+        def executor(message, order_id):
+            with engine.begin() as connection:
+                connection.execute(insert(orders).values(id=order_id))
+            print(message.id, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)  # local commit done, broker commit not
+        producer.send_in_transaction(txmq.Message({topic!r}, b"order 42"), executor, 42,
+                                     immunity=timedelta(0))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == -9, done.stderr
+    message_id = done.stdout.strip()
+
+    def checker(message: txmq.Message, count: int) -> LocalTransactionState:
+        with engine.connect() as connection:
+            exists = connection.execute(orders.select().where(orders.c.id == 42)).first()
+        return COMMIT if exists else ROLLBACK
+
+    survivor = producer_for(
+        engine, metadata, prefix, broker, checker=checker, check_policy=QUICK_CHECKS
+    )
+    assert survivor.check_back_once() == 1
+    assert survivor.relay().drain() == 1
+    received = receive(broker, "cart", topic, 1)
+    assert [m.id for m in received] == [message_id]
+    assert nothing_more(broker, "cart", topic)
+
+
+def test_relay_killed_between_confirm_and_mark_republishes_with_the_same_id(
+    engine: Engine,
+    metadata: MetaData,
+    prefix: str,
+    broker: txmq.Adapter,
+    broker_url: str,
+    database_url: str,
+    topic: str,
+) -> None:
+    declare(broker, topic, "cart")
+    producer = producer_for(engine, metadata, prefix, broker)
+    message = txmq.Message(topic, b"once")
+    with Session(engine) as session, session.begin():
+        producer.stage(session, message)
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from sqlalchemy import MetaData, create_engine
+        import txmq
+        producer = txmq.Producer(group="g", engine=create_engine({database_url!r}),
+                                 broker={broker_url!r},
+                                 tables=txmq.make_outbox_tables(MetaData(), prefix={prefix!r}))
+        def killed(*args):
+            os.kill(os.getpid(), signal.SIGKILL)  # the broker confirmed; SENT not written
+        producer.store.mark_sent = killed
+        producer.relay().run_once()
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == -9, done.stderr
+    assert producer.store.get(message.id).state is RecordState.READY
+    assert producer.relay().drain() == 1
+    received = receive(broker, "cart", topic, 2)
+    assert [m.id for m in received] == [message.id, message.id]
+
+
+def test_oversized_and_foreign_session_are_rejected_and_nothing_is_written(
+    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str
+) -> None:
+    producer = producer_for(engine, metadata, prefix, broker)
+    too_big = txmq.Message(topic, b"x" * (broker.max_body_bytes + 1))
+    with pytest.raises(txmq.MessageTooLarge):
+        producer.send_in_transaction(too_big, lambda m, a: COMMIT, None)
+    with Session(engine) as session, session.begin(), pytest.raises(txmq.MessageTooLarge):
+        producer.stage(session, too_big)
+    sqlite = create_engine("sqlite://")
+    with Session(sqlite) as session, pytest.raises(txmq.WrongDatabase):
+        producer.stage(session, txmq.Message(topic, b"x"))
+    assert producer.store.counts() == {}
