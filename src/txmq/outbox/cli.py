@@ -1,0 +1,143 @@
+"""``txmq outbox ...``: look at the outbox, decide parked records, run a relay."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+from sqlalchemy import Engine, MetaData, create_engine
+
+from txmq.adapters import connect
+from txmq.config import ENV_BROKER_URL, ENV_DATABASE_URL, database_url
+from txmq.errors import TxmqError
+from txmq.outbox.relay import Relay
+from txmq.outbox.store import OutboxStore
+from txmq.outbox.tables import make_outbox_tables
+from txmq.states import RecordState
+
+app = typer.Typer(help="Inspect the outbox, decide parked half messages, run a relay.")
+
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option("--database", envvar=ENV_DATABASE_URL, help="SQLAlchemy URL of the outbox."),
+]
+PrefixOption = Annotated[str, typer.Option(help="Table name prefix of the outbox tables.")]
+
+
+def _store(database: str | None, prefix: str) -> OutboxStore:
+    engine: Engine = create_engine(database_url(database))
+    return OutboxStore(engine, make_outbox_tables(MetaData(), prefix=prefix))
+
+
+def _fail(exc: TxmqError) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(code=1)
+
+
+@app.command()
+def status(database: DatabaseOption = None, prefix: PrefixOption = "txmq_") -> None:
+    """Count records per state."""
+    store = _store(database, prefix)
+    counts = store.counts()
+    typer.echo(f"outbox in {store.engine.url.render_as_string(hide_password=True)}")
+    for state in RecordState:
+        typer.echo(f"  {state.value:<12} {counts.get(state.value, 0)}")
+
+
+@app.command(name="list")
+def list_records(
+    state: Annotated[RecordState, typer.Option(help="Which records.")] = RecordState.PARKED,
+    group: Annotated[str | None, typer.Option(help="Only this producer group.")] = None,
+    limit: int = 50,
+    database: DatabaseOption = None,
+    prefix: PrefixOption = "txmq_",
+) -> None:
+    """List records in a state (default: PARKED), oldest first."""
+    for record in _store(database, prefix).list(state, group=group, limit=limit):
+        typer.echo(
+            f"{record.message.id}  {record.producer_group}  {record.message.topic}  "
+            f"checks={record.check_count}  created={record.created_at:%Y-%m-%d %H:%M:%S}  "
+            f"{record.last_error or ''}".rstrip()
+        )
+
+
+def _decide(message_id: str, to: RecordState, database: str | None, prefix: str) -> None:
+    store = _store(database, prefix)
+    try:
+        if to is RecordState.PREPARED:
+            store.resolve(message_id, to, reset_checks=True)
+        else:
+            store.resolve(message_id, to, expected=(RecordState.PARKED, RecordState.PREPARED))
+    except TxmqError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"{message_id}: {to.value}")
+
+
+@app.command()
+def resume(
+    message_id: str, database: DatabaseOption = None, prefix: PrefixOption = "txmq_"
+) -> None:
+    """Give a PARKED record a new round of check-backs."""
+    _decide(message_id, RecordState.PREPARED, database, prefix)
+
+
+@app.command()
+def commit(
+    message_id: str, database: DatabaseOption = None, prefix: PrefixOption = "txmq_"
+) -> None:
+    """Decide a PARKED/PREPARED record as committed: it will be published."""
+    _decide(message_id, RecordState.READY, database, prefix)
+
+
+@app.command()
+def rollback(
+    message_id: str, database: DatabaseOption = None, prefix: PrefixOption = "txmq_"
+) -> None:
+    """Decide a PARKED/PREPARED record as rolled back: it is discarded."""
+    _decide(message_id, RecordState.ROLLED_BACK, database, prefix)
+
+
+@app.command()
+def purge(
+    older_than_hours: Annotated[float, typer.Option(help="Age of SENT/ROLLED_BACK records.")] = 24,
+    database: DatabaseOption = None,
+    prefix: PrefixOption = "txmq_",
+) -> None:
+    """Delete finished (SENT, ROLLED_BACK) records older than the given age."""
+    purged = _store(database, prefix).purge(timedelta(hours=older_than_hours))
+    typer.echo(f"purged {purged} records")
+
+
+@app.command()
+def relay(
+    broker: Annotated[
+        str | None, typer.Option(envvar=ENV_BROKER_URL, help="Broker URL to publish to.")
+    ] = None,
+    database: DatabaseOption = None,
+    prefix: PrefixOption = "txmq_",
+    batch_size: int = 500,
+    instance_id: Annotated[
+        str | None, typer.Option(help="Stable relay name (Kafka transactional.id).")
+    ] = None,
+) -> None:
+    """Run a relay until SIGINT/SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        adapter = connect(broker)
+    except TxmqError as exc:
+        raise _fail(exc) from None
+    worker = Relay(
+        adapter, _store(database, prefix), batch_size=batch_size, instance_id=instance_id
+    )
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    typer.echo(f"relay {worker.instance_id} -> {adapter.settings.redacted_url()}")
+    worker.start()
+    stopped.wait()
+    worker.stop()
+    adapter.close()
