@@ -79,7 +79,9 @@ class Inbox:
         row = self._row(key, topic, status, error)
         statement = self._ignore_conflicts(session)
         if statement is not None:
-            return bool(session.execute(statement, row).rowcount)  # type: ignore[attr-defined]
+            # RETURNING, not rowcount: drivers need not report a rowcount for INSERT.
+            inserted = session.execute(statement.returning(self.table.c.message_key), row)
+            return inserted.first() is not None
         try:
             with session.begin_nested():
                 session.execute(insert(self.table), row)
