@@ -122,8 +122,9 @@ class DeadLetters:
     def list(self, *, limit: int = 100, timeout: float = 5.0) -> list[DeadLetter]:
         """Up to ``limit`` parked messages, oldest first; they stay in the DLQ.
 
-        On Kafka the DLQ is a log: replayed messages stay in it (replay is recorded by the
-        admin group's committed offset) until purged or expired by retention.
+        On Kafka the DLQ is a log: replayed messages stay listed (what was replayed is
+        recorded by the ``<group>.dlq-admin`` consumer group's committed offset) until
+        :meth:`purge` or the topic's retention removes them.
         """
         deliveries = self._adapter.read_queue(self.queue, limit=limit, timeout=timeout)
         return [DeadLetter.from_message(d.message) for d in deliveries if d.message is not None]
@@ -143,7 +144,8 @@ class DeadLetters:
         *,
         force: bool = False,
         limit: int = 1000,
-        timeout: float = 15.0,
+        timeout: float = 30.0,
+        idle: float = 5.0,
     ) -> ReplayResult:
         """Send parked messages back to the group and remove them from the DLQ.
 
@@ -151,7 +153,9 @@ class DeadLetters:
             message_ids: which messages; all of them (up to ``limit``) when omitted.
             force: replay compensated messages too (their effect was undone at the producer).
             limit: the most messages handled in one call.
-            timeout: the longest the call waits for the DLQ's messages to arrive.
+            timeout: the longest the whole call may take.
+            idle: stop after this many seconds without a message (on Kafka, where the DLQ
+                keeps replayed records, this is how the call knows it has caught up).
 
         Returns:
             the ids replayed and the ids skipped because compensated.
@@ -167,6 +171,7 @@ class DeadLetters:
         wanted = None if message_ids is None else set(message_ids)
         destination = self._destination()
         deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
         seen = 0
         with (
             self._adapter.subscribe(f"{self.group}.dlq-admin", [self.queue], prefetch=limit) as sub,
@@ -174,8 +179,13 @@ class DeadLetters:
         ):
             # Deliveries left alone stay unacknowledged until the subscription closes, so
             # RabbitMQ does not hand them straight back to this loop.
-            while seen < min(expected, limit) and time.monotonic() < deadline:
-                deliveries = sub.poll(min(1.0, deadline - time.monotonic()), limit - seen)
+            while seen < min(expected, limit):
+                now = time.monotonic()
+                if now >= deadline or now - quiet_since >= idle:
+                    break
+                deliveries = sub.poll(min(1.0, deadline - now), limit - seen)
+                if deliveries:
+                    quiet_since = time.monotonic()
                 seen += len(deliveries)
                 chosen = [d for d in deliveries if self._chosen(d, wanted, force, result)]
                 copies = [self._copy(d) for d in chosen]
