@@ -14,8 +14,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from txmq.adapters._rabbitmq_connection import (
     PRECONDITION_FAILED,
@@ -37,8 +36,7 @@ DEFAULT_EXCHANGE = ""
 _CLOSE_GRACE = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class _Outgoing:
+class _Outgoing(NamedTuple):  # a tuple: built once per message on the hot path
     exchange: str
     routing_key: str
     message_id: str
@@ -126,8 +124,8 @@ class _Link:
         self._oldest_unconfirmed = 1
         self._pending: dict[int, tuple[_Batch, int]] = {}
         # basic.return arrives before the basic.ack of the same publish; remember why the
-        # message came back until its ack settles it.
-        self._returned: dict[str, str] = {}
+        # message came back, by (message id, exchange, routing key), until its ack settles it.
+        self._returned: dict[tuple[str, str, str], str] = {}
         self._connection = pika.SelectConnection(
             connection_parameters(settings, name=name),
             on_open_callback=self._on_connection_open,
@@ -269,7 +267,8 @@ class _Link:
             reason = f"no queue named {method.routing_key!r}"
         else:
             reason = f"no queue bound for topic {method.routing_key!r}"
-        self._returned[properties.message_id] = f"{reason} ({method.reply_text})"
+        returned = (properties.message_id, method.exchange, method.routing_key)
+        self._returned[returned] = f"{reason} ({method.reply_text})"
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
@@ -285,13 +284,17 @@ class _Link:
             if entry is None:
                 continue
             batch, index = entry
-            message_id = batch.items[index].message_id
+            item = batch.items[index]
             error: Exception | None = None
-            reason = returned.pop(message_id, None) if returned else None
+            reason = (
+                returned.pop((item.message_id, item.exchange, item.routing_key), None)
+                if returned
+                else None
+            )
             if reason is not None:
-                error = PublishError(f"message {message_id} was returned: {reason}")
+                error = PublishError(f"message {item.message_id} was returned: {reason}")
             elif nacked:
-                error = PublishError(f"message {message_id} was rejected (nack) by RabbitMQ")
+                error = PublishError(f"message {item.message_id} was rejected (nack) by RabbitMQ")
             batch.settle(index, error)
         while self._oldest_unconfirmed < self._next_tag and self._oldest_unconfirmed not in pending:
             self._oldest_unconfirmed += 1

@@ -24,7 +24,7 @@ from txmq.adapters._rabbitmq_connection import (
 from txmq.adapters._rabbitmq_wire import decode_delivery, settlement_plan
 from txmq.adapters.base import Delivery, Subscription
 from txmq.config import RabbitMQSettings
-from txmq.errors import BrokerError, ConfigurationError
+from txmq.errors import BrokerError, BrokerUnavailable, ConfigurationError
 
 #: Largest prefetch count AMQP can express (a 16-bit field; 0 would mean unlimited).
 MAX_PREFETCH = 65535
@@ -48,15 +48,19 @@ class RabbitMQSubscription(Subscription):
         # Delivery tags received and not settled yet, oldest first (a dict keeps order).
         self._outstanding: dict[int, None] = {}
         self._closed = False
+        self._sources: dict[str, str] = {}  # consumer tag -> queue
+        self._cancelled: list[str] = []  # queues whose consumer the broker cancelled
         self._connection = open_blocking(settings, name=f"txmq consumer {group}")
         source = ""
         try:
             self._channel = self._connection.channel()
             self._channel.basic_qos(prefetch_count=prefetch)
+            self._channel.add_on_cancel_callback(self._on_cancel)
             for source in sources:
-                self._channel.basic_consume(
+                tag = self._channel.basic_consume(
                     source, functools.partial(self._on_message, source), auto_ack=False
                 )
+                self._sources[tag] = source
         except (pika.exceptions.AMQPError, OSError) as exc:
             close_quietly(self._connection)
             raise channel_error(settings, exc, f"consuming from queue {source!r}") from exc
@@ -68,13 +72,19 @@ class RabbitMQSubscription(Subscription):
             # Take in what has already arrived (and answer heartbeats) even when the
             # buffer is not empty.
             self._connection.process_data_events(time_limit=0)
-            while not self._buffer:
+            while not (self._buffer or self._cancelled):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._connection.process_data_events(time_limit=remaining)
         except (pika.exceptions.AMQPError, OSError) as exc:
             raise unavailable(self._settings, exc, "consuming") from exc
+        if self._cancelled and not self._buffer:
+            # Without this the subscription would just go quiet.
+            raise BrokerUnavailable(
+                f"RabbitMQ at {self._settings.redacted_url()} cancelled consuming from "
+                f"{', '.join(map(repr, self._cancelled))} (queue deleted or moved?)"
+            )
         count = min(max_messages, len(self._buffer))
         return [self._buffer.popleft() for _ in range(count)]
 
@@ -101,6 +111,9 @@ class RabbitMQSubscription(Subscription):
     def _check_open(self) -> None:
         if self._closed:
             raise BrokerError("the subscription is closed")
+
+    def _on_cancel(self, frame: Any) -> None:
+        self._cancelled.append(self._sources.get(frame.method.consumer_tag, "?"))
 
     def _on_message(
         self, source: str, _channel: Any, method: Any, properties: Any, body: bytes

@@ -263,6 +263,18 @@ def test_subscribing_to_a_missing_queue_is_a_topology_error(
         adapter.purge_queue(unique("missing"))
 
 
+def test_deleting_a_consumed_queue_ends_the_subscription_loudly(
+    adapter: RabbitMQAdapter, declared: Callable[..., Topology], raw_channel: Any
+) -> None:
+    topology = declared()
+    with adapter.subscribe(topology.group, [topology.work_queue]) as subscription:
+        raw_channel.queue_delete(topology.work_queue)
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="cancelled consuming from"):
+            subscription.poll(5.0)
+        assert time.monotonic() - started < 2.0
+
+
 def test_closed_subscription_refuses_and_close_is_idempotent(
     adapter: RabbitMQAdapter, declared: Callable[..., Topology]
 ) -> None:
