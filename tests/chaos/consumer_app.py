@@ -1,0 +1,107 @@
+"""A consumer process for the SIGKILL tests: ``python consumer_app.py '<json config>'``.
+
+Config keys: broker_url, database_url, group, topic, suffix (table names), crash
+(``"after-commit"``: SIGKILL itself at the first ack, i.e. after the DB commit and before
+the broker hears of it; ``"before-commit"``: SIGKILL inside the handler's transaction;
+``"none"``), expect (stop once processed + duplicates reaches it). Prints the consumer's
+stats as JSON on exit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine
+from sqlalchemy.orm import Session
+
+import txmq
+from txmq.adapters import Adapter, Delivery, Subscription
+from txmq.consumer import Consumer, RetryPolicy, make_inbox_table
+from txmq.message import Message
+
+RETRY = RetryPolicy(delays=(1,))
+
+
+def tables(suffix: str) -> tuple[MetaData, Table, Table]:
+    metadata = MetaData()
+    inbox = make_inbox_table(metadata, name=f"inbox_{suffix}")
+    applied = Table(
+        f"applied_{suffix}",
+        metadata,
+        Column("row", Integer, primary_key=True, autoincrement=True),
+        Column("message_id", String(80), nullable=False),
+    )
+    return metadata, inbox, applied
+
+
+class KillAtAck(Subscription):
+    """Delegates to a real subscription, but dies instead of acknowledging."""
+
+    def __init__(self, inner: Subscription) -> None:
+        self.inner = inner
+
+    def poll(self, timeout: float, max_messages: int = 100) -> list[Delivery]:
+        return self.inner.poll(timeout, max_messages)
+
+    def ack(self, deliveries: Iterable[Delivery]) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def release(self, deliveries: Iterable[Delivery]) -> None:
+        self.inner.release(deliveries)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def crash_at_ack(adapter: Adapter) -> None:
+    real_subscribe = adapter.subscribe
+
+    def subscribe(group: str, sources: Sequence[str], *, prefetch: int = 100) -> Subscription:
+        return KillAtAck(real_subscribe(group, sources, prefetch=prefetch))
+
+    adapter.subscribe = subscribe  # type: ignore[method-assign]
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    _, inbox, applied = tables(config["suffix"])
+    engine = create_engine(config["database_url"])
+    adapter = txmq.connect(config["broker_url"])
+    if config["crash"] == "after-commit":
+        crash_at_ack(adapter)
+    consumer = Consumer(
+        broker=adapter,
+        engine=engine,
+        group=config["group"],
+        inbox=inbox,
+        retry=RETRY,
+        poll_interval=0.2,
+    )
+
+    @consumer.handler(config["topic"])
+    def handler(message: Message, session: Session) -> None:
+        session.execute(applied.insert().values(message_id=message.id))
+        session.flush()
+        if config["crash"] == "before-commit":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    consumer.start()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        stats = consumer.stats
+        if stats.processed + stats.duplicates >= config["expect"]:
+            break
+        time.sleep(0.05)
+    consumer.stop()
+    adapter.close()
+    print(json.dumps(dataclasses.asdict(consumer.stats)))
+
+
+if __name__ == "__main__":
+    main()
