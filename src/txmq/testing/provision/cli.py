@@ -1,0 +1,136 @@
+"""``txmq brokers up|down|status|engine``: test brokers from the command line."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from txmq.config import redact
+from txmq.testing.provision import engine, lifecycle
+from txmq.testing.provision.common import BROKERS, Broker, ProvisionError
+
+app = typer.Typer(
+    help="Start, stop and list RabbitMQ, Kafka and PostgreSQL for tests.",
+    no_args_is_help=True,
+)
+
+
+class ModeChoice(enum.StrEnum):
+    auto = "auto"
+    container = "container"
+    process = "process"
+
+
+class BrokerChoice(enum.StrEnum):
+    rabbitmq = "rabbitmq"
+    kafka = "kafka"
+    postgres = "postgres"
+
+
+def _brokers(only: list[BrokerChoice] | None) -> list[Broker]:
+    chosen = {choice.value for choice in only or []}
+    return [b for b in BROKERS if not chosen or b in chosen]
+
+
+def _fail(exc: ProvisionError) -> typer.Exit:
+    typer.echo(f"error: {redact(str(exc))}", err=True)
+    return typer.Exit(1)
+
+
+@app.callback()
+def _logging(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+) -> None:
+    # Progress goes to stderr, so stdout stays clean for --print-env.
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="txmq: %(message)s",
+        stream=sys.stderr,
+    )
+    if not verbose:
+        for noisy in ("pika", "urllib3", "docker", "testcontainers"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def up(
+    mode: Annotated[
+        ModeChoice,
+        typer.Option(help="auto: containers where a Docker engine can be used, else processes."),
+    ] = ModeChoice.auto,
+    print_env: Annotated[
+        bool, typer.Option("--print-env", help='Print TXMQ_TEST_*=URL lines for eval "$(...)".')
+    ] = False,
+    only: Annotated[
+        list[BrokerChoice] | None, typer.Option(help="Start only this broker (repeatable).")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for each broker.")
+    ] = lifecycle.READY_TIMEOUT,
+) -> None:
+    """Start the brokers (detached) and wait until each answers its protocol."""
+    try:
+        endpoints = lifecycle.up(mode=mode.value, brokers=_brokers(only), timeout=timeout)
+    except ProvisionError as exc:
+        raise _fail(exc) from exc
+    if print_env:
+        for line in endpoints.env_lines():
+            typer.echo(line)
+    else:
+        for name, url in endpoints.env().items():
+            typer.echo(f"{name}={redact(url)}")
+
+
+@app.command()
+def down(
+    only: Annotated[
+        list[BrokerChoice] | None, typer.Option(help="Stop only this broker (repeatable).")
+    ] = None,
+) -> None:
+    """Stop what 'up' started, and nothing else."""
+    try:
+        stopped = lifecycle.down(_brokers(only))
+    except ProvisionError as exc:
+        raise _fail(exc) from exc
+    for record in stopped:
+        typer.echo(f"stopped {record.broker} ({record.mode})")
+    if not stopped:
+        typer.echo("nothing to stop")
+
+
+@app.command()
+def status() -> None:
+    """Say what 'up' started, where it runs, and whether it is still up.
+
+    Exits 0 when at least one broker is recorded and all recorded ones run, else 1.
+    """
+    try:
+        found = lifecycle.status()
+    except ProvisionError as exc:
+        raise _fail(exc) from exc
+    if not found:
+        typer.echo("no brokers started by 'txmq brokers up'")
+        raise typer.Exit(1)
+    for record, running in found:
+        if record.mode == "container":
+            where = f"container {(record.container_id or '')[:12]} ({record.image})"
+        else:
+            where = f"pids {','.join(map(str, record.pgids))} in {record.run_dir}"
+        state_text = "running" if running else "NOT RUNNING"
+        typer.echo(f"{record.broker:<9} {state_text:<11} {redact(record.url):<45} {where}")
+    if not all(running for _, running in found):
+        raise typer.Exit(1)
+
+
+@app.command("engine")
+def engine_command() -> None:
+    """Make a Docker engine answer: install docker.io and start dockerd where possible."""
+    try:
+        before = engine.ensure()
+    except ProvisionError as exc:
+        raise _fail(exc) from exc
+    typer.echo("docker engine running" + ("" if before is engine.Engine.RUNNING else " (started)"))

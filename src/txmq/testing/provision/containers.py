@@ -1,0 +1,174 @@
+"""Brokers as containers, driven by testcontainers' ``DockerContainer``.
+
+Containers share the host's network where the engine has no bridge network (the engine
+txmq starts itself has none) or ``TXMQ_DOCKER_NETWORK=host``; every broker then listens on
+127.0.0.1 only. Elsewhere (a laptop's Docker) the same port numbers are published on
+127.0.0.1. Testcontainers' reaper (Ryuk) is switched off: its image cannot be pulled
+everywhere, and ``txmq brokers up`` wants its containers to outlive the command anyway;
+the pytest plugin stops its containers itself at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from txmq.testing.provision import engine, images, kafka_dist, launch
+from txmq.testing.provision.common import LOOPBACK, Broker, Ports, ProvisionError, url_for
+from txmq.testing.provision.readiness import wait_ready
+from txmq.testing.provision.state import Running
+
+if TYPE_CHECKING:
+    import docker
+    from testcontainers.core.container import DockerContainer
+
+LABEL = "txmq.provisioned"
+NETWORK_ENV = "TXMQ_DOCKER_NETWORK"
+#: Where the brokers keep data inside a locally built image.
+_RABBITMQ_HOME = "/var/lib/rabbitmq/txmq"
+_KAFKA_DATA = "/var/lib/kafka/data"
+
+
+def _host_network(client: docker.DockerClient) -> bool:
+    chosen = os.environ.get(NETWORK_ENV)
+    if chosen in ("host", "publish"):
+        return chosen == "host"
+    if chosen:
+        raise ProvisionError(f"{NETWORK_ENV} must be host or publish, not {chosen!r}")
+    return not client.networks.list(names=["bridge"])
+
+
+def _published(broker: Broker, ports: Ports) -> list[int]:
+    # Only what clients connect to; a single-node broker talks to itself inside.
+    return [{"rabbitmq": ports.rabbitmq, "kafka": ports.kafka, "postgres": ports.postgres}[broker]]
+
+
+def _configure(
+    container: DockerContainer, broker: Broker, choice: images.Choice, ports: Ports, bind: str
+) -> None:
+    """Environment and command that make ``choice`` run ``broker`` on ``ports``."""
+    local = choice.flavour == "local"
+    if broker == "rabbitmq":
+        env = launch.rabbitmq_env(ports, bind_host=bind, base_dir=_RABBITMQ_HOME if local else None)
+        if not local:
+            # The official image's management plugin: off the usual 15672, and on loopback
+            # where the broker shares the host's network.
+            listener = f"{{port,{ports.rabbitmq + 10000}}}"
+            if bind == LOOPBACK:
+                listener += ',{ip,"127.0.0.1"}'
+            env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] += (
+                f" -rabbitmq_management tcp_config [{listener}]"
+            )
+        container.with_envs(**env)
+    elif broker == "kafka":
+        data_dir = _KAFKA_DATA if local else "/tmp/kraft-combined-logs"  # noqa: S108
+        properties = kafka_dist.server_properties(ports, log_dir=data_dir, bind_host=bind)
+        cluster_id = kafka_dist.new_cluster_id()
+        if local:
+            container.with_env("TXMQ_KAFKA_PROPERTIES", kafka_dist.render_properties(properties))
+            container.with_env("TXMQ_KAFKA_CLUSTER_ID", cluster_id)
+            container.with_command(
+                launch.kafka_java_args(
+                    libs=f"{images.KAFKA_HOME}/libs",
+                    config_dir=f"{images.KAFKA_HOME}/config",
+                    logs_dir="/var/log/kafka",
+                )
+            )
+        else:
+            container.with_envs(**kafka_dist.image_env(properties), CLUSTER_ID=cluster_id)
+    else:
+        socket_dir = "/tmp" if local else "/var/run/postgresql"  # noqa: S108
+        container.with_command(launch.postgres_args(ports, bind_host=bind, socket_dir=socket_dir))
+        if not local:
+            container.with_env("POSTGRES_HOST_AUTH_METHOD", "trust")
+
+
+def _liveness(container: DockerContainer) -> Callable[[], str | None]:
+    def check() -> str | None:
+        wrapped = container.get_wrapped_container()
+        wrapped.reload()
+        if wrapped.status in ("created", "running", "restarting"):
+            return None
+        logs = wrapped.logs(tail=40).decode(errors="replace")
+        return f"container {wrapped.short_id} is {wrapped.status}; last output:\n{logs}"
+
+    return check
+
+
+def start(broker: Broker, ports: Ports, *, timeout: float = 180.0) -> Running:
+    """Start ``broker`` in a container and wait until it answers its protocol.
+
+    Builds the local image first if that is the one to use (minutes, once per recipe).
+
+    Raises:
+        ProvisionError: no engine, the build failed, or the broker did not get ready (the
+            container is removed again then).
+    """
+    # Set before testcontainers reads its configuration.
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+    from testcontainers.core.config import testcontainers_config
+    from testcontainers.core.container import DockerContainer
+
+    testcontainers_config.ryuk_disabled = True
+    client = engine.client()
+    try:
+        choice = images.choose(broker, client)
+        if choice.flavour == "local":
+            images.build(broker, client)
+        host_network = _host_network(client)
+    finally:
+        client.close()
+    bind = LOOPBACK if host_network else "0.0.0.0"  # noqa: S104  # inside a published container
+    container = DockerContainer(choice.image)
+    _configure(container, broker, choice, ports, bind)
+    # network=None also stops testcontainers from guessing a network of its own.
+    kwargs: dict[str, Any] = {"labels": {LABEL: broker}, "network": None}
+    if host_network:
+        kwargs["network_mode"] = "host"
+    else:
+        for port in _published(broker, ports):
+            container.ports[f"{port}/tcp"] = (LOOPBACK, port)  # type: ignore[assignment]
+    container.with_kwargs(**kwargs)
+    try:
+        container.start()
+    except Exception as exc:
+        raise ProvisionError(f"cannot start {choice.image} for {broker}: {exc}") from exc
+    record = Running(
+        broker=broker,
+        mode="container",
+        url=url_for(broker, ports),
+        container_id=container.get_wrapped_container().id,
+        image=choice.image,
+    )
+    try:
+        wait_ready(broker, record.url, timeout=timeout, alive=_liveness(container))
+    except BaseException:
+        container.stop()
+        raise
+    return record
+
+
+def _find(record: Running) -> Any:
+    import docker
+
+    client = engine.client()
+    try:
+        return client.containers.get(record.container_id)
+    except docker.errors.NotFound:
+        return None
+
+
+def alive(record: Running) -> bool:
+    try:
+        container = _find(record)
+    except ProvisionError:
+        return False
+    return container is not None and container.status == "running"
+
+
+def stop(record: Running) -> None:
+    """Remove the container of ``record`` (and nothing else: it must carry our label)."""
+    container = _find(record)
+    if container is not None and container.labels.get(LABEL) == record.broker:
+        container.remove(force=True, v=True)

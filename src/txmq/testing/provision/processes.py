@@ -1,0 +1,361 @@
+"""Brokers as plain processes on this machine: Debian's RabbitMQ and PostgreSQL, Kafka's jars.
+
+Every broker runs in a new session (so it outlives the command that started it and can be
+stopped as one process group), in a fresh run directory under ``$TXMQ_RUN_DIR`` (default:
+the system temp dir), with its output in a log file there. Run as root, RabbitMQ runs as
+user ``rabbitmq`` and PostgreSQL as ``postgres`` (PostgreSQL refuses root); otherwise both
+run as the calling user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from txmq.testing.provision import kafka_dist, launch
+from txmq.testing.provision.common import LOOPBACK, Broker, Ports, ProvisionError, url_for
+from txmq.testing.provision.readiness import tcp_open, wait_ready
+from txmq.testing.provision.state import Running
+
+STOP_TIMEOUT = 30.0
+SETUP_TIMEOUT = 120.0
+
+# Popen objects of brokers started by this Python process, so stopping them also reaps them.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _run_root() -> str:
+    return os.environ.get("TXMQ_RUN_DIR") or tempfile.gettempdir()
+
+
+def _service_user(name: str) -> pwd.struct_passwd | None:
+    """The account to run a broker as: ``name`` when we are root, else ourselves (None)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(name)
+    except KeyError as exc:
+        raise ProvisionError(f"user {name!r} does not exist; is its package installed?") from exc
+
+
+def _make_run_dir(broker: Broker, owner: pwd.struct_passwd | None) -> Path:
+    run_dir = Path(tempfile.mkdtemp(prefix=f"txmq-{broker}-", dir=_run_root()))
+    run_dir.chmod(0o755)
+    if owner is not None:
+        os.chown(run_dir, owner.pw_uid, owner.pw_gid)
+    return run_dir
+
+
+def _uid(owner: pwd.struct_passwd | None) -> int | None:
+    return None if owner is None else owner.pw_uid
+
+
+def _gid(owner: pwd.struct_passwd | None) -> int | None:
+    return None if owner is None else owner.pw_gid
+
+
+def _groups(owner: pwd.struct_passwd | None) -> list[int] | None:
+    # Drop root's supplementary groups along with root.
+    return None if owner is None else []
+
+
+def _base_env() -> dict[str, str]:
+    keep = ("PATH", "LANG", "LC_ALL", "JAVA_HOME", "TZ")
+    return {k: os.environ[k] for k in keep if k in os.environ}
+
+
+def _start_time(pid: int) -> int:
+    """The kernel's start time of ``pid`` (0 where ``/proc`` does not exist)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return -1 if Path("/proc/self").exists() else 0
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process is left in process group ``pgid``."""
+    if not Path("/proc/self").exists():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat_path in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _spawn(
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    log: Path,
+    owner: pwd.struct_passwd | None,
+) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        if owner is not None:
+            os.chown(log, owner.pw_uid, owner.pw_gid)
+        process = subprocess.Popen(  # noqa: S603  # argv built here, no shell
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            user=_uid(owner),
+            group=_gid(owner),
+            extra_groups=_groups(owner),
+        )
+    _children[process.pid] = process
+    return process
+
+
+def _run_setup(argv: list[str], *, env: dict[str, str], owner: pwd.struct_passwd | None) -> None:
+    result = subprocess.run(  # noqa: S603
+        argv,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SETUP_TIMEOUT,
+        check=False,
+        user=_uid(owner),
+        group=_gid(owner),
+        extra_groups=_groups(owner),
+    )
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr)[-2000:]
+        raise ProvisionError(f"{Path(argv[0]).name} failed ({result.returncode}):\n{output}")
+
+
+def _liveness(process: subprocess.Popen[bytes], log: Path) -> Callable[[], str | None]:
+    def check() -> str | None:
+        if process.poll() is None:
+            return None
+        tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+        return f"exit code {process.returncode}; end of {log}:\n{tail}"
+
+    return check
+
+
+def _wait_port(name: str, port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + SETUP_TIMEOUT
+    while not tcp_open(LOOPBACK, port):
+        if (death := _liveness(process, log)()) is not None:
+            raise ProvisionError(f"{name} stopped: {death}")
+        if time.monotonic() >= deadline:
+            raise ProvisionError(f"nothing listens on {LOOPBACK}:{port} after {SETUP_TIMEOUT} s")
+        time.sleep(0.05)
+
+
+def _find(candidates: list[str], what: str, package: str) -> str:
+    for candidate in candidates:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    raise ProvisionError(f"{what} not found; install it (Debian: apt-get install {package})")
+
+
+def _postgres_bindir() -> Path:
+    configured = os.environ.get("TXMQ_PG_BINDIR")
+    if configured:
+        return Path(configured)
+    versions = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/postgres"),
+        key=lambda p: int(Path(p).parent.parent.name),
+    )
+    if versions:
+        return Path(versions[-1]).parent
+    found = _find(["postgres"], "PostgreSQL server (postgres)", "postgresql-15")
+    return Path(found).parent
+
+
+def _record(
+    broker: Broker, ports: Ports, run_dir: Path, log: Path, processes: list[int]
+) -> Running:
+    return Running(
+        broker=broker,
+        mode="process",
+        url=url_for(broker, ports),
+        pgids=tuple(processes),
+        start_times=tuple(_start_time(pid) for pid in processes),
+        run_dir=str(run_dir),
+        log=str(log),
+    )
+
+
+def _start_rabbitmq(ports: Ports) -> tuple[Running, Callable[[], str | None]]:
+    server = _find(
+        ["/usr/lib/rabbitmq/bin/rabbitmq-server", "rabbitmq-server"],
+        "RabbitMQ (rabbitmq-server)",
+        "rabbitmq-server",
+    )
+    epmd = _find(["epmd", "/usr/lib/erlang/bin/epmd"], "Erlang's epmd", "erlang-base")
+    owner = _service_user("rabbitmq")
+    run_dir = _make_run_dir("rabbitmq", owner)
+    log = run_dir / "rabbitmq.log"
+    env = _base_env() | launch.rabbitmq_env(ports, bind_host=LOOPBACK, base_dir=str(run_dir))
+    # A private epmd, so the node never depends on (or leaves behind) a system-wide epmd.
+    epmd_process = _spawn(
+        [epmd, "-port", str(ports.rabbitmq_epmd), "-address", LOOPBACK],
+        env=env,
+        cwd=run_dir,
+        log=run_dir / "epmd.log",
+        owner=owner,
+    )
+    try:
+        # Had the node found no epmd, it would start a detached one outside our groups.
+        _wait_port("epmd", ports.rabbitmq_epmd, epmd_process, run_dir / "epmd.log")
+        server_process = _spawn([server], env=env, cwd=run_dir, log=log, owner=owner)
+    except BaseException:
+        os.killpg(epmd_process.pid, signal.SIGTERM)
+        raise
+    record = _record("rabbitmq", ports, run_dir, log, [server_process.pid, epmd_process.pid])
+    return record, _liveness(server_process, log)
+
+
+def _start_postgres(ports: Ports) -> tuple[Running, Callable[[], str | None]]:
+    bindir = _postgres_bindir()
+    owner = _service_user("postgres")
+    run_dir = _make_run_dir("postgres", owner)
+    data = run_dir / "data"
+    log = run_dir / "postgres.log"
+    env = _base_env()
+    _run_setup([str(bindir / "initdb"), *launch.initdb_args(str(data))], env=env, owner=owner)
+    process = _spawn(
+        [
+            str(bindir / "postgres"),
+            "-D",
+            str(data),
+            *launch.postgres_args(ports, bind_host=LOOPBACK, socket_dir=str(run_dir)),
+        ],
+        env=env,
+        cwd=run_dir,
+        log=log,
+        owner=owner,
+    )
+    return _record("postgres", ports, run_dir, log, [process.pid]), _liveness(process, log)
+
+
+def _start_kafka(ports: Ports) -> tuple[Running, Callable[[], str | None]]:
+    java = _find(
+        [f"{os.environ['JAVA_HOME']}/bin/java"] if "JAVA_HOME" in os.environ else ["java"],
+        "Java 17 (java)",
+        "openjdk-17-jre-headless",
+    )
+    libs = kafka_dist.ensure_libs()
+    run_dir = _make_run_dir("kafka", None)
+    config_dir, logs_dir, data_dir = run_dir / "config", run_dir / "logs", run_dir / "data"
+    for folder in (config_dir, logs_dir, data_dir):
+        folder.mkdir()
+    properties = kafka_dist.server_properties(ports, log_dir=str(data_dir))
+    (config_dir / "server.properties").write_text(kafka_dist.render_properties(properties))
+    (config_dir / "log4j2.properties").write_text(kafka_dist.LOG4J2_PROPERTIES)
+    env = _base_env()
+    logging_args = [
+        f"-Dlog4j2.configurationFile={config_dir}/log4j2.properties",
+        f"-Dkafka.logs.dir={logs_dir}",
+    ]
+    _run_setup(
+        [
+            java,
+            *logging_args,
+            "-cp",
+            f"{libs}/*",
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            kafka_dist.new_cluster_id(),
+            "-c",
+            str(config_dir / "server.properties"),
+        ],
+        env=env,
+        owner=None,
+    )
+    log = run_dir / "kafka.out"
+    args = launch.kafka_java_args(
+        libs=str(libs), config_dir=str(config_dir), logs_dir=str(logs_dir)
+    )
+    process = _spawn([java, *args], env=env, cwd=run_dir, log=log, owner=None)
+    return _record("kafka", ports, run_dir, logs_dir / "server.log", [process.pid]), _liveness(
+        process, log
+    )
+
+
+_STARTERS: dict[Broker, Callable[[Ports], tuple[Running, Callable[[], str | None]]]] = {
+    "rabbitmq": _start_rabbitmq,
+    "kafka": _start_kafka,
+    "postgres": _start_postgres,
+}
+
+
+def start(broker: Broker, ports: Ports, *, timeout: float = 180.0) -> Running:
+    """Start ``broker`` as processes and wait until it answers its protocol.
+
+    Raises:
+        ProvisionError: a binary is missing, setup failed, or the broker did not become
+            ready in ``timeout`` (it is stopped again then).
+    """
+    record, liveness = _STARTERS[broker](ports)
+    try:
+        wait_ready(broker, record.url, timeout=timeout, alive=liveness)
+    except BaseException:
+        stop(record)
+        raise
+    return record
+
+
+def alive(record: Running) -> bool:
+    return bool(record.pgids) and all(
+        _start_time(pgid) == started and _group_alive(pgid)
+        for pgid, started in zip(record.pgids, record.start_times, strict=True)
+    )
+
+
+def stop(record: Running, *, timeout: float = STOP_TIMEOUT) -> None:
+    """Stop the broker's process groups (gracefully, then SIGKILL) and delete its run dir."""
+    ours = [
+        pgid
+        for pgid, started in zip(record.pgids, record.start_times, strict=True)
+        if _start_time(pgid) == started
+    ]
+    for pgid in ours:
+        with contextlib.suppress(ProcessLookupError):
+            if record.broker == "postgres":
+                # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM would wait for clients.
+                os.kill(pgid, signal.SIGINT)
+            else:
+                os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for pgid in ours:
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            _reap()
+            time.sleep(0.1)
+        if _group_alive(pgid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+    _reap()
+    if record.run_dir:
+        shutil.rmtree(record.run_dir, ignore_errors=True)
+
+
+def _reap() -> None:
+    for pid, process in list(_children.items()):
+        if process.poll() is not None:
+            del _children[pid]
