@@ -119,7 +119,7 @@ def relay(
     ] = None,
     database: DatabaseOption = None,
     prefix: PrefixOption = "txmq_",
-    batch_size: int = 500,
+    batch_size: int = 1000,
     instance_id: Annotated[
         str | None, typer.Option(help="Stable relay name (Kafka transactional.id).")
     ] = None,

@@ -20,7 +20,8 @@ from typing import Any
 
 from txmq.adapters.base import Adapter, Publisher
 from txmq.errors import BrokerError
-from txmq.outbox.store import NOTIFY_CHANNEL, OutboxStore, utcnow
+from txmq.outbox.store import OutboxStore, utcnow
+from txmq.outbox.tables import NOTIFY_CHANNEL
 
 log = logging.getLogger("txmq.relay")
 
@@ -44,7 +45,7 @@ class Relay:
         broker: Adapter,
         store: OutboxStore,
         *,
-        batch_size: int = 500,
+        batch_size: int = 1000,
         poll_interval: float = 1.0,
         retention: timedelta = timedelta(days=1),
         purge_interval: float = 60.0,

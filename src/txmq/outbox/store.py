@@ -22,8 +22,6 @@ from txmq.message import Message
 from txmq.outbox.tables import OutboxTables
 from txmq.states import LocalTransactionState, RecordState
 
-#: PostgreSQL NOTIFY channel the relay LISTENs on.
-NOTIFY_CHANNEL = "txmq_outbox"
 _SKIP_LOCKED_DIALECTS = frozenset({"postgresql", "mysql", "mariadb"})
 
 
@@ -109,12 +107,6 @@ class OutboxStore:
             insert(self.tables.records),
             [self._values(m, group, RecordState.READY) for m in messages],
         )
-        self.notify(connection)
-
-    def notify(self, connection: Connection) -> None:
-        """Wake the relays once the surrounding transaction commits (PostgreSQL only)."""
-        if self.dialect == "postgresql":
-            connection.execute(select(func.pg_notify(NOTIFY_CHANNEL, "")))
 
     def prepare(
         self, message: Message, group: str, *, immunity: timedelta, tx_key: str | None = None
@@ -166,10 +158,7 @@ class OutboxStore:
             )
             .values(values)
         )
-        moved = result.rowcount == 1
-        if moved and to is RecordState.READY:
-            self.notify(connection)
-        return moved
+        return bool(result.rowcount == 1)
 
     # -- transaction markers (self-answering check-back) --------------------------------
 
@@ -248,6 +237,7 @@ class OutboxStore:
             select(records.c.seq, records.c.topic, records.c.key)
             .where(
                 records.c.state == RecordState.READY.value,
+                records.c.key.is_not(None),
                 records.c.key.in_(keyed),
                 records.c.seq <= max(claimed_seqs),
             )
@@ -380,8 +370,6 @@ class OutboxStore:
                 raise RecordNotFound(
                     f"no outbox record {message_id!r} in state {' or '.join(expected_values)}"
                 )
-            if to is RecordState.READY:
-                self.notify(connection)
 
     def purge(self, older_than: timedelta, *, batch: int = 5000) -> int:
         """Delete SENT and ROLLED_BACK records (and their markers) older than ``older_than``."""

@@ -1,0 +1,187 @@
+"""Relay throughput and staging cost, against raw-client baselines measured in the same run.
+
+* relay -> RabbitMQ vs raw pika pipelined confirms (target ratio >= 0.8);
+* relay -> Kafka vs the raw confluent-kafka transactional loop (target ratio >= 0.5);
+* a one-row business transaction with and without ``Producer.stage`` (target: <= 10% slower).
+
+The outbox lives in PostgreSQL. Relay time runs from the first claim to the last record
+marked SENT (claim, publish, broker confirmation, mark, commit), with records pre-staged.
+
+    python benchmarks/bench_relay.py --count 20000 --batch 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, create_engine, insert
+from sqlalchemy.orm import Session
+
+import txmq
+from txmq.outbox import Producer, make_outbox_tables
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+def relay_rate(producer: Producer, topic: str, count: int, size: int, batch: int) -> float:
+    body = os.urandom(size)
+    with Session(producer.engine) as session, session.begin():
+        for start in range(0, count, 1000):
+            producer.stage(
+                session, *(txmq.Message(topic, body) for _ in range(min(1000, count - start)))
+            )
+    relay = producer.relay(batch_size=batch)
+    started = time.perf_counter()
+    sent = relay.drain(timeout=600)
+    elapsed = time.perf_counter() - started
+    relay.stop()
+    assert sent == count, f"relayed {sent} of {count}"
+    return count / elapsed
+
+
+def raw_rabbitmq_rate(adapter: txmq.Adapter, topic: str, count: int, size: int) -> float:
+    from bench_rabbitmq_publish import raw_pika  # the adapter benchmark's baseline
+
+    body = os.urandom(size)
+    messages = [txmq.Message(topic, body) for _ in range(count)]
+    return count / raw_pika(adapter, messages, 1500)  # type: ignore[arg-type]
+
+
+def raw_kafka_rate(adapter: txmq.Adapter, topic: str, count: int, size: int, batch: int) -> float:
+    from confluent_kafka import Producer as KafkaProducer
+
+    settings = adapter.settings
+    assert isinstance(settings, txmq.KafkaSettings)
+    producer = KafkaProducer(
+        {
+            "bootstrap.servers": ",".join(settings.bootstrap_servers),
+            "transactional.id": f"bench-raw-{uuid.uuid4().hex[:8]}",
+            "linger.ms": 5,
+            **settings.options,
+        }
+    )
+    producer.init_transactions(30)
+    body = os.urandom(size)
+    started = time.perf_counter()
+    for start in range(0, count, batch):
+        producer.begin_transaction()
+        for _ in range(min(batch, count - start)):
+            producer.produce(topic, body, headers=[("x-txmq-id", uuid.uuid4().bytes)])
+        producer.commit_transaction(30)
+    return count / (time.perf_counter() - started)
+
+
+def business_rate(
+    engine: Engine, orders: Table, count: int, stage: Callable[[Session], None] | None
+) -> float:
+    started = time.perf_counter()
+    for i in range(count):
+        with Session(engine) as session, session.begin():
+            session.execute(insert(orders).values(note=f"order {i}"))
+            if stage is not None:
+                stage(session)
+    return count / (time.perf_counter() - started)
+
+
+def median_of(rounds: int, run: Callable[[], float]) -> float:
+    return statistics.median(run() for _ in range(rounds))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database", default=os.environ.get("TXMQ_TEST_DATABASE_URL"))
+    parser.add_argument("--rabbitmq", default=os.environ.get("TXMQ_TEST_RABBITMQ_URL"))
+    parser.add_argument("--kafka", default=os.environ.get("TXMQ_TEST_KAFKA_URL"))
+    parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument("--size", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--business-count", type=int, default=2_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if not args.database:
+        parser.error("give --database or set TXMQ_TEST_DATABASE_URL")
+
+    engine = create_engine(args.database, pool_size=5)
+    prefix = f"bench{uuid.uuid4().hex[:6]}_"
+    metadata = MetaData()
+    orders = Table(
+        f"{prefix}orders",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("note", String(50)),
+    )
+    tables = make_outbox_tables(metadata, prefix=prefix)
+    metadata.create_all(engine)
+    lines: list[str] = []
+    try:
+        for name, url in (("rabbitmq", args.rabbitmq), ("kafka", args.kafka)):
+            if not url:
+                print(f"skipping {name}: no URL")
+                continue
+            adapter = txmq.connect(url)
+            topic = f"bench.relay.{uuid.uuid4().hex[:8]}"
+            adapter.declare([txmq.Topology(f"bench-{prefix.strip('_')}", topic)])
+            producer = Producer(group="bench", engine=engine, broker=adapter, tables=tables)
+            if name == "rabbitmq":
+                raw = median_of(
+                    args.rounds, lambda: raw_rabbitmq_rate(adapter, topic, args.count, args.size)
+                )
+                target = 0.8
+                baseline = "raw pika pipelined confirms"
+            else:
+                raw = median_of(
+                    args.rounds,
+                    lambda: raw_kafka_rate(adapter, topic, args.count, args.size, args.batch),
+                )
+                target = 0.5
+                baseline = "raw confluent-kafka transactional loop"
+            ours = median_of(
+                args.rounds, lambda: relay_rate(producer, topic, args.count, args.size, args.batch)
+            )
+            adapter.purge_queue(
+                f"bench-{prefix.strip('_')}.{topic}" if name == "rabbitmq" else topic
+            )
+            producer.close()
+            adapter.close()
+            lines.append(
+                f"{name:8s} {baseline:40s} {raw:9,.0f} msg/s | relay {ours:9,.0f} msg/s | "
+                f"ratio {ours / raw:.2f} (target >= {target})"
+            )
+            print(lines[-1], flush=True)
+
+        producer = Producer(group="bench", engine=engine, tables=tables)
+        body = os.urandom(args.size)
+        plain = median_of(
+            args.rounds, lambda: business_rate(engine, orders, args.business_count, None)
+        )
+        staged = median_of(
+            args.rounds,
+            lambda: business_rate(
+                engine,
+                orders,
+                args.business_count,
+                lambda s: producer.stage(s, txmq.Message("bench.stage", body)),
+            ),
+        )
+        lines.append(
+            f"staging  one-row business tx {plain:9,.0f} tx/s | with stage() {staged:9,.0f} tx/s | "
+            f"cost {(plain / staged - 1) * 100:.1f}% (target <= 10%)"
+        )
+        print(lines[-1])
+    finally:
+        metadata.drop_all(engine)
+        engine.dispose()
+    print(
+        f"\n{args.count} messages x {args.size} B, batch {args.batch}, median of {args.rounds} rounds"
+    )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
