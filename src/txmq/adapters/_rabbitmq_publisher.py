@@ -195,16 +195,17 @@ class _Link:
             batch.connection_lost(reason)
         self._ready.set()
 
-    def _fail_open(self, error: Exception) -> None:
+    def _fail_open(self, error: Exception, cause: BaseException) -> None:
         if not self._ready.is_set():
+            error.__cause__ = cause
             self._failure = error
 
     def _on_open_error(self, _connection: Any, exc: BaseException) -> None:
-        self._fail_open(unavailable(self._settings, exc, "connecting"))
+        self._fail_open(unavailable(self._settings, exc, "connecting"), exc)
         self._connection.ioloop.stop()
 
     def _on_connection_closed(self, _connection: Any, reason: BaseException) -> None:
-        self._fail_open(unavailable(self._settings, reason, "opening a publisher channel"))
+        self._fail_open(unavailable(self._settings, reason, "opening a publisher channel"), reason)
         self._die(describe(self._settings, reason))
         self._connection.ioloop.stop()
 
@@ -241,10 +242,13 @@ class _Link:
                 TopologyError(
                     f"exchange {self._settings.exchange!r} exists but is not a durable topic "
                     f"exchange: {describe(self._settings, reason)}"
-                )
+                ),
+                reason,
             )
         else:
-            self._fail_open(unavailable(self._settings, reason, "opening a publisher channel"))
+            self._fail_open(
+                unavailable(self._settings, reason, "opening a publisher channel"), reason
+            )
         # Unsettled publishes on this channel will never be confirmed.
         self._die(describe(self._settings, reason))
         if not (self._connection.is_closing or self._connection.is_closed):
@@ -370,7 +374,10 @@ class RabbitMQPublisher(Publisher):
         if self._link is not None:
             self._link.close()
             self._link = None
-        link = _Link(self._settings, name="txmq publisher")
+        try:
+            link = _Link(self._settings, name="txmq publisher")
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            raise unavailable(self._settings, exc, "connecting") from exc
         link.wait_ready()
         self._link = link
         return link

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -163,6 +164,27 @@ def test_publisher_reconnects_after_its_idle_connection_was_cut(
             assert racing[0].ok
         assert publisher.publish([Message(topology.topic, b"3")])[0].ok
     assert proxy.connections == connections_before + 2
+
+
+def test_publisher_threads_end_with_their_connections(
+    proxied_adapter: RabbitMQAdapter,
+    declared: Callable[..., Topology],
+    proxy: Any,
+    wait_until: Callable[..., None],
+) -> None:
+    def io_threads() -> int:
+        return sum(t.name == "txmq publisher io" for t in threading.enumerate())
+
+    topology = declared(broker=proxied_adapter)
+    before = io_threads()
+    publisher = proxied_adapter.publisher()
+    assert publisher.publish([Message(topology.topic, b"")])[0].ok
+    assert io_threads() == before + 1
+    proxy.sever()
+    wait_until(lambda: io_threads() == before)  # the lost link's thread ends by itself
+    assert publisher.publish([Message(topology.topic, b"")])[0].ok
+    publisher.close()
+    assert io_threads() == before
 
 
 def test_closed_publisher_refuses_and_close_is_idempotent(
