@@ -179,7 +179,7 @@ def image_env(properties: Mapping[str, str]) -> dict[str, str]:
     """
     env = {}
     for key, value in properties.items():
-        name = key.replace("-", "___").replace("_", "__").replace(".", "_").upper()
+        name = key.replace("_", "__").replace("-", "___").replace(".", "_").upper()
         env[f"KAFKA_{name}"] = value
     env["KAFKA_HEAP_OPTS"] = " ".join(HEAP_OPTS)
     return env

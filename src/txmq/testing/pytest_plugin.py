@@ -1,0 +1,156 @@
+"""The ``txmq`` pytest plugin: real brokers for tests, only when a test asks for one.
+
+Fixtures (all session-scoped):
+
+- ``rabbitmq_url`` / ``kafka_url``: broker URLs (``rabbitmq://...``, ``kafka://...``).
+- ``database_url``: a PostgreSQL SQLAlchemy URL (``postgresql+psycopg://...``).
+- ``broker_url``: parametrized over both brokers, ids ``rabbitmq`` and ``kafka``.
+
+Each broker is resolved once per session, in this order (``--txmq-brokers=auto``):
+
+1. ``TXMQ_TEST_RABBITMQ_URL`` / ``TXMQ_TEST_KAFKA_URL`` / ``TXMQ_TEST_DATABASE_URL``;
+2. a broker ``txmq brokers up`` started and that still runs;
+3. a container started through testcontainers for this session;
+4. processes started for this session.
+
+What the plugin starts it stops at the end of the session, on ports chosen free so that
+sessions never collide. ``--txmq-brokers=env|container|process`` (or ``$TXMQ_TEST_BROKERS``)
+restricts resolution to that one way. A broker that cannot be had skips the test with the
+reason, or fails it when ``TXMQ_REQUIRE_BROKERS=1`` (CI sets it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, cast
+
+import pytest
+
+if TYPE_CHECKING:
+    from txmq.testing.provision import Broker, RequestedMode, Running
+
+MODE_OPTION = "--txmq-brokers"
+MODE_ENV = "TXMQ_TEST_BROKERS"
+REQUIRE_ENV = "TXMQ_REQUIRE_BROKERS"
+_MODES = ("auto", "container", "process", "env")
+
+log = logging.getLogger("txmq.provision")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("txmq", "txmq test brokers")
+    group.addoption(
+        MODE_OPTION,
+        choices=_MODES,
+        default=None,
+        help=(
+            "how the rabbitmq_url/kafka_url/database_url fixtures find brokers: auto "
+            "(env vars, then containers, then processes), container, process or env "
+            f"(default: ${MODE_ENV} or auto)"
+        ),
+    )
+
+
+def _mode(config: pytest.Config) -> RequestedMode:
+    chosen = config.getoption(MODE_OPTION) or os.environ.get(MODE_ENV) or "auto"
+    if chosen not in _MODES:
+        raise pytest.UsageError(f"{MODE_ENV} must be one of {', '.join(_MODES)}, not {chosen!r}")
+    return cast("RequestedMode", chosen)
+
+
+def _required() -> bool:
+    from txmq.testing.provision.common import truthy
+
+    return truthy(os.environ.get(REQUIRE_ENV))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    required = "failing" if _required() else "skipping"
+    return f"txmq brokers: {_mode(config)} ({required} tests whose broker is missing)"
+
+
+class BrokerSupply:
+    """Resolves each broker once per session and stops, at the end, what it started."""
+
+    def __init__(self, mode: RequestedMode, *, required: bool) -> None:
+        self._mode = mode
+        self._required = required
+        self._urls: dict[Broker, str] = {}
+        self._failures: dict[Broker, str] = {}
+        self._started: list[Running] = []
+
+    def url(self, broker: Broker) -> str:
+        """The broker's URL, or skip/fail the asking test with the reason it is missing."""
+        if broker not in self._urls and broker not in self._failures:
+            try:
+                self._urls[broker] = self._resolve(broker)
+            except Exception as exc:  # any reason is reported to the test
+                from txmq.config import redact
+
+                self._failures[broker] = f"no {broker} for tests: {redact(str(exc))}"
+        if broker in self._failures:
+            if self._required:
+                pytest.fail(f"{self._failures[broker]} ({REQUIRE_ENV} is set)", pytrace=False)
+            pytest.skip(self._failures[broker])
+        return self._urls[broker]
+
+    def _resolve(self, broker: Broker) -> str:
+        from txmq.testing import provision
+        from txmq.testing.provision.common import ProvisionError
+
+        variable = provision.URL_ENV[broker]
+        if self._mode in ("auto", "env") and os.environ.get(variable):
+            return os.environ[variable]
+        if self._mode == "env":
+            raise ProvisionError(f"{variable} is not set (--txmq-brokers=env)")
+        if self._mode == "auto":
+            for record, running in provision.status():
+                if record.broker == broker and running:
+                    return record.url
+        record = provision.start(broker, self._mode, provision.Ports.free())
+        self._started.append(record)
+        return record.url
+
+    def close(self) -> None:
+        from txmq.testing import provision
+
+        while self._started:
+            record = self._started.pop()
+            try:
+                provision.stop(record)
+            except Exception:
+                log.exception("could not stop the test %s (%s)", record.broker, record.mode)
+
+
+@pytest.fixture(scope="session")
+def txmq_brokers(request: pytest.FixtureRequest) -> Iterator[BrokerSupply]:
+    """The session's :class:`BrokerSupply`; use the URL fixtures instead."""
+    supply = BrokerSupply(_mode(request.config), required=_required())
+    yield supply
+    supply.close()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(txmq_brokers: BrokerSupply) -> str:
+    """URL of a RabbitMQ for this session, e.g. ``rabbitmq://guest:guest@127.0.0.1:35672/``."""
+    return txmq_brokers.url("rabbitmq")
+
+
+@pytest.fixture(scope="session")
+def kafka_url(txmq_brokers: BrokerSupply) -> str:
+    """URL of a Kafka for this session, e.g. ``kafka://127.0.0.1:39092``."""
+    return txmq_brokers.url("kafka")
+
+
+@pytest.fixture(scope="session")
+def database_url(txmq_brokers: BrokerSupply) -> str:
+    """SQLAlchemy URL of a PostgreSQL for this session (``postgresql+psycopg://...``)."""
+    return txmq_brokers.url("postgres")
+
+
+@pytest.fixture(scope="session", params=["rabbitmq", "kafka"])
+def broker_url(request: pytest.FixtureRequest, txmq_brokers: BrokerSupply) -> str:
+    """Each broker in turn (test ids ``[rabbitmq]`` and ``[kafka]``)."""
+    return txmq_brokers.url(cast("Broker", request.param))

@@ -1,0 +1,235 @@
+"""The pure parts of broker provisioning: ports, URLs, env lines, state, modes, recipes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import string
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from txmq.testing import provision
+from txmq.testing.provision import images, kafka_dist, launch, state
+from txmq.testing.provision.common import Ports, ProvisionError, url_for
+from txmq.testing.provision.engine import Engine
+from txmq.testing.provision.lifecycle import Endpoints, resolve_mode
+from txmq.testing.provision.state import Running
+
+DEV_PORTS = {5672, 25672, 4369, 9092, 9093, 5432}
+
+
+def test_default_ports_stay_clear_of_the_usual_broker_ports() -> None:
+    ports = dataclasses.astuple(Ports())
+    assert not DEV_PORTS & set(ports)
+    assert len(set(ports)) == len(ports)
+    assert Ports().rabbitmq_dist == Ports().rabbitmq + 20000
+
+
+def test_ports_from_env_overrides_only_what_is_set() -> None:
+    ports = Ports.from_env({"TXMQ_PORT_KAFKA": "49092", "TXMQ_PORT_POSTGRES": "45432"})
+    assert (ports.kafka, ports.postgres) == (49092, 45432)
+    assert ports.rabbitmq == Ports().rabbitmq
+
+
+@pytest.mark.parametrize("bad", ["abc", "0", "70000", "-1", ""])
+def test_ports_from_env_rejects_non_ports(bad: str) -> None:
+    with pytest.raises(ProvisionError, match="TXMQ_PORT_RABBITMQ"):
+        Ports.from_env({"TXMQ_PORT_RABBITMQ": bad})
+
+
+def test_free_ports_are_distinct_and_unprivileged() -> None:
+    ports = dataclasses.astuple(Ports.free())
+    assert len(set(ports)) == len(ports)
+    assert all(1024 < port < 65536 for port in ports)
+
+
+def test_urls_point_at_loopback_on_the_configured_ports() -> None:
+    ports = Ports(rabbitmq=1111, kafka=2222, postgres=3333)
+    assert url_for("rabbitmq", ports) == "rabbitmq://guest:guest@127.0.0.1:1111/"
+    assert url_for("kafka", ports) == "kafka://127.0.0.1:2222"
+    assert url_for("postgres", ports) == "postgresql+psycopg://postgres@127.0.0.1:3333/postgres"
+
+
+def test_env_lines_name_the_plugin_variables_and_skip_missing_brokers() -> None:
+    endpoints = Endpoints(rabbitmq_url="rabbitmq://guest:guest@127.0.0.1:1/", kafka_url=None)
+    assert endpoints.env_lines() == ["TXMQ_TEST_RABBITMQ_URL=rabbitmq://guest:guest@127.0.0.1:1/"]
+
+
+def test_env_lines_survive_eval_and_export() -> None:
+    endpoints = Endpoints(
+        rabbitmq_url="rabbitmq://u:p@127.0.0.1:1/v%2Fh",
+        kafka_url="kafka://127.0.0.1:2?security.protocol=PLAINTEXT&x=a b",
+        database_url="postgresql+psycopg://postgres@127.0.0.1:3/postgres",
+    )
+    printed = "\n".join(endpoints.env_lines())
+    script = 'eval "$TXMQ_LINES"; echo "$TXMQ_TEST_KAFKA_URL"; echo "$TXMQ_TEST_RABBITMQ_URL"'
+    result = subprocess.run(
+        ["bash", "-c", script],
+        env={"TXMQ_LINES": printed, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.splitlines() == [endpoints.kafka_url, endpoints.rabbitmq_url]
+    # Lines without shell-special characters stay plain, as `export $(...)` needs.
+    assert endpoints.env_lines()[2] == f"TXMQ_TEST_DATABASE_URL={endpoints.database_url}"
+    assert shlex.split(endpoints.env_lines()[1]) == [f"TXMQ_TEST_KAFKA_URL={endpoints.kafka_url}"]
+
+
+def _record(broker: provision.Broker = "kafka") -> Running:
+    return Running(
+        broker=broker,
+        mode="process",
+        url="kafka://127.0.0.1:39092",
+        pgids=(10, 11),
+        start_times=(100, 101),
+        run_dir="/tmp/x",
+        log="/tmp/x/log",
+    )
+
+
+def test_state_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    container = Running(
+        broker="postgres", mode="container", url="u", container_id="abc", image="img:1"
+    )
+    state.save({"kafka": _record(), "postgres": container}, path)
+    assert state.load(path) == {"kafka": _record(), "postgres": container}
+    assert not path.with_suffix(".tmp").exists()
+
+
+def test_missing_state_is_empty_and_a_foreign_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    assert state.load(path) == {}
+    path.write_text(json.dumps({"brokers": [{"broker": "redis", "mode": "process"}]}))
+    with pytest.raises(ProvisionError, match="not a txmq broker state file"):
+        state.load(path)
+    path.write_text("{not json")
+    with pytest.raises(ProvisionError, match="cannot read"):
+        state.load(path)
+
+
+def test_state_dir_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TXMQ_STATE_DIR", str(tmp_path))
+    state.save({"kafka": _record()})
+    assert (tmp_path / "state.json").exists()
+    with state.locked():
+        assert state.load() == {"kafka": _record()}
+
+
+@pytest.mark.parametrize(
+    ("engine", "expected"),
+    [
+        (Engine.RUNNING, "container"),
+        (Engine.STARTABLE, "container"),
+        (Engine.INSTALLABLE, "container"),
+        (Engine.UNAVAILABLE, "process"),
+    ],
+)
+def test_auto_mode_picks_containers_wherever_an_engine_can_be_had(
+    engine: Engine, expected: str
+) -> None:
+    assert resolve_mode("auto", lambda: engine) == expected
+
+
+@pytest.mark.parametrize("mode", ["container", "process", "env"])
+def test_explicit_modes_are_kept_without_probing(mode: provision.RequestedMode) -> None:
+    def probe() -> Engine:
+        raise AssertionError("an explicit mode must not probe for an engine")
+
+    assert resolve_mode(mode, probe) == mode
+
+
+def test_recipe_tag_is_stable_and_changes_with_the_recipe() -> None:
+    recipe = images.RECIPES["rabbitmq"]
+    assert recipe.tag("base:1") == recipe.tag("base:1")
+    assert len(recipe.tag("base:1")) == 12
+    assert recipe.tag("base:1") != recipe.tag("base:2")
+    more = dataclasses.replace(recipe, packages=(*recipe.packages, "curl"))
+    assert more.tag("base:1") != recipe.tag("base:1")
+    edited = dataclasses.replace(recipe, files={images.ENTRYPOINT: "#!/bin/sh\n"})
+    assert edited.tag("base:1") != recipe.tag("base:1")
+
+
+def test_local_images_are_named_by_broker_and_recipe_hash() -> None:
+    names = {broker: images.local_image(broker) for broker in provision.BROKERS}
+    assert names["kafka"].startswith("txmq-kafka:")
+    assert len(set(names.values())) == 3
+    assert images.local_image("kafka") == names["kafka"]
+
+
+def test_image_override_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TXMQ_POSTGRES_IMAGE", "registry.example/pg:16")
+    choice = images.choose("postgres", client=None)
+    assert choice == images.Choice("registry.example/pg:16", "official")
+
+
+def test_local_source_never_asks_a_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(images.SOURCE_ENV, "local")
+    choice = images.choose("kafka", client=None)
+    assert choice == images.Choice(images.local_image("kafka"), "local")
+    monkeypatch.setenv(images.SOURCE_ENV, "somewhere")
+    with pytest.raises(ProvisionError, match="TXMQ_IMAGE_SOURCE"):
+        images.choose("kafka", client=None)
+
+
+def test_kafka_cluster_ids_are_22_url_safe_chars_never_starting_with_a_dash() -> None:
+    ids = {kafka_dist.new_cluster_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+    url_safe = set(string.ascii_letters + string.digits + "-_")
+    assert all(set(i) <= url_safe for i in ids)
+
+
+def test_kafka_single_node_settings() -> None:
+    props = kafka_dist.server_properties(Ports(kafka=1, kafka_controller=2), log_dir="/d")
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:2"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:1,CONTROLLER://127.0.0.1:2"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:1"
+    for key in (
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "transaction.state.log.min.isr",
+        "share.coordinator.state.topic.replication.factor",
+        "share.coordinator.state.topic.min.isr",
+    ):
+        assert props[key] == "1"
+    assert props["group.initial.rebalance.delay.ms"] == "0"
+    rendered = kafka_dist.render_properties(props)
+    assert "log.dirs=/d\n" in rendered
+
+
+def test_kafka_image_env_uses_the_official_image_naming() -> None:
+    env = kafka_dist.image_env({"offsets.topic.replication.factor": "1", "a_b-c.d": "x"})
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+    assert env["KAFKA_A__B___C_D"] == "x"
+    assert "-Xmx768m" in env["KAFKA_HEAP_OPTS"]
+
+
+def test_kafka_pom_pins_the_broker_and_the_slf4j1_binding() -> None:
+    pom = kafka_dist.pom_xml("4.1.1")
+    assert "<artifactId>kafka_2.13</artifactId>" in pom
+    assert "<version>4.1.1</version>" in pom
+    assert "<artifactId>log4j-slf4j-impl</artifactId>" in pom
+
+
+def test_rabbitmq_env_keeps_the_node_private_and_on_loopback() -> None:
+    ports = Ports(rabbitmq=1000, rabbitmq_dist=2000, rabbitmq_epmd=3000)
+    env = launch.rabbitmq_env(ports, bind_host="127.0.0.1", base_dir="/r")
+    assert env["RABBITMQ_NODENAME"] == "txmq1000@localhost"
+    assert (env["RABBITMQ_NODE_PORT"], env["RABBITMQ_DIST_PORT"]) == ("1000", "2000")
+    assert env["ERL_EPMD_PORT"] == "3000"
+    assert "{127,0,0,1}" in env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+    assert env["RABBITMQ_MNESIA_BASE"] == "/r/mnesia"
+    official = launch.rabbitmq_env(ports, bind_host="0.0.0.0", base_dir=None)
+    assert "RABBITMQ_MNESIA_BASE" not in official
+    assert "HOME" not in official
+
+
+def test_postgres_listens_only_where_asked() -> None:
+    args = launch.postgres_args(Ports(postgres=4444), bind_host="127.0.0.1", socket_dir="/s")
+    assert args[:4] == ["-p", "4444", "-k", "/s"]
+    assert "listen_addresses=127.0.0.1" in args

@@ -1,0 +1,114 @@
+"""The pytest plugin's resolution, skip/fail policy and session lifecycle (no real brokers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from txmq.testing import provision
+from txmq.testing.provision.state import Running
+
+pytest_plugins = ["pytester"]
+
+URL_VARIABLES = (*provision.URL_ENV.values(), "TXMQ_REQUIRE_BROKERS", "TXMQ_TEST_BROKERS")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in URL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_a_missing_broker_skips_with_the_reason(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_needs_kafka(kafka_url): pass")
+    result = pytester.runpytest("--txmq-brokers=env", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*no kafka for tests: TXMQ_TEST_KAFKA_URL is not set*"])
+
+
+def test_a_missing_broker_fails_when_brokers_are_required(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TXMQ_REQUIRE_BROKERS", "1")
+    pytester.makepyfile("def test_needs_db(database_url): pass")
+    result = pytester.runpytest("--txmq-brokers=env")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*TXMQ_TEST_DATABASE_URL is not set*TXMQ_REQUIRE_BROKERS*"])
+
+
+def test_env_urls_win_and_broker_url_covers_both_brokers(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TXMQ_TEST_RABBITMQ_URL", "rabbitmq://guest:guest@127.0.0.1:1/")
+    monkeypatch.setenv("TXMQ_TEST_KAFKA_URL", "kafka://127.0.0.1:2")
+    pytester.makepyfile(
+        """
+        def test_each(broker_url, request):
+            expected = {
+                "rabbitmq": "rabbitmq://guest:guest@127.0.0.1:1/",
+                "kafka": "kafka://127.0.0.1:2",
+            }
+            assert broker_url == expected[request.node.callspec.id]
+        """
+    )
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*test_each?rabbitmq? PASSED*", "*test_each?kafka? PASSED*"])
+
+
+def test_brokers_are_started_only_when_asked_for_once_per_session_and_stopped_after(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[tuple[str, str]] = []
+    stopped: list[Running] = []
+
+    def fake_start(broker: provision.Broker, mode: str, ports: provision.Ports) -> Running:
+        started.append((broker, mode))
+        return Running(broker=broker, mode="process", url=f"{broker}://fake:{ports.postgres}")
+
+    monkeypatch.setattr(provision, "start", fake_start)
+    monkeypatch.setattr(provision, "stop", stopped.append)
+    pytester.makepyfile(
+        """
+        def test_plain():
+            pass
+
+        def test_db_once(database_url):
+            assert database_url.startswith("postgres://fake:")
+
+        def test_db_twice(database_url):
+            assert database_url.startswith("postgres://fake:")
+        """
+    )
+    result = pytester.runpytest("--txmq-brokers=process")
+    result.assert_outcomes(passed=3)
+    assert started == [("postgres", "process")]
+    assert [record.broker for record in stopped] == ["postgres"]
+
+
+def test_a_failed_start_is_reported_once_per_broker(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts: list[str] = []
+
+    def failing_start(broker: provision.Broker, mode: str, ports: provision.Ports) -> Running:
+        attempts.append(broker)
+        raise provision.ProvisionError("no rabbitmq-server here (password=s3cret://u:s3cret@h)")
+
+    monkeypatch.setattr(provision, "start", failing_start)
+    pytester.makepyfile(
+        """
+        def test_one(rabbitmq_url): pass
+        def test_two(rabbitmq_url): pass
+        """
+    )
+    result = pytester.runpytest("--txmq-brokers=container", "-rs")
+    result.assert_outcomes(skipped=2)
+    assert attempts == ["rabbitmq"]
+    result.stdout.fnmatch_lines(["*no rabbitmq for tests: no rabbitmq-server here*"])
+    assert "u:s3cret@" not in result.stdout.str()
+
+
+def test_report_header_names_the_mode(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_plain(): pass")
+    result = pytester.runpytest("--txmq-brokers=process")
+    result.stdout.fnmatch_lines(["txmq brokers: process (skipping tests whose broker is missing)"])
