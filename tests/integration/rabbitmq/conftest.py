@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import threading
 import time
@@ -21,15 +20,6 @@ from txmq.adapters.rabbitmq import RabbitMQAdapter
 from txmq.config import parse_broker_url
 
 
-@pytest.fixture(scope="session")
-def rabbitmq_url() -> str:
-    # Temporary until txmq.testing.pytest_plugin provides it.
-    url = os.environ.get("TXMQ_TEST_RABBITMQ_URL")
-    if not url:
-        pytest.skip("TXMQ_TEST_RABBITMQ_URL is not set")
-    return url
-
-
 def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -42,6 +32,20 @@ def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 def wait_until() -> Callable[..., None]:
     """``wait_until(condition, timeout=10)``: poll ``condition`` until true, else fail."""
     return _wait_until
+
+
+@pytest.fixture
+def connect_with(rabbitmq_url: str) -> Callable[..., RabbitMQAdapter]:
+    """``connect_with(option=value, ...)``: an adapter for the test broker with URL options."""
+
+    def connect(**options: object) -> RabbitMQAdapter:
+        parts = urlsplit(rabbitmq_url)
+        query = "&".join([parts.query, *(f"{k}={v}" for k, v in options.items())]).strip("&")
+        broker = txmq.connect(urlunsplit(parts._replace(query=query)))
+        assert isinstance(broker, RabbitMQAdapter)
+        return broker
+
+    return connect
 
 
 @pytest.fixture
@@ -215,9 +219,8 @@ def proxied_adapter(rabbitmq_url: str, proxy: TcpProxy) -> Iterator[RabbitMQAdap
     netloc = parts.netloc.rsplit("@", 1)
     host = f"127.0.0.1:{proxy.port}"
     netloc_text = f"{netloc[0]}@{host}" if len(netloc) == 2 else host
-    url = urlunsplit(parts._replace(netloc=netloc_text))
-    separator = "&" if parts.query else "?"
-    broker = txmq.connect(f"{url}{separator}connect_timeout=3")
+    query = "&".join([parts.query, "connect_timeout=3"]).strip("&")
+    broker = txmq.connect(urlunsplit(parts._replace(netloc=netloc_text, query=query)))
     assert isinstance(broker, RabbitMQAdapter)
     yield broker
     broker.close()

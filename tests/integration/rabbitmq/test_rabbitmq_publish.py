@@ -88,9 +88,11 @@ def test_nacked_messages_fail(
 
 
 def test_oversized_batch_is_refused_before_anything_is_sent(
-    rabbitmq_url: str, declared: Callable[..., Topology], depth: Callable[[str], int]
+    connect_with: Callable[..., RabbitMQAdapter],
+    declared: Callable[..., Topology],
+    depth: Callable[[str], int],
 ) -> None:
-    small = txmq.connect(f"{rabbitmq_url}?max_body_bytes=1000")
+    small = connect_with(max_body_bytes="1000")
     topology = declared(broker=small)
     messages = [Message(topology.topic, b"ok"), Message(topology.topic, b"x" * 1001)]
     with small.publisher() as publisher, pytest.raises(MessageTooLarge):

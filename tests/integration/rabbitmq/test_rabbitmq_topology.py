@@ -44,21 +44,21 @@ def test_conflicting_redeclare_is_a_topology_error_and_the_adapter_recovers(
 
 
 def test_queue_type_conflict_is_a_topology_error(
-    rabbitmq_url: str, declared: Callable[..., Topology]
+    connect_with: Callable[..., RabbitMQAdapter], declared: Callable[..., Topology]
 ) -> None:
     topology = declared()
-    quorum = txmq.connect(f"{rabbitmq_url}?queue_type=quorum")
+    quorum = connect_with(queue_type="quorum")
     with pytest.raises(TopologyError, match="x-queue-type"):
         quorum.declare([topology])
 
 
 def test_publisher_refuses_an_exchange_of_another_type(
-    rabbitmq_url: str, raw_channel: Any, unique: Callable[[str], str]
+    connect_with: Callable[..., RabbitMQAdapter], raw_channel: Any, unique: Callable[[str], str]
 ) -> None:
     exchange = unique("direct-exchange")
     raw_channel.exchange_declare(exchange, exchange_type="direct")
     try:
-        broker = txmq.connect(f"{rabbitmq_url}?exchange={exchange}")
+        broker = connect_with(exchange=exchange)
         with (
             broker.publisher() as publisher,
             pytest.raises(TopologyError, match="not a durable topic exchange"),
@@ -69,9 +69,9 @@ def test_publisher_refuses_an_exchange_of_another_type(
 
 
 def test_quorum_queues_carry_messages_and_retries(
-    rabbitmq_url: str, declared: Callable[..., Topology]
+    connect_with: Callable[..., RabbitMQAdapter], declared: Callable[..., Topology]
 ) -> None:
-    quorum = txmq.connect(f"{rabbitmq_url}?queue_type=quorum")
+    quorum = connect_with(queue_type="quorum")
     assert isinstance(quorum, RabbitMQAdapter)
     topology = declared(retry_delays=(0.5,), broker=quorum)
     # A quorum queue refuses a classic redeclare; declaring as quorum again is fine.
