@@ -1,0 +1,195 @@
+"""The adapter contract, written once and run against real RabbitMQ and Kafka.
+
+Application code that works on one broker works on the other by changing the URL only: these
+scenarios are that promise, checked.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+import txmq
+from txmq.adapters.base import Delivery, Subscription
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def broker(broker_url: str) -> Iterator[txmq.Adapter]:
+    adapter = txmq.connect(broker_url)
+    yield adapter
+    adapter.close()
+
+
+@pytest.fixture
+def topic() -> str:
+    return f"contract.{uuid.uuid4().hex[:10]}"
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+def publish(broker: txmq.Adapter, messages: list[txmq.Message]) -> None:
+    with broker.publisher() as publisher:
+        outcomes = publisher.publish(messages)
+    failed = [o for o in outcomes if not o.ok]
+    assert not failed, failed[0].error
+
+
+def drain(
+    subscriptions: list[Subscription], count: int, *, timeout: float = 30.0, ack: bool = True
+) -> list[list[Delivery]]:
+    """Poll every subscription in turn until ``count`` deliveries arrived in total."""
+    got: list[list[Delivery]] = [[] for _ in subscriptions]
+    deadline = time.monotonic() + timeout
+    while sum(map(len, got)) < count and time.monotonic() < deadline:
+        for i, subscription in enumerate(subscriptions):
+            deliveries = subscription.poll(0.2)
+            got[i].extend(deliveries)
+            if ack:
+                subscription.ack(deliveries)
+    return got
+
+
+def ids(deliveries: list[Delivery]) -> list[str]:
+    return [d.message.id for d in deliveries if d.message is not None]
+
+
+def test_publish_n_consume_n_with_manual_ack(broker: txmq.Adapter, topic: str) -> None:
+    group = unique("g")
+    broker.declare([txmq.Topology(group, topic)])
+    sent = [
+        txmq.Message(topic, f"body {i}".encode(), headers={"n": str(i)}, key=f"k{i % 4}")
+        for i in range(500)
+    ]
+    publish(broker, sent)
+    sources = broker.sources_for([txmq.Topology(group, topic)])
+    with broker.subscribe(group, sources, prefetch=100) as subscription:
+        (got,) = drain([subscription], len(sent))
+    assert sorted(ids(got)) == sorted(m.id for m in sent)
+    by_id = {m.id: m for m in sent}
+    for delivery in got:
+        assert delivery.message is not None
+        original = by_id[delivery.message.id]
+        assert delivery.message.body == original.body
+        assert delivery.message.key == original.key
+        assert delivery.message.topic == topic
+        assert delivery.message.application_headers() == dict(original.headers)
+        assert delivery.attempt == 1
+    # Acked: a new subscription of the group gets nothing more.
+    with broker.subscribe(group, sources) as subscription:
+        assert drain([subscription], 1, timeout=2.0) == [[]]
+
+
+def test_unacked_messages_are_redelivered_when_the_consumer_dies(
+    broker: txmq.Adapter, broker_url: str, topic: str
+) -> None:
+    group = unique("g")
+    topology = txmq.Topology(group, topic)
+    broker.declare([topology])
+    sent = [txmq.Message(topic, f"{i}".encode()) for i in range(20)]
+    publish(broker, sent)
+    sources = broker.sources_for([topology])
+    script = textwrap.dedent(
+        f"""
+        import os, signal, time
+        import txmq
+        broker = txmq.connect({broker_url!r})
+        subscription = broker.subscribe({group!r}, {sources!r})
+        got, deadline = 0, time.monotonic() + 60
+        while got < 20 and time.monotonic() < deadline:
+            got += len(subscription.poll(0.5))   # received, never acked
+        print(got, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == -9, done.stderr
+    assert done.stdout.strip() == "20"
+    with broker.subscribe(group, sources) as subscription:
+        (got,) = drain([subscription], 20, timeout=60)
+    assert sorted(ids(got)) == sorted(m.id for m in sent)
+
+
+def test_consumers_of_one_group_share_and_groups_each_get_all(
+    broker: txmq.Adapter, topic: str
+) -> None:
+    shared, other = unique("shared"), unique("other")
+    topologies = [txmq.Topology(shared, topic), txmq.Topology(other, topic)]
+    broker.declare(topologies)
+    shared_sources = broker.sources_for([topologies[0]])
+    first = broker.subscribe(shared, shared_sources, prefetch=10)
+    second = broker.subscribe(shared, shared_sources, prefetch=10)
+    try:
+        # Both members join before publishing (a Kafka rebalance takes a few polls).
+        drain([first, second], 1, timeout=5.0)
+        sent = [txmq.Message(topic, b"x", key=f"k{i % 16}") for i in range(400)]
+        publish(broker, sent)
+        got_first, got_second = drain([first, second], len(sent), timeout=60)
+    finally:
+        first.close()
+        second.close()
+    assert sorted(ids(got_first) + ids(got_second)) == sorted(m.id for m in sent)
+    assert got_first, "the first consumer got nothing: not competing consumers"
+    assert got_second, "the second consumer got nothing: not competing consumers"
+    with broker.subscribe(other, broker.sources_for([topologies[1]])) as subscription:
+        (got_other,) = drain([subscription], len(sent))
+    assert sorted(ids(got_other)) == sorted(m.id for m in sent)
+
+
+def test_per_key_order_holds(broker: txmq.Adapter, topic: str) -> None:
+    group = unique("g")
+    broker.declare([txmq.Topology(group, topic)])
+    sent = [txmq.Message(topic, str(i).encode(), key=f"key-{i % 5}") for i in range(300)]
+    publish(broker, sent)
+    with broker.subscribe(group, broker.sources_for([txmq.Topology(group, topic)])) as sub:
+        (got,) = drain([sub], len(sent))
+    for key in {m.key for m in sent}:
+        expected = [m.id for m in sent if m.key == key]
+        assert [d.message.id for d in got if d.message and d.message.key == key] == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "rabbitmq://guest:hunter2@127.0.0.1:1/?connect_timeout=2",
+        "kafka://127.0.0.1:1?connect_timeout=2&security.protocol=SASL_PLAINTEXT"
+        "&sasl.mechanism=PLAIN&sasl.username=u&sasl.password=hunter2",
+    ],
+    ids=["rabbitmq", "kafka"],
+)
+def test_unreachable_broker_is_a_quick_typed_error_without_the_secret(url: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(txmq.BrokerUnavailable) as caught:
+        txmq.connect(url)
+    assert time.monotonic() - started < 2 + 2.0
+    assert "hunter2" not in str(caught.value)
+    assert "hunter2" not in repr(caught.value)
+    assert "***" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://u:hunter2@127.0.0.1/",
+        "rabbitmq://u:hunter2@127.0.0.1:notaport/",
+        "127.0.0.1:5672",
+        "kafka://u:hunter2@127.0.0.1:9092",
+        "kafka://",
+        "rabbitmq://u:hunter2@127.0.0.1/?queue_type=nope",
+    ],
+)
+def test_bad_url_is_a_typed_error_without_the_secret(url: str) -> None:
+    with pytest.raises(txmq.InvalidURL) as caught:
+        txmq.connect(url)
+    assert "hunter2" not in str(caught.value)
