@@ -1,0 +1,504 @@
+"""Publishing to Kafka: an idempotent producer, and a transactional one for the relay.
+
+:class:`KafkaPublisher` reports each message's outcome from librdkafka's delivery reports.
+:class:`KafkaTransactionalPublisher` makes each :meth:`~KafkaPublisher.publish` batch one
+Kafka transaction (every outcome ok, or none), and also offers the transaction by hand
+(:meth:`~KafkaTransactionalPublisher.begin`, ``produce``, ``commit``, ``abort``) for
+half messages: records produced inside an open transaction are invisible to
+``read_committed`` consumers until it commits, and gone for them if it aborts.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from txmq.adapters._kafka_client import (
+    ClientEvents,
+    KafkaContext,
+    error_of,
+    is_unreachable,
+    logger,
+    remaining,
+)
+from txmq.adapters._kafka_wire import encode_headers, encode_key
+from txmq.adapters.base import Publisher, PublishOutcome
+from txmq.errors import BrokerUnavailable, ConfigurationError, PublishError
+from txmq.message import Message, validate_name
+
+#: Overridable by the URL's options.
+_PRODUCER_DEFAULTS: dict[str, Any] = {
+    # Java clients' partitioner: a key maps to the same partition whichever client wrote it.
+    "partitioner": "murmur2_random",
+    "linger.ms": 5,
+}
+#: What txmq's delivery guarantee rests on: no duplicates from retries, no loss on failover.
+_PRODUCER_REQUIRED: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
+_TRANSACTION_TIMEOUT_MS = 60_000
+_QUEUE_FULL_WAIT = 0.05
+
+Routed = Sequence[tuple[str, Message]]
+
+
+class _Pending:
+    """Outcome placeholder until a delivery report arrives."""
+
+
+_PENDING = _Pending()
+
+
+def _record_delivery(
+    results: list[KafkaError | _Pending | None], index: int, error: KafkaError | None, _: Any
+) -> None:
+    results[index] = error
+
+
+class KafkaPublisher(Publisher):
+    """Publishes with an idempotent producer (``acks=all``); one outcome per message.
+
+    Outcomes come from librdkafka's delivery reports. A message not confirmed within the
+    batch timeout is reported failed (it may still arrive later: at-least-once, the
+    message id makes the duplicate recognisable). After a fatal producer error the
+    producer is replaced on the next publish.
+
+    Build it with :meth:`txmq.adapters.kafka.KafkaAdapter.publisher`.
+    """
+
+    def __init__(self, context: KafkaContext) -> None:
+        self._context = context
+        self._events = ClientEvents(context, "producer")
+        self._producer: Producer | None = None
+        self._closed = False
+
+    # -- Publisher protocol -------------------------------------------------------------
+
+    def publish(
+        self, messages: Sequence[Message], *, timeout: float | None = None
+    ) -> list[PublishOutcome]:
+        """Publish ``messages`` to their topics; one outcome per message, same order.
+
+        Raises:
+            MessageTooLarge: a message exceeds ``max_body_bytes``; nothing was sent.
+        """
+        return self._send([(m.topic, m) for m in messages], timeout)
+
+    def send_to_queue(
+        self, queue: str, messages: Sequence[Message], *, timeout: float | None = None
+    ) -> list[PublishOutcome]:
+        """Publish ``messages`` into Kafka topic ``queue`` (a retry or dead-letter topic).
+
+        The logical topic travels in ``x-txmq-topic``, so a consumer of ``queue`` still
+        sees ``message.topic``.
+        """
+        validate_name(queue, "queue")
+        return self._send([(queue, m) for m in messages], timeout)
+
+    def close(self) -> None:
+        """Wait (up to the connect timeout) for messages in flight, then release. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._producer is not None:
+            self._producer.flush(self._context.connect_timeout)
+            self._discard()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _producer_config(self) -> dict[str, Any]:
+        return self._context.config(
+            self._events, defaults=_PRODUCER_DEFAULTS, required=_PRODUCER_REQUIRED
+        )
+
+    def _client(self) -> Producer:
+        if self._closed:
+            raise PublishError("this Kafka publisher is closed")
+        if self._producer is None:
+            self._events = ClientEvents(self._context, "producer")
+            try:
+                self._producer = Producer(self._producer_config())
+            except (KafkaException, ValueError, TypeError) as exc:
+                # librdkafka may quote the offending value, which could be a secret.
+                raise ConfigurationError(
+                    f"librdkafka rejected the producer configuration for {self._context.url}: "
+                    f"{self._context.describe(exc)}"
+                ) from None
+        return self._producer
+
+    def _discard(self) -> None:
+        """Drop the producer without flushing: a new one is made on next use.
+
+        ``Producer.close()`` would flush without a time limit and try to abort an open
+        transaction; destroying the client after a purge does neither.
+        """
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.purge(in_queue=True, in_flight=True, blocking=False)
+            producer.poll(0)
+            del producer
+
+    def _deadline(self, timeout: float | None) -> float:
+        return time.monotonic() + (self._context.publish_timeout if timeout is None else timeout)
+
+    def _check_sizes(self, routed: Routed) -> None:
+        limit = self._context.settings.common.max_body_bytes
+        for _, message in routed:
+            message.check_size(limit)
+
+    def _produce(
+        self,
+        producer: Producer,
+        topic: str,
+        message: Message,
+        deadline: float,
+        on_delivery: Any = None,
+    ) -> None:
+        """Hand one message to librdkafka, waiting (until ``deadline``) while its queue is full.
+
+        Raises:
+            PublishError: the queue stayed full until the deadline.
+            KafkaException: librdkafka refused the message.
+        """
+        key, headers = encode_key(message), encode_headers(message)
+        while True:
+            try:
+                producer.produce(topic, message.body, key, headers=headers, on_delivery=on_delivery)
+                return
+            except BufferError:
+                if time.monotonic() >= deadline:
+                    raise PublishError(
+                        f"message {message.id} not sent: the producer queue stayed full"
+                    ) from None
+                producer.poll(_QUEUE_FULL_WAIT)
+
+    def _send(self, routed: Routed, timeout: float | None) -> list[PublishOutcome]:
+        self._check_sizes(routed)
+        if not routed:
+            return []
+        deadline = self._deadline(timeout)
+        producer = self._client()
+        results: list[KafkaError | _Pending | None] = [_PENDING] * len(routed)
+        refused: dict[int, Exception] = {}
+        for index, (topic, message) in enumerate(routed):
+            try:
+                self._produce(
+                    producer,
+                    topic,
+                    message,
+                    deadline,
+                    functools.partial(_record_delivery, results, index),
+                )
+            except PublishError as exc:
+                refused[index] = exc
+            except KafkaException as exc:
+                refused[index] = PublishError(
+                    f"message {message.id} refused for {topic!r}: {self._context.describe(exc)}"
+                )
+        if producer.flush(remaining(deadline, floor=0)):
+            # Not confirmed in time: take back what has not been sent yet rather than have
+            # it go out unannounced later (what is in flight cannot be called back).
+            producer.purge(in_queue=True, in_flight=False, blocking=True)
+            producer.poll(0)
+        if self._events.fatal is not None:
+            self._discard()
+        return [
+            self._outcome(message, topic, results[i], refused.get(i))
+            for i, (topic, message) in enumerate(routed)
+        ]
+
+    def _outcome(
+        self,
+        message: Message,
+        topic: str,
+        result: KafkaError | _Pending | None,
+        refused: Exception | None,
+    ) -> PublishOutcome:
+        if refused is not None:
+            return PublishOutcome(message.id, refused)
+        if result is None:
+            return PublishOutcome(message.id)
+        if isinstance(result, _Pending):
+            reason = "not confirmed in time"
+        else:
+            reason = self._context.describe(result)
+        return PublishOutcome(
+            message.id, PublishError(f"message {message.id} to {topic!r} failed: {reason}")
+        )
+
+
+class _Fenced(PublishError):
+    """The transaction failed because the producer failed for good (usually: fenced)."""
+
+
+class KafkaTransactionalPublisher(KafkaPublisher):
+    """A producer with a ``transactional.id``: each batch is one Kafka transaction.
+
+    :meth:`publish` and :meth:`send_to_queue` run begin - produce all - commit: either
+    every outcome is ok or every outcome failed. A producer fenced by a newer instance
+    with the same ``transactional_id`` (or failed for good) is re-created and
+    re-initialised, which in turn fences the other instance, and the batch is tried once
+    more. A commit whose result librdkafka cannot establish in time is reported failed
+    too; it may have been committed, and re-publishing it then yields a duplicate with
+    the same message id.
+
+    For half messages the transaction is also available by hand::
+
+        publisher.begin()
+        publisher.produce([message])   # invisible to read_committed consumers
+        ...                            # run the local transaction
+        publisher.commit()             # or publisher.abort()
+
+    ``commit`` raises :class:`PublishError` when the transaction was *not* committed
+    (aborted, fenced) and :class:`BrokerUnavailable` when its outcome is *unknown*; the
+    caller must treat the latter as unknown (e.g. leave the half record for check-back).
+
+    Build it with ``KafkaAdapter.publisher(transactional_id=...)``; the id must be
+    stable across restarts of the same relay instance and unique among live instances.
+    """
+
+    def __init__(self, context: KafkaContext, transactional_id: str) -> None:
+        super().__init__(context)
+        self.transactional_id = transactional_id
+        self._initialised = False
+        self._in_transaction = False
+
+    # -- batches as transactions ----------------------------------------------------------
+
+    def _send(self, routed: Routed, timeout: float | None) -> list[PublishOutcome]:
+        self._check_sizes(routed)
+        if self._in_transaction:
+            raise PublishError("a transaction is open on this publisher: commit or abort it")
+        if not routed:
+            return []
+        deadline = self._deadline(timeout)
+        error: Exception
+        for attempt in (1, 2):
+            # Nothing is sent before this succeeds, so BrokerUnavailable from it propagates.
+            self._ready(deadline)
+            try:
+                self._begin()
+                self._produce_all(routed, deadline)
+                self._commit(deadline)
+            except _Fenced as exc:
+                error = exc
+                if attempt == 1 and time.monotonic() < deadline:
+                    logger.warning(
+                        "Kafka transactional producer %r: %s; re-initialised, sending the "
+                        "batch once more",
+                        self.transactional_id,
+                        exc,
+                    )
+                    continue
+            except PublishError as exc:
+                error = exc
+            except BrokerUnavailable as exc:
+                error = PublishError(str(exc))
+            else:
+                return [PublishOutcome(m.id) for _, m in routed]
+            break
+        return [PublishOutcome(m.id, error) for _, m in routed]
+
+    # -- the transaction by hand ----------------------------------------------------------
+
+    def begin(self) -> None:
+        """Open a transaction (initialising the producer first if needed).
+
+        Raises:
+            PublishError: a transaction is already open, or the producer failed.
+            BrokerUnavailable: transactions could not be initialised within the publish
+                timeout.
+        """
+        if self._in_transaction:
+            raise PublishError("a transaction is already open on this publisher")
+        self._ready(self._deadline(None))
+        self._begin()
+
+    def produce(self, messages: Sequence[Message]) -> None:
+        """Produce ``messages`` inside the open transaction (not visible until commit).
+
+        On failure the transaction is aborted before raising.
+
+        Raises:
+            MessageTooLarge: a message exceeds ``max_body_bytes``; nothing was produced
+                (the transaction stays open).
+            PublishError: no transaction is open, or producing failed (then aborted).
+        """
+        if not self._in_transaction:
+            raise PublishError("no transaction is open: call begin() first")
+        routed = [(m.topic, m) for m in messages]
+        self._check_sizes(routed)
+        self._produce_all(routed, self._deadline(None))
+
+    def commit(self, timeout: float | None = None) -> None:
+        """Commit the open transaction: its messages become visible, all together.
+
+        Retriable failures are retried within ``timeout`` (default: the publish timeout).
+
+        Raises:
+            PublishError: the transaction was NOT committed (aborted, or the producer was
+                fenced / failed for good; it is re-initialised on next use).
+            BrokerUnavailable: the outcome is UNKNOWN: the transaction may or may not be
+                committed. Treat it as unknown, not as failed.
+        """
+        if not self._in_transaction:
+            raise PublishError("no transaction is open: call begin() first")
+        self._commit(self._deadline(timeout))
+
+    def abort(self, timeout: float | None = None) -> None:
+        """Abort the open transaction, if any: its messages never become visible.
+
+        Raises:
+            BrokerUnavailable: the broker did not confirm the abort in time. The messages
+                stay invisible all the same: the transaction is aborted when the
+                producer re-initialises (next use) or when ``transaction.timeout.ms``
+                expires.
+        """
+        if not self._in_transaction:
+            return
+        failure = self._abort_within(self._deadline(timeout))
+        if failure is not None:
+            raise BrokerUnavailable(
+                f"Kafka did not confirm the abort of transaction {self.transactional_id!r}: "
+                f"{failure}"
+            )
+
+    def close(self) -> None:
+        """Abort an open transaction (bounded by the connect timeout), then release."""
+        if self._in_transaction and not self._closed:
+            self._abort_within(time.monotonic() + self._context.connect_timeout)
+        super().close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _producer_config(self) -> dict[str, Any]:
+        return self._context.config(
+            self._events,
+            defaults={**_PRODUCER_DEFAULTS, "transaction.timeout.ms": _TRANSACTION_TIMEOUT_MS},
+            required={**_PRODUCER_REQUIRED, "transactional.id": self.transactional_id},
+        )
+
+    def _discard(self) -> None:
+        super()._discard()
+        self._initialised = False
+        self._in_transaction = False
+
+    def _ready(self, deadline: float) -> Producer:
+        """The producer, with transactions initialised (which fences older instances).
+
+        Raises:
+            BrokerUnavailable: not initialised by ``deadline``.
+            PublishError: initialisation failed for good (e.g. not authorised).
+        """
+        producer = self._client()
+        while not self._initialised:
+            try:
+                producer.init_transactions(remaining(deadline))
+                self._initialised = True
+            except KafkaException as exc:
+                error = error_of(exc)
+                retriable = error is not None and error.retriable()
+                if retriable and time.monotonic() < deadline:
+                    continue
+                self._discard()
+                text = (
+                    f"cannot initialise Kafka transactions for {self.transactional_id!r} at "
+                    f"{self._context.url}: {self._context.describe(exc)}"
+                )
+                if retriable or is_unreachable(error):
+                    raise BrokerUnavailable(text) from exc
+                raise PublishError(text) from exc
+        return producer
+
+    def _begin(self) -> None:
+        producer = self._client()
+        try:
+            producer.begin_transaction()
+        except KafkaException as exc:
+            # Only a producer in a failed state refuses to begin.
+            self._discard()
+            raise _Fenced(
+                f"cannot begin a Kafka transaction for {self.transactional_id!r}: "
+                f"{self._context.describe(exc)}"
+            ) from exc
+        self._in_transaction = True
+
+    def _produce_all(self, routed: Routed, deadline: float) -> None:
+        """Produce inside the open transaction; on failure abort it and raise PublishError."""
+        producer = self._client()
+        for topic, message in routed:
+            try:
+                self._produce(producer, topic, message, deadline)
+            except PublishError as exc:
+                self._abort_within(deadline)
+                raise PublishError(f"transaction aborted: {exc}") from exc
+            except KafkaException as exc:
+                error = error_of(exc)
+                text = f"message {message.id} refused for {topic!r}: {self._context.describe(exc)}"
+                if error is not None and error.fatal():
+                    self._discard()
+                    raise _Fenced(f"transaction not committed: {text}") from exc
+                self._abort_within(deadline)
+                raise PublishError(f"transaction aborted: {text}") from exc
+
+    def _commit(self, deadline: float) -> None:
+        producer = self._client()
+        while True:
+            try:
+                producer.commit_transaction(remaining(deadline))
+            except KafkaException as exc:
+                error = error_of(exc)
+                text = self._context.describe(exc)
+                if error is not None and error.fatal():
+                    self._discard()
+                    raise _Fenced(
+                        f"Kafka transaction of {self.transactional_id!r} not committed: the "
+                        f"producer failed for good ({text}); it is re-initialised on next use"
+                    ) from exc
+                if error is not None and error.txn_requires_abort():
+                    self._abort_within(deadline)
+                    raise PublishError(
+                        f"Kafka transaction of {self.transactional_id!r} aborted: {text}"
+                    ) from exc
+                if error is not None and error.retriable() and time.monotonic() < deadline:
+                    continue
+                # Re-initialising settles the transaction on the broker (the coordinator
+                # completes or aborts it), but which one it was stays unknown to us.
+                self._discard()
+                raise BrokerUnavailable(
+                    f"outcome of Kafka transaction of {self.transactional_id!r} unknown (it "
+                    f"may or may not be committed): {text}"
+                ) from exc
+            else:
+                self._in_transaction = False
+                producer.poll(0)
+                return
+
+    def _abort_within(self, deadline: float) -> str | None:
+        """Abort the open transaction; return why it failed, or ``None``.
+
+        A producer that cannot abort is discarded; its transaction is then aborted by the
+        coordinator when the next producer with this id initialises, or when it times out.
+        """
+        producer = self._producer
+        self._in_transaction = False
+        if producer is None:
+            return None
+        while True:
+            try:
+                producer.abort_transaction(remaining(deadline))
+                producer.poll(0)
+                return None
+            except KafkaException as exc:
+                error = error_of(exc)
+                if (
+                    error is not None
+                    and error.retriable()
+                    and not error.fatal()
+                    and time.monotonic() < deadline
+                ):
+                    continue
+                self._discard()
+                return self._context.describe(exc)

@@ -1,0 +1,400 @@
+"""Consuming from Kafka with manual, per-message acknowledgement.
+
+A Kafka group remembers one offset per partition, so acknowledging single messages is
+built here: :class:`~txmq.adapters._kafka_offsets.OffsetTracker` works out, per
+partition, the offset just past the longest run of finished messages, and that is what
+gets committed. Nothing is committed automatically (``enable.auto.commit=false``), and
+only committed transactions are read (``isolation.level=read_committed``), so half
+messages and aborted relay batches are never delivered.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+from confluent_kafka import Message as Record
+
+from txmq.adapters._kafka_client import ClientEvents, KafkaContext, error_of, is_unreachable, logger
+from txmq.adapters._kafka_offsets import OffsetTracker, PartitionKey, Position
+from txmq.adapters._kafka_wire import decode_record
+from txmq.adapters.base import Delivery, Subscription
+from txmq.errors import BrokerUnavailable, ConfigurationError
+
+#: Rebalancing: ``cooperative-sticky`` moves only the partitions that change owner, so a
+#: consumer joining or leaving does not make every member drop its in-flight messages
+#: and pauses; a 10 s session notices a dead consumer quickly without flapping on a
+#: busy 2-core machine. All overridable by the URL's options.
+_CONSUMER_DEFAULTS: dict[str, Any] = {
+    "partition.assignment.strategy": "cooperative-sticky",
+    "session.timeout.ms": 10_000,
+    "heartbeat.interval.ms": 3_000,
+    "enable.partition.eof": False,
+}
+#: What txmq's semantics rest on (see the module docstring).
+_CONSUMER_REQUIRED: dict[str, Any] = {
+    "isolation.level": "read_committed",
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    # A new group starts at the beginning, so nothing published between declare() and
+    # the group's first poll is skipped.
+    "auto.offset.reset": "earliest",
+}
+#: Fetch budget per prefetched message, and the bounds of the whole fetch buffer.
+_KBYTES_PER_PREFETCH = 16
+_MIN_QUEUE_KBYTES, _MAX_QUEUE_KBYTES = 1024, 65_536
+
+
+def _prefetch_config(prefetch: int) -> dict[str, Any]:
+    """librdkafka's fetch buffer, sized from a RabbitMQ-style ``prefetch``.
+
+    librdkafka fetches ahead into a local queue: it keeps fetching while a partition has
+    fewer than ``queued.min.messages`` waiting and the queue holds less than
+    ``queued.max.messages.kbytes``. ``prefetch`` sets the first and, at 16 KiB a message
+    (1-64 MiB overall), the second. Unlike RabbitMQ's prefetch it does not bound the
+    number of unacknowledged deliveries: that is up to how many the caller polls.
+    """
+    prefetch = max(1, prefetch)
+    kbytes = min(_MAX_QUEUE_KBYTES, max(_MIN_QUEUE_KBYTES, prefetch * _KBYTES_PER_PREFETCH))
+    return {"queued.min.messages": prefetch, "queued.max.messages.kbytes": kbytes}
+
+
+def _fetch(consumer: Consumer, max_records: int, timeout: float) -> list[Record]:
+    """Wait up to ``timeout`` for the first record, then take what else is already fetched.
+
+    ``Consumer.consume`` alone would wait the whole timeout unless ``max_records`` arrive.
+    """
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    if max_records <= 1:
+        return [first]
+    return [first, *consumer.consume(num_messages=max_records - 1, timeout=0)]
+
+
+def _create_consumer(context: KafkaContext, config: dict[str, Any]) -> Consumer:
+    try:
+        return Consumer(config)
+    except (KafkaException, ValueError, TypeError) as exc:
+        # librdkafka may quote the offending value, which could be a secret.
+        raise ConfigurationError(
+            f"librdkafka rejected the consumer configuration for {context.url}: "
+            f"{context.describe(exc)}"
+        ) from None
+
+
+class KafkaSubscription(Subscription):
+    """A consumer group member over Kafka topics, acknowledging message by message.
+
+    * :meth:`ack` commits (synchronously) per partition the offset past the longest run
+      of acknowledged messages: an unacknowledged message at offset ``k`` keeps the
+      commit at ``k`` even when later ones are done, so it is redelivered if this
+      consumer dies.
+    * :meth:`release` seeks the partition back to the lowest released offset: that
+      message and every later one of its partition are delivered again.
+    * :meth:`pause` / :meth:`resume` stop and restart fetching from topics (retry topics
+      whose next message is not due yet). Messages already returned by :meth:`poll` are
+      not taken back by pausing: :meth:`release` them.
+    * On a rebalance, what is finished is committed before partitions are given up, and
+      deliveries of revoked partitions can no longer be acknowledged (their next owner
+      gets them again).
+
+    Build it with :meth:`txmq.adapters.kafka.KafkaAdapter.subscribe`.
+    """
+
+    def __init__(
+        self, context: KafkaContext, group: str, sources: Sequence[str], *, prefetch: int
+    ) -> None:
+        self.group = group
+        self._context = context
+        self._events = ClientEvents(context, f"consumer of group {group!r}")
+        self._tracker = OffsetTracker()
+        self._paused: set[str] = set()
+        self._closed = False
+        config = context.config(
+            self._events,
+            defaults={**_CONSUMER_DEFAULTS, **_prefetch_config(prefetch)},
+            required={**_CONSUMER_REQUIRED, "group.id": group},
+        )
+        self._cooperative = config["partition.assignment.strategy"] == "cooperative-sticky"
+        self._consumer = _create_consumer(context, config)
+        self._consumer.subscribe(
+            list(sources),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    # -- Subscription protocol ----------------------------------------------------------
+
+    def poll(self, timeout: float, max_messages: int = 100) -> list[Delivery]:
+        """Return up to ``max_messages`` deliveries, waiting up to ``timeout`` s for the first.
+
+        Raises:
+            BrokerUnavailable: the consumer failed for good, or no broker can be reached
+                (the subscription reconnects by itself and may be polled again).
+        """
+        consumer = self._open_consumer()
+        try:
+            records = _fetch(consumer, max_messages, timeout)
+        except KafkaException as exc:
+            raise BrokerUnavailable(
+                f"Kafka consumer of group {self.group!r} failed: {self._context.describe(exc)}"
+            ) from exc
+        deliveries = [d for d in map(self._delivery, records) if d is not None]
+        if self._events.fatal is not None:
+            raise BrokerUnavailable(
+                f"Kafka consumer of group {self.group!r} failed for good: "
+                f"{self._context.describe(self._events.fatal)}"
+            )
+        if not deliveries and self._events.brokers_down:
+            self._check_reachable(consumer, timeout)
+        return deliveries
+
+    def ack(self, deliveries: Iterable[Delivery]) -> None:
+        """Mark ``deliveries`` done and commit what that makes committable.
+
+        Deliveries of partitions revoked since they were polled are ignored: the new owner
+        of the partition gets them again. A commit the group refuses (rebalancing) is left
+        for the next ack or rebalance to retry.
+
+        Raises:
+            BrokerUnavailable: the commit failed because the broker cannot be reached.
+        """
+        consumer = self._open_consumer()
+        for delivery in deliveries:
+            if isinstance(delivery.token, Position):
+                self._tracker.done(delivery.token)
+        self._commit(consumer, self._tracker.commit_points(), raise_unreachable=True)
+
+    def release(self, deliveries: Iterable[Delivery]) -> None:
+        """Deliver ``deliveries`` again: seek each partition back to its lowest one."""
+        consumer = self._open_consumer()
+        lowest: dict[PartitionKey, Position] = {}
+        for delivery in deliveries:
+            token = delivery.token
+            if isinstance(token, Position):
+                held = lowest.get(token.key)
+                if held is None or token.offset < held.offset:
+                    lowest[token.key] = token
+        for position in lowest.values():
+            if not self._tracker.release(position):
+                continue
+            try:
+                consumer.seek(TopicPartition(position.topic, position.partition, position.offset))
+            except KafkaException as exc:
+                # The partition was revoked meanwhile: its next owner reads it again anyway.
+                logger.debug(
+                    "seek to %s[%d]@%d failed: %s",
+                    position.topic,
+                    position.partition,
+                    position.offset,
+                    self._context.describe(exc),
+                )
+
+    def pause(self, sources: Iterable[str]) -> None:
+        """Stop fetching from topics ``sources``, also on partitions assigned later."""
+        topics = set(sources)
+        self._paused |= topics
+        partitions = self._assigned(topics)
+        if partitions:
+            self._open_consumer().pause(partitions)
+
+    def resume(self, sources: Iterable[str]) -> None:
+        """Fetch from topics ``sources`` again."""
+        topics = set(sources)
+        self._paused -= topics
+        partitions = self._assigned(topics)
+        if partitions:
+            self._open_consumer().resume(partitions)
+
+    def assignment(self) -> list[tuple[str, int]]:
+        """The ``(topic, partition)`` pairs this member currently owns, sorted."""
+        return sorted((tp.topic, tp.partition) for tp in self._open_consumer().assignment())
+
+    def close(self) -> None:
+        """Commit what is finished, leave the group and disconnect. Idempotent.
+
+        Unacknowledged deliveries are delivered again to the group.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._commit(self._consumer, self._tracker.commit_points(), raise_unreachable=False)
+            self._consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            logger.warning(
+                "closing Kafka consumer of group %r: %s", self.group, self._context.describe(exc)
+            )
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _open_consumer(self) -> Consumer:
+        if self._closed:
+            raise BrokerUnavailable(f"the Kafka subscription of group {self.group!r} is closed")
+        return self._consumer
+
+    def _delivery(self, record: Record) -> Delivery | None:
+        error = record.error()
+        if error is not None:
+            if error.fatal():
+                self._events.fatal = error
+            elif error.code() != KafkaError._PARTITION_EOF:
+                logger.warning(
+                    "Kafka consumer of group %r: %s", self.group, self._context.describe(error)
+                )
+            return None
+        self._events.brokers_down = False
+        topic, partition, offset = record.topic(), record.partition(), record.offset()
+        if topic is None or partition is None or offset is None:
+            return None
+        position, redelivered = self._tracker.track(topic, partition, offset)
+        return decode_record(
+            source=topic,
+            key=record.key(),
+            value=record.value(),
+            headers=record.headers(),
+            token=position,
+            redelivered=redelivered,
+        )
+
+    def _check_reachable(self, consumer: Consumer, timeout: float) -> None:
+        """After librdkafka said every broker is down: raise unless a broker answers now."""
+        probe = min(self._context.connect_timeout, max(timeout, 1.0))
+        try:
+            consumer.list_topics(timeout=probe)
+        except KafkaException as exc:
+            raise BrokerUnavailable(
+                f"Kafka at {self._context.url} cannot be reached: {self._context.describe(exc)}"
+            ) from exc
+        self._events.brokers_down = False
+
+    def _commit(
+        self, consumer: Consumer, points: dict[PartitionKey, int], *, raise_unreachable: bool
+    ) -> None:
+        if not points:
+            return
+        offsets = [TopicPartition(topic, part, offset) for (topic, part), offset in points.items()]
+        try:
+            results = consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            error = error_of(exc)
+            text = self._context.describe(exc)
+            if raise_unreachable and is_unreachable(error):
+                raise BrokerUnavailable(
+                    f"Kafka offset commit of group {self.group!r} failed: {text}"
+                ) from exc
+            logger.warning(
+                "Kafka offset commit of group %r failed (retried on the next ack; the "
+                "messages are redelivered if it never succeeds): %s",
+                self.group,
+                text,
+            )
+            return
+        for result in results:
+            if result.error is None:
+                self._tracker.committed((result.topic, result.partition), result.offset)
+            else:
+                logger.warning(
+                    "Kafka offset commit of group %r for %s[%d] failed: %s",
+                    self.group,
+                    result.topic,
+                    result.partition,
+                    self._context.describe(result.error),
+                )
+
+    def _assigned(self, topics: set[str]) -> list[TopicPartition]:
+        return [tp for tp in self._open_consumer().assignment() if tp.topic in topics]
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._tracker.assign((tp.topic, tp.partition) for tp in partitions)
+        # Assign here rather than letting confluent-kafka do it after this callback, so
+        # partitions of paused topics can be paused before anything is fetched from them.
+        if self._cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+        paused = [tp for tp in partitions if tp.topic in self._paused]
+        if paused:
+            consumer.pause(paused)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self._commit(consumer, self._tracker.commit_points(keys), raise_unreachable=False)
+        self._tracker.revoke(keys)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost, not revoked: the group already gave them to someone else; a commit would fail.
+        self._tracker.revoke((tp.topic, tp.partition) for tp in partitions)
+
+
+def read_topic(context: KafkaContext, topic: str, *, limit: int, timeout: float) -> list[Delivery]:
+    """Read up to ``limit`` committed records of ``topic`` from the start, committing nothing.
+
+    A throwaway consumer (random group, never joined: partitions are assigned directly)
+    reads every partition to its end, or until ``limit`` records or ``timeout``.
+    """
+    events = ClientEvents(context, f"reader of {topic!r}")
+    config = context.config(
+        events,
+        # An empty partition reports its end after one fetch wait: keep that short.
+        defaults={"fetch.wait.max.ms": 100},
+        required={
+            **_CONSUMER_REQUIRED,
+            "group.id": f"txmq-read-{uuid.uuid4().hex}",
+            "enable.partition.eof": True,
+        },
+    )
+    consumer = _create_consumer(context, config)
+    deadline = time.monotonic() + timeout
+    try:
+        try:
+            metadata = consumer.list_topics(topic, timeout=context.connect_timeout)
+        except KafkaException as exc:
+            raise BrokerUnavailable(
+                f"cannot read {topic!r} from Kafka at {context.url}: {context.describe(exc)}"
+            ) from exc
+        described = metadata.topics.get(topic)
+        if described is None or described.error is not None or not described.partitions:
+            return []
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in described.partitions])
+        at_end: set[int] = set()
+        deliveries: list[Delivery] = []
+        while (
+            len(deliveries) < limit
+            and len(at_end) < len(described.partitions)
+            and time.monotonic() < deadline
+        ):
+            wait = max(0.0, deadline - time.monotonic())
+            for record in _fetch(consumer, limit - len(deliveries), wait):
+                error = record.error()
+                partition = record.partition()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF and partition is not None:
+                        at_end.add(partition)
+                    continue
+                if partition is not None:
+                    at_end.discard(partition)
+                deliveries.append(
+                    decode_record(
+                        source=topic,
+                        key=record.key(),
+                        value=record.value(),
+                        headers=record.headers(),
+                        token=None,
+                        redelivered=False,
+                    )
+                )
+        return deliveries[:limit]
+    finally:
+        consumer.close()

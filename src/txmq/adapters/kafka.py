@@ -1,0 +1,338 @@
+"""The Kafka adapter (confluent-kafka): topics, consumer groups and transactions as txmq uses them.
+
+Mapping (DESIGN.md section 5): a txmq topic is a Kafka topic and a consumer group a Kafka
+group; the message key is the record key; retry stage ``n`` of group ``g`` on topic ``t``
+is topic ``g.t.retry.n`` and the dead-letter queue topic ``g.t.dlq``. Producers are
+idempotent with ``acks=all``; the relay's producer is transactional (one Kafka
+transaction per batch). Consumers read committed records only and commit offsets by hand,
+message by message (see :class:`KafkaSubscription`).
+
+Needs ``pip install txmq[kafka]``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from txmq.errors import MissingDependency
+
+try:
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin._listoffsets import OffsetSpec
+    from confluent_kafka.cimpl import NewTopic
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise MissingDependency(
+        "the Kafka adapter needs confluent-kafka: pip install txmq[kafka]"
+    ) from exc
+
+from txmq.adapters._kafka_client import ClientEvents, KafkaContext, error_of, is_unreachable
+from txmq.adapters._kafka_publisher import KafkaPublisher, KafkaTransactionalPublisher
+from txmq.adapters._kafka_subscription import KafkaSubscription, read_topic
+from txmq.adapters.base import Adapter, Delivery, Topology
+from txmq.config import KafkaSettings
+from txmq.errors import BrokerUnavailable, ConfigurationError, TopologyError
+from txmq.message import validate_name
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin._metadata import ClusterMetadata
+
+__all__ = [
+    "KafkaAdapter",
+    "KafkaPublisher",
+    "KafkaSubscription",
+    "KafkaTransactionalPublisher",
+]
+
+#: How often to look again while waiting for a broker or for new topics.
+_RECHECK_INTERVAL = 0.1
+#: Longest single metadata request while pinging, so an early authentication failure
+#: reported by the error callback ends the wait.
+_PING_STEP = 0.5
+
+
+class KafkaAdapter(Adapter):
+    """Kafka, as txmq uses it. Build it with ``txmq.connect("kafka://host:9092")``.
+
+    Args:
+        settings: the parsed ``kafka://`` URL; its options (``security.protocol``,
+            ``sasl.*``, ``ssl.*``, any librdkafka property) are passed to every client.
+
+    Example:
+        >>> broker = txmq.connect("kafka://127.0.0.1:9092")  # doctest: +SKIP
+        >>> broker.declare([Topology("billing", "orders.created", retry_delays=(5, 60))])
+    """
+
+    system = "kafka"
+    settings: KafkaSettings
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        if settings.system != "kafka":
+            raise ConfigurationError(f"KafkaAdapter needs Kafka settings, not {settings!r}")
+        super().__init__(settings)
+        self._context = KafkaContext(settings)
+        self._admin_client: AdminClient | None = None
+        self._admin_events = ClientEvents(self._context, "admin client")
+        self._lock = threading.Lock()
+
+    # -- connection ---------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Fetch the cluster's metadata once, within the connect timeout.
+
+        librdkafka retries connecting forever in the background; this stops waiting at
+        the connect timeout, or earlier on a failure that will not heal (authentication).
+
+        Raises:
+            BrokerUnavailable: no broker answered in time (the URL in the message is redacted).
+        """
+        events = ClientEvents(self._context, "ping")
+        admin = self._new_admin(events)
+        deadline = time.monotonic() + self._context.connect_timeout
+        failure = "no answer"
+        while True:
+            step = min(_PING_STEP, deadline - time.monotonic())
+            try:
+                admin.list_topics(timeout=max(step, 0.001))
+                return
+            except KafkaException as exc:
+                failure = self._context.describe(exc)
+            admin.poll(0)
+            if events.last is not None and events.last.code() in (
+                KafkaError._AUTHENTICATION,
+                KafkaError.SASL_AUTHENTICATION_FAILED,
+            ):
+                failure = self._context.describe(events.last)
+                break
+            if time.monotonic() >= deadline:
+                if events.last is not None:
+                    failure = self._context.describe(events.last)
+                break
+        raise BrokerUnavailable(
+            f"cannot reach Kafka at {self._context.url} within "
+            f"{self._context.connect_timeout:g} s: {failure}"
+        )
+
+    # -- topology -----------------------------------------------------------------------
+
+    def declare(self, topologies: Iterable[Topology]) -> None:
+        """Create each topology's topic, retry topics and dead-letter topic, then wait for them.
+
+        Topics get ``partitions`` / ``replication_factor`` from the URL; topics that
+        exist are left as they are. Returns once the broker's metadata shows every topic
+        with a leader for each partition, so a consumer subscribing next misses nothing.
+        Bounded by the publish timeout.
+
+        Raises:
+            TopologyError: a topic cannot be created (bad replication factor, policy, ...)
+                or did not become usable in time.
+            BrokerUnavailable: the broker cannot be reached.
+        """
+        names = list(
+            dict.fromkeys(
+                name
+                for t in topologies
+                for name in (t.topic, *t.retry_queues(), t.dead_letter_queue)
+            )
+        )
+        if not names:
+            return
+        deadline = time.monotonic() + self._context.publish_timeout
+        admin = self._admin()
+        request_timeout = self._context.publish_timeout
+        futures = admin.create_topics(
+            [
+                NewTopic(
+                    name,
+                    num_partitions=self.settings.partitions,
+                    replication_factor=self.settings.replication_factor,
+                )
+                for name in names
+            ],
+            request_timeout=request_timeout,
+            operation_timeout=request_timeout,
+        )
+        for name, future in futures.items():
+            try:
+                future.result(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+            except concurrent.futures.TimeoutError:
+                raise BrokerUnavailable(
+                    f"Kafka at {self._context.url} did not create topic {name!r} in time"
+                ) from None
+            except KafkaException as exc:
+                error = error_of(exc)
+                if error is not None and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    continue
+                text = f"cannot create Kafka topic {name!r}: {self._context.describe(exc)}"
+                if is_unreachable(error):
+                    raise BrokerUnavailable(text) from exc
+                raise TopologyError(text) from exc
+        self._wait_usable(admin, names, deadline)
+
+    def sources_for(self, topologies: Iterable[Topology]) -> list[str]:
+        """The topics a consumer of ``topologies`` reads: each topic and its retry topics."""
+        return list(
+            dict.fromkeys(name for t in topologies for name in (t.topic, *t.retry_queues()))
+        )
+
+    # -- clients ------------------------------------------------------------------------
+
+    def publisher(self, *, transactional_id: str | None = None) -> KafkaPublisher:
+        """Open a publisher; with ``transactional_id`` each batch is one Kafka transaction.
+
+        The producer connects lazily, at the first publish.
+        """
+        if transactional_id is None:
+            return KafkaPublisher(self._context)
+        if not transactional_id:
+            raise ConfigurationError("transactional_id must be a non-empty str")
+        return KafkaTransactionalPublisher(self._context, transactional_id)
+
+    def subscribe(
+        self, group: str, sources: Sequence[str], *, prefetch: int = 100
+    ) -> KafkaSubscription:
+        """Join consumer group ``group`` reading topics ``sources``.
+
+        Declare the topics first (:meth:`declare`). ``prefetch`` sizes librdkafka's fetch
+        buffer (see :func:`~txmq.adapters._kafka_subscription._prefetch_config`).
+        """
+        validate_name(group, "group")
+        if not sources:
+            raise ConfigurationError("subscribe needs at least one source topic")
+        for source in sources:
+            validate_name(source, "source")
+        return KafkaSubscription(self._context, group, sources, prefetch=prefetch)
+
+    # -- inspection ---------------------------------------------------------------------
+
+    def read_queue(self, queue: str, *, limit: int, timeout: float) -> list[Delivery]:
+        """Read up to ``limit`` committed records of topic ``queue`` from its start.
+
+        Nothing is committed and no group is joined, so the records stay for every group.
+        A topic that does not exist reads as empty.
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached.
+        """
+        validate_name(queue, "queue")
+        if limit <= 0:
+            return []
+        return read_topic(self._context, queue, limit=limit, timeout=timeout)
+
+    def purge_queue(self, queue: str) -> int:
+        """Delete every record of topic ``queue``; return how many offsets that removed.
+
+        The count includes transaction markers, which take an offset each; topics written
+        by the non-transactional publisher (retry and dead-letter topics) have none. A
+        topic that does not exist counts 0.
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached.
+            TopologyError: the broker refused to delete the records.
+        """
+        validate_name(queue, "queue")
+        admin = self._admin()
+        metadata = self._metadata(admin, self._context.connect_timeout)
+        described = metadata.topics.get(queue)
+        if described is None or described.error is not None:
+            return 0
+        partitions = [TopicPartition(queue, p) for p in described.partitions]
+        # OffsetSpec's class methods have no type annotations.
+        earliest = self._offsets(admin, partitions, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+        latest = self._offsets(admin, partitions, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+        doomed = [
+            TopicPartition(queue, p, latest[p]) for p in latest if latest[p] > earliest.get(p, 0)
+        ]
+        if not doomed:
+            return 0
+        timeout = self._context.publish_timeout
+        futures = admin.delete_records(doomed, request_timeout=timeout, operation_timeout=timeout)
+        for future in futures.values():
+            self._result(future, f"delete the records of {queue!r}", timeout)
+        return sum(tp.offset - earliest.get(tp.partition, 0) for tp in doomed)
+
+    def close(self) -> None:
+        """Release the shared admin client. Idempotent."""
+        with self._lock:
+            self._admin_client = None
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _new_admin(self, events: ClientEvents) -> AdminClient:
+        # Topics are created by declare() only, never as a side effect of asking about one.
+        config = self._context.config(events, required={"allow.auto.create.topics": False})
+        try:
+            return AdminClient(config)
+        except (KafkaException, ValueError, TypeError) as exc:
+            # librdkafka may quote the offending value, which could be a secret.
+            raise ConfigurationError(
+                f"librdkafka rejected the configuration for {self._context.url}: "
+                f"{self._context.describe(exc)}"
+            ) from None
+
+    def _admin(self) -> AdminClient:
+        with self._lock:
+            if self._admin_client is None:
+                self._admin_client = self._new_admin(self._admin_events)
+            return self._admin_client
+
+    def _metadata(self, admin: AdminClient, timeout: float) -> ClusterMetadata:
+        try:
+            return admin.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            raise BrokerUnavailable(
+                f"cannot reach Kafka at {self._context.url}: {self._context.describe(exc)}"
+            ) from exc
+
+    def _wait_usable(self, admin: AdminClient, names: list[str], deadline: float) -> None:
+        """Wait until the metadata shows every topic in ``names`` with a leader everywhere."""
+        missing = names
+        while True:
+            metadata = self._metadata(admin, max(0.001, deadline - time.monotonic()))
+            missing = [name for name in names if not _usable(metadata, name)]
+            if not missing:
+                return
+            if time.monotonic() >= deadline:
+                raise TopologyError(
+                    f"Kafka topics {missing} were created but have no leader yet "
+                    f"({self._context.publish_timeout:g} s)"
+                )
+            time.sleep(_RECHECK_INTERVAL)
+
+    def _offsets(
+        self, admin: AdminClient, partitions: list[TopicPartition], spec: OffsetSpec
+    ) -> dict[int, int]:
+        timeout = self._context.connect_timeout
+        futures = admin.list_offsets({tp: spec for tp in partitions}, request_timeout=timeout)
+        return {
+            tp.partition: self._result(future, "list offsets", timeout).offset
+            for tp, future in futures.items()
+        }
+
+    def _result(self, future: concurrent.futures.Future[Any], what: str, timeout: float) -> Any:
+        try:
+            return future.result(timeout=timeout + 1.0)
+        except concurrent.futures.TimeoutError:
+            raise BrokerUnavailable(
+                f"Kafka at {self._context.url} did not answer ({what})"
+            ) from None
+        except KafkaException as exc:
+            error = error_of(exc)
+            text = f"Kafka could not {what}: {self._context.describe(exc)}"
+            if is_unreachable(error):
+                raise BrokerUnavailable(text) from exc
+            raise TopologyError(text) from exc
+
+
+def _usable(metadata: ClusterMetadata, name: str) -> bool:
+    described = metadata.topics.get(name)
+    return (
+        described is not None
+        and described.error is None
+        and bool(described.partitions)
+        and all(p.leader >= 0 and p.error is None for p in described.partitions.values())
+    )

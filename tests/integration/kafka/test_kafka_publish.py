@@ -1,0 +1,217 @@
+"""Publishing to a real Kafka: plain and transactional batches, fencing, limits, failures."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import pytest
+
+import txmq
+from txmq.adapters.base import Delivery, Topology
+from txmq.adapters.kafka import KafkaAdapter, KafkaTransactionalPublisher
+from txmq.errors import BrokerUnavailable, MessageTooLarge, PublishError
+from txmq.message import Message
+
+pytestmark = pytest.mark.broker
+
+Declared = Callable[..., Topology]
+Drain = Callable[..., list[Delivery]]
+
+
+def _messages(topic: str, count: int, *, keys: int = 5, size: int = 20) -> list[Message]:
+    return [
+        Message(topic, f"{i:06d}".encode().ljust(size, b"."), key=f"k{i % keys}", headers={"n": str(i)})
+        for i in range(count)
+    ]
+
+
+def _transactional(adapter: KafkaAdapter, tid: str) -> KafkaTransactionalPublisher:
+    publisher = adapter.publisher(transactional_id=tid)
+    assert isinstance(publisher, KafkaTransactionalPublisher)
+    return publisher
+
+
+def test_publish_n_then_consume_n(adapter: KafkaAdapter, declared: Declared, drain: Drain) -> None:
+    topology = declared()
+    sent = _messages(topology.topic, 2000)
+    with adapter.publisher() as publisher:
+        for start in range(0, len(sent), 500):
+            outcomes = publisher.publish(sent[start : start + 500])
+            assert [o.message_id for o in outcomes] == [m.id for m in sent[start : start + 500]]
+            assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok][:3]
+    with adapter.subscribe(topology.group, adapter.sources_for([topology])) as subscription:
+        received = drain(subscription, len(sent), timeout=60)
+    assert sorted(d.message.id for d in received if d.message) == sorted(m.id for m in sent)
+    by_id = {m.id: m for m in sent}
+    assert all(d.message == by_id[d.message.id] for d in received if d.message)
+    assert all(d.source == topology.topic and not d.redelivered for d in received)
+
+
+def test_per_key_order_is_kept(adapter: KafkaAdapter, declared: Declared, drain: Drain) -> None:
+    topology = declared()
+    sent = _messages(topology.topic, 300, keys=7)
+    with adapter.publisher() as publisher:
+        for start in range(0, 300, 50):
+            assert all(o.ok for o in publisher.publish(sent[start : start + 50]))
+    with adapter.subscribe(topology.group, [topology.topic]) as subscription:
+        received = drain(subscription, 300)
+    for key in {m.key for m in sent}:
+        got = [d.message.headers["n"] for d in received if d.message and d.message.key == key]
+        assert got == [m.headers["n"] for m in sent if m.key == key]
+
+
+def test_transactional_batch_is_visible_to_read_committed(
+    adapter: KafkaAdapter, declared: Declared, unique: Callable[[str], str], drain: Drain
+) -> None:
+    topology = declared()
+    sent = _messages(topology.topic, 50)
+    with _transactional(adapter, unique("tx")) as publisher:
+        outcomes = publisher.publish(sent)
+        assert all(o.ok for o in outcomes)
+        assert publisher.publish([]) == []
+    with adapter.subscribe(topology.group, [topology.topic]) as subscription:
+        received = drain(subscription, 50)
+    assert {d.message.id for d in received if d.message} == {m.id for m in sent}
+
+
+def test_aborted_transaction_is_never_delivered(
+    adapter: KafkaAdapter, declared: Declared, unique: Callable[[str], str], drain: Drain
+) -> None:
+    topology = declared()
+    aborted = Message(topology.topic, b"aborted", key="same")
+    later = Message(topology.topic, b"later", key="same")
+    with _transactional(adapter, unique("tx")) as publisher:
+        publisher.begin()
+        publisher.produce([aborted])
+        publisher.abort()
+        publisher.abort()  # nothing open: a no-op
+        assert publisher.publish([later])[0].ok
+    with adapter.subscribe(topology.group, [topology.topic]) as subscription:
+        received = drain(subscription, 1)
+    assert [d.message.id for d in received if d.message] == [later.id]
+    listed = adapter.read_queue(topology.topic, limit=10, timeout=10)
+    assert [d.message.id for d in listed if d.message] == [later.id]
+
+
+def test_open_transaction_is_invisible_until_committed(
+    adapter: KafkaAdapter, declared: Declared, unique: Callable[[str], str], drain: Drain
+) -> None:
+    topology = declared()
+    half = Message(topology.topic, b"half", key="half")
+    later = [Message(topology.topic, b"later", key=f"key-{i}") for i in range(12)]
+    with (
+        _transactional(adapter, unique("half")) as half_publisher,
+        _transactional(adapter, unique("relay")) as relay,
+        adapter.subscribe(topology.group, [topology.topic]) as subscription,
+    ):
+        half_publisher.begin()
+        half_publisher.produce([half])
+        assert all(o.ok for o in relay.publish(later))
+        # Later committed records on other partitions arrive; the open one does not
+        # (nor do records behind it on its partition: read_committed stops at it).
+        before = drain(subscription, 1)
+        before += subscription.poll(1.0, max_messages=100)
+        subscription.ack(before)
+        assert before
+        assert half.id not in {d.message.id for d in before if d.message}
+        half_publisher.commit()
+        after = drain(subscription, len(later) + 1 - len(before))
+    received = [d.message.id for d in before + after if d.message]
+    assert sorted(received) == sorted([half.id, *(m.id for m in later)])
+
+
+def test_send_to_queue_keeps_the_logical_topic(
+    adapter: KafkaAdapter, declared: Declared, unique: Callable[[str], str]
+) -> None:
+    topology = declared(retry_delays=(1.0,))
+    message = Message(topology.topic, b"failed", key="k", headers={"x-txmq-attempt": "3"})
+    with adapter.publisher() as publisher:
+        assert publisher.send_to_queue(topology.dead_letter_queue, [message])[0].ok
+    with _transactional(adapter, unique("tx")) as publisher:
+        assert publisher.send_to_queue(topology.retry_queues()[0], [message])[0].ok
+    for queue in (topology.dead_letter_queue, topology.retry_queues()[0]):
+        [listed] = adapter.read_queue(queue, limit=10, timeout=10)
+        assert listed.message == message
+        assert listed.source == queue
+        assert listed.attempt == 3
+
+
+def test_oversized_batch_is_refused_whole(adapter: KafkaAdapter, declared: Declared) -> None:
+    topology = declared()
+    limit = adapter.settings.common.max_body_bytes
+    batch = [Message(topology.topic, b"small"), Message(topology.topic, b"x" * (limit + 1))]
+    with adapter.publisher() as publisher, pytest.raises(MessageTooLarge):
+        publisher.publish(batch)
+    with adapter.publisher(transactional_id=f"{topology.group}-tx") as publisher:
+        with pytest.raises(MessageTooLarge):
+            publisher.publish(batch)
+        # The oversized attempt left no transaction open: the publisher still works.
+        assert publisher.publish(batch[:1])[0].ok
+    listed = adapter.read_queue(topology.topic, limit=10, timeout=10)
+    assert [d.message.id for d in listed if d.message] == [batch[0].id]
+
+
+def test_fenced_producer_reinitialises_without_losing_or_duplicating(
+    adapter: KafkaAdapter, declared: Declared, unique: Callable[[str], str]
+) -> None:
+    topology = declared()
+    tid = unique("fenced")
+    first, second, third, fourth = (
+        _messages(topology.topic, 5, keys=3) for _ in range(4)
+    )
+    zombie = _transactional(adapter, tid)
+    successor = _transactional(adapter, tid)
+    try:
+        assert all(o.ok for o in zombie.publish(first))
+        assert all(o.ok for o in successor.publish(second))  # fences the zombie
+        # The zombie's next batch finds it fenced, re-initialises (fencing the other
+        # in turn) and sends the batch in a new transaction.
+        outcomes = zombie.publish(third)
+        assert all(o.ok for o in outcomes), outcomes
+        assert all(o.ok for o in successor.publish(fourth))
+    finally:
+        zombie.close()
+        successor.close()
+    listed = adapter.read_queue(topology.topic, limit=100, timeout=15)
+    ids = [d.message.id for d in listed if d.message]
+    assert sorted(ids) == sorted(m.id for m in first + second + third + fourth)
+
+
+def test_explicit_commit_without_begin_is_refused(
+    adapter: KafkaAdapter, unique: Callable[[str], str]
+) -> None:
+    with _transactional(adapter, unique("tx")) as publisher:
+        with pytest.raises(PublishError):
+            publisher.commit()
+        with pytest.raises(PublishError):
+            publisher.produce([Message("t", b"")])
+
+
+def test_unreachable_broker_fails_fast_without_secrets(caplog: pytest.LogCaptureFixture) -> None:
+    url = (
+        "kafka://127.0.0.1:1?security.protocol=SASL_PLAINTEXT&sasl.mechanism=PLAIN"
+        "&sasl.username=app&sasl.password=hunter2&connect_timeout=2&publish_timeout=2"
+    )
+    caplog.set_level(logging.DEBUG, logger="txmq")
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable) as caught:
+        txmq.connect(url)
+    assert time.monotonic() - started < 2 + 1
+    assert "127.0.0.1:1" in str(caught.value)
+    broker = txmq.connect(url, check=False)
+    assert isinstance(broker, KafkaAdapter)
+    started = time.monotonic()
+    with (
+        broker.publisher(transactional_id="unreachable") as publisher,
+        pytest.raises(BrokerUnavailable) as caught_publish,
+    ):
+        publisher.publish([Message("t", b"")])
+    assert time.monotonic() - started < 2 + 1
+    with broker.publisher() as publisher:
+        [outcome] = publisher.publish([Message("t", b"")], timeout=1)
+    assert not outcome.ok
+    texts = [str(caught.value), repr(caught.value), str(caught_publish.value), repr(broker)]
+    texts += [str(outcome.error), caplog.text]
+    assert all("hunter2" not in text for text in texts)
