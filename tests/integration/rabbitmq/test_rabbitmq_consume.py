@@ -63,7 +63,7 @@ def test_poll_waits_for_the_first_message_then_returns(
     with adapter.subscribe(topology.group, [topology.work_queue]) as subscription:
         started = time.monotonic()
         assert subscription.poll(0.3) == []
-        assert 0.3 <= time.monotonic() - started < 1.0
+        assert 0.3 <= time.monotonic() - started < 2.0
         publish(adapter, [Message(topology.topic, b"")])
         started = time.monotonic()
         assert len(subscription.poll(5.0)) == 1
