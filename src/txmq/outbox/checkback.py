@@ -16,6 +16,7 @@ from sqlalchemy import Connection
 from txmq.message import Message
 from txmq.outbox.store import OutboxRecord, OutboxStore, utcnow
 from txmq.states import CheckLimitPolicy, LocalTransactionState, RecordState
+from txmq.telemetry import CHECK_BACKS
 
 log = logging.getLogger("txmq.checkback")
 
@@ -94,10 +95,12 @@ class CheckBack:
                 else RecordState.ROLLED_BACK
             )
             store.transition(connection, message_id, to)
+            CHECK_BACKS.labels(self.group, f"marker-{outcome.value}").inc()
             log.info("check-back of %s answered by its marker: %s", message_id, outcome.value)
             return
         count = record.check_count + 1
         state = self._ask(record.message, count)
+        CHECK_BACKS.labels(self.group, state.value).inc()
         if state is LocalTransactionState.COMMIT:
             store.count_check(connection, record.seq, count)
             store.transition(connection, message_id, RecordState.READY)

@@ -34,6 +34,7 @@ from txmq.outbox.relay import Relay
 from txmq.outbox.store import OutboxRecord, OutboxStore
 from txmq.outbox.tables import OutboxTables, make_outbox_tables
 from txmq.states import LocalTransactionState, RecordState
+from txmq.telemetry import STAGED, with_trace_context
 
 log = logging.getLogger("txmq.producer")
 
@@ -149,6 +150,7 @@ class Producer:
         checked = self._checked(messages)
         connection = self.store.check_session(session)
         self.store.stage(connection, checked, self.group)
+        STAGED.labels(self.group, "outbox").inc(len(checked))
 
     # -- half-message mode -------------------------------------------------------------
 
@@ -177,6 +179,7 @@ class Producer:
             self.group,
             immunity=self.check_policy.immunity if immunity is None else immunity,
         )
+        STAGED.labels(self.group, "half").inc()
         if self.kafka_native:
             return self._send_kafka_native(message, executor, arg)
         with self.engine.begin() as connection:
@@ -262,6 +265,7 @@ class Producer:
             immunity=self.check_policy.immunity if immunity is None else immunity,
             tx_key=tx_key,
         )
+        STAGED.labels(self.group, "local").inc()
         try:
             with Session(self.engine) as session, session.begin():
                 standing = self.store.insert_marker(
@@ -382,7 +386,7 @@ class Producer:
         for given in messages:
             if not isinstance(given, Message):
                 raise TypeError(f"expected txmq.Message, not {type(given).__name__}")
-            message = given
+            message = with_trace_context(given)
             if message.headers.get(HEADER_PRODUCER_GROUP) != self.group:
                 message = message.with_headers(**{HEADER_PRODUCER_GROUP: self.group})
             message.check_size(self.max_body_bytes)

@@ -22,6 +22,7 @@ from txmq.adapters.base import Adapter, Publisher
 from txmq.errors import BrokerError
 from txmq.outbox.store import OutboxStore, utcnow
 from txmq.outbox.tables import NOTIFY_CHANNEL
+from txmq.telemetry import RELAY_BATCH_SECONDS, RELAY_FAILURES, RELAY_PUBLISHED
 
 log = logging.getLogger("txmq.relay")
 
@@ -91,6 +92,7 @@ class Relay:
         Raises:
             BrokerError: the broker is unreachable; nothing was marked, the claim is released.
         """
+        started = time.perf_counter()
         with self.store.engine.begin() as connection:
             records = self.store.claim_ready(connection, self.batch_size)
             if not records:
@@ -112,6 +114,11 @@ class Relay:
                         utcnow() + timedelta(seconds=delay),
                     )
                     log.warning("publish of %s failed: %s", record.message.id, outcome.error)
+        system = self.broker.system
+        RELAY_PUBLISHED.labels(system).inc(len(sent))
+        if len(sent) < len(records):
+            RELAY_FAILURES.labels(system).inc(len(records) - len(sent))
+        RELAY_BATCH_SECONDS.labels(system).observe(time.perf_counter() - started)
         return len(sent)
 
     def drain(self, timeout: float = 60.0) -> int:
