@@ -1,8 +1,8 @@
 """Inbox rows: claim a message key inside the handler's transaction, find duplicates, purge.
 
-PostgreSQL and SQLite use ``INSERT ... ON CONFLICT DO NOTHING`` (no exception, no aborted
-transaction); other databases insert inside a savepoint and read a unique violation as a
-duplicate.
+PostgreSQL and SQLite use ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` (no exception,
+no aborted transaction; the returned row says "new"); other databases insert inside a
+savepoint and read a unique violation as a duplicate.
 """
 
 from __future__ import annotations
@@ -40,18 +40,28 @@ class Inbox:
     def __init__(self, table: Table, group: str) -> None:
         self.table = table
         self.group = group
+        self._statements: dict[str, Insert | None] = {}
 
-    def _ignore_conflicts(self, session: Session) -> Insert | None:
+    def _claim_statement(self, session: Session) -> Insert | None:
+        """``INSERT .. ON CONFLICT DO NOTHING RETURNING key`` where the dialect has it, else None.
+
+        Built once per dialect: the statement is on the path of every message.
+        """
         dialect = session.get_bind().dialect.name
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
+        if dialect not in self._statements:
+            statement: Insert | None = None
+            if dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            return pg_insert(self.table).on_conflict_do_nothing()
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+                statement = pg_insert(self.table).on_conflict_do_nothing()
+            elif dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-            return sqlite_insert(self.table).on_conflict_do_nothing()
-        return None
+                statement = sqlite_insert(self.table).on_conflict_do_nothing()
+            if statement is not None:
+                statement = statement.returning(self.table.c.message_key)
+            self._statements[dialect] = statement
+        return self._statements[dialect]
 
     def _row(
         self, key: str, topic: str, status: str, error: tuple[str, str] | None = None
@@ -77,11 +87,10 @@ class Inbox:
     ) -> bool:
         """Insert the row for ``key``; False if it already exists (a duplicate)."""
         row = self._row(key, topic, status, error)
-        statement = self._ignore_conflicts(session)
+        statement = self._claim_statement(session)
         if statement is not None:
             # RETURNING, not rowcount: drivers need not report a rowcount for INSERT.
-            inserted = session.execute(statement.returning(self.table.c.message_key), row)
-            return inserted.first() is not None
+            return session.connection().execute(statement, row).first() is not None
         try:
             with session.begin_nested():
                 session.execute(insert(self.table), row)
@@ -91,12 +100,13 @@ class Inbox:
 
     def claim_many(self, session: Session, rows: Sequence[tuple[str, str]]) -> set[str]:
         """Insert rows ``(key, topic)`` in one statement; return the keys that were new."""
-        values = [self._row(key, topic, STATUS_DONE) for key, topic in rows]
-        statement = self._ignore_conflicts(session)
+        statement = self._claim_statement(session)
         if statement is None:
             return {key for key, topic in rows if self.claim(session, key, topic)}
-        result = session.execute(statement.values(values).returning(self.table.c.message_key))
-        return set(result.scalars())
+        # A list of parameter sets, not .values(list): SQLAlchemy caches the compiled
+        # statement and batches the rows into multi-row INSERTs itself ("insertmanyvalues").
+        values = [self._row(key, topic, STATUS_DONE) for key, topic in rows]
+        return set(session.connection().execute(statement, values).scalars())
 
     def lookup(self, session: Session, keys: Iterable[str]) -> dict[str, InboxEntry]:
         """The existing rows among ``keys``."""

@@ -11,7 +11,7 @@ from types import FrameType, TracebackType
 from typing import Any, Self
 
 from sqlalchemy import Engine, Table
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from txmq.adapters import Adapter, Topology, connect
 from txmq.consumer.compensation import Compensation, compensation_topic
@@ -55,7 +55,9 @@ class Consumer:
         compensate: default of the handlers' ``compensate`` flag.
         inbox: the inbox table (from :func:`make_inbox_table`); ``txmq_inbox`` by default.
             Create it with :func:`create_schema` or your migrations.
-        session_factory: makes the handler's ``Session``; ``sessionmaker(engine)`` by default.
+        session_factory: makes the handler's ``Session`` (e.g. your ``sessionmaker``); by
+            default a plain ``Session`` bound to a connection each worker keeps open.
+            Either way the consumer owns the transaction: do not commit in the handler.
         declare: declare the queues/topics (work, retry stages, DLQ) at start.
         poll_interval: longest wait of one poll, i.e. the reaction time to :meth:`stop`.
         publish_timeout: seconds to wait for the broker to confirm retry/DLQ copies.
@@ -103,7 +105,7 @@ class Consumer:
         self.concurrency = concurrency
         self.compensate = compensate
         self.inbox_table = inbox if inbox is not None else default_inbox_table
-        self._sessions: Callable[[], Session] = session_factory or sessionmaker(engine)
+        self._session_factory = session_factory
         self._declare = declare
         self.poll_interval = poll_interval
         self.publish_timeout = publish_timeout
@@ -234,7 +236,8 @@ class Consumer:
                 routes=routes,
                 retry_sources=frozenset(retry_sources),
                 inbox=Inbox(self.inbox_table, self.group),
-                sessions=self._sessions,
+                engine=self.engine,
+                session_factory=self._session_factory,
                 prefetch=self.prefetch,
                 batch_size=self.batch_size,
                 poll_interval=self.poll_interval,

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from txmq.adapters.base import (
@@ -46,6 +47,7 @@ from txmq.consumer.inbox import Inbox, InboxEntry
 from txmq.consumer.policy import RetryPolicy
 from txmq.consumer.stats import ConsumerStats
 from txmq.consumer.tables import STATUS_DEAD
+from txmq.consumer.transactions import Transactions
 from txmq.errors import BrokerError, PublishError, TxmqError
 from txmq.message import HEADER_ATTEMPT, HEADER_DUE_AT, Message
 
@@ -76,7 +78,8 @@ class Plan:
     routes: Mapping[str, Route]
     retry_sources: frozenset[str]
     inbox: Inbox
-    sessions: Callable[[], Session]
+    engine: Engine
+    session_factory: Callable[[], Session] | None
     prefetch: int
     batch_size: int
     poll_interval: float
@@ -101,6 +104,7 @@ class Worker:
         self.name = name
         self._subscription: Subscription | None = None
         self._publisher: Publisher | None = None
+        self._transactions = Transactions(plan.engine, plan.session_factory)
         # Kafka retry topics that are paused, with the time to resume them.
         self._paused: dict[str, float] = {}
 
@@ -137,6 +141,7 @@ class Worker:
                     log.debug("%s: error while closing: %s", self.name, exc)
         self._subscription = self._publisher = None
         self._paused.clear()
+        self._transactions.close()
 
     def _consume(self, subscription: Subscription) -> None:
         plan = self.plan
@@ -248,7 +253,7 @@ class Worker:
         entry: InboxEntry | None = None
         fresh = False
         try:
-            with plan.sessions() as session, session.begin():
+            with self._transactions.begin() as session:
                 fresh = plan.inbox.claim(session, item.key, item.message.topic)
                 if fresh:
                     item.route.handler(item.message, session)
@@ -270,7 +275,7 @@ class Worker:
         dead: dict[str, InboxEntry] = {}
         ran = 0
         try:
-            with plan.sessions() as session, session.begin():
+            with self._transactions.begin() as session:
                 fresh = plan.inbox.claim_many(
                     session, [(item.key, item.message.topic) for item in items]
                 )
@@ -324,7 +329,7 @@ class Worker:
         self.plan.stats.add("retried")
 
     def _mark_dead(self, item: _Item, etype: str, etext: str) -> None:
-        with self.plan.sessions() as session, session.begin():
+        with self._transactions.begin() as session:
             self.plan.inbox.claim(
                 session, item.key, item.message.topic, status=STATUS_DEAD, error=(etype, etext)
             )
