@@ -121,13 +121,19 @@ class KafkaContext:
 class ClientEvents:
     """The asynchronous errors one librdkafka client reported (its ``error_cb``).
 
+    "No broker reachable" is logged at ``down_level``: WARNING for long-lived clients,
+    lower for those whose caller raises about it anyway.
+
     Callbacks run inside the client's ``poll``/``consume``/``flush`` calls, on the thread
     that makes them, so no locking is needed.
     """
 
-    def __init__(self, context: KafkaContext, client: str) -> None:
+    def __init__(
+        self, context: KafkaContext, client: str, *, down_level: int = logging.WARNING
+    ) -> None:
         self._context = context
         self._client = client
+        self._down_level = down_level
         self.fatal: KafkaError | None = None
         self.last: KafkaError | None = None
         self.brokers_down = False
@@ -141,7 +147,12 @@ class ClientEvents:
             logger.error("Kafka %s failed for good: %s", self._client, text)
         elif code == KafkaError._ALL_BROKERS_DOWN:
             self.brokers_down = True
-            logger.warning("Kafka %s: no broker reachable at %s", self._client, self._context.url)
+            logger.log(
+                self._down_level,
+                "Kafka %s: no broker reachable at %s",
+                self._client,
+                self._context.url,
+            )
         elif code in _TRANSPORT_CODES:
             logger.debug("Kafka %s: %s", self._client, text)
         else:

@@ -40,6 +40,10 @@ _PRODUCER_DEFAULTS: dict[str, Any] = {
 _PRODUCER_REQUIRED: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
 _TRANSACTION_TIMEOUT_MS = 60_000
 _QUEUE_FULL_WAIT = 0.05
+#: Delivery report errors of messages taken back or timed out rather than refused.
+_UNCONFIRMED_CODES = frozenset(
+    {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT, KafkaError._MSG_TIMED_OUT}
+)
 
 Routed = Sequence[tuple[str, Message]]
 
@@ -202,6 +206,8 @@ class KafkaPublisher(Publisher):
             # it go out unannounced later (what is in flight cannot be called back).
             producer.purge(in_queue=True, in_flight=False, blocking=True)
             producer.poll(0)
+        if any(result is None for result in results):
+            self._events.brokers_down = False
         if self._events.fatal is not None:
             self._discard()
         return [
@@ -220,8 +226,10 @@ class KafkaPublisher(Publisher):
             return PublishOutcome(message.id, refused)
         if result is None:
             return PublishOutcome(message.id)
-        if isinstance(result, _Pending):
-            reason = "not confirmed in time"
+        if isinstance(result, _Pending) or result.code() in _UNCONFIRMED_CODES:
+            reason = "not confirmed within the publish timeout"
+            if self._events.brokers_down:
+                reason += f"; no broker reachable at {self._context.url}"
         else:
             reason = self._context.describe(result)
         return PublishOutcome(

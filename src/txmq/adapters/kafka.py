@@ -13,6 +13,7 @@ Needs ``pip install txmq[kafka]``.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -90,7 +91,7 @@ class KafkaAdapter(Adapter):
         Raises:
             BrokerUnavailable: no broker answered in time (the URL in the message is redacted).
         """
-        events = ClientEvents(self._context, "ping")
+        events = ClientEvents(self._context, "ping", down_level=logging.DEBUG)
         admin = self._new_admin(events)
         deadline = time.monotonic() + self._context.connect_timeout
         failure = "no answer"

@@ -22,7 +22,9 @@ Drain = Callable[..., list[Delivery]]
 
 def _messages(topic: str, count: int, *, keys: int = 5, size: int = 20) -> list[Message]:
     return [
-        Message(topic, f"{i:06d}".encode().ljust(size, b"."), key=f"k{i % keys}", headers={"n": str(i)})
+        Message(
+            topic, f"{i:06d}".encode().ljust(size, b"."), key=f"k{i % keys}", headers={"n": str(i)}
+        )
         for i in range(count)
     ]
 
@@ -154,13 +156,15 @@ def test_oversized_batch_is_refused_whole(adapter: KafkaAdapter, declared: Decla
 
 
 def test_fenced_producer_reinitialises_without_losing_or_duplicating(
-    adapter: KafkaAdapter, declared: Declared, unique: Callable[[str], str]
+    adapter: KafkaAdapter,
+    declared: Declared,
+    unique: Callable[[str], str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="txmq.adapters.kafka")
     topology = declared()
     tid = unique("fenced")
-    first, second, third, fourth = (
-        _messages(topology.topic, 5, keys=3) for _ in range(4)
-    )
+    first, second, third, fourth = (_messages(topology.topic, 5, keys=3) for _ in range(4))
     zombie = _transactional(adapter, tid)
     successor = _transactional(adapter, tid)
     try:
@@ -170,6 +174,7 @@ def test_fenced_producer_reinitialises_without_losing_or_duplicating(
         # in turn) and sends the batch in a new transaction.
         outcomes = zombie.publish(third)
         assert all(o.ok for o in outcomes), outcomes
+        assert "sending the batch once more" in caplog.text
         assert all(o.ok for o in successor.publish(fourth))
     finally:
         zombie.close()
