@@ -11,7 +11,9 @@ as acks, nacks and returns arrive.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -30,8 +32,14 @@ from txmq.config import RabbitMQSettings
 from txmq.errors import BrokerError, BrokerUnavailable, PublishError, TopologyError
 from txmq.message import Message, validate_name
 
+log = logging.getLogger("txmq.rabbitmq")
+
 #: Exchange name AMQP gives the default exchange, which routes by queue name.
 DEFAULT_EXCHANGE = ""
+#: Messages handed to the IO thread at a time. The caller prepares the next slice while
+#: the IO thread frames and writes this one, and the broker starts on the first messages
+#: before the last are framed.
+_SLICE = 64
 #: Extra seconds allowed for an IO thread to finish closing its connection.
 _CLOSE_GRACE = 1.0
 
@@ -47,17 +55,30 @@ class _Outgoing(NamedTuple):  # a tuple: built once per message on the hot path
 class _Batch:
     """One publish call: its messages and what became of each.
 
-    Settled from the IO thread, abandoned from the caller's thread on timeout; ``lock``
-    makes the two exclusive, so an outcome never changes after the caller has read it.
+    ``items`` grows slice by slice as the caller hands them over (the IO thread only reads
+    slices already handed over). Settled from the IO thread, abandoned from the caller's
+    thread on timeout; ``lock`` makes the two exclusive, so an outcome never changes after
+    the caller has read it.
     """
 
-    __slots__ = ("closed", "done", "errors", "items", "lock", "lost", "remaining", "settled")
+    __slots__ = (
+        "closed",
+        "done",
+        "errors",
+        "items",
+        "lock",
+        "lost",
+        "remaining",
+        "settled",
+        "size",
+    )
 
-    def __init__(self, items: list[_Outgoing]) -> None:
-        self.items = items
-        self.errors: list[Exception | None] = [None] * len(items)
-        self.settled = [False] * len(items)
-        self.remaining = len(items)
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: list[_Outgoing] = []
+        self.errors: list[Exception | None] = [None] * size
+        self.settled = [False] * size
+        self.remaining = size
         self.lock = threading.Lock()
         self.done = threading.Event()
         #: The caller has stopped waiting (timeout or lost connection); nothing changes now.
@@ -160,14 +181,19 @@ class _Link:
             self.close()
             raise self._failure
 
-    def submit(self, batch: _Batch) -> bool:
-        """Hand ``batch`` to the IO thread; ``False`` if the link is already dead."""
+    def register(self, batch: _Batch) -> bool:
+        """Track ``batch`` until :meth:`forget`; ``False`` if the link is already dead."""
         with self._lock:
             if self._dead:
                 return False
             self._batches.add(batch)
-        self._connection.ioloop.add_callback_threadsafe(functools.partial(self._send, batch))
         return True
+
+    def send(self, batch: _Batch, start: int, end: int) -> None:
+        """Have the IO thread publish ``batch.items[start:end]`` (already appended)."""
+        self._connection.ioloop.add_callback_threadsafe(
+            functools.partial(self._send, batch, start, end)
+        )
 
     def forget(self, batch: _Batch) -> None:
         with self._lock:
@@ -183,6 +209,13 @@ class _Link:
     def _run(self) -> None:
         try:
             self._connection.ioloop.start()
+        except Exception:
+            log.exception("txmq publisher IO loop failed; closing its connection")
+            self._die("the publisher's IO loop failed")
+            # Run the loop once more so the connection closes instead of lingering.
+            with contextlib.suppress(Exception):
+                self._close_connection()
+                self._connection.ioloop.start()
         finally:
             self._die("the publisher's IO loop stopped")
             self._connection.ioloop.close()
@@ -254,10 +287,13 @@ class _Link:
         if not (self._connection.is_closing or self._connection.is_closed):
             self._connection.close()
 
-    def _send(self, batch: _Batch) -> None:
+    def _send(self, batch: _Batch, start: int, end: int) -> None:
+        if batch.closed:  # the caller gave up on it: what is unsent stays unsent
+            return
         publish = self._channel.basic_publish
         pending = self._pending
-        for index, item in enumerate(batch.items):
+        for index in range(start, end):
+            item = batch.items[index]
             try:
                 publish(item.exchange, item.routing_key, item.body, item.properties, True)
             except (pika.exceptions.AMQPError, OSError) as exc:
@@ -344,18 +380,23 @@ class RabbitMQPublisher(Publisher):
         limit = self._settings.common.max_body_bytes
         for _, _, message in targets:
             message.check_size(limit)
-        batch = _Batch([_outgoing(exchange, key, message) for exchange, key, message in targets])
+        batch = _Batch(len(targets))
         link = self._live_link()
-        if not link.submit(batch):
+        if not link.register(batch):
             # Lost between the check and the hand-off, before anything was sent.
             link = self._live_link()
-            if not link.submit(batch):
+            if not link.register(batch):
                 raise BrokerUnavailable(
                     f"RabbitMQ at {self._settings.redacted_url()} closed the publisher "
                     "connection right after opening it"
                 )
         wait = self._settings.common.publish_timeout if timeout is None else timeout
         try:
+            for start in range(0, len(targets), _SLICE):
+                if batch.closed:  # the connection is gone: stop preparing
+                    break
+                batch.items.extend(_outgoing(*target) for target in targets[start : start + _SLICE])
+                link.send(batch, start, len(batch.items))
             if not batch.done.wait(wait):
                 batch.abandon(wait)
         finally:
@@ -363,7 +404,7 @@ class RabbitMQPublisher(Publisher):
         if batch.lost is not None:
             raise BrokerUnavailable(
                 f"lost the connection to RabbitMQ at {self._settings.redacted_url()} with "
-                f"{batch.remaining} of {len(batch.items)} messages unconfirmed (their outcome "
+                f"{batch.remaining} of {batch.size} messages unconfirmed (their outcome "
                 f"is unknown): {batch.lost}"
             )
         return batch.outcomes()
