@@ -33,6 +33,9 @@ MAX_PREFETCH = 65535
 class RabbitMQSubscription(Subscription):
     """Consumes ``sources`` (queue names) with manual acks; see :class:`Subscription`.
 
+    ``prefetch`` bounds the unacknowledged messages of each source queue (RabbitMQ applies
+    ``basic.qos`` per consumer).
+
     Raises (when opened):
         BrokerUnavailable: the broker cannot be reached.
         TopologyError: a source queue does not exist.
