@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Insert, Table, delete, insert, select
+from sqlalchemy import Engine, Insert, Table, TextClause, delete, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -41,6 +41,7 @@ class Inbox:
         self.table = table
         self.group = group
         self._statements: dict[str, Insert | None] = {}
+        self._unnest: TextClause | None = None
 
     def _claim_statement(self, session: Session) -> Insert | None:
         """``INSERT .. ON CONFLICT DO NOTHING RETURNING key`` where the dialect has it, else None.
@@ -100,6 +101,8 @@ class Inbox:
 
     def claim_many(self, session: Session, rows: Sequence[tuple[str, str]]) -> set[str]:
         """Insert rows ``(key, topic)`` in one statement; return the keys that were new."""
+        if session.get_bind().dialect.name == "postgresql":
+            return self._claim_many_postgresql(session, rows)
         statement = self._claim_statement(session)
         if statement is None:
             return {key for key, topic in rows if self.claim(session, key, topic)}
@@ -107,6 +110,32 @@ class Inbox:
         # statement and batches the rows into multi-row INSERTs itself ("insertmanyvalues").
         values = [self._row(key, topic, STATUS_DONE) for key, topic in rows]
         return set(session.connection().execute(statement, values).scalars())
+
+    def _claim_many_postgresql(self, session: Session, rows: Sequence[tuple[str, str]]) -> set[str]:
+        """One statement with two array parameters: its text never changes, so the driver
+        and the server reuse its plan (a multi-row VALUES list would be new text per size)."""
+        if self._unnest is None:
+            quote = session.get_bind().dialect.identifier_preparer
+            c = {column.name: quote.quote(column.name) for column in self.table.c}
+            self._unnest = text(
+                f"INSERT INTO {quote.format_table(self.table)} "
+                f"({c['consumer_group']}, {c['message_key']}, {c['topic']}, {c['status']}, "
+                f"{c['processed_at']}) "
+                "SELECT :group, u.k, u.t, :status, :at "
+                "FROM unnest(CAST(:keys AS varchar[]), CAST(:topics AS varchar[])) AS u(k, t) "
+                f"ON CONFLICT DO NOTHING RETURNING {c['message_key']}"
+            )
+        result = session.connection().execute(
+            self._unnest,
+            {
+                "group": self.group,
+                "status": STATUS_DONE,
+                "at": datetime.now(UTC),
+                "keys": [key for key, _ in rows],
+                "topics": [topic for _, topic in rows],
+            },
+        )
+        return set(result.scalars())
 
     def lookup(self, session: Session, keys: Iterable[str]) -> dict[str, InboxEntry]:
         """The existing rows among ``keys``."""
