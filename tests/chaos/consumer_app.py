@@ -3,8 +3,9 @@
 Config keys: broker_url, database_url, group, topic, suffix (table names), crash
 (``"after-commit"``: SIGKILL itself at the first ack, i.e. after the DB commit and before
 the broker hears of it; ``"before-commit"``: SIGKILL inside the handler's transaction;
-``"none"``), expect (stop once processed + duplicates reaches it). Prints the consumer's
-stats as JSON on exit.
+``"none"``), expect (stop once processed + duplicates reaches it; ``0``: block in
+``Consumer.run()`` until SIGTERM), slow (seconds each handler call takes). Prints the
+consumer's stats as JSON on exit.
 """
 
 from __future__ import annotations
@@ -90,7 +91,13 @@ def main() -> None:
         session.flush()
         if config["crash"] == "before-commit":
             os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(config.get("slow", 0))  # the handler's own work
 
+    if config["expect"] == 0:
+        consumer.run()  # returns after SIGTERM, once in-flight work is committed and acked
+        adapter.close()
+        print(json.dumps(dataclasses.asdict(consumer.stats)))
+        return
     consumer.start()
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

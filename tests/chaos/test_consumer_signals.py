@@ -1,11 +1,13 @@
-"""A consumer process SIGKILLed around its DB commit: the message is applied exactly once."""
+"""A consumer process SIGKILLed around its DB commit, or SIGTERMed mid-stream: exactly once."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,16 +44,19 @@ class Scenario:
             [Topology(self.config["group"], self.config["topic"], retry_delays=RETRY.delays)]
         )
 
-    def publish(self) -> Message:
-        message = Message(self.config["topic"], b"payload")
+    def publish(self, count: int = 1) -> list[Message]:
+        messages = [Message(self.config["topic"], b"payload") for _ in range(count)]
         with self.adapter.publisher() as publisher:
-            assert publisher.publish([message])[0].ok
-        return message
+            assert all(o.ok for o in publisher.publish(messages))
+        return messages
+
+    def command(self, crash: str, expect: int, slow: float = 0) -> list[str]:
+        config = {**self.config, "crash": crash, "expect": expect, "slow": slow}
+        return [sys.executable, str(APP), json.dumps(config)]
 
     def run(self, crash: str, expect: int = 1) -> subprocess.CompletedProcess[str]:
-        config = {**self.config, "crash": crash, "expect": expect}
         return subprocess.run(
-            [sys.executable, str(APP), json.dumps(config)],
+            self.command(crash, expect),
             capture_output=True,
             text=True,
             timeout=150,
@@ -83,7 +88,7 @@ def stats_of(done: subprocess.CompletedProcess[str]) -> dict[str, int]:
 
 
 def test_killed_after_commit_before_ack_is_not_applied_again(scenario: Scenario) -> None:
-    message = scenario.publish()
+    (message,) = scenario.publish()
     killed = scenario.run("after-commit")
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert scenario.applied_ids() == [message.id]
@@ -95,7 +100,7 @@ def test_killed_after_commit_before_ack_is_not_applied_again(scenario: Scenario)
 
 
 def test_killed_before_commit_is_applied_once_after_restart(scenario: Scenario) -> None:
-    message = scenario.publish()
+    (message,) = scenario.publish()
     killed = scenario.run("before-commit")
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert scenario.applied_ids() == []
@@ -103,3 +108,33 @@ def test_killed_before_commit_is_applied_once_after_restart(scenario: Scenario) 
     stats = stats_of(scenario.run("none"))
     assert stats["processed"] == 1
     assert scenario.applied_ids() == [message.id]
+
+
+def test_sigterm_stops_gracefully_and_a_restart_finishes_the_rest_once(
+    scenario: Scenario,
+) -> None:
+    messages = scenario.publish(40)
+    process = subprocess.Popen(
+        scenario.command("none", expect=0, slow=0.05),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while len(scenario.applied_ids()) < 5:
+            assert time.monotonic() < deadline, "consumer made no progress"
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err[-3000:]
+    first_run = json.loads(out.strip().splitlines()[-1])
+    done = len(scenario.applied_ids())
+    assert first_run["processed"] == done < 40  # stopped early, everything it did committed
+
+    stats = stats_of(scenario.run("none", expect=40 - done))
+    assert stats["processed"] == 40 - done
+    assert sorted(scenario.applied_ids()) == sorted(m.id for m in messages)
