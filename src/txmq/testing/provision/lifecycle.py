@@ -12,6 +12,7 @@ from txmq.config import redact
 from txmq.testing.provision import containers, engine, processes, state
 from txmq.testing.provision.common import (
     BROKERS,
+    LOOPBACK,
     URL_ENV,
     Broker,
     Mode,
@@ -20,6 +21,7 @@ from txmq.testing.provision.common import (
     RequestedMode,
     url_for,
 )
+from txmq.testing.provision.readiness import tcp_open
 from txmq.testing.provision.state import Running
 
 log = logging.getLogger("txmq.provision")
@@ -71,6 +73,23 @@ def _start_container(broker: Broker, ports: Ports, timeout: float) -> Running:
     return containers.start(broker, ports, timeout=timeout)
 
 
+_PORT_FIELDS: Mapping[Broker, tuple[str, ...]] = {
+    "rabbitmq": ("rabbitmq", "rabbitmq_dist", "rabbitmq_epmd"),
+    "kafka": ("kafka", "kafka_controller"),
+    "postgres": ("postgres",),
+}
+
+
+def _check_ports_free(broker: Broker, ports: Ports) -> None:
+    for name in _PORT_FIELDS[broker]:
+        port = getattr(ports, name)
+        if tcp_open(LOOPBACK, port):
+            raise ProvisionError(
+                f"{broker}: {LOOPBACK}:{port} is already in use; "
+                f"choose another port with TXMQ_PORT_{name.upper()}"
+            )
+
+
 def start(
     broker: Broker, mode: RequestedMode, ports: Ports, *, timeout: float = READY_TIMEOUT
 ) -> Running:
@@ -84,6 +103,7 @@ def start(
     """
     if mode == "env":
         raise ProvisionError(f"mode env starts nothing: set {URL_ENV[broker]}")
+    _check_ports_free(broker, ports)
     resolved = resolve_mode(mode, engine.probe)
     started = time.monotonic()
     if resolved == "container":
