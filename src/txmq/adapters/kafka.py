@@ -291,7 +291,6 @@ class KafkaAdapter(Adapter):
 
     def _wait_usable(self, admin: AdminClient, names: list[str], deadline: float) -> None:
         """Wait until the metadata shows every topic in ``names`` with a leader everywhere."""
-        missing = names
         while True:
             metadata = self._metadata(admin, max(0.001, deadline - time.monotonic()))
             missing = [name for name in names if not _usable(metadata, name)]

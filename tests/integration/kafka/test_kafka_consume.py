@@ -197,7 +197,7 @@ def test_paused_topics_are_not_fetched_until_resumed(
 
 
 def test_read_queue_leaves_records_and_purge_removes_them(
-    adapter: KafkaAdapter, declared: Declared, unique: Callable[[str], str], kafka_url: str
+    adapter: KafkaAdapter, declared: Declared, unique: Callable[[str], str]
 ) -> None:
     topology = declared()
     dlq = topology.dead_letter_queue
@@ -217,16 +217,16 @@ def test_read_queue_leaves_records_and_purge_removes_them(
     missing = unique("never-declared")
     assert adapter.purge_queue(missing) == 0
     assert adapter.read_queue(missing, limit=10, timeout=5) == []
-    admin = AdminClient({"bootstrap.servers": kafka_url.split("://", 1)[1]})
+    admin = AdminClient({"bootstrap.servers": ",".join(adapter.settings.bootstrap_servers)})
     assert missing not in admin.list_topics(timeout=10).topics  # not created as a side effect
 
 
 def test_declare_creates_retry_and_dead_letter_topics(
-    adapter: KafkaAdapter, declared: Declared, kafka_url: str
+    adapter: KafkaAdapter, declared: Declared
 ) -> None:
     topology = declared(retry_delays=(1.0, 5.0))
     adapter.declare([topology])  # again: nothing changes, nothing fails
-    admin = AdminClient({"bootstrap.servers": kafka_url.split("://", 1)[1]})
+    admin = AdminClient({"bootstrap.servers": ",".join(adapter.settings.bootstrap_servers)})
     topics = admin.list_topics(timeout=10).topics
     for name in (topology.topic, *topology.retry_queues(), topology.dead_letter_queue):
         assert len(topics[name].partitions) == adapter.settings.partitions
@@ -234,7 +234,8 @@ def test_declare_creates_retry_and_dead_letter_topics(
 
 
 def test_impossible_topic_is_a_topology_error(kafka_url: str, unique: Callable[[str], str]) -> None:
-    broker = txmq.connect(f"{kafka_url}?replication_factor=3")
+    option = ("&" if "?" in kafka_url else "?") + "replication_factor=3"
+    broker = txmq.connect(kafka_url + option)
     try:
         with pytest.raises(TopologyError, match="REPLICATION_FACTOR"):
             broker.declare([Topology(unique("g"), unique("t"))])

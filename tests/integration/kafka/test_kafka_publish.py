@@ -29,6 +29,10 @@ def _messages(topic: str, count: int, *, keys: int = 5, size: int = 20) -> list[
     ]
 
 
+def with_option(url: str, option: str) -> str:
+    return url + ("&" if "?" in url else "?") + option
+
+
 def _transactional(adapter: KafkaAdapter, tid: str) -> KafkaTransactionalPublisher:
     publisher = adapter.publisher(transactional_id=tid)
     assert isinstance(publisher, KafkaTransactionalPublisher)
@@ -220,3 +224,34 @@ def test_unreachable_broker_fails_fast_without_secrets(caplog: pytest.LogCapture
     texts = [str(caught.value), repr(caught.value), str(caught_publish.value), repr(broker)]
     texts += [str(outcome.error), caplog.text]
     assert all("hunter2" not in text for text in texts)
+
+
+def test_outcomes_are_per_message_but_all_or_nothing_in_a_transaction(
+    kafka_url: str, adapter: KafkaAdapter, declared: Declared, unique: Callable[[str], str]
+) -> None:
+    topology = declared()
+    # Allowed by txmq's limit, refused by librdkafka's message.max.bytes (1 MB).
+    broker = txmq.connect(with_option(kafka_url, "max_body_bytes=2000000"))
+    assert isinstance(broker, KafkaAdapter)
+    small, big, other = (
+        Message(topology.topic, b"s"),
+        Message(topology.topic, b"x" * 1_500_000),
+        Message(topology.topic, b"o"),
+    )
+    try:
+        with broker.publisher() as publisher:
+            outcomes = publisher.publish([small, big, other])
+        assert [o.ok for o in outcomes] == [True, False, True]
+        assert isinstance(outcomes[1].error, PublishError)
+        assert "MSG_SIZE_TOO_LARGE" in str(outcomes[1].error)
+        with _transactional(broker, unique("tx")) as publisher:
+            outcomes = publisher.publish([other, big])
+            assert [o.ok for o in outcomes] == [False, False]
+            assert all(isinstance(o.error, PublishError) for o in outcomes)
+            assert publisher.publish([other])[0].ok  # the aborted batch left it usable
+    finally:
+        broker.close()
+    listed = adapter.read_queue(topology.topic, limit=10, timeout=10)
+    assert sorted(d.message.id for d in listed if d.message) == sorted(
+        [small.id, other.id, other.id]
+    )
