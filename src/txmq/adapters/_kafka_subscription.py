@@ -107,6 +107,8 @@ class KafkaSubscription(Subscription):
     * On a rebalance, what is finished is committed before partitions are given up, and
       deliveries of revoked partitions can no longer be acknowledged (their next owner
       gets them again).
+    * ``Delivery.redelivered`` is true for records this subscription delivered before
+      (after :meth:`release`); Kafka does not say whether another member had them.
 
     Build it with :meth:`txmq.adapters.kafka.KafkaAdapter.subscribe`.
     """

@@ -198,8 +198,11 @@ class KafkaAdapter(Adapter):
     ) -> KafkaSubscription:
         """Join consumer group ``group`` reading topics ``sources``.
 
-        Declare the topics first (:meth:`declare`). ``prefetch`` sizes librdkafka's fetch
-        buffer (see :func:`~txmq.adapters._kafka_subscription._prefetch_config`).
+        Declare the topics first (:meth:`declare`). A new group starts at the earliest
+        offset. ``prefetch`` bounds librdkafka's local fetch buffer: it fetches ahead while
+        a partition has fewer than ``prefetch`` records waiting and the buffer holds less
+        than ``prefetch`` x 16 KiB (1-64 MiB). How many deliveries are out unacknowledged
+        is up to the caller (``max_messages`` per :meth:`KafkaSubscription.poll`).
         """
         validate_name(group, "group")
         if not sources:
