@@ -168,7 +168,10 @@ class KafkaAdapter(Adapter):
                 error = error_of(exc)
                 if error is not None and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                     continue
-                text = f"cannot create Kafka topic {name!r}: {self._context.describe(exc)}"
+                text = (
+                    f"cannot create Kafka topic {name!r} at {self._context.url}: "
+                    f"{self._context.describe(exc)}"
+                )
                 if is_unreachable(error):
                     raise BrokerUnavailable(text) from exc
                 raise TopologyError(text) from exc

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 import txmq
-from txmq.adapters.base import Delivery, Topology
+from txmq.adapters.base import Delivery, Subscription, Topology
 from txmq.adapters.kafka import KafkaAdapter, KafkaTransactionalPublisher
 from txmq.errors import BrokerUnavailable, MessageTooLarge, PublishError
 from txmq.message import Message
@@ -221,8 +221,21 @@ def test_unreachable_broker_fails_fast_without_secrets(caplog: pytest.LogCapture
     with broker.publisher() as publisher:
         [outcome] = publisher.publish([Message("t", b"")], timeout=1)
     assert not outcome.ok
+
+    def poll_until_it_raises(subscription: Subscription) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            assert subscription.poll(0.5) == []
+
+    with (
+        broker.subscribe("g", ["t"]) as subscription,
+        pytest.raises(BrokerUnavailable) as caught_poll,
+    ):
+        poll_until_it_raises(subscription)
+    with pytest.raises(BrokerUnavailable) as caught_declare:
+        broker.declare([Topology("g", "t")])
     texts = [str(caught.value), repr(caught.value), str(caught_publish.value), repr(broker)]
-    texts += [str(outcome.error), caplog.text]
+    texts += [str(outcome.error), str(caught_poll.value), str(caught_declare.value), caplog.text]
     assert all("hunter2" not in text for text in texts)
 
 
