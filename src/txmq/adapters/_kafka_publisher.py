@@ -467,6 +467,10 @@ class KafkaTransactionalPublisher(KafkaPublisher):
                     ) from exc
                 if error is not None and error.txn_requires_abort():
                     self._abort_within(deadline)
+                    # A produce request the broker refused leaves a gap in the idempotent
+                    # sequence numbers, and librdkafka fails the next transaction too
+                    # (OUT_OF_ORDER_SEQUENCE_NUMBER) before it recovers: start afresh.
+                    self._discard()
                     raise PublishError(
                         f"Kafka transaction of {self.transactional_id!r} aborted: {text}"
                     ) from exc

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 
 import txmq
 from txmq.adapters.base import Delivery, Subscription, Topology
@@ -268,3 +269,28 @@ def test_outcomes_are_per_message_but_all_or_nothing_in_a_transaction(
     assert sorted(d.message.id for d in listed if d.message) == sorted(
         [small.id, other.id, other.id]
     )
+
+
+def test_broker_refusals_fail_outcomes_and_abort_transactions(
+    adapter: KafkaAdapter, unique: Callable[[str], str], cleanup: list[str]
+) -> None:
+    # The broker refuses record batches over the topic's max.message.bytes: this failure
+    # comes back in delivery reports / at commit, not when producing.
+    topic = unique("small-records")
+    cleanup.append(topic)
+    admin = AdminClient({"bootstrap.servers": ",".join(adapter.settings.bootstrap_servers)})
+    created = admin.create_topics([NewTopic(topic, 1, 1, config={"max.message.bytes": "400"})])
+    created[topic].result(timeout=30)
+    small, big = Message(topic, b"s"), Message(topic, b"x" * 2000)
+    with adapter.publisher() as publisher:
+        [refused] = publisher.publish([big])
+        assert isinstance(refused.error, PublishError)
+        assert "TOO_LARGE" in str(refused.error)
+        assert publisher.publish([small])[0].ok
+    with _transactional(adapter, unique("tx")) as publisher:
+        outcomes = publisher.publish([small, big])
+        assert [o.ok for o in outcomes] == [False, False]
+        assert "aborted" in str(outcomes[0].error)
+        assert publisher.publish([small])[0].ok
+    listed = adapter.read_queue(topic, limit=10, timeout=10)
+    assert [d.message.id for d in listed if d.message] == [small.id, small.id]
