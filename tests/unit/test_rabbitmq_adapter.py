@@ -205,9 +205,7 @@ def test_settlement_plan(outstanding: list[int], tags: list[int], plan: list[tup
 
 
 def batch_of(count: int) -> _Batch:
-    batch = _Batch(count)
-    batch.items.extend(_outgoing("txmq", "t", Message("t", b"")) for _ in range(count))
-    return batch
+    return _Batch([_outgoing("txmq", "t", Message("t", b"")) for _ in range(count)])
 
 
 def test_batch_completes_when_every_message_is_settled() -> None:

@@ -36,9 +36,8 @@ log = logging.getLogger("txmq.rabbitmq")
 
 #: Exchange name AMQP gives the default exchange, which routes by queue name.
 DEFAULT_EXCHANGE = ""
-#: Messages handed to the IO thread at a time. The caller prepares the next slice while
-#: the IO thread frames and writes this one, and the broker starts on the first messages
-#: before the last are framed.
+#: Messages framed per IO-loop turn. Between slices the loop writes what is framed and
+#: reads confirms, so the broker starts on the first messages before the last are framed.
 _SLICE = 64
 #: Extra seconds allowed for an IO thread to finish closing its connection.
 _CLOSE_GRACE = 1.0
@@ -55,30 +54,17 @@ class _Outgoing(NamedTuple):  # a tuple: built once per message on the hot path
 class _Batch:
     """One publish call: its messages and what became of each.
 
-    ``items`` grows slice by slice as the caller hands them over (the IO thread only reads
-    slices already handed over). Settled from the IO thread, abandoned from the caller's
-    thread on timeout; ``lock`` makes the two exclusive, so an outcome never changes after
-    the caller has read it.
+    Settled from the IO thread, abandoned from the caller's thread on timeout; ``lock``
+    makes the two exclusive, so an outcome never changes after the caller has read it.
     """
 
-    __slots__ = (
-        "closed",
-        "done",
-        "errors",
-        "items",
-        "lock",
-        "lost",
-        "remaining",
-        "settled",
-        "size",
-    )
+    __slots__ = ("closed", "done", "errors", "items", "lock", "lost", "remaining", "settled")
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.items: list[_Outgoing] = []
-        self.errors: list[Exception | None] = [None] * size
-        self.settled = [False] * size
-        self.remaining = size
+    def __init__(self, items: list[_Outgoing]) -> None:
+        self.items = items
+        self.errors: list[Exception | None] = [None] * len(items)
+        self.settled = [False] * len(items)
+        self.remaining = len(items)
         self.lock = threading.Lock()
         self.done = threading.Event()
         #: The caller has stopped waiting (timeout or lost connection); nothing changes now.
@@ -181,19 +167,14 @@ class _Link:
             self.close()
             raise self._failure
 
-    def register(self, batch: _Batch) -> bool:
-        """Track ``batch`` until :meth:`forget`; ``False`` if the link is already dead."""
+    def submit(self, batch: _Batch) -> bool:
+        """Hand ``batch`` to the IO thread; ``False`` if the link is already dead."""
         with self._lock:
             if self._dead:
                 return False
             self._batches.add(batch)
+        self._connection.ioloop.add_callback_threadsafe(functools.partial(self._send, batch, 0))
         return True
-
-    def send(self, batch: _Batch, start: int, end: int) -> None:
-        """Have the IO thread publish ``batch.items[start:end]`` (already appended)."""
-        self._connection.ioloop.add_callback_threadsafe(
-            functools.partial(self._send, batch, start, end)
-        )
 
     def forget(self, batch: _Batch) -> None:
         with self._lock:
@@ -287,11 +268,12 @@ class _Link:
         if not (self._connection.is_closing or self._connection.is_closed):
             self._connection.close()
 
-    def _send(self, batch: _Batch, start: int, end: int) -> None:
+    def _send(self, batch: _Batch, start: int) -> None:
         if batch.closed:  # the caller gave up on it: what is unsent stays unsent
             return
         publish = self._channel.basic_publish
         pending = self._pending
+        end = min(start + _SLICE, len(batch.items))
         for index in range(start, end):
             item = batch.items[index]
             try:
@@ -301,6 +283,8 @@ class _Link:
                 return
             pending[self._next_tag] = (batch, index)
             self._next_tag += 1
+        if end < len(batch.items):
+            self._connection.ioloop.add_callback(functools.partial(self._send, batch, end))
 
     def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
         if method.exchange == DEFAULT_EXCHANGE:
@@ -380,23 +364,18 @@ class RabbitMQPublisher(Publisher):
         limit = self._settings.common.max_body_bytes
         for _, _, message in targets:
             message.check_size(limit)
-        batch = _Batch(len(targets))
+        batch = _Batch([_outgoing(*target) for target in targets])
         link = self._live_link()
-        if not link.register(batch):
+        if not link.submit(batch):
             # Lost between the check and the hand-off, before anything was sent.
             link = self._live_link()
-            if not link.register(batch):
+            if not link.submit(batch):
                 raise BrokerUnavailable(
                     f"RabbitMQ at {self._settings.redacted_url()} closed the publisher "
                     "connection right after opening it"
                 )
         wait = self._settings.common.publish_timeout if timeout is None else timeout
         try:
-            for start in range(0, len(targets), _SLICE):
-                if batch.closed:  # the connection is gone: stop preparing
-                    break
-                batch.items.extend(_outgoing(*target) for target in targets[start : start + _SLICE])
-                link.send(batch, start, len(batch.items))
             if not batch.done.wait(wait):
                 batch.abandon(wait)
         finally:
@@ -404,7 +383,7 @@ class RabbitMQPublisher(Publisher):
         if batch.lost is not None:
             raise BrokerUnavailable(
                 f"lost the connection to RabbitMQ at {self._settings.redacted_url()} with "
-                f"{batch.remaining} of {batch.size} messages unconfirmed (their outcome "
+                f"{batch.remaining} of {len(batch.items)} messages unconfirmed (their outcome "
                 f"is unknown): {batch.lost}"
             )
         return batch.outcomes()
