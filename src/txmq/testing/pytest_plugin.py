@@ -134,13 +134,13 @@ def txmq_brokers(request: pytest.FixtureRequest) -> Iterator[BrokerSupply]:
 
 @pytest.fixture(scope="session")
 def rabbitmq_url(txmq_brokers: BrokerSupply) -> str:
-    """URL of a RabbitMQ for this session, e.g. ``rabbitmq://guest:guest@127.0.0.1:35672/``."""
+    """URL of a RabbitMQ for this session, e.g. ``rabbitmq://guest:guest@127.0.0.1:21672/``."""
     return txmq_brokers.url("rabbitmq")
 
 
 @pytest.fixture(scope="session")
 def kafka_url(txmq_brokers: BrokerSupply) -> str:
-    """URL of a Kafka for this session, e.g. ``kafka://127.0.0.1:39092``."""
+    """URL of a Kafka for this session, e.g. ``kafka://127.0.0.1:21092``."""
     return txmq_brokers.url("kafka")
 
 

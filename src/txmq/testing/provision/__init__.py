@@ -10,7 +10,7 @@ Example:
     >>> from txmq.testing import provision
     >>> endpoints = provision.up(mode="auto")  # doctest: +SKIP
     >>> print("\\n".join(endpoints.env_lines()))  # doctest: +SKIP
-    TXMQ_TEST_RABBITMQ_URL=rabbitmq://guest:guest@127.0.0.1:35672/
+    TXMQ_TEST_RABBITMQ_URL=rabbitmq://guest:guest@127.0.0.1:21672/
     ...
     >>> provision.down()  # doctest: +SKIP
 """

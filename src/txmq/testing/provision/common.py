@@ -38,19 +38,23 @@ class ProvisionError(TxmqError):
 class Ports:
     """Loopback ports of the provisioned brokers.
 
-    The defaults stay clear of the usual ones (5672, 4369, 25672, 9092, 9093, 5432) so the
-    provisioned brokers run beside brokers a developer already has. Every field can be set
-    from the environment: ``TXMQ_PORT_<FIELD>`` (e.g. ``TXMQ_PORT_KAFKA=49092``).
+    The defaults stay clear of the usual ones (5672, 4369, 25672, 9092, 9093, 5432), so the
+    provisioned brokers run beside brokers a developer already has, and below Linux's
+    ephemeral range (32768-60999): a port in that range can be taken for a moment by any
+    outgoing connection (or its TIME_WAIT) and then refuses the broker's listener. Every
+    field can be set from the environment: ``TXMQ_PORT_<FIELD>`` (``TXMQ_PORT_KAFKA=21192``).
     """
 
-    rabbitmq: int = 35672
-    #: Erlang distribution port; RabbitMQ's own convention is AMQP port + 20000.
-    rabbitmq_dist: int = 55672
+    rabbitmq: int = 21672
+    #: Erlang distribution port, set explicitly rather than RabbitMQ's AMQP port + 20000.
+    rabbitmq_dist: int = 21673
     #: A private epmd, so the node never registers with a system-wide epmd on 4369.
-    rabbitmq_epmd: int = 34369
-    kafka: int = 39092
-    kafka_controller: int = 39093
-    postgres: int = 35432
+    rabbitmq_epmd: int = 21369
+    #: Only the official image runs the management plugin.
+    rabbitmq_management: int = 21674
+    kafka: int = 21092
+    kafka_controller: int = 21093
+    postgres: int = 21432
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Ports:

@@ -54,7 +54,7 @@ def _configure(
         if not local:
             # The official image's management plugin: off the usual 15672, and on loopback
             # where the broker shares the host's network.
-            listener = f"{{port,{ports.rabbitmq + 10000}}}"
+            listener = f"{{port,{ports.rabbitmq_management}}}"
             if bind == LOOPBACK:
                 listener += ',{ip,"127.0.0.1"}'
             env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] += (

@@ -162,7 +162,7 @@ def up(
     Example:
         >>> endpoints = up(mode="process")  # doctest: +SKIP
         >>> endpoints.kafka_url  # doctest: +SKIP
-        'kafka://127.0.0.1:39092'
+        'kafka://127.0.0.1:21092'
     """
     ports = ports or Ports.from_env()
     wanted = [b for b in BROKERS if b in set(brokers)]
