@@ -304,6 +304,7 @@ class KafkaTransactionalPublisher(KafkaPublisher):
                 error = exc
             except BrokerUnavailable as exc:
                 error = PublishError(str(exc))
+                error.__cause__ = exc
             else:
                 return [PublishOutcome(m.id) for _, m in routed]
             break
