@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from txmq.consumer import Reject, RetryPolicy, attempt_of, compensation_id, inbox_key
@@ -119,3 +121,25 @@ def test_compensation_event_has_a_deterministic_id_and_goes_to_the_producer_grou
     assert parsed.headers == {"note": "n"}
     assert parsed.consumer_group == "credit"
     assert compensation_event(Message("t", b""), "g", "E", "") is None
+
+
+def test_inbox_without_on_conflict_reads_a_unique_violation_as_duplicate(
+    tmp_path: Path,
+) -> None:
+    """The path for databases without ON CONFLICT (MySQL...), run on SQLite by pretending."""
+    from sqlalchemy import MetaData, create_engine
+
+    from txmq.consumer.inbox import Inbox
+    from txmq.consumer.tables import make_inbox_table
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'inbox.db'}")
+    table = make_inbox_table(MetaData())
+    table.create(engine)
+    inbox = Inbox(table, "g")
+    inbox._statements["sqlite"] = None  # as if the dialect had no ON CONFLICT
+    with engine.begin() as connection:
+        assert inbox.claim(connection, "k1", "t")
+        assert not inbox.claim(connection, "k1", "t")
+        assert inbox.claim_many(connection, [("k1", "t"), ("k2", "t")]) == {"k2"}
+    with engine.connect() as connection:
+        assert set(inbox.lookup(connection, ["k1", "k2", "k3"])) == {"k1", "k2"}

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Insert, Table, TextClause, delete, insert, select, text
+from sqlalchemy import Connection, Engine, Insert, Table, TextClause, delete, insert, select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from txmq.consumer.tables import STATUS_DEAD, STATUS_DONE, default_inbox_table
 
@@ -43,12 +42,12 @@ class Inbox:
         self._statements: dict[str, Insert | None] = {}
         self._unnest: TextClause | None = None
 
-    def _claim_statement(self, session: Session) -> Insert | None:
+    def _claim_statement(self, connection: Connection) -> Insert | None:
         """``INSERT .. ON CONFLICT DO NOTHING RETURNING key`` where the dialect has it, else None.
 
         Built once per dialect: the statement is on the path of every message.
         """
-        dialect = session.get_bind().dialect.name
+        dialect = connection.dialect.name
         if dialect not in self._statements:
             statement: Insert | None = None
             if dialect == "postgresql":
@@ -79,7 +78,7 @@ class Inbox:
 
     def claim(
         self,
-        session: Session,
+        connection: Connection,
         key: str,
         topic: str,
         *,
@@ -88,34 +87,36 @@ class Inbox:
     ) -> bool:
         """Insert the row for ``key``; False if it already exists (a duplicate)."""
         row = self._row(key, topic, status, error)
-        statement = self._claim_statement(session)
+        statement = self._claim_statement(connection)
         if statement is not None:
             # RETURNING, not rowcount: drivers need not report a rowcount for INSERT.
-            return session.connection().execute(statement, row).first() is not None
+            return connection.execute(statement, row).first() is not None
         try:
-            with session.begin_nested():
-                session.execute(insert(self.table), row)
+            with connection.begin_nested():
+                connection.execute(insert(self.table), row)
         except IntegrityError:
             return False
         return True
 
-    def claim_many(self, session: Session, rows: Sequence[tuple[str, str]]) -> set[str]:
+    def claim_many(self, connection: Connection, rows: Sequence[tuple[str, str]]) -> set[str]:
         """Insert rows ``(key, topic)`` in one statement; return the keys that were new."""
-        if session.get_bind().dialect.name == "postgresql":
-            return self._claim_many_postgresql(session, rows)
-        statement = self._claim_statement(session)
+        if connection.dialect.name == "postgresql":
+            return self._claim_many_postgresql(connection, rows)
+        statement = self._claim_statement(connection)
         if statement is None:
-            return {key for key, topic in rows if self.claim(session, key, topic)}
+            return {key for key, topic in rows if self.claim(connection, key, topic)}
         # A list of parameter sets, not .values(list): SQLAlchemy caches the compiled
         # statement and batches the rows into multi-row INSERTs itself ("insertmanyvalues").
         values = [self._row(key, topic, STATUS_DONE) for key, topic in rows]
-        return set(session.connection().execute(statement, values).scalars())
+        return set(connection.execute(statement, values).scalars())
 
-    def _claim_many_postgresql(self, session: Session, rows: Sequence[tuple[str, str]]) -> set[str]:
+    def _claim_many_postgresql(
+        self, connection: Connection, rows: Sequence[tuple[str, str]]
+    ) -> set[str]:
         """One statement with two array parameters: its text never changes, so the driver
         and the server reuse its plan (a multi-row VALUES list would be new text per size)."""
         if self._unnest is None:
-            quote = session.get_bind().dialect.identifier_preparer
+            quote = connection.dialect.identifier_preparer
             c = {column.name: quote.quote(column.name) for column in self.table.c}
             self._unnest = text(
                 f"INSERT INTO {quote.format_table(self.table)} "
@@ -125,7 +126,7 @@ class Inbox:
                 "FROM unnest(CAST(:keys AS varchar[]), CAST(:topics AS varchar[])) AS u(k, t) "
                 f"ON CONFLICT DO NOTHING RETURNING {c['message_key']}"
             )
-        result = session.connection().execute(
+        result = connection.execute(
             self._unnest,
             {
                 "group": self.group,
@@ -137,10 +138,10 @@ class Inbox:
         )
         return set(result.scalars())
 
-    def lookup(self, session: Session, keys: Iterable[str]) -> dict[str, InboxEntry]:
+    def lookup(self, connection: Connection, keys: Iterable[str]) -> dict[str, InboxEntry]:
         """The existing rows among ``keys``."""
         c = self.table.c
-        rows = session.execute(
+        rows = connection.execute(
             select(c.message_key, c.status, c.error_type, c.error_message).where(
                 c.consumer_group == self.group, c.message_key.in_(list(keys))
             )

@@ -26,11 +26,13 @@ class Transactions:
         self._connection: Connection | None = None
 
     @contextmanager
-    def begin(self) -> Iterator[Session]:
-        """A session inside a new transaction; committed on normal exit, else rolled back."""
+    def begin(self) -> Iterator[tuple[Session, Connection]]:
+        """A session and its connection inside a new transaction; committed on normal exit,
+        else rolled back. txmq's own statements (the inbox) go straight to the connection,
+        skipping the ORM's per-statement work."""
         if self._factory is not None:
             with self._factory() as session, session.begin():
-                yield session
+                yield session, session.connection()
             return
         if self._connection is None:
             self._connection = self._engine.connect()
@@ -41,7 +43,7 @@ class Transactions:
                 # objects are flushed before the transaction commits.
                 session = Session(bind=connection)
                 try:
-                    yield session
+                    yield session, connection
                     session.flush()
                 finally:
                     session.close()

@@ -253,12 +253,12 @@ class Worker:
         entry: InboxEntry | None = None
         fresh = False
         try:
-            with self._transactions.begin() as session:
-                fresh = plan.inbox.claim(session, item.key, item.message.topic)
+            with self._transactions.begin() as (session, connection):
+                fresh = plan.inbox.claim(connection, item.key, item.message.topic)
                 if fresh:
                     item.route.handler(item.message, session)
                 else:
-                    entry = plan.inbox.lookup(session, [item.key]).get(item.key)
+                    entry = plan.inbox.lookup(connection, [item.key]).get(item.key)
         except Exception as exc:
             self._failed(item, exc)
         else:
@@ -275,9 +275,9 @@ class Worker:
         dead: dict[str, InboxEntry] = {}
         ran = 0
         try:
-            with self._transactions.begin() as session:
+            with self._transactions.begin() as (session, connection):
                 fresh = plan.inbox.claim_many(
-                    session, [(item.key, item.message.topic) for item in items]
+                    connection, [(item.key, item.message.topic) for item in items]
                 )
                 for item in items:
                     if item.key in fresh:
@@ -285,7 +285,7 @@ class Worker:
                         item.route.handler(item.message, session)
                         ran += 1
                 if ran < len(items):
-                    found = plan.inbox.lookup(session, {item.key for item in items})
+                    found = plan.inbox.lookup(connection, {item.key for item in items})
                     dead = {key: entry for key, entry in found.items() if entry.dead}
         except Exception as exc:
             log.info("%s: batch of %d failed (%s); redoing one by one", self.name, len(items), exc)
@@ -329,9 +329,9 @@ class Worker:
         self.plan.stats.add("retried")
 
     def _mark_dead(self, item: _Item, etype: str, etext: str) -> None:
-        with self._transactions.begin() as session:
+        with self._transactions.begin() as (_, connection):
             self.plan.inbox.claim(
-                session, item.key, item.message.topic, status=STATUS_DEAD, error=(etype, etext)
+                connection, item.key, item.message.topic, status=STATUS_DEAD, error=(etype, etext)
             )
 
     def _forward_dead(self, item: _Item, entry: InboxEntry) -> None:
