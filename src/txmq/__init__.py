@@ -7,6 +7,17 @@ from __future__ import annotations
 
 from txmq.adapters import Adapter, Delivery, PublishOutcome, Topology, connect
 from txmq.config import KafkaSettings, RabbitMQSettings, parse_broker_url, redact
+from txmq.consumer import (
+    Compensation,
+    Consumer,
+    DeadLetter,
+    DeadLetters,
+    Reject,
+    RetryPolicy,
+    attempt_of,
+    make_inbox_table,
+    purge_inbox,
+)
 from txmq.errors import (
     BrokerError,
     BrokerUnavailable,
@@ -45,7 +56,11 @@ __all__ = [
     "BrokerUnavailable",
     "CheckBackPolicy",
     "CheckLimitPolicy",
+    "Compensation",
     "ConfigurationError",
+    "Consumer",
+    "DeadLetter",
+    "DeadLetters",
     "Delivery",
     "InvalidMessage",
     "InvalidURL",
@@ -63,7 +78,9 @@ __all__ = [
     "RabbitMQSettings",
     "RecordNotFound",
     "RecordState",
+    "Reject",
     "Relay",
+    "RetryPolicy",
     "SendResult",
     "Topology",
     "TopologyError",
@@ -71,11 +88,14 @@ __all__ = [
     "TxmqError",
     "WrongDatabase",
     "__version__",
+    "attempt_of",
     "connect",
     "create_schema",
+    "make_inbox_table",
     "make_outbox_tables",
     "metadata",
     "new_message_id",
     "parse_broker_url",
+    "purge_inbox",
     "redact",
 ]
