@@ -10,7 +10,9 @@ waiting for the broker per batch:
 
 The raw loops get their records ready-made (value, key, one id header); txmq's time
 includes encoding its headers and mapping outcomes. Target: txmq transactional at least
-0.5x the raw transactional loop.
+0.5x the raw transactional loop. Besides wall-clock throughput, the process CPU time per
+message (Python and librdkafka threads) is shown: on a shared, busy machine it is the
+steadier measure of txmq's own overhead.
 
     python benchmarks/bench_kafka_publish.py --count 20000 --size 200 --batch 500
 """
@@ -49,7 +51,19 @@ def _raw_records(batch: list[Message]) -> list[tuple[bytes, bytes, list[tuple[st
     return [(m.body, (m.key or "").encode(), [("x-txmq-id", m.id.encode())]) for m in batch]
 
 
-def raw_transactional(bootstrap: str, topic: str, batches: list[list[Message]]) -> float:
+class _Clock:
+    """Wall-clock and process CPU time since creation."""
+
+    def __init__(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def read(self) -> tuple[float, float]:
+        return time.perf_counter() - self._wall, time.process_time() - self._cpu
+
+
+def raw_transactional(
+    bootstrap: str, topic: str, batches: list[list[Message]]
+) -> tuple[float, float]:
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -63,18 +77,18 @@ def raw_transactional(bootstrap: str, topic: str, batches: list[list[Message]]) 
     )
     producer.init_transactions(30)
     records = [_raw_records(batch) for batch in batches]
-    started = time.perf_counter()
+    clock = _Clock()
     for batch in records:
         producer.begin_transaction()
         for value, key, headers in batch:
             producer.produce(topic, value, key, headers=headers)
         producer.commit_transaction(30)
-    elapsed = time.perf_counter() - started
+    elapsed = clock.read()
     producer.flush(10)
     return elapsed
 
 
-def raw_idempotent(bootstrap: str, topic: str, batches: list[list[Message]]) -> float:
+def raw_idempotent(bootstrap: str, topic: str, batches: list[list[Message]]) -> tuple[float, float]:
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -93,12 +107,12 @@ def raw_idempotent(bootstrap: str, topic: str, batches: list[list[Message]]) -> 
         failures += error is not None
 
     records = [_raw_records(batch) for batch in batches]
-    started = time.perf_counter()
+    clock = _Clock()
     for batch in records:
         for value, key, headers in batch:
             producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
         producer.flush(30)
-    elapsed = time.perf_counter() - started
+    elapsed = clock.read()
     if failures:
         raise SystemExit(f"raw idempotent: {failures} messages failed")
     return elapsed
@@ -106,15 +120,15 @@ def raw_idempotent(bootstrap: str, topic: str, batches: list[list[Message]]) -> 
 
 def txmq_publish(
     adapter: KafkaAdapter, batches: list[list[Message]], transactional_id: str | None
-) -> float:
+) -> tuple[float, float]:
     with adapter.publisher(transactional_id=transactional_id) as publisher:
         publisher.publish(batches[0][:1])  # connect (and init transactions) before timing
-        started = time.perf_counter()
+        clock = _Clock()
         for batch in batches:
             outcomes = publisher.publish(batch)
             if not all(o.ok for o in outcomes):
                 raise SystemExit(f"txmq: failed outcome {next(o for o in outcomes if not o.ok)}")
-        return time.perf_counter() - started
+        return clock.read()
 
 
 def main() -> None:
@@ -138,13 +152,13 @@ def main() -> None:
     ]
     batches = _batches(messages, args.batch)
 
-    ways: dict[str, Callable[[], float]] = {
+    ways: dict[str, Callable[[], tuple[float, float]]] = {
         "raw transactional": lambda: raw_transactional(bootstrap, topic, batches),
         "txmq transactional": lambda: txmq_publish(adapter, batches, f"bench-{uuid.uuid4().hex}"),
         "raw idempotent": lambda: raw_idempotent(bootstrap, topic, batches),
         "txmq idempotent": lambda: txmq_publish(adapter, batches, None),
     }
-    timings: dict[str, list[float]] = {name: [] for name in ways}
+    timings: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
     try:
         for _ in range(args.rounds):
             for name, run in ways.items():  # interleaved, so drift hits every way alike
@@ -155,18 +169,21 @@ def main() -> None:
             future.result(timeout=30)
         adapter.close()
 
-    rate = {name: args.count / statistics.median(t) for name, t in timings.items()}
+    rate = {name: args.count / statistics.median(w for w, _ in t) for name, t in timings.items()}
+    cpu = {
+        name: statistics.median(c for _, c in t) / args.count * 1e6 for name, t in timings.items()
+    }
     print(
         f"{args.count} messages x {args.size} B, batch {args.batch}, "
         f"median of {args.rounds} round(s)"
     )
-    for name, value in rate.items():
-        print(f"  {name:<20} {value:>10,.0f} msg/s")
-    print(
-        f"  txmq/raw transactional {rate['txmq transactional'] / rate['raw transactional']:.2f}x"
-        " (target >= 0.5x)"
-    )
-    print(f"  txmq/raw idempotent    {rate['txmq idempotent'] / rate['raw idempotent']:.2f}x")
+    for name in ways:
+        print(f"  {name:<20} {rate[name]:>10,.0f} msg/s  {cpu[name]:6.1f} us CPU/msg")
+    for kind in ("transactional", "idempotent"):
+        ratio = rate[f"txmq {kind}"] / rate[f"raw {kind}"]
+        cpu_ratio = cpu[f"txmq {kind}"] / cpu[f"raw {kind}"]
+        target = " (target >= 0.5x)" if kind == "transactional" else ""
+        print(f"  txmq/raw {kind:<13} {ratio:.2f}x throughput{target}, {cpu_ratio:.2f}x CPU")
 
 
 if __name__ == "__main__":
