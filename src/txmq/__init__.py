@@ -5,6 +5,8 @@ Everything public is importable from here; nothing else should import from deep 
 
 from __future__ import annotations
 
+import logging
+
 from txmq.adapters import Adapter, Delivery, PublishOutcome, Topology, connect
 from txmq.config import KafkaSettings, RabbitMQSettings, parse_broker_url, redact
 from txmq.consumer import (
@@ -49,6 +51,9 @@ from txmq.schema import create_schema
 from txmq.states import CheckLimitPolicy, LocalTransactionState, RecordState
 
 __version__ = "0.1.0"
+
+# A library logs; the application decides where it goes (nothing on stderr by default).
+logging.getLogger("txmq").addHandler(logging.NullHandler())
 
 __all__ = [
     "Adapter",
