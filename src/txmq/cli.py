@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from txmq.config import ENV_BROKER_URL, ENV_DATABASE_URL
+from txmq.consumer.cli import dlq_app
+from txmq.outbox.cli import app as outbox_app
 from txmq.testing.provision.cli import app as brokers_app
 
 app = typer.Typer(help="txmq: transactional messages on RabbitMQ and Kafka.", no_args_is_help=True)
 app.add_typer(brokers_app, name="brokers")
+app.add_typer(outbox_app, name="outbox")
+app.add_typer(dlq_app, name="dlq")
+
+
+@app.command()
+def demo(
+    broker: Annotated[
+        list[str] | None,
+        typer.Option(envvar=ENV_BROKER_URL, help="Broker URL; repeat to run on several."),
+    ] = None,
+    database: Annotated[
+        str | None, typer.Option(envvar=ENV_DATABASE_URL, help="SQLAlchemy URL.")
+    ] = None,
+) -> None:
+    """Run the bank-transfer demo on each broker; fail unless the books balance."""
+    from txmq.demo import main as run_demo
+
+    urls: list[str | None] = list(broker) if broker else [None]
+    if not all([run_demo(url, database) for url in urls]):
+        raise typer.Exit(code=1)
 
 
 def main() -> None:
