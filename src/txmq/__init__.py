@@ -45,9 +45,8 @@ from txmq.outbox import (
     Relay,
     SendResult,
     make_outbox_tables,
-    metadata,
 )
-from txmq.schema import create_schema
+from txmq.schema import create_schema, metadata
 from txmq.states import CheckLimitPolicy, LocalTransactionState, RecordState
 
 __version__ = "0.1.0"

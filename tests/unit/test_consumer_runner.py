@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, create_engine, func, select
 from sqlalchemy.orm import Session
 
+from txmq import create_schema
 from txmq.adapters.base import Topology, dead_letter_queue, work_queue
-from txmq.consumer import Consumer, DeadLetters, Reject, RetryPolicy, attempt_of, create_schema
+from txmq.consumer import Consumer, DeadLetters, Reject, RetryPolicy, attempt_of
 from txmq.consumer.tables import make_inbox_table
 from txmq.message import Message
 from txmq.testing.fakes import InMemoryBroker

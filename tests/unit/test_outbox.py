@@ -7,7 +7,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, insert, select
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    Table,
+    create_engine,
+    insert,
+    inspect,
+    select,
+)
 from sqlalchemy.orm import Session
 
 import txmq
@@ -403,3 +413,12 @@ def test_purge_removes_finished_records_only(
     assert producer.store.purge(timedelta(days=1)) == 0
     assert producer.store.purge(timedelta(0)) == 1
     assert states(producer) == {"PREPARED": 1}
+
+
+def test_create_schema_creates_the_default_tables_once(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'schema.db'}")
+    txmq.create_schema(engine)
+    txmq.create_schema(engine)  # idempotent
+    names = set(inspect(engine).get_table_names())
+    assert {"txmq_outbox", "txmq_tx_marker", "txmq_inbox"} <= names
+    engine.dispose()

@@ -48,7 +48,7 @@ def test_staging_and_relaying_are_counted(tmp_path: Path) -> None:
 
     engine = create_engine(f"sqlite:///{tmp_path / 'o.db'}")
     metadata = MetaData()
-    txmq.create_schema(engine, metadata=metadata)
+    txmq.create_schema(engine, txmq.make_outbox_tables(metadata))
     broker = InMemoryBroker()
     broker.declare([txmq.Topology("g", "t")])
     producer = txmq.Producer(

@@ -13,7 +13,7 @@ from txmq.consumer.inbox import purge_inbox
 from txmq.consumer.policy import RetryPolicy
 from txmq.consumer.runner import Consumer
 from txmq.consumer.stats import StatsSnapshot
-from txmq.consumer.tables import create_schema, make_inbox_table
+from txmq.consumer.tables import make_inbox_table
 
 __all__ = [
     "Compensation",
@@ -27,7 +27,6 @@ __all__ = [
     "attempt_of",
     "compensation_id",
     "compensation_topic",
-    "create_schema",
     "inbox_key",
     "make_inbox_table",
     "purge_inbox",

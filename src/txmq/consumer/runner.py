@@ -54,7 +54,7 @@ class Consumer:
         concurrency: worker threads, each with its own connection.
         compensate: default of the handlers' ``compensate`` flag.
         inbox: the inbox table (from :func:`make_inbox_table`); ``txmq_inbox`` by default.
-            Create it with :func:`create_schema` or your migrations.
+            Create it with :func:`txmq.create_schema` or your migrations.
         session_factory: makes the handler's ``Session`` (e.g. your ``sessionmaker``); by
             default a plain ``Session`` bound to a connection each worker keeps open.
             Either way the consumer owns the transaction: do not commit in the handler.

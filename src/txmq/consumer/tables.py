@@ -1,12 +1,14 @@
 """The inbox table: one row per message a consumer group has finished with.
 
 Offered as a factory on the application's ``MetaData`` so Alembic autogenerate sees it;
-:func:`create_schema` creates it explicitly. txmq never creates tables on its own.
+:func:`txmq.create_schema` creates it explicitly. txmq never creates tables on its own.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Engine, Index, MetaData, String, Table
+from sqlalchemy import Column, DateTime, Index, MetaData, String, Table
+
+from txmq.schema import metadata as default_metadata
 
 #: Row states: the handler's transaction committed, or the message was dead-lettered
 #: (a late copy of a dead-lettered message must not be applied after all).
@@ -21,6 +23,8 @@ def make_inbox_table(
 ) -> Table:
     """Define the inbox table on ``metadata``.
 
+    Calling it again with the same metadata and name returns the same table.
+
     Primary key ``(consumer_group, message_key)``: the unique constraint that makes a
     redelivered message a no-op. ``message_key`` is the message id, or ``id#replay-n`` for
     the n-th DLQ replay.
@@ -30,6 +34,9 @@ def make_inbox_table(
         >>> make_inbox_table(md).name
         'txmq_inbox'
     """
+    key = name if schema is None else f"{schema}.{name}"
+    if key in metadata.tables:
+        return metadata.tables[key]
     return Table(
         name,
         metadata,
@@ -45,10 +52,5 @@ def make_inbox_table(
     )
 
 
-_default_metadata = MetaData()
-default_inbox_table = make_inbox_table(_default_metadata)
-
-
-def create_schema(engine: Engine, inbox: Table | None = None) -> None:
-    """Create the inbox table (default ``txmq_inbox``) if it does not exist."""
-    (inbox if inbox is not None else default_inbox_table).create(engine, checkfirst=True)
+#: The inbox used when a consumer is given none, on ``txmq.metadata``.
+default_inbox_table = make_inbox_table(default_metadata)

@@ -1,7 +1,7 @@
 """Producer side: outbox tables, staging, half messages, check-back and the relay."""
 
 from txmq.outbox.checkback import CheckBack, CheckBackPolicy, Checker
-from txmq.outbox.producer import Executor, Producer, SendResult, metadata
+from txmq.outbox.producer import Executor, Producer, SendResult
 from txmq.outbox.relay import Relay
 from txmq.outbox.store import OutboxRecord, OutboxStore
 from txmq.outbox.tables import OutboxTables, make_outbox_tables
@@ -18,5 +18,4 @@ __all__ = [
     "Relay",
     "SendResult",
     "make_outbox_tables",
-    "metadata",
 ]

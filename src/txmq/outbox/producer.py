@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Engine, MetaData
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from txmq.adapters import Adapter, connect
@@ -33,6 +33,7 @@ from txmq.outbox.checkback import CheckBack, CheckBackPolicy, Checker
 from txmq.outbox.relay import Relay
 from txmq.outbox.store import OutboxRecord, OutboxStore
 from txmq.outbox.tables import OutboxTables, make_outbox_tables
+from txmq.schema import metadata
 from txmq.states import LocalTransactionState, RecordState
 from txmq.telemetry import STAGED, with_trace_context
 
@@ -40,9 +41,6 @@ log = logging.getLogger("txmq.producer")
 
 A = TypeVar("A")
 A_contra = TypeVar("A_contra", contravariant=True)
-
-#: The default home of txmq's tables when you do not pass your own ``MetaData``.
-metadata = MetaData()
 
 
 class Executor(Protocol[A_contra]):
@@ -86,7 +84,7 @@ class Producer:
         broker: adapter or URL; needed to relay (and for Kafka native half messages).
         checker: answers check-backs of :meth:`send_in_transaction` records.
         check_policy: immunity, interval, limit and what happens at the limit.
-        tables: the outbox tables on your ``MetaData`` (default: :data:`metadata`).
+        tables: the outbox tables on your ``MetaData`` (default: on :data:`txmq.metadata`).
         kafka_native: on Kafka, produce half messages inside an open Kafka transaction while
             the executor runs (DESIGN.md section 5); otherwise they go through the relay.
         instance_id: stable name of this instance (Kafka ``transactional.id`` prefix).
