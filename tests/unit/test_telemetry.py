@@ -62,3 +62,14 @@ def test_staging_and_relaying_are_counted(tmp_path: Path) -> None:
     assert sample("txmq_outbox_staged_total", group="counted", mode="outbox") == staged_before + 2
     assert sample("txmq_relay_published_total", system="memory") == sent_before + 2
     engine.dispose()
+
+
+def test_consumer_counts_are_exported() -> None:
+    from txmq.consumer.stats import ConsumerStats
+
+    name, labels = "txmq_consumed_total", {"group": "exported", "outcome": "processed"}
+    before = REGISTRY.get_sample_value(name, labels) or 0.0
+    stats = ConsumerStats(group="exported")
+    stats.add("processed", 2)
+    assert stats.snapshot().processed == 2
+    assert REGISTRY.get_sample_value(name, labels) == before + 2

@@ -110,7 +110,7 @@ class Consumer:
         self.poll_interval = poll_interval
         self.publish_timeout = publish_timeout
         self._handlers: dict[str, tuple[Handler, RetryPolicy | None, bool | None]] = {}
-        self._stats = ConsumerStats()
+        self._stats = ConsumerStats(group=self.group)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._adapter: Adapter | None = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field, fields
 
+from txmq.telemetry import CONSUMED
+
 
 @dataclass(frozen=True, slots=True)
 class StatsSnapshot:
@@ -33,8 +35,13 @@ class StatsSnapshot:
 
 @dataclass(slots=True)
 class ConsumerStats:
-    """Thread-safe counters; :meth:`snapshot` reads them consistently."""
+    """Thread-safe counters; :meth:`snapshot` reads them consistently.
 
+    Every count is also exported as ``txmq_consumed_total{group, outcome}`` when
+    prometheus-client is installed.
+    """
+
+    group: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _counts: dict[str, int] = field(
         default_factory=lambda: {f.name: 0 for f in fields(StatsSnapshot)}
@@ -43,6 +50,8 @@ class ConsumerStats:
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] += n
+        if n:
+            CONSUMED.labels(self.group, name).inc(n)
 
     def snapshot(self) -> StatsSnapshot:
         with self._lock:

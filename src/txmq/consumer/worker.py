@@ -50,6 +50,7 @@ from txmq.consumer.tables import STATUS_DEAD
 from txmq.consumer.transactions import Transactions
 from txmq.errors import BrokerError, PublishError, TxmqError
 from txmq.message import HEADER_ATTEMPT, HEADER_DUE_AT, Message
+from txmq.telemetry import CONSUME_SECONDS, consume_span
 
 log = logging.getLogger("txmq.consumer")
 
@@ -256,7 +257,7 @@ class Worker:
             with self._transactions.begin() as (session, connection):
                 fresh = plan.inbox.claim(connection, item.key, item.message.topic)
                 if fresh:
-                    item.route.handler(item.message, session)
+                    self._run_handler(item, session)
                 else:
                     entry = plan.inbox.lookup(connection, [item.key]).get(item.key)
         except Exception as exc:
@@ -270,6 +271,12 @@ class Worker:
                 plan.stats.add("duplicates")
         settled.append(item.delivery)
 
+    def _run_handler(self, item: _Item, session: Session) -> None:
+        started = time.perf_counter()
+        with consume_span(item.message, group=self.plan.group, system=self.plan.adapter.system):
+            item.route.handler(item.message, session)
+        CONSUME_SECONDS.labels(self.plan.group).observe(time.perf_counter() - started)
+
     def _process_batch(self, items: list[_Item], settled: list[Delivery]) -> None:
         plan = self.plan
         dead: dict[str, InboxEntry] = {}
@@ -282,7 +289,7 @@ class Worker:
                 for item in items:
                     if item.key in fresh:
                         fresh.discard(item.key)  # a key twice in one batch runs once
-                        item.route.handler(item.message, session)
+                        self._run_handler(item, session)
                         ran += 1
                 if ran < len(items):
                     found = plan.inbox.lookup(connection, {item.key for item in items})
