@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from txmq.testing import provision
-from txmq.testing.provision import images, kafka_dist, launch, state
+from txmq.testing.provision import containers, images, kafka_dist, launch, state
 from txmq.testing.provision.common import Ports, ProvisionError, url_for
 from txmq.testing.provision.engine import Engine
 from txmq.testing.provision.lifecycle import Endpoints, resolve_mode
@@ -234,3 +234,61 @@ def test_postgres_listens_only_where_asked() -> None:
     args = launch.postgres_args(Ports(postgres=4444), bind_host="127.0.0.1", socket_dir="/s")
     assert args[:4] == ["-p", "4444", "-k", "/s"]
     assert "listen_addresses=127.0.0.1" in args
+
+
+class FakeContainer:
+    """Records what containers._configure asks of a testcontainers DockerContainer."""
+
+    def __init__(self) -> None:
+        self.env: dict[str, str] = {}
+        self.command: list[str] | None = None
+
+    def with_env(self, key: str, value: str) -> FakeContainer:
+        self.env[key] = value
+        return self
+
+    def with_envs(self, **variables: str) -> FakeContainer:
+        self.env.update(variables)
+        return self
+
+    def with_command(self, command: list[str]) -> FakeContainer:
+        self.command = command
+        return self
+
+
+def _configured(
+    broker: provision.Broker, flavour: images.Flavour, *, host_network: bool
+) -> FakeContainer:
+    fake = FakeContainer()
+    choice = images.Choice("image:tag", flavour)
+    containers._configure(fake, broker, choice, Ports(), host_network=host_network)  # type: ignore[arg-type]
+    return fake
+
+
+def test_host_network_containers_listen_on_loopback_at_the_chosen_ports() -> None:
+    kafka = _configured("kafka", "local", host_network=True)
+    properties = kafka.env["TXMQ_KAFKA_PROPERTIES"]
+    assert f"listeners=PLAINTEXT://127.0.0.1:{Ports().kafka}," in properties
+    assert f"advertised.listeners=PLAINTEXT://127.0.0.1:{Ports().kafka}\n" in properties
+    postgres = _configured("postgres", "local", host_network=True)
+    assert postgres.command is not None
+    assert postgres.command[:2] == ["-p", str(Ports().postgres)]
+    assert "listen_addresses=127.0.0.1" in postgres.command
+    rabbitmq = _configured("rabbitmq", "local", host_network=True)
+    assert rabbitmq.env["RABBITMQ_NODE_IP_ADDRESS"] == "127.0.0.1"
+    assert "loopback_users" not in rabbitmq.env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+
+
+def test_published_containers_use_the_image_ports_and_advertise_the_host_port() -> None:
+    kafka = _configured("kafka", "official", host_network=False)
+    assert kafka.env["KAFKA_LISTENERS"] == "PLAINTEXT://0.0.0.0:9092,CONTROLLER://0.0.0.0:9093"
+    assert kafka.env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://127.0.0.1:{Ports().kafka}"
+    assert kafka.env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@127.0.0.1:9093"
+    assert containers._published("kafka", Ports()) == {"9092/tcp": ("127.0.0.1", Ports().kafka)}
+    postgres = _configured("postgres", "official", host_network=False)
+    assert postgres.env["POSTGRES_HOST_AUTH_METHOD"] == "trust"
+    assert postgres.command is not None
+    assert postgres.command[:2] == ["-p", "5432"]
+    # guest may log in only from loopback; published connections come from the bridge.
+    rabbitmq = _configured("rabbitmq", "local", host_network=False)
+    assert "-rabbit loopback_users []" in rabbitmq.env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]

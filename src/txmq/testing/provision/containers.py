@@ -39,23 +39,50 @@ def _host_network(client: docker.DockerClient) -> bool:
     return not client.networks.list(names=["bridge"])
 
 
-def _published(broker: Broker, ports: Ports) -> list[int]:
+#: Ports inside a container whose ports are published: each image's usual ones, so an
+#: official image needs no port settings at all.
+INNER_PORTS = Ports(
+    rabbitmq=5672,
+    rabbitmq_dist=25672,
+    rabbitmq_epmd=4369,
+    rabbitmq_management=15672,
+    kafka=9092,
+    kafka_controller=9093,
+    postgres=5432,
+)
+
+
+def _published(broker: Broker, ports: Ports) -> dict[str, tuple[str, int]]:
     # Only what clients connect to; a single-node broker talks to itself inside.
-    return [{"rabbitmq": ports.rabbitmq, "kafka": ports.kafka, "postgres": ports.postgres}[broker]]
+    return {f"{getattr(INNER_PORTS, broker)}/tcp": (LOOPBACK, getattr(ports, broker))}
 
 
 def _configure(
-    container: DockerContainer, broker: Broker, choice: images.Choice, ports: Ports, bind: str
+    container: DockerContainer,
+    broker: Broker,
+    choice: images.Choice,
+    ports: Ports,
+    *,
+    host_network: bool,
 ) -> None:
-    """Environment and command that make ``choice`` run ``broker`` on ``ports``."""
+    """Environment and command that make ``choice`` run ``broker`` reachable on ``ports``.
+
+    With the host's network the broker listens on ``ports`` on loopback; published, it
+    listens on :data:`INNER_PORTS` on all the container's interfaces.
+    """
+    inner = ports if host_network else INNER_PORTS
+    bind = LOOPBACK if host_network else "0.0.0.0"  # noqa: S104  # the container's own interfaces
     local = choice.flavour == "local"
     if broker == "rabbitmq":
-        env = launch.rabbitmq_env(ports, bind_host=bind, base_dir=_RABBITMQ_HOME if local else None)
+        env = launch.rabbitmq_env(inner, bind_host=bind, base_dir=_RABBITMQ_HOME if local else None)
+        if local and not host_network:
+            # Published connections arrive from the bridge, not loopback: let guest in.
+            env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] += " -rabbit loopback_users []"
         if not local:
-            # The official image's management plugin: off the usual 15672, and on loopback
-            # where the broker shares the host's network.
-            listener = f"{{port,{ports.rabbitmq_management}}}"
-            if bind == LOOPBACK:
+            # The official image's management plugin, on loopback where the broker shares
+            # the host's network (its guest account already works from anywhere).
+            listener = f"{{port,{inner.rabbitmq_management}}}"
+            if host_network:
                 listener += ',{ip,"127.0.0.1"}'
             env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] += (
                 f" -rabbitmq_management tcp_config [{listener}]"
@@ -63,7 +90,9 @@ def _configure(
         container.with_envs(**env)
     elif broker == "kafka":
         data_dir = _KAFKA_DATA if local else "/tmp/kraft-combined-logs"  # noqa: S108
-        properties = kafka_dist.server_properties(ports, log_dir=data_dir, bind_host=bind)
+        properties = kafka_dist.server_properties(
+            inner, log_dir=data_dir, bind_host=bind, advertised_port=ports.kafka
+        )
         cluster_id = kafka_dist.new_cluster_id()
         if local:
             container.with_env("TXMQ_KAFKA_PROPERTIES", kafka_dist.render_properties(properties))
@@ -79,7 +108,7 @@ def _configure(
             container.with_envs(**kafka_dist.image_env(properties), CLUSTER_ID=cluster_id)
     else:
         socket_dir = "/tmp" if local else "/var/run/postgresql"  # noqa: S108
-        container.with_command(launch.postgres_args(ports, bind_host=bind, socket_dir=socket_dir))
+        container.with_command(launch.postgres_args(inner, bind_host=bind, socket_dir=socket_dir))
         if not local:
             container.with_env("POSTGRES_HOST_AUTH_METHOD", "trust")
 
@@ -119,16 +148,14 @@ def start(broker: Broker, ports: Ports, *, timeout: float = 180.0) -> Running:
         host_network = _host_network(client)
     finally:
         client.close()
-    bind = LOOPBACK if host_network else "0.0.0.0"  # noqa: S104  # inside a published container
     container = DockerContainer(choice.image)
-    _configure(container, broker, choice, ports, bind)
+    _configure(container, broker, choice, ports, host_network=host_network)
     # network=None also stops testcontainers from guessing a network of its own.
     kwargs: dict[str, Any] = {"labels": {LABEL: broker}, "network": None}
     if host_network:
         kwargs["network_mode"] = "host"
     else:
-        for port in _published(broker, ports):
-            container.ports[f"{port}/tcp"] = (LOOPBACK, port)  # type: ignore[assignment]
+        container.ports.update(_published(broker, ports))  # type: ignore[arg-type]
     container.with_kwargs(**kwargs)
     try:
         container.start()
@@ -149,26 +176,35 @@ def start(broker: Broker, ports: Ports, *, timeout: float = 180.0) -> Running:
     return record
 
 
-def _find(record: Running) -> Any:
+def alive(record: Running) -> bool:
+    import docker
+
+    try:
+        client = engine.client()
+    except ProvisionError:
+        return False
+    try:
+        return bool(client.containers.get(record.container_id).status == "running")
+    except docker.errors.NotFound:
+        return False
+    finally:
+        client.close()
+
+
+def stop(record: Running) -> None:
+    """Remove the container of ``record`` (and nothing else: it must carry our label).
+
+    Raises:
+        ProvisionError: the Docker engine does not answer.
+    """
     import docker
 
     client = engine.client()
     try:
-        return client.containers.get(record.container_id)
+        container = client.containers.get(record.container_id)
+        if container.labels.get(LABEL) == record.broker:
+            container.remove(force=True, v=True)
     except docker.errors.NotFound:
-        return None
-
-
-def alive(record: Running) -> bool:
-    try:
-        container = _find(record)
-    except ProvisionError:
-        return False
-    return container is not None and container.status == "running"
-
-
-def stop(record: Running) -> None:
-    """Remove the container of ``record`` (and nothing else: it must carry our label)."""
-    container = _find(record)
-    if container is not None and container.labels.get(LABEL) == record.broker:
-        container.remove(force=True, v=True)
+        pass
+    finally:
+        client.close()

@@ -138,11 +138,14 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-def server_properties(ports: Ports, *, log_dir: str, bind_host: str = LOOPBACK) -> dict[str, str]:
+def server_properties(
+    ports: Ports, *, log_dir: str, bind_host: str = LOOPBACK, advertised_port: int | None = None
+) -> dict[str, str]:
     """Settings of a single-node KRaft broker+controller reachable at 127.0.0.1.
 
-    ``bind_host`` is ``0.0.0.0`` only inside a container whose ports are published; the
-    advertised address is always loopback, where clients reach it.
+    ``bind_host`` is ``0.0.0.0`` and ``advertised_port`` the published port only inside a
+    container whose ports are published; the advertised address is always loopback, where
+    clients reach it.
     """
     return {
         "process.roles": "broker,controller",
@@ -151,7 +154,7 @@ def server_properties(ports: Ports, *, log_dir: str, bind_host: str = LOOPBACK) 
         "listeners": (
             f"PLAINTEXT://{bind_host}:{ports.kafka},CONTROLLER://{bind_host}:{ports.kafka_controller}"
         ),
-        "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{ports.kafka}",
+        "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{advertised_port or ports.kafka}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
