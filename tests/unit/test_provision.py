@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
+import socket
 import string
 import subprocess
 from pathlib import Path
@@ -292,3 +293,12 @@ def test_published_containers_use_the_image_ports_and_advertise_the_host_port() 
     # guest may log in only from loopback; published connections come from the bridge.
     rabbitmq = _configured("rabbitmq", "local", host_network=False)
     assert "-rabbit loopback_users []" in rabbitmq.env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+
+
+def test_a_taken_port_is_named_before_anything_starts() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        taken = listener.getsockname()[1]
+        with pytest.raises(ProvisionError, match=f"127.0.0.1:{taken}.*TXMQ_PORT_POSTGRES"):
+            provision.start("postgres", "process", Ports(postgres=taken))

@@ -200,15 +200,15 @@ def _record(
     )
 
 
-def _start_rabbitmq(ports: Ports) -> tuple[Running, Callable[[], str | None]]:
+def _start_rabbitmq(
+    ports: Ports, run_dir: Path, owner: pwd.struct_passwd | None
+) -> tuple[Running, Callable[[], str | None]]:
     server = _find(
         ["/usr/lib/rabbitmq/bin/rabbitmq-server", "rabbitmq-server"],
         "RabbitMQ (rabbitmq-server)",
         "rabbitmq-server",
     )
     epmd = _find(["epmd", "/usr/lib/erlang/bin/epmd"], "Erlang's epmd", "erlang-base")
-    owner = _service_user("rabbitmq")
-    run_dir = _make_run_dir("rabbitmq", owner)
     log = run_dir / "rabbitmq.log"
     env = _base_env() | launch.rabbitmq_env(ports, bind_host=LOOPBACK, base_dir=str(run_dir))
     # A private epmd, so the node never depends on (or leaves behind) a system-wide epmd.
@@ -230,10 +230,10 @@ def _start_rabbitmq(ports: Ports) -> tuple[Running, Callable[[], str | None]]:
     return record, _liveness(server_process, log)
 
 
-def _start_postgres(ports: Ports) -> tuple[Running, Callable[[], str | None]]:
+def _start_postgres(
+    ports: Ports, run_dir: Path, owner: pwd.struct_passwd | None
+) -> tuple[Running, Callable[[], str | None]]:
     bindir = _postgres_bindir()
-    owner = _service_user("postgres")
-    run_dir = _make_run_dir("postgres", owner)
     data = run_dir / "data"
     log = run_dir / "postgres.log"
     env = _base_env()
@@ -253,14 +253,15 @@ def _start_postgres(ports: Ports) -> tuple[Running, Callable[[], str | None]]:
     return _record("postgres", ports, run_dir, log, [process.pid]), _liveness(process, log)
 
 
-def _start_kafka(ports: Ports) -> tuple[Running, Callable[[], str | None]]:
+def _start_kafka(
+    ports: Ports, run_dir: Path, owner: pwd.struct_passwd | None
+) -> tuple[Running, Callable[[], str | None]]:
     java = _find(
         [f"{os.environ['JAVA_HOME']}/bin/java"] if "JAVA_HOME" in os.environ else ["java"],
         "Java 17 (java)",
         "openjdk-17-jre-headless",
     )
     libs = kafka_dist.ensure_libs()
-    run_dir = _make_run_dir("kafka", None)
     config_dir, logs_dir, data_dir = run_dir / "config", run_dir / "logs", run_dir / "data"
     for folder in (config_dir, logs_dir, data_dir):
         folder.mkdir()
@@ -286,22 +287,31 @@ def _start_kafka(ports: Ports) -> tuple[Running, Callable[[], str | None]]:
             str(config_dir / "server.properties"),
         ],
         env=env,
-        owner=None,
+        owner=owner,
     )
     log = run_dir / "kafka.out"
     args = launch.kafka_java_args(
         libs=str(libs), config_dir=str(config_dir), logs_dir=str(logs_dir)
     )
-    process = _spawn([java, *args], env=env, cwd=run_dir, log=log, owner=None)
+    process = _spawn([java, *args], env=env, cwd=run_dir, log=log, owner=owner)
     return _record("kafka", ports, run_dir, logs_dir / "server.log", [process.pid]), _liveness(
         process, log
     )
 
 
-_STARTERS: dict[Broker, Callable[[Ports], tuple[Running, Callable[[], str | None]]]] = {
+Starter = Callable[
+    [Ports, Path, pwd.struct_passwd | None], tuple[Running, Callable[[], str | None]]
+]
+_STARTERS: dict[Broker, Starter] = {
     "rabbitmq": _start_rabbitmq,
     "kafka": _start_kafka,
     "postgres": _start_postgres,
+}
+#: Accounts the brokers run as when started by root (PostgreSQL refuses to run as root).
+_SERVICE_USERS: dict[Broker, str | None] = {
+    "rabbitmq": "rabbitmq",
+    "kafka": None,
+    "postgres": "postgres",
 }
 
 
@@ -312,7 +322,14 @@ def start(broker: Broker, ports: Ports, *, timeout: float = 180.0) -> Running:
         ProvisionError: a binary is missing, setup failed, or the broker did not become
             ready in ``timeout`` (it is stopped again then).
     """
-    record, liveness = _STARTERS[broker](ports)
+    account = _SERVICE_USERS[broker]
+    owner = _service_user(account) if account else None
+    run_dir = _make_run_dir(broker, owner)
+    try:
+        record, liveness = _STARTERS[broker](ports, run_dir, owner)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     try:
         wait_ready(broker, record.url, timeout=timeout, alive=liveness)
     except BaseException:
