@@ -36,7 +36,7 @@ def relay_rate(producer: Producer, topic: str, count: int, size: int, batch: int
             producer.stage(
                 session, *(txmq.Message(topic, body) for _ in range(min(1000, count - start)))
             )
-    relay = producer.relay(batch_size=batch)
+    relay = producer.relay(batch_size=batch).connect()  # Kafka: init_transactions, untimed
     started = time.perf_counter()
     sent = relay.drain(timeout=600)
     elapsed = time.perf_counter() - started

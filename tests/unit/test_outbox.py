@@ -56,6 +56,9 @@ class RecordingPublisher(Publisher):
     ) -> list[PublishOutcome]:
         return self.publish(messages)
 
+    def connect(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

@@ -101,6 +101,9 @@ class KafkaPublisher(Publisher):
         validate_name(queue, "queue")
         return self._send([(queue, m) for m in messages], timeout)
 
+    def connect(self) -> None:
+        self._client()
+
     def close(self) -> None:
         """Wait (up to the connect timeout) for messages in flight, then release. Idempotent."""
         if self._closed:
@@ -373,6 +376,9 @@ class KafkaTransactionalPublisher(KafkaPublisher):
                 f"Kafka did not confirm the abort of transaction {self.transactional_id!r}: "
                 f"{failure}"
             )
+
+    def connect(self) -> None:
+        self._ready(self._deadline(None))
 
     def close(self) -> None:
         """Abort an open transaction (bounded by the connect timeout), then release."""

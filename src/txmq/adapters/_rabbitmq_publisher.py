@@ -348,6 +348,11 @@ class RabbitMQPublisher(Publisher):
         validate_name(queue, "queue")
         return self._publish([(DEFAULT_EXCHANGE, queue, m) for m in messages], timeout)
 
+    def connect(self) -> None:
+        if self._closed:
+            raise BrokerError("the publisher is closed")
+        self._live_link()
+
     def close(self) -> None:
         self._closed = True
         link, self._link = self._link, None

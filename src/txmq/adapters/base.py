@@ -152,6 +152,17 @@ class Publisher(abc.ABC):
         """Publish straight into a physical queue/topic (retry stage, DLQ, replay)."""
 
     @abc.abstractmethod
+    def connect(self) -> None:
+        """Open the connection now rather than at the first publish (no-op when open).
+
+        On Kafka with a ``transactional_id`` this runs ``init_transactions``, which fences
+        an older producer with the same id.
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached.
+        """
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the connection. Idempotent."""
 

@@ -5,6 +5,10 @@ for the broker's confirmation (RabbitMQ publisher confirms; one Kafka transactio
 and marks the confirmed records SENT in the same database transaction that holds their locks.
 Any number of relays may run; a crash between the broker's confirmation and the database
 commit republishes those records with the same message ids (at-least-once).
+
+A relay runs ``concurrency`` lanes, each with its own database transaction and publisher
+connection, so that one lane claims and marks while another waits for the broker. The claim
+keeps same-key records in order across lanes and across relays.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from txmq.telemetry import RELAY_BATCH_SECONDS, RELAY_FAILURES, RELAY_PUBLISHED
 
 log = logging.getLogger("txmq.relay")
 
+Wait = Callable[[float], None]
+
 
 class Relay:
     """Publishes READY outbox records.
@@ -34,11 +40,15 @@ class Relay:
         broker: the adapter to publish with.
         store: the outbox store (engine + tables).
         batch_size: records per claim (one Kafka transaction, one confirm wait).
+        concurrency: lanes working at once (one DB connection and one broker connection
+            each); 1 on databases without ``SKIP LOCKED`` (SQLite).
         poll_interval: longest wait between passes when idle (PostgreSQL wakes it earlier
             through LISTEN/NOTIFY).
         retention: SENT and ROLLED_BACK records older than this are purged.
-        instance_id: stable name of this relay; on Kafka it makes the ``transactional.id``,
-            so a restarted relay fences its previous incarnation.
+        instance_id: stable name of this relay; on Kafka lane ``n`` uses
+            ``transactional.id = txmq-relay-<instance_id>-<n>``, so a restarted relay fences
+            its previous incarnation.
+        max_backoff: longest wait after broker errors or failed publishes.
     """
 
     def __init__(
@@ -47,14 +57,15 @@ class Relay:
         store: OutboxStore,
         *,
         batch_size: int = 1000,
+        concurrency: int = 2,
         poll_interval: float = 1.0,
         retention: timedelta = timedelta(days=1),
         purge_interval: float = 60.0,
         instance_id: str | None = None,
         max_backoff: float = 30.0,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        if batch_size < 1 or concurrency < 1:
+            raise ValueError("batch_size and concurrency must be at least 1")
         self.broker = broker
         self.store = store
         self.batch_size = batch_size
@@ -63,101 +74,103 @@ class Relay:
         self.purge_interval = purge_interval
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
         self.max_backoff = max_backoff
-        self._publisher: Publisher | None = None
+        if not store.skip_locked and concurrency > 1:
+            # Without SKIP LOCKED two lanes would claim the same records.
+            log.info("%s cannot claim with SKIP LOCKED: one relay lane", store.dialect)
+            concurrency = 1
+        self._lanes = [_Lane(self, n) for n in range(concurrency)]
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._purge_lock = threading.Lock()
         self._last_purge = 0.0
 
-    # -- one pass --------------------------------------------------------------------------
+    def connect(self) -> Relay:
+        """Open every lane's broker connection now (on Kafka: ``init_transactions``, which
+        also fences a previous incarnation), so that a broker problem shows at start and the
+        first batch does not pay for it.
 
-    def _get_publisher(self) -> Publisher:
-        if self._publisher is None:
-            transactional_id = (
-                f"txmq-relay-{self.instance_id}" if self.broker.system == "kafka" else None
-            )
-            self._publisher = self.broker.publisher(transactional_id=transactional_id)
-        return self._publisher
-
-    def _drop_publisher(self) -> None:
-        if self._publisher is not None:
-            try:
-                self._publisher.close()
-            except Exception:  # closing a broken publisher must not hide the first error
-                log.debug("closing publisher failed", exc_info=True)
-            self._publisher = None
+        Raises:
+            BrokerError: the broker cannot be reached.
+        """
+        for lane in self._lanes:
+            lane.publisher()
+        return self
 
     def run_once(self) -> int:
-        """Claim, publish and mark one batch; return how many records were marked SENT.
+        """Claim, publish and mark one batch on the first lane; return how many went SENT.
 
         Raises:
             BrokerError: the broker is unreachable; nothing was marked, the claim is released.
         """
-        started = time.perf_counter()
-        with self.store.engine.begin() as connection:
-            records = self.store.claim_ready(connection, self.batch_size)
-            if not records:
-                return 0
-            try:
-                outcomes = self._get_publisher().publish([r.message for r in records])
-            except BrokerError:
-                self._drop_publisher()
-                raise
-            sent = [r.seq for r, o in zip(records, outcomes, strict=True) if o.ok]
-            self.store.mark_sent(connection, sent)
-            for record, outcome in zip(records, outcomes, strict=True):
-                if not outcome.ok:
-                    delay = min(self.max_backoff, 0.5 * 2 ** min(record.publish_attempts, 10))
-                    self.store.mark_failed(
-                        connection,
-                        record.seq,
-                        f"{type(outcome.error).__name__}: {outcome.error}",
-                        utcnow() + timedelta(seconds=delay),
-                    )
-                    log.warning("publish of %s failed: %s", record.message.id, outcome.error)
-        system = self.broker.system
-        RELAY_PUBLISHED.labels(system).inc(len(sent))
-        if len(sent) < len(records):
-            RELAY_FAILURES.labels(system).inc(len(records) - len(sent))
-        RELAY_BATCH_SECONDS.labels(system).observe(time.perf_counter() - started)
-        return len(sent)
+        return self._lanes[0].run_once()
 
     def drain(self, timeout: float = 60.0) -> int:
-        """Run passes until no READY record is due (or ``timeout``); return how many were sent."""
+        """Run passes on every lane until no READY record is due (or ``timeout``).
+
+        Returns how many records were marked SENT. Broker errors propagate.
+        """
         deadline = time.monotonic() + timeout
-        total = 0
-        while time.monotonic() < deadline:
-            sent = self.run_once()
-            total += sent
-            if sent == 0:
-                break
-        return total
+        sent = [0] * len(self._lanes)
+        errors: list[BaseException] = []
+
+        def work(lane: _Lane) -> None:
+            try:
+                while time.monotonic() < deadline:
+                    done = lane.run_once()
+                    sent[lane.number] += done
+                    if done == 0:
+                        return
+            except BaseException as exc:  # re-raised in the caller's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(lane,)) for lane in self._lanes[1:]]
+        for thread in threads:
+            thread.start()
+        work(self._lanes[0])
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return sum(sent)
 
     # -- background loop -------------------------------------------------------------------
 
     def start(self) -> Relay:
-        """Run the relay in a daemon thread until :meth:`stop`."""
-        if self._thread is None or not self._thread.is_alive():
+        """Run every lane in a daemon thread until :meth:`stop`."""
+        if not any(thread.is_alive() for thread in self._threads):
             self._stop.clear()
-            self._thread = threading.Thread(target=self.run, name="txmq-relay", daemon=True)
-            self._thread.start()
+            self._threads = [
+                threading.Thread(target=self._run_lane, args=(lane,), name=f"txmq-relay-{n}")
+                for n, lane in enumerate(self._lanes)
+            ]
+            for thread in self._threads:
+                thread.daemon = True
+                thread.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish the current batch and stop; close the publisher."""
+        """Let each lane finish its batch, then stop and close the publishers."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        self._drop_publisher()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads = []
+        for lane in self._lanes:
+            lane.drop_publisher()
 
     def run(self) -> None:
-        """Loop until :meth:`stop`: publish, back off on broker errors, wait for work."""
+        """Run every lane until :meth:`stop` (blocking)."""
+        self.start()
+        for thread in self._threads:
+            thread.join()
+
+    def _run_lane(self, lane: _Lane) -> None:
         wait, close_waiter = self._waiter()
         failures = 0
         try:
             while not self._stop.is_set():
                 try:
-                    sent = self.run_once()
+                    sent = lane.run_once()
                     failures = 0
                 except BrokerError as exc:
                     failures += 1
@@ -175,17 +188,19 @@ class Relay:
                     wait(self.poll_interval)
         finally:
             close_waiter()
-            self._drop_publisher()
+            lane.drop_publisher()
 
     def _maybe_purge(self) -> None:
-        now = time.monotonic()
-        if now - self._last_purge >= self.purge_interval:
+        with self._purge_lock:
+            now = time.monotonic()
+            if now - self._last_purge < self.purge_interval:
+                return
             self._last_purge = now
-            purged = self.store.purge(self.retention)
-            if purged:
-                log.info("purged %d finished outbox records", purged)
+        purged = self.store.purge(self.retention)
+        if purged:
+            log.info("purged %d finished outbox records", purged)
 
-    def _waiter(self) -> tuple[Callable[[float], None], Callable[[], None]]:
+    def _waiter(self) -> tuple[Wait, Callable[[], None]]:
         """``(wait, close)``: wait(seconds) returns early on stop() or, on PostgreSQL with
         psycopg 3, on a NOTIFY from a committed stage; close() releases the LISTEN connection.
         """
@@ -200,7 +215,7 @@ class Relay:
         if driver is None or not hasattr(driver, "notifies"):
             raw.close()
             return sleep, lambda: None
-        raw.detach()  # this connection LISTENs for the relay's lifetime; keep it out of the pool
+        raw.detach()  # this connection LISTENs for the lane's lifetime; keep it out of the pool
         driver.autocommit = True
         driver.execute(f"LISTEN {NOTIFY_CHANNEL}")
 
@@ -215,3 +230,62 @@ class Relay:
                     return
 
         return wait, driver.close
+
+
+class _Lane:
+    """One claim-publish-mark loop with its own publisher."""
+
+    def __init__(self, relay: Relay, number: int) -> None:
+        self.relay = relay
+        self.number = number
+        self._publisher: Publisher | None = None
+
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            broker = self.relay.broker
+            transactional_id = (
+                f"txmq-relay-{self.relay.instance_id}-{self.number}"
+                if broker.system == "kafka"
+                else None
+            )
+            self._publisher = broker.publisher(transactional_id=transactional_id)
+        return self._publisher
+
+    def drop_publisher(self) -> None:
+        if self._publisher is not None:
+            try:
+                self._publisher.close()
+            except Exception:  # closing a broken publisher must not hide the first error
+                log.debug("closing publisher failed", exc_info=True)
+            self._publisher = None
+
+    def run_once(self) -> int:
+        relay, store = self.relay, self.relay.store
+        started = time.perf_counter()
+        with store.engine.begin() as connection:
+            records = store.claim_ready(connection, relay.batch_size)
+            if not records:
+                return 0
+            try:
+                outcomes = self.publisher().publish([r.message for r in records])
+            except BrokerError:
+                self.drop_publisher()
+                raise
+            sent = [r.seq for r, o in zip(records, outcomes, strict=True) if o.ok]
+            store.mark_sent(connection, sent)
+            for record, outcome in zip(records, outcomes, strict=True):
+                if not outcome.ok:
+                    delay = min(relay.max_backoff, 0.5 * 2 ** min(record.publish_attempts, 10))
+                    store.mark_failed(
+                        connection,
+                        record.seq,
+                        f"{type(outcome.error).__name__}: {outcome.error}",
+                        utcnow() + timedelta(seconds=delay),
+                    )
+                    log.warning("publish of %s failed: %s", record.message.id, outcome.error)
+        system = relay.broker.system
+        RELAY_PUBLISHED.labels(system).inc(len(sent))
+        if len(sent) < len(records):
+            RELAY_FAILURES.labels(system).inc(len(records) - len(sent))
+        RELAY_BATCH_SECONDS.labels(system).observe(time.perf_counter() - started)
+        return len(sent)

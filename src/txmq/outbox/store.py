@@ -13,9 +13,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Connection,
+    Engine,
+    Row,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from txmq.errors import RecordNotFound, WrongDatabase
 from txmq.message import Message
@@ -51,6 +67,15 @@ class OutboxRecord:
     updated_at: datetime
     tx_key: str | None
     last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRecord:
+    """A READY record a relay holds the lock of: what it needs to publish and mark it."""
+
+    seq: int
+    message: Message
+    publish_attempts: int
 
 
 class OutboxStore:
@@ -205,7 +230,7 @@ class OutboxStore:
 
     # -- relay ---------------------------------------------------------------------------
 
-    def claim_ready(self, connection: Connection, limit: int) -> list[OutboxRecord]:
+    def claim_ready(self, connection: Connection, limit: int) -> list[ClaimedRecord]:
         """Lock up to ``limit`` due READY records, oldest first, that may be published now.
 
         Order is kept per (topic, key), the scope in which brokers order messages (a Kafka
@@ -216,7 +241,15 @@ class OutboxStore:
         records = self.tables.records
         now = utcnow()
         query = (
-            select(records)
+            select(
+                records.c.seq,
+                records.c.id,
+                records.c.topic,
+                records.c.key,
+                records.c.headers,
+                records.c.body,
+                records.c.publish_attempts,
+            )
             .where(
                 records.c.state == RecordState.READY.value,
                 or_(records.c.check_after.is_(None), records.c.check_after <= now),
@@ -226,7 +259,14 @@ class OutboxStore:
         )
         if self.skip_locked:
             query = query.with_for_update(skip_locked=True)
-        claimed = [self._record(row) for row in connection.execute(query)]
+        claimed = [
+            ClaimedRecord(
+                seq,
+                Message._restore(topic, bytes(body), key, json.loads(headers), message_id),
+                attempts,
+            )
+            for seq, message_id, topic, key, headers, body, attempts in connection.execute(query)
+        ]
         keyed = {r.message.key for r in claimed if r.message.key is not None}
         if not keyed:
             return claimed
@@ -252,12 +292,19 @@ class OutboxStore:
                 blocked.add((topic, key))
         return [r for r in claimed if r.message.key is None or r.seq in publishable]
 
+    def _seq_in(self, seqs: Sequence[int]) -> ColumnElement[bool]:
+        """``seq IN (...)``; on PostgreSQL ``seq = ANY(:array)``, one parameter however many."""
+        seq = self.tables.records.c.seq
+        if self.dialect == "postgresql":
+            return seq == any_(bindparam("seqs", list(seqs), type_=ARRAY(BigInteger)))
+        return seq.in_(seqs)
+
     def mark_sent(self, connection: Connection, seqs: Sequence[int]) -> None:
         if seqs:
             records = self.tables.records
             connection.execute(
                 update(records)
-                .where(records.c.seq.in_(seqs))
+                .where(self._seq_in(seqs))
                 .values(state=RecordState.SENT.value, updated_at=utcnow(), last_error=None)
             )
 
@@ -404,12 +451,8 @@ class OutboxStore:
 
     def _record(self, row: Row[Any]) -> OutboxRecord:
         m = row._mapping
-        message = Message(
-            m["topic"],
-            bytes(m["body"]),
-            key=m["key"],
-            headers=json.loads(m["headers"]),
-            id=m["id"],
+        message = Message._restore(
+            m["topic"], bytes(m["body"]), m["key"], json.loads(m["headers"]), m["id"]
         )
         created = _aware(m["created_at"])
         updated = _aware(m["updated_at"])

@@ -221,6 +221,9 @@ class _Publisher(Publisher):
             broker._cond.notify_all()
         return [PublishOutcome(m.id) for m in messages]
 
+    def connect(self) -> None:
+        self._broker._check_up()
+
     def close(self) -> None:
         self._closed = True
 
