@@ -1,0 +1,30 @@
+# Sourced by scripts/test and scripts/demo: make TXMQ_TEST_RABBITMQ_URL, TXMQ_TEST_KAFKA_URL
+# and TXMQ_TEST_DATABASE_URL point at running brokers.
+#
+# Variables already set are used as they are. Missing brokers are started with
+# `txmq brokers up --mode $TXMQ_BROKERS_MODE` (default auto: containers where a Docker
+# engine can be used, else processes) and stopped again when the calling script exits,
+# unless an earlier `txmq brokers up` already runs them.
+
+ensure_brokers() {
+    local -A url_env=(
+        [rabbitmq]=TXMQ_TEST_RABBITMQ_URL
+        [kafka]=TXMQ_TEST_KAFKA_URL
+        [postgres]=TXMQ_TEST_DATABASE_URL
+    )
+    local only=() broker env_lines line
+    for broker in rabbitmq kafka postgres; do
+        if [[ -z "${!url_env[$broker]:-}" ]]; then
+            only+=(--only "$broker")
+        fi
+    done
+    ((${#only[@]})) || return 0
+    echo "== brokers (${TXMQ_BROKERS_MODE:-auto})"
+    if ! "$python" -m txmq.cli brokers status >/dev/null 2>&1; then
+        trap 'echo "== brokers down"; "$python" -m txmq.cli brokers down' EXIT
+    fi
+    env_lines=$("$python" -m txmq.cli brokers up --mode "${TXMQ_BROKERS_MODE:-auto}" --print-env "${only[@]}")
+    while IFS= read -r line; do
+        eval "export $line"
+    done <<<"$env_lines"
+}
