@@ -1,8 +1,8 @@
-"""Producer side on SQLite with a recording publisher: states, check-back, relay bookkeeping."""
+"""Producer side on SQLite with the in-memory broker: states, check-back, relay bookkeeping."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,10 +21,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 import txmq
-from txmq.adapters.base import Adapter, Delivery, Publisher, PublishOutcome, Subscription, Topology
-from txmq.config import parse_broker_url
 from txmq.outbox import CheckBackPolicy, Producer, make_outbox_tables
 from txmq.states import CheckLimitPolicy, LocalTransactionState, RecordState
+from txmq.testing.fakes import InMemoryBroker
 
 COMMIT, ROLLBACK, UNKNOWN = (
     LocalTransactionState.COMMIT,
@@ -32,65 +31,6 @@ COMMIT, ROLLBACK, UNKNOWN = (
     LocalTransactionState.UNKNOWN,
 )
 NOW = timedelta(0)
-
-
-class RecordingPublisher(Publisher):
-    def __init__(self, sink: list[txmq.Message], fail_topics: set[str]) -> None:
-        self.sink = sink
-        self.fail_topics = fail_topics
-
-    def publish(
-        self, messages: Sequence[txmq.Message], *, timeout: float | None = None
-    ) -> list[PublishOutcome]:
-        outcomes = []
-        for m in messages:
-            if m.topic in self.fail_topics:
-                outcomes.append(PublishOutcome(m.id, txmq.PublishError("unroutable")))
-            else:
-                self.sink.append(m)
-                outcomes.append(PublishOutcome(m.id))
-        return outcomes
-
-    def send_to_queue(
-        self, queue: str, messages: Sequence[txmq.Message], *, timeout: float | None = None
-    ) -> list[PublishOutcome]:
-        return self.publish(messages)
-
-    def connect(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class RecordingAdapter(Adapter):
-    system = "rabbitmq"
-
-    def __init__(self) -> None:
-        super().__init__(parse_broker_url("rabbitmq://127.0.0.1:1/"))
-        self.published: list[txmq.Message] = []
-        self.fail_topics: set[str] = set()
-
-    def ping(self) -> None:
-        pass
-
-    def declare(self, topologies: Iterable[Topology]) -> None:
-        pass
-
-    def publisher(self, *, transactional_id: str | None = None) -> Publisher:
-        return RecordingPublisher(self.published, self.fail_topics)
-
-    def subscribe(self, group: str, sources: Sequence[str], *, prefetch: int = 100) -> Subscription:
-        raise NotImplementedError
-
-    def sources_for(self, topologies: Iterable[Topology]) -> list[str]:
-        return []
-
-    def read_queue(self, queue: str, *, limit: int, timeout: float) -> list[Delivery]:
-        return []
-
-    def purge_queue(self, queue: str) -> int:
-        return 0
 
 
 @pytest.fixture
@@ -110,12 +50,19 @@ def metadata(engine: Engine) -> MetaData:
 
 
 @pytest.fixture
-def broker() -> RecordingAdapter:
-    return RecordingAdapter()
+def broker() -> InMemoryBroker:
+    """Group "audit" reads topics "t" and "orders.created"; other topics are unroutable."""
+    broker = InMemoryBroker()
+    broker.declare([txmq.Topology("audit", "t"), txmq.Topology("audit", "orders.created")])
+    return broker
+
+
+def published(broker: InMemoryBroker, topic: str = "t") -> list[txmq.Message]:
+    return broker.messages(f"audit.{topic}")
 
 
 def make_producer(
-    engine: Engine, metadata: MetaData, broker: Adapter, **kwargs: object
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker, **kwargs: object
 ) -> Producer:
     return Producer(
         group="orders",
@@ -131,7 +78,7 @@ def states(producer: Producer) -> dict[str, int]:
 
 
 def test_stage_exists_only_if_the_transaction_commits(
-    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker
 ) -> None:
     producer = make_producer(engine, metadata, broker)
     orders = metadata.tables["orders"]
@@ -149,13 +96,13 @@ def test_stage_exists_only_if_the_transaction_commits(
     assert states(producer) == {"READY": 1}
 
     assert producer.relay().drain() == 1
-    assert [m.id for m in broker.published] == [committed.id]
-    assert broker.published[0].headers["x-txmq-producer-group"] == "orders"
+    assert [m.id for m in published(broker, "orders.created")] == [committed.id]
+    assert published(broker, "orders.created")[0].headers["x-txmq-producer-group"] == "orders"
     assert states(producer) == {"SENT": 1}
 
 
 def test_half_message_commit_rollback_unknown(
-    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker
 ) -> None:
     producer = make_producer(engine, metadata, broker)
     seen: list[str] = []
@@ -176,11 +123,11 @@ def test_half_message_commit_rollback_unknown(
     assert results[ROLLBACK].record_state is RecordState.ROLLED_BACK
     assert results[UNKNOWN].record_state is RecordState.PREPARED
     producer.relay().drain()
-    assert [m.body for m in broker.published] == [b"COMMIT"]
+    assert [m.body for m in published(broker)] == [b"COMMIT"]
 
 
 def test_executor_exception_counts_as_unknown(
-    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker
 ) -> None:
     producer = make_producer(engine, metadata, broker)
 
@@ -199,7 +146,7 @@ def test_executor_exception_counts_as_unknown(
 def test_check_back_resolves_unknown(
     engine: Engine,
     metadata: MetaData,
-    broker: RecordingAdapter,
+    broker: InMemoryBroker,
     answer: LocalTransactionState,
     expected: RecordState,
 ) -> None:
@@ -225,7 +172,7 @@ def test_check_back_resolves_unknown(
 
 
 def test_immunity_delays_the_first_check(
-    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker
 ) -> None:
     producer = make_producer(
         engine, metadata, broker, checker=lambda m, c: COMMIT, check_policy=CheckBackPolicy()
@@ -241,7 +188,7 @@ def test_immunity_delays_the_first_check(
 
 
 def test_checker_exception_then_limit_parks_and_resume_delivers(
-    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker
 ) -> None:
     answers = iter([UNKNOWN, "raise", UNKNOWN, COMMIT])
 
@@ -272,7 +219,7 @@ def test_checker_exception_then_limit_parks_and_resume_delivers(
     producer.resume(result.message_id)
     assert producer.check_back_once() == 1  # the fourth answer: COMMIT
     producer.relay().drain()
-    assert [m.id for m in broker.published] == [result.message_id]
+    assert [m.id for m in published(broker)] == [result.message_id]
 
 
 @pytest.mark.parametrize(
@@ -285,7 +232,7 @@ def test_checker_exception_then_limit_parks_and_resume_delivers(
 def test_limit_policy_commit_or_rollback(
     engine: Engine,
     metadata: MetaData,
-    broker: RecordingAdapter,
+    broker: InMemoryBroker,
     policy: CheckLimitPolicy,
     expected: RecordState,
 ) -> None:
@@ -301,7 +248,7 @@ def test_limit_policy_commit_or_rollback(
 
 
 def test_operator_commit_and_rollback_of_parked(
-    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker
 ) -> None:
     producer = make_producer(
         engine, metadata, broker, check_policy=CheckBackPolicy(immunity=NOW, max_checks=1)
@@ -314,11 +261,11 @@ def test_operator_commit_and_rollback_of_parked(
     with pytest.raises(txmq.RecordNotFound):
         producer.rollback(a.message_id)  # READY now: no longer an operator's decision
     producer.relay().drain()
-    assert [m.body for m in broker.published] == [b"a"]
+    assert [m.body for m in published(broker)] == [b"a"]
 
 
 def test_self_answering_commit_and_exception(
-    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker
 ) -> None:
     producer = make_producer(engine, metadata, broker)
     orders = metadata.tables["orders"]
@@ -339,7 +286,7 @@ def test_self_answering_commit_and_exception(
 
 
 def test_self_answering_check_back_needs_no_checker(
-    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker
 ) -> None:
     """A local transaction that never ran: the check-back's ROLLBACK marker wins, and the
     late local transaction then fails on the key instead of committing."""
@@ -359,26 +306,26 @@ def test_self_answering_check_back_needs_no_checker(
 
 
 def test_same_key_order_is_kept_when_an_earlier_record_backs_off(
-    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker
 ) -> None:
     producer = make_producer(engine, metadata, broker)
     relay = producer.relay()
-    broker.fail_topics.add("t")
     with Session(engine) as session, session.begin():
-        producer.stage(session, txmq.Message("t", b"k1-first", key="k1"))
-    relay.drain()
-    broker.fail_topics.clear()
+        producer.stage(session, txmq.Message("late", b"k1-first", key="k1"))
+    relay.drain()  # unroutable: nobody reads "late" yet
+    broker.declare([txmq.Topology("audit", "late")])
     with Session(engine) as session, session.begin():
         producer.stage(
             session,
-            txmq.Message("t", b"k1-second", key="k1"),
-            txmq.Message("other", b"k1-other-topic", key="k1"),
-            txmq.Message("t", b"k2", key="k2"),
-            txmq.Message("t", b"nokey"),
+            txmq.Message("late", b"k1-second", key="k1"),
+            txmq.Message("t", b"k1-other-topic", key="k1"),
+            txmq.Message("late", b"k2", key="k2"),
+            txmq.Message("late", b"nokey"),
         )
     relay.drain()
     # k1-first backs off after its failed publish; k1-second waits behind it; the rest go.
-    assert [m.body for m in broker.published] == [b"k1-other-topic", b"k2", b"nokey"]
+    assert [m.body for m in published(broker, "late")] == [b"k2", b"nokey"]
+    assert [m.body for m in published(broker, "t")] == [b"k1-other-topic"]
     first, second = producer.store.list(RecordState.READY)
     assert (first.message.body, second.message.body) == (b"k1-first", b"k1-second")
     assert first.publish_attempts == 1
@@ -387,7 +334,7 @@ def test_same_key_order_is_kept_when_an_earlier_record_backs_off(
 
 
 def test_bad_input_is_rejected_before_anything_is_written(
-    engine: Engine, metadata: MetaData, broker: RecordingAdapter, tmp_path: Path
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker, tmp_path: Path
 ) -> None:
     producer = make_producer(engine, metadata, broker, max_body_bytes=100)
     with pytest.raises(txmq.InvalidMessage):
@@ -406,7 +353,7 @@ def test_bad_input_is_rejected_before_anything_is_written(
 
 
 def test_purge_removes_finished_records_only(
-    engine: Engine, metadata: MetaData, broker: RecordingAdapter
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker
 ) -> None:
     producer = make_producer(engine, metadata, broker)
     with Session(engine) as session, session.begin():
