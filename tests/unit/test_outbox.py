@@ -372,3 +372,20 @@ def test_create_schema_creates_the_default_tables_once(tmp_path: Path) -> None:
     names = set(inspect(engine).get_table_names())
     assert {"txmq_outbox", "txmq_tx_marker", "txmq_inbox"} <= names
     engine.dispose()
+
+
+def test_a_decision_taken_while_the_executor_ran_stands(
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker
+) -> None:
+    """An operator (or a check-back, on SQLite where nothing locks) rolls the half message
+    back while its executor runs: the executor's late COMMIT does not resurrect it."""
+    producer = make_producer(engine, metadata, broker)
+
+    def executor(message: txmq.Message, arg: None) -> LocalTransactionState:
+        producer.rollback(message.id)
+        return COMMIT
+
+    result = producer.send_in_transaction(txmq.Message("t", b"x"), executor, None)
+    assert result.local_state is COMMIT
+    assert result.record_state is RecordState.ROLLED_BACK
+    assert producer.relay().drain() == 0

@@ -114,6 +114,7 @@ class Producer:
         self.tables = tables or make_outbox_tables(metadata)
         self.store = OutboxStore(engine, self.tables)
         self.broker = connect(broker) if isinstance(broker, str) else broker
+        self._owns_broker = isinstance(broker, str)
         self.check_policy = check_policy or CheckBackPolicy()
         self.checkback = CheckBack(self.store, self.group, checker, self.check_policy)
         self.kafka_native = (
@@ -191,7 +192,7 @@ class Producer:
                 if state is LocalTransactionState.COMMIT
                 else RecordState.ROLLED_BACK
             )
-            self.store.transition(connection, message.id, to)
+            to = self.store.settle(connection, message.id, to)
         return SendResult(message.id, state, to)
 
     def _send_kafka_native(self, message: Message, executor: Executor[A], arg: A) -> SendResult:
@@ -229,7 +230,7 @@ class Producer:
                         )
                         reusable = False
                         to = RecordState.READY
-                self.store.transition(connection, message.id, to)
+                to = self.store.settle(connection, message.id, to)
                 return SendResult(message.id, state, to)
         finally:
             if reusable:
@@ -281,8 +282,9 @@ class Producer:
             self._settle_by_marker(message, tx_key)
             raise
         with self.engine.begin() as connection:
-            self.store.transition(connection, message.id, RecordState.READY)
-        return SendResult(message.id, LocalTransactionState.COMMIT, RecordState.READY)
+            # A check-back that ran after the commit may have moved it to READY already.
+            to = self.store.settle(connection, message.id, RecordState.READY)
+        return SendResult(message.id, LocalTransactionState.COMMIT, to)
 
     def _settle_by_marker(self, message: Message, tx_key: str) -> None:
         try:
@@ -295,7 +297,7 @@ class Producer:
                     if outcome is LocalTransactionState.COMMIT
                     else RecordState.ROLLED_BACK
                 )
-                self.store.transition(connection, message.id, to)
+                self.store.settle(connection, message.id, to)
         except Exception:
             log.warning("could not settle %s now; check-back will", message.id, exc_info=True)
 
@@ -360,7 +362,8 @@ class Producer:
         )
 
     def close(self) -> None:
-        """Stop the background threads and release Kafka transactions. Idempotent."""
+        """Stop the background threads, release Kafka transactions, and close the broker
+        connection if this producer opened it from a URL. Idempotent."""
         self._stop.set()
         for worker in self._workers:
             worker.join(10)
@@ -370,6 +373,9 @@ class Producer:
             self._relay = None
         while not self._transactions.empty():
             self._transactions.get_nowait().close()
+        if self._owns_broker and self.broker is not None:
+            self.broker.close()
+            self._owns_broker = False
 
     def __enter__(self) -> Producer:
         return self

@@ -185,6 +185,20 @@ class OutboxStore:
         )
         return bool(result.rowcount == 1)
 
+    def settle(self, connection: Connection, message_id: str, to: RecordState) -> RecordState:
+        """Move a PREPARED record to ``to``; return the state it ends in.
+
+        That is ``to``, unless a check-back or an operator decided the record first: their
+        decision stands and is returned.
+        """
+        if self.transition(connection, message_id, to):
+            return to
+        records = self.tables.records
+        current = connection.execute(
+            select(records.c.state).where(records.c.id == message_id)
+        ).scalar_one()
+        return RecordState(current)
+
     # -- transaction markers (self-answering check-back) --------------------------------
 
     def insert_marker(
