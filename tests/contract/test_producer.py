@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -322,3 +323,77 @@ def test_oversized_and_foreign_session_are_rejected_and_nothing_is_written(
     with Session(sqlite) as session, pytest.raises(txmq.WrongDatabase):
         producer.stage(session, txmq.Message(topic, b"x"))
     assert producer.store.counts() == {}
+
+
+def test_two_relays_and_two_check_backs_publish_once_in_key_order(
+    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str
+) -> None:
+    declare(broker, topic, "cart")
+    producer = producer_for(
+        engine,
+        metadata,
+        prefix,
+        broker,
+        checker=lambda m, c: COMMIT,
+        check_policy=QUICK_CHECKS,
+    )
+    with Session(engine) as session, session.begin():
+        producer.stage(
+            session,
+            *(txmq.Message(topic, str(i).encode(), key=f"k{i % 7}") for i in range(600)),
+        )
+    half = [
+        producer.send_in_transaction(
+            txmq.Message(topic, b"half", key="half"), lambda m, a: UNKNOWN, None
+        ).message_id
+        for _ in range(20)
+    ]
+    relays = [producer.relay(batch_size=50, instance_id=f"r{n}") for n in range(2)]
+    checkers = [
+        threading.Thread(target=lambda: [producer.check_back_once(limit=3) for _ in range(10)])
+        for _ in range(2)
+    ]
+    for worker in (*relays, *checkers):
+        worker.start()
+    try:
+        received = receive(broker, "cart", topic, 620, timeout=90)
+    finally:
+        for relay in relays:
+            relay.stop()
+        for checker in checkers:
+            checker.join(30)
+    ids = [m.id for m in received]
+    assert len(ids) == 620
+    assert len(set(ids)) == 620, "published twice without a crash"
+    assert set(half) <= set(ids)
+    for key in {m.key for m in received if m.key != "half"}:
+        bodies = [int(m.body) for m in received if m.key == key]
+        assert bodies == sorted(bodies), f"key {key} out of order"
+    assert nothing_more(broker, "cart", topic)
+
+
+def test_kafka_half_message_is_invisible_until_committed(
+    engine: Engine, metadata: MetaData, prefix: str, kafka_url: str, topic: str
+) -> None:
+    """While the executor runs, the message sits in an open Kafka transaction: a
+    read_committed consumer does not see it; after ROLLBACK it never does."""
+    broker = txmq.connect(kafka_url)
+    try:
+        declare(broker, topic, "cart")
+        producer = producer_for(engine, metadata, prefix, broker)
+        seen_while_open: list[txmq.Message] = []
+
+        def executor(message: txmq.Message, answer: LocalTransactionState) -> LocalTransactionState:
+            seen_while_open.extend(receive(broker, "cart", topic, 1, timeout=3.0))
+            return answer
+
+        rolled_back = producer.send_in_transaction(txmq.Message(topic, b"no"), executor, ROLLBACK)
+        committed = producer.send_in_transaction(txmq.Message(topic, b"yes"), executor, COMMIT)
+        assert seen_while_open == []
+        assert rolled_back.record_state is RecordState.ROLLED_BACK
+        assert committed.record_state is RecordState.SENT
+        assert [m.id for m in receive(broker, "cart", topic, 1)] == [committed.message_id]
+        assert nothing_more(broker, "cart", topic)
+        producer.close()
+    finally:
+        broker.close()
