@@ -11,7 +11,12 @@ from txmq.consumer.cli import dlq_app
 from txmq.outbox.cli import app as outbox_app
 from txmq.testing.provision.cli import app as brokers_app
 
-app = typer.Typer(help="txmq: transactional messages on RabbitMQ and Kafka.", no_args_is_help=True)
+app = typer.Typer(
+    help="txmq: transactional messages on RabbitMQ and Kafka.",
+    no_args_is_help=True,
+    # A traceback's local variables may hold URLs with passwords: never print them.
+    pretty_exceptions_show_locals=False,
+)
 app.add_typer(brokers_app, name="brokers")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(dlq_app, name="dlq")

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from sqlalchemy import Engine, MetaData, create_engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from txmq.adapters import connect
-from txmq.config import ENV_BROKER_URL, ENV_DATABASE_URL, database_url
+from txmq.config import ENV_BROKER_URL, ENV_DATABASE_URL, database_url, redact
 from txmq.errors import TxmqError
 from txmq.outbox.relay import Relay
 from txmq.outbox.store import OutboxStore
@@ -33,12 +36,26 @@ def _store(database: str | None, prefix: str) -> OutboxStore:
     return OutboxStore(engine, make_outbox_tables(MetaData(), prefix=prefix))
 
 
-def _fail(exc: TxmqError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
+def _fail(exc: Exception) -> typer.Exit:
+    typer.echo(f"error: {redact(str(exc)).splitlines()[0]}", err=True)
     return typer.Exit(code=1)
 
 
+def _run(command: Callable[..., None]) -> Callable[..., None]:
+    """Report txmq and database errors as one clear line and exit status 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except (TxmqError, SQLAlchemyError) as exc:
+            raise _fail(exc) from None
+
+    return wrapper
+
+
 @app.command()
+@_run
 def status(database: DatabaseOption = None, prefix: PrefixOption = "txmq_") -> None:
     """Count records per state."""
     store = _store(database, prefix)
@@ -49,6 +66,7 @@ def status(database: DatabaseOption = None, prefix: PrefixOption = "txmq_") -> N
 
 
 @app.command(name="list")
+@_run
 def list_records(
     state: Annotated[RecordState, typer.Option(help="Which records.")] = RecordState.PARKED,
     group: Annotated[str | None, typer.Option(help="Only this producer group.")] = None,
@@ -67,17 +85,15 @@ def list_records(
 
 def _decide(message_id: str, to: RecordState, database: str | None, prefix: str) -> None:
     store = _store(database, prefix)
-    try:
-        if to is RecordState.PREPARED:
-            store.resolve(message_id, to, reset_checks=True)
-        else:
-            store.resolve(message_id, to, expected=(RecordState.PARKED, RecordState.PREPARED))
-    except TxmqError as exc:
-        raise _fail(exc) from None
+    if to is RecordState.PREPARED:
+        store.resolve(message_id, to, reset_checks=True)
+    else:
+        store.resolve(message_id, to, expected=(RecordState.PARKED, RecordState.PREPARED))
     typer.echo(f"{message_id}: {to.value}")
 
 
 @app.command()
+@_run
 def resume(
     message_id: str, database: DatabaseOption = None, prefix: PrefixOption = "txmq_"
 ) -> None:
@@ -86,6 +102,7 @@ def resume(
 
 
 @app.command()
+@_run
 def commit(
     message_id: str, database: DatabaseOption = None, prefix: PrefixOption = "txmq_"
 ) -> None:
@@ -94,6 +111,7 @@ def commit(
 
 
 @app.command()
+@_run
 def rollback(
     message_id: str, database: DatabaseOption = None, prefix: PrefixOption = "txmq_"
 ) -> None:
@@ -102,6 +120,7 @@ def rollback(
 
 
 @app.command()
+@_run
 def purge(
     older_than_hours: Annotated[float, typer.Option(help="Age of SENT/ROLLED_BACK records.")] = 24,
     database: DatabaseOption = None,
@@ -113,6 +132,7 @@ def purge(
 
 
 @app.command()
+@_run
 def relay(
     broker: Annotated[
         str | None, typer.Option(envvar=ENV_BROKER_URL, help="Broker URL to publish to.")
@@ -126,10 +146,7 @@ def relay(
 ) -> None:
     """Run a relay until SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        adapter = connect(broker)
-    except TxmqError as exc:
-        raise _fail(exc) from None
+    adapter = connect(broker)
     worker = Relay(
         adapter, _store(database, prefix), batch_size=batch_size, instance_id=instance_id
     )

@@ -1,0 +1,94 @@
+"""``txmq outbox``: operators see and decide records without writing code."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+from typer.testing import CliRunner
+
+import txmq
+from txmq.cli import app
+from txmq.outbox import CheckBackPolicy
+from txmq.states import LocalTransactionState, RecordState
+from txmq.testing.fakes import InMemoryBroker
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'outbox.db'}"
+
+
+@pytest.fixture
+def producer(database: str) -> txmq.Producer:
+    engine = create_engine(database)
+    txmq.create_schema(engine)
+    return txmq.Producer(
+        group="orders",
+        engine=engine,
+        broker=InMemoryBroker(),
+        check_policy=CheckBackPolicy(immunity=timedelta(0), max_checks=1),
+    )
+
+
+def park(producer: txmq.Producer, body: bytes) -> str:
+    result = producer.send_in_transaction(
+        txmq.Message("t", body), lambda m, a: LocalTransactionState.UNKNOWN, None
+    )
+    producer.check_back_once()
+    assert producer.store.get(result.message_id).state is RecordState.PARKED
+    return result.message_id
+
+
+def outbox(*args: str, database: str) -> tuple[int, str]:
+    result = runner.invoke(app, ["outbox", *args, "--database", database])
+    return result.exit_code, result.output
+
+
+def test_status_list_and_decisions(producer: txmq.Producer, database: str) -> None:
+    with Session(producer.engine) as session, session.begin():
+        producer.stage(session, txmq.Message("t", b"ready"))
+    parked = [park(producer, b"a"), park(producer, b"b"), park(producer, b"c")]
+
+    code, output = outbox("status", database=database)
+    assert code == 0
+    assert "READY        1" in output
+    assert "PARKED       3" in output
+
+    code, output = outbox("list", database=database)
+    assert code == 0
+    assert [line.split()[0] for line in output.splitlines()] == parked
+
+    assert outbox("commit", parked[0], database=database)[0] == 0
+    assert outbox("rollback", parked[1], database=database)[0] == 0
+    assert outbox("resume", parked[2], database=database)[0] == 0
+    states = {i: producer.store.get(i).state for i in parked}
+    assert states == {
+        parked[0]: RecordState.READY,
+        parked[1]: RecordState.ROLLED_BACK,
+        parked[2]: RecordState.PREPARED,
+    }
+
+
+def test_deciding_an_unknown_record_fails_clearly(producer: txmq.Producer, database: str) -> None:
+    code, output = outbox("commit", "no-such-id", database=database)
+    assert code == 1
+    assert "no outbox record 'no-such-id'" in output
+
+
+def test_purge_and_no_password_in_output(producer: txmq.Producer, database: str) -> None:
+    code, output = outbox("purge", "--older-than-hours", "0", database=database)
+    assert code == 0
+    assert "purged 0 records" in output
+    result = runner.invoke(
+        app,
+        ["outbox", "status", "--database", "postgresql+psycopg://u:hunter2@127.0.0.1:1/x"],
+    )
+    assert "hunter2" not in result.output
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ")
