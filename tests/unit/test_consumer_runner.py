@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -399,3 +400,45 @@ def test_compensated_messages_are_not_replayed_unless_forced(engine: Engine) -> 
     dlq = DeadLetters(broker, group=GROUP, topic=TOPIC)
     assert dlq.replay().skipped_compensated == [m.id]
     assert dlq.replay(force=True).replayed == [m.id]
+
+
+def test_a_final_failure_racing_a_copy_applied_elsewhere_is_not_dead_lettered(
+    engine: Engine,
+) -> None:
+    """Two copies of one message (a duplicate publish) in two instances: copy 1 commits
+    while copy 2's handler is failing for good. Copy 2 must not dead-letter (nor
+    compensate) a message that was applied."""
+    broker = InMemoryBroker()
+    m = Message(TOPIC, b"1", headers={"x-txmq-producer-group": "bank"})
+
+    class RacingPolicy(RetryPolicy):
+        def is_final(self, exc: BaseException, attempt: int) -> bool:
+            # Copy 1, in another instance, commits between copy 2's rollback and its
+            # dead-lettering.
+            with engine.begin() as c:
+                c.execute(
+                    inbox.insert().values(
+                        consumer_group=GROUP,
+                        message_key=m.id,
+                        topic=TOPIC,
+                        status="done",
+                        processed_at=datetime.now(UTC),
+                    )
+                )
+            return True
+
+    consumer = make_consumer(broker, engine, retry=RacingPolicy.no_retry(), compensate=True)
+
+    @consumer.handler(TOPIC)
+    def handler(message: Message, session: Session) -> None:
+        raise Reject("account closed")
+
+    broker.declare([*consumer.topologies(), Topology("bank-comp", "bank.compensation")])
+    with consumer:
+        consumer.start()
+        publish(broker, m)
+        wait_for(lambda: broker.acks == 1)
+    assert broker.messages(dead_letter_queue(GROUP, TOPIC)) == []
+    assert broker.messages(work_queue("bank-comp", "bank.compensation")) == []
+    assert consumer.stats.dead_lettered == 0
+    assert consumer.stats.duplicates == 1

@@ -318,7 +318,13 @@ class Worker:
                 "%s: message %s on %r failed for good at attempt %d: %s: %s",
                 *(self.name, item.message.id, item.message.topic, attempt, etype, etext),
             )
-            self._mark_dead(item, etype, etext)
+            entry = self._mark_dead(item, etype, etext)
+            if entry is not None and not entry.dead:
+                # Another copy of the message (a duplicate publish, in another worker or
+                # instance) committed while this one was failing: it was applied, so it
+                # is neither dead-lettered nor compensated.
+                self.plan.stats.add("duplicates")
+                return
             self._dead_letter(item, etype, etext, attempt)
             return
         stage = policy.stage(attempt)
@@ -335,11 +341,15 @@ class Worker:
         self._send(retry_queue(topology.group, topology.topic, stage), copy)
         self.plan.stats.add("retried")
 
-    def _mark_dead(self, item: _Item, etype: str, etext: str) -> None:
+    def _mark_dead(self, item: _Item, etype: str, etext: str) -> InboxEntry | None:
+        """Commit the ``dead`` inbox row; return the row found instead if one exists."""
         with self._transactions.begin() as (_, connection):
-            self.plan.inbox.claim(
+            inbox = self.plan.inbox
+            if inbox.claim(
                 connection, item.key, item.message.topic, status=STATUS_DEAD, error=(etype, etext)
-            )
+            ):
+                return None
+            return inbox.lookup(connection, [item.key]).get(item.key)
 
     def _forward_dead(self, item: _Item, entry: InboxEntry) -> None:
         """A redelivery of a message already marked dead: make sure it reached the DLQ."""
