@@ -442,3 +442,24 @@ def test_a_final_failure_racing_a_copy_applied_elsewhere_is_not_dead_lettered(
     assert broker.messages(work_queue("bank-comp", "bank.compensation")) == []
     assert consumer.stats.dead_lettered == 0
     assert consumer.stats.duplicates == 1
+
+
+def test_failures_are_logged_without_secrets(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = InMemoryBroker()
+    consumer = make_consumer(broker, engine, batch_size=5, prefetch=5,
+                             retry=RetryPolicy.no_retry())  # fmt: skip
+
+    @consumer.handler(TOPIC)
+    def handler(message: Message, session: Session) -> None:
+        raise RuntimeError("cannot reach amqp://app:s3cret@core-banking/")
+
+    broker.declare(consumer.topologies())
+    publish(broker, *(Message(TOPIC, b"x") for _ in range(3)))
+    with caplog.at_level("DEBUG", logger="txmq"), consumer:
+        consumer.start()
+        wait_for(lambda: consumer.stats.dead_lettered == 3)
+    assert consumer.stats.batch_fallbacks >= 1
+    assert "core-banking" in caplog.text
+    assert "s3cret" not in caplog.text

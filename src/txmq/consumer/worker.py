@@ -295,7 +295,10 @@ class Worker:
                     found = plan.inbox.lookup(connection, {item.key for item in items})
                     dead = {key: entry for key, entry in found.items() if entry.dead}
         except Exception as exc:
-            log.info("%s: batch of %d failed (%s); redoing one by one", self.name, len(items), exc)
+            log.info(
+                "%s: batch of %d failed (%s); redoing one by one",
+                *(self.name, len(items), error_text(exc)),
+            )
             plan.stats.add("batch_fallbacks")
             for item in items:
                 self._process_one(item, settled)
@@ -404,7 +407,7 @@ class Worker:
         )
         log.warning(
             "%s: undecodable message on %r dead-lettered as %s: %s",
-            *(self.name, delivery.source, copy.id, reason),
+            *(self.name, delivery.source, copy.id, error_text(reason)),
         )
         self._send(dead_letter_queue(route.topology.group, route.topology.topic), copy)
         self.plan.stats.add("dead_lettered")
