@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from txmq.testing import provision
-from txmq.testing.provision import containers, images, kafka_dist, launch, state
+from txmq.testing.provision import containers, debian, images, kafka_dist, launch, state
 from txmq.testing.provision.common import Ports, ProvisionError, url_for
 from txmq.testing.provision.engine import Engine
 from txmq.testing.provision.lifecycle import Endpoints, resolve_mode
@@ -302,3 +302,51 @@ def test_a_taken_port_is_named_before_anything_starts() -> None:
         taken = listener.getsockname()[1]
         with pytest.raises(ProvisionError, match=f"127.0.0.1:{taken}.*TXMQ_PORT_POSTGRES"):
             provision.start("postgres", "process", Ports(postgres=taken))
+
+
+class FakeApt:
+    """Stands in for subprocess.run in debian.install; notes whether services may start."""
+
+    def __init__(self, policy: Path, *, install_rc: int) -> None:
+        self.policy = policy
+        self.install_rc = install_rc
+        self.policy_during: list[str] = []
+
+    def __call__(self, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        self.policy_during.append(self.policy.read_text() if self.policy.exists() else "")
+        rc = self.install_rc if argv[1] == "install" else 0
+        return subprocess.CompletedProcess(argv, rc, "", "E: no such package")
+
+
+@pytest.mark.parametrize("install_rc", [0, 100])
+def test_installed_packages_start_no_services_and_the_policy_goes_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, install_rc: int
+) -> None:
+    # A dockerd started by docker.io's postinst would clash with the one txmq starts.
+    policy = tmp_path / "policy-rc.d"
+    apt = FakeApt(policy, install_rc=install_rc)
+    monkeypatch.setattr(debian, "POLICY_RC_D", policy)
+    monkeypatch.setattr(debian, "can_install", lambda: True)
+    monkeypatch.setattr(debian.subprocess, "run", apt)
+    if install_rc:
+        with pytest.raises(ProvisionError, match=r"apt-get install docker\.io failed"):
+            debian.install("docker.io")
+    else:
+        debian.install("docker.io")
+    assert apt.policy_during
+    assert all("exit 101" in text for text in apt.policy_during)
+    assert not policy.exists()
+
+
+def test_a_policy_already_in_place_is_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = tmp_path / "policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 0\n")
+    apt = FakeApt(policy, install_rc=0)
+    monkeypatch.setattr(debian, "POLICY_RC_D", policy)
+    monkeypatch.setattr(debian, "can_install", lambda: True)
+    monkeypatch.setattr(debian.subprocess, "run", apt)
+    debian.install("debootstrap")
+    assert apt.policy_during == ["#!/bin/sh\nexit 0\n"]
+    assert policy.read_text() == "#!/bin/sh\nexit 0\n"
