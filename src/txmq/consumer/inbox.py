@@ -3,6 +3,11 @@
 PostgreSQL and SQLite use ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` (no exception,
 no aborted transaction; the returned row says "new"); other databases insert inside a
 savepoint and read a unique violation as a duplicate.
+
+On PostgreSQL the claim of one message goes straight to the DBAPI cursor, in the same
+transaction: SQLAlchemy's work per execution (cache key, execution context, result
+wrapping) costs as much CPU as the driver's own round trip, and this statement runs once
+per message. Engine events (``before_cursor_execute``) do not see it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,18 @@ from sqlalchemy.exc import IntegrityError
 
 from txmq.consumer.tables import STATUS_DEAD, STATUS_DONE, default_inbox_table
 
-_UPSERT_DIALECTS = frozenset({"postgresql", "sqlite"})
+#: DBAPI parameter styles taking ``%s`` placeholders (every synchronous PostgreSQL driver).
+_PERCENT_PARAMSTYLES = frozenset({"format", "pyformat"})
+#: Column order of the rows :meth:`Inbox.claim` writes through the cursor.
+_CLAIM_COLUMNS = (
+    "consumer_group",
+    "message_key",
+    "topic",
+    "status",
+    "processed_at",
+    "error_type",
+    "error_message",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,20 +57,17 @@ class Inbox:
         self.group = group
         self._statements: dict[str, Insert | None] = {}
         self._unnest: TextClause | None = None
+        self._claim_sql: str | None = None
 
     def _claim_statement(self, connection: Connection) -> Insert | None:
-        """``INSERT .. ON CONFLICT DO NOTHING RETURNING key`` where the dialect has it, else None.
+        """``INSERT .. ON CONFLICT DO NOTHING RETURNING key`` on SQLite, else None.
 
         Built once per dialect: the statement is on the path of every message.
         """
         dialect = connection.dialect.name
         if dialect not in self._statements:
             statement: Insert | None = None
-            if dialect == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-                statement = pg_insert(self.table).on_conflict_do_nothing()
-            elif dialect == "sqlite":
+            if dialect == "sqlite":
                 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
                 statement = sqlite_insert(self.table).on_conflict_do_nothing()
@@ -86,6 +99,9 @@ class Inbox:
         error: tuple[str, str] | None = None,
     ) -> bool:
         """Insert the row for ``key``; False if it already exists (a duplicate)."""
+        dialect = connection.dialect
+        if dialect.name == "postgresql" and dialect.paramstyle in _PERCENT_PARAMSTYLES:
+            return self._claim_postgresql(connection, key, topic, status, error)
         row = self._row(key, topic, status, error)
         statement = self._claim_statement(connection)
         if statement is not None:
@@ -97,6 +113,35 @@ class Inbox:
         except IntegrityError:
             return False
         return True
+
+    def _claim_postgresql(
+        self,
+        connection: Connection,
+        key: str,
+        topic: str,
+        status: str,
+        error: tuple[str, str] | None,
+    ) -> bool:
+        if self._claim_sql is None:
+            table, c = self._quoted(connection)
+            self._claim_sql = (
+                f"INSERT INTO {table} ({', '.join(c[name] for name in _CLAIM_COLUMNS)}) "
+                f"VALUES ({', '.join(['%s'] * len(_CLAIM_COLUMNS))}) "
+                f"ON CONFLICT DO NOTHING RETURNING {c['message_key']}"
+            )
+        values = (self.group, key, topic, status, datetime.now(UTC), *(error or (None, None)))
+        # The DBAPI connection under ``connection``: the row joins its open transaction.
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute(self._claim_sql, values)
+            return cursor.fetchone() is not None
+        finally:
+            cursor.close()
+
+    def _quoted(self, connection: Connection) -> tuple[str, dict[str, str]]:
+        """The table's quoted (schema-qualified) name and its quoted column names."""
+        quote = connection.dialect.identifier_preparer
+        return quote.format_table(self.table), {c.name: quote.quote(c.name) for c in self.table.c}
 
     def claim_many(self, connection: Connection, rows: Sequence[tuple[str, str]]) -> set[str]:
         """Insert rows ``(key, topic)`` in one statement; return the keys that were new."""
@@ -116,10 +161,9 @@ class Inbox:
         """One statement with two array parameters: its text never changes, so the driver
         and the server reuse its plan (a multi-row VALUES list would be new text per size)."""
         if self._unnest is None:
-            quote = connection.dialect.identifier_preparer
-            c = {column.name: quote.quote(column.name) for column in self.table.c}
+            table, c = self._quoted(connection)
             self._unnest = text(
-                f"INSERT INTO {quote.format_table(self.table)} "
+                f"INSERT INTO {table} "
                 f"({c['consumer_group']}, {c['message_key']}, {c['topic']}, {c['status']}, "
                 f"{c['processed_at']}) "
                 "SELECT :group, u.k, u.t, :status, :at "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field, fields
 
-from txmq.telemetry import CONSUMED
+from txmq.telemetry import CONSUMED, Metric
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +46,17 @@ class ConsumerStats:
     _counts: dict[str, int] = field(
         default_factory=lambda: {f.name: 0 for f in fields(StatsSnapshot)}
     )
+    #: ``CONSUMED`` per outcome, looked up once (a labels() lookup takes a lock of its own).
+    _metrics: dict[str, Metric] = field(default_factory=dict)
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] += n
+            metric = self._metrics.get(name)
+            if metric is None:
+                metric = self._metrics[name] = CONSUMED.labels(self.group, name)
         if n:
-            CONSUMED.labels(self.group, name).inc(n)
+            metric.inc(n)
 
     def snapshot(self) -> StatsSnapshot:
         with self._lock:

@@ -1,10 +1,11 @@
-"""The DB transaction a handler runs in: one transaction and one ``Session`` per message/batch.
+"""The DB transaction a handler runs in: one transaction per message or batch.
 
-By default each worker keeps one connection of the engine for its whole life and binds a
-fresh ``Session`` to it per transaction: checking a connection out of the pool and
-building a ``sessionmaker`` session per message costs more than the INSERT + COMMIT of
-the inbox row on a fast database. With an application ``session_factory`` the session
-comes from it instead (``with factory() as session, session.begin()``).
+By default each worker keeps one connection of the engine and one ``Session`` bound to it
+for its whole life, and closes the session (forgetting the handler's objects) after each
+transaction: checking a connection out of the pool and building a session per message
+costs more than the INSERT + COMMIT of the inbox row on a fast database. With an
+application ``session_factory`` the session comes from it instead (``with factory() as
+session, session.begin()``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Transactions:
         self._engine = engine
         self._factory = session_factory
         self._connection: Connection | None = None
+        self._session: Session | None = None
 
     @contextmanager
     def begin(self) -> Iterator[tuple[Session, Connection]]:
@@ -34,18 +36,19 @@ class Transactions:
             with self._factory() as session, session.begin():
                 yield session, session.connection()
             return
-        if self._connection is None:
+        if self._connection is None or self._session is None:
             self._connection = self._engine.connect()
-        connection = self._connection
+            self._session = Session(bind=self._connection)
+        connection, session = self._connection, self._session
         try:
             with connection.begin():
                 # The session joins the connection's transaction; the handler's pending ORM
                 # objects are flushed before the transaction commits.
-                session = Session(bind=connection)
                 try:
                     yield session, connection
                     session.flush()
                 finally:
+                    # The next message starts from an empty session; the connection stays.
                     session.close()
         except BaseException:
             # The connection may be broken; a fresh one is cheap next to a failure.
@@ -53,6 +56,7 @@ class Transactions:
             raise
 
     def close(self) -> None:
+        self._session = None
         if self._connection is not None:
             connection, self._connection = self._connection, None
             # Closing a broken connection may fail too; there is nothing left to release.

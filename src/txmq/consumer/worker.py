@@ -106,6 +106,7 @@ class Worker:
         self._subscription: Subscription | None = None
         self._publisher: Publisher | None = None
         self._transactions = Transactions(plan.engine, plan.session_factory)
+        self._handler_seconds = CONSUME_SECONDS.labels(plan.group)
         # Kafka retry topics that are paused, with the time to resume them.
         self._paused: dict[str, float] = {}
 
@@ -275,7 +276,7 @@ class Worker:
         started = time.perf_counter()
         with consume_span(item.message, group=self.plan.group, system=self.plan.adapter.system):
             item.route.handler(item.message, session)
-        CONSUME_SECONDS.labels(self.plan.group).observe(time.perf_counter() - started)
+        self._handler_seconds.observe(time.perf_counter() - started)
 
     def _process_batch(self, items: list[_Item], settled: list[Delivery]) -> None:
         plan = self.plan
