@@ -350,3 +350,33 @@ def test_a_policy_already_in_place_is_left_alone(
     debian.install("debootstrap")
     assert apt.policy_during == ["#!/bin/sh\nexit 0\n"]
     assert policy.read_text() == "#!/bin/sh\nexit 0\n"
+
+
+class FakeClient:
+    def close(self) -> None:
+        pass
+
+
+def _docker_errors() -> list[Exception]:
+    import docker
+    import requests
+
+    return [
+        docker.errors.APIError("500 Server Error: commit failed"),
+        requests.exceptions.ReadTimeout("read timed out"),
+    ]
+
+
+@pytest.mark.parametrize("error", _docker_errors(), ids=["api", "timeout"])
+def test_engine_errors_while_preparing_an_image_are_provision_errors(
+    monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    # Only a ProvisionError lets auto mode fall back to processes.
+    def failing_choose(broker: provision.Broker, client: object) -> images.Choice:
+        raise error
+
+    monkeypatch.setattr(containers.engine, "client", FakeClient)
+    monkeypatch.setattr(containers.images, "choose", failing_choose)
+    with pytest.raises(ProvisionError, match="kafka") as raised:
+        containers.start("kafka", Ports())
+    assert raised.value.__cause__ is error

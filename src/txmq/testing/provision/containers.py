@@ -136,6 +136,8 @@ def start(broker: Broker, ports: Ports, *, timeout: float = 180.0) -> Running:
     """
     # Set before testcontainers reads its configuration.
     os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+    import docker
+    import requests
     from testcontainers.core.config import testcontainers_config
     from testcontainers.core.container import DockerContainer
 
@@ -146,6 +148,9 @@ def start(broker: Broker, ports: Ports, *, timeout: float = 180.0) -> Running:
         if choice.flavour == "local":
             images.build(broker, client)
         host_network = _host_network(client)
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        # Wrapped, so that auto mode falls back to processes.
+        raise ProvisionError(f"cannot prepare the {broker} image: {exc}") from exc
     finally:
         client.close()
     container = DockerContainer(choice.image)
