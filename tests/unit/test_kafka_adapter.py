@@ -5,12 +5,15 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, TopicPartition
 
+from txmq.adapters import _kafka_subscription
 from txmq.adapters._kafka_client import ClientEvents, KafkaContext, _LibrdkafkaLog
 from txmq.adapters._kafka_offsets import OffsetTracker, Position
-from txmq.adapters._kafka_subscription import _prefetch_config
+from txmq.adapters._kafka_subscription import KafkaSubscription, _prefetch_config
 from txmq.adapters._kafka_wire import decode_message, decode_record, encode_headers, encode_key
 from txmq.adapters.base import Topology
 from txmq.adapters.kafka import KafkaAdapter
@@ -74,15 +77,41 @@ def test_offsets_never_delivered_do_not_hold_the_commit() -> None:
     assert tracker.commit_points() == {P: 8}
 
 
-def test_a_commit_point_is_offered_until_recorded_as_committed() -> None:
+def test_a_commit_point_is_offered_until_requested_and_again_after_it_failed() -> None:
     tracker = OffsetTracker()
     tracker.assign([P])
-    [a] = tracked(tracker, 0)
+    a, b = tracked(tracker, 0, 1)
     tracker.done(a)
     assert tracker.commit_points() == {P: 1}
-    assert tracker.commit_points() == {P: 1}  # e.g. the commit failed: offered again
-    tracker.committed(P, 1)
+    assert tracker.commit_points() == {P: 1}  # e.g. the commit could not be sent: offered again
+    tracker.requested(P, 1)
     assert tracker.commit_points() == {}
+    tracker.done(b)
+    tracker.requested(P, 2)
+    tracker.failed(P, 1)  # an older commit's failure: the newer one covers it
+    assert tracker.commit_points() == {}
+    tracker.failed(P, 2)
+    assert tracker.commit_points() == {P: 2}
+
+
+def test_unconfirmed_offsets_include_those_requested_but_not_confirmed() -> None:
+    # A synchronous commit (rebalance, close) must not trust asynchronous ones in flight.
+    tracker = OffsetTracker()
+    tracker.assign([P, ("orders", 1)])
+    a, b = tracked(tracker, 4, 5)
+    tracked(tracker, 0, partition=1)  # nothing finished there: nothing to commit
+    tracker.done(a)
+    tracker.requested(P, 5)
+    assert tracker.commit_points() == {}
+    assert tracker.unconfirmed() == {P: 5}
+    assert tracker.unconfirmed([("orders", 1), ("orders", 2)]) == {}
+    tracker.confirmed(P, 5)
+    assert tracker.unconfirmed() == {}
+    tracker.done(b)
+    tracker.confirmed(P, 6)  # e.g. a synchronous commit: no asynchronous one needed
+    tracker.confirmed(P, 5)  # a late confirmation of an older commit changes nothing
+    assert tracker.commit_points() == {}
+    assert tracker.unconfirmed() == {}
 
 
 def test_partitions_are_tracked_independently() -> None:
@@ -299,3 +328,121 @@ def test_missing_confluent_kafka_asks_for_the_extra(monkeypatch: pytest.MonkeyPa
     monkeypatch.delitem(sys.modules, "txmq.adapters.kafka")
     with pytest.raises(MissingDependency, match=r"pip install txmq\[kafka\]"):
         importlib.import_module("txmq.adapters.kafka")
+
+
+# --- subscription commits, against a stand-in for confluent-kafka's Consumer -----------
+
+
+class _Record:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self._where = (topic, partition, offset)
+        self._message = Message(topic, b"%d" % offset)
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._where[0]
+
+    def partition(self) -> int:
+        return self._where[1]
+
+    def offset(self) -> int:
+        return self._where[2]
+
+    def key(self) -> None:
+        return None
+
+    def value(self) -> bytes:
+        return self._message.body
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return encode_headers(self._message)
+
+
+class _FakeConsumer:
+    """Records commits; hands out the records it was given; close revokes its partitions."""
+
+    def __init__(self, config: dict[str, object]) -> None:
+        self.on_commit = config["on_commit"]
+        self.records: list[_Record] = []
+        self.commits: list[tuple[str, dict[tuple[str, int], int]]] = []
+        self.callbacks: dict[str, Any] = {}
+        self.assigned: list[TopicPartition] = []
+
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+        self.callbacks = callbacks
+
+    def incremental_assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned = partitions
+
+    def poll(self, timeout: float) -> _Record | None:
+        return self.records.pop(0) if self.records else None
+
+    def consume(self, num_messages: int, timeout: float) -> list[_Record]:
+        taken, self.records = self.records[:num_messages], self.records[num_messages:]
+        return taken
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> Any:
+        mode = "async" if asynchronous else "sync"
+        self.commits.append((mode, {(tp.topic, tp.partition): tp.offset for tp in offsets}))
+        return None if asynchronous else offsets
+
+    def close(self) -> None:
+        self.callbacks["on_revoke"](self, self.assigned)
+
+
+@pytest.fixture
+def fake_subscription(monkeypatch: pytest.MonkeyPatch) -> tuple[KafkaSubscription, _FakeConsumer]:
+    monkeypatch.setattr(_kafka_subscription, "Consumer", _FakeConsumer)
+    subscription = KafkaSubscription(
+        KafkaContext(settings("kafka://127.0.0.1:9092")), "g", ["orders"], prefetch=10
+    )
+    consumer = subscription._consumer
+    assert isinstance(consumer, _FakeConsumer)
+    partition = TopicPartition("orders", 0)
+    consumer.callbacks["on_assign"](consumer, [partition])
+    consumer.records = [_Record("orders", 0, offset) for offset in range(100)]
+    return subscription, consumer
+
+
+def test_acks_are_committed_asynchronously_at_most_once_per_interval(
+    fake_subscription: tuple[KafkaSubscription, _FakeConsumer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subscription, consumer = fake_subscription
+    monkeypatch.setattr(_kafka_subscription, "_COMMIT_INTERVAL", 3600.0)
+    deliveries = subscription.poll(0, max_messages=100)
+    assert len(deliveries) == 100
+    for delivery in deliveries[:50]:
+        subscription.ack([delivery])
+    assert consumer.commits == [("async", {P: 1})]  # the rest waits for the interval
+    subscription.close()
+    assert consumer.commits[1:] == [("sync", {P: 50})]  # close covers what is finished
+
+
+def test_a_failed_asynchronous_commit_is_sent_again(
+    fake_subscription: tuple[KafkaSubscription, _FakeConsumer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subscription, consumer = fake_subscription
+    monkeypatch.setattr(_kafka_subscription, "_COMMIT_INTERVAL", 0.0)
+    deliveries = subscription.poll(0, max_messages=100)
+    subscription.ack(deliveries[:3])
+    subscription.ack([])  # nothing new: nothing sent
+    assert consumer.commits == [("async", {P: 3})]
+    consumer.on_commit(KafkaError(KafkaError.REQUEST_TIMED_OUT), [TopicPartition(*P, 3)])
+    subscription.poll(0, max_messages=0)
+    assert consumer.commits[1:] == [("async", {P: 3})]
+
+
+def test_a_revoked_partition_is_committed_synchronously(
+    fake_subscription: tuple[KafkaSubscription, _FakeConsumer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subscription, consumer = fake_subscription
+    monkeypatch.setattr(_kafka_subscription, "_COMMIT_INTERVAL", 0.0)
+    deliveries = subscription.poll(0, max_messages=100)
+    subscription.ack(deliveries[:2])
+    consumer.callbacks["on_revoke"](consumer, consumer.assigned)
+    assert consumer.commits == [("async", {P: 2}), ("sync", {P: 2})]
+    subscription.ack(deliveries[2:4])  # revoked: the next owner reads them again
+    subscription.close()
+    assert len(consumer.commits) == 2

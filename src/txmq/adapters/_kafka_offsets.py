@@ -50,7 +50,10 @@ class _PartitionState:
     done: set[int] = field(default_factory=set)
     #: Offset to commit next (one past the last finished run), once something finished.
     commit_to: int | None = None
-    committed: int | None = None
+    #: Offset of the last commit sent (its result may still be on the way).
+    requested: int | None = None
+    #: Highest offset whose commit the broker confirmed.
+    confirmed: int = -1
     highest_delivered: int = -1
 
 
@@ -142,24 +145,54 @@ class OffsetTracker:
         self, partitions: Iterable[PartitionKey] | None = None
     ) -> dict[PartitionKey, int]:
         """Offsets to commit: per partition whose finished run grew since its last commit."""
-        keys = self._partitions.keys() if partitions is None else partitions
-        points: dict[PartitionKey, int] = {}
-        for key in keys:
-            state = self._partitions.get(key)
-            if state is not None and state.commit_to not in (None, state.committed):
-                points[key] = state.commit_to
-        return points
+        return {
+            key: state.commit_to
+            for key, state in self._states(partitions)
+            if state.commit_to not in (None, state.requested, state.confirmed)
+        }
 
-    def committed(self, key: PartitionKey, offset: int) -> None:
-        """Record that ``offset`` was committed for partition ``key``."""
+    def unconfirmed(
+        self, partitions: Iterable[PartitionKey] | None = None
+    ) -> dict[PartitionKey, int]:
+        """Offsets to commit per partition whose finished run is not confirmed committed.
+
+        What a synchronous commit must cover: a commit sent asynchronously may still fail.
+        """
+        return {
+            key: state.commit_to
+            for key, state in self._states(partitions)
+            if state.commit_to is not None and state.commit_to != state.confirmed
+        }
+
+    def requested(self, key: PartitionKey, offset: int) -> None:
+        """Record that a commit of ``offset`` was sent for partition ``key``."""
         state = self._partitions.get(key)
         if state is not None:
-            state.committed = offset
+            state.requested = offset
+
+    def confirmed(self, key: PartitionKey, offset: int) -> None:
+        """The broker confirmed the commit of ``offset`` for partition ``key``."""
+        state = self._partitions.get(key)
+        if state is not None:
+            state.confirmed = max(state.confirmed, offset)
+
+    def failed(self, key: PartitionKey, offset: int) -> None:
+        """The commit of ``offset`` failed: offer the partition's offset again."""
+        state = self._partitions.get(key)
+        if state is not None and state.requested == offset:
+            state.requested = None
 
     def pending(self, key: PartitionKey) -> list[int]:
         """Delivered offsets of ``key`` not yet committable (for diagnostics and tests)."""
         state = self._partitions.get(key)
         return list(state.outstanding) if state is not None else []
+
+    def _states(
+        self, partitions: Iterable[PartitionKey] | None
+    ) -> list[tuple[PartitionKey, _PartitionState]]:
+        if partitions is None:
+            return list(self._partitions.items())
+        return [(key, self._partitions[key]) for key in partitions if key in self._partitions]
 
     def _current(self, position: Position) -> _PartitionState | None:
         state = self._partitions.get(position.key)

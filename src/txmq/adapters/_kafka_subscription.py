@@ -24,7 +24,7 @@ from confluent_kafka import (
 )
 from confluent_kafka import Message as Record
 
-from txmq.adapters._kafka_client import ClientEvents, KafkaContext, error_of, is_unreachable, logger
+from txmq.adapters._kafka_client import ClientEvents, KafkaContext, logger
 from txmq.adapters._kafka_offsets import OffsetTracker, PartitionKey, Position
 from txmq.adapters._kafka_wire import decode_record
 from txmq.adapters.base import Delivery, Subscription
@@ -49,6 +49,8 @@ _CONSUMER_REQUIRED: dict[str, Any] = {
     # the group's first poll is skipped.
     "auto.offset.reset": "earliest",
 }
+#: Seconds between asynchronous offset commits: acknowledgements in between are coalesced.
+_COMMIT_INTERVAL = 0.1
 #: Fetch budget per prefetched message, and the bounds of the whole fetch buffer.
 _KBYTES_PER_PREFETCH = 16
 _MIN_QUEUE_KBYTES, _MAX_QUEUE_KBYTES = 1024, 65_536
@@ -95,18 +97,20 @@ def _create_consumer(context: KafkaContext, config: dict[str, Any]) -> Consumer:
 class KafkaSubscription(Subscription):
     """A consumer group member over Kafka topics, acknowledging message by message.
 
-    * :meth:`ack` commits (synchronously) per partition the offset past the longest run
-      of acknowledged messages: an unacknowledged message at offset ``k`` keeps the
-      commit at ``k`` even when later ones are done, so it is redelivered if this
-      consumer dies.
+    * :meth:`ack` commits per partition the offset past the longest run of acknowledged
+      messages: an unacknowledged message at offset ``k`` keeps the commit at ``k`` even
+      when later ones are done, so it is redelivered if this consumer dies. Commits are
+      asynchronous and coalesced (at most one per 0.1 s, sent by :meth:`ack` or
+      :meth:`poll`); a failed one is sent again. A commit lost to a crash only means
+      redelivery of finished messages, never that an unfinished one is skipped.
     * :meth:`release` seeks the partition back to the lowest released offset: that
       message and every later one of its partition are delivered again.
     * :meth:`pause` / :meth:`resume` stop and restart fetching from topics (retry topics
       whose next message is not due yet). Messages already returned by :meth:`poll` are
       not taken back by pausing: :meth:`release` them.
-    * On a rebalance, what is finished is committed before partitions are given up, and
-      deliveries of revoked partitions can no longer be acknowledged (their next owner
-      gets them again).
+    * On a rebalance, and on :meth:`close`, what is finished is committed synchronously
+      before partitions are given up; deliveries of revoked partitions can no longer be
+      acknowledged (their next owner gets them again).
     * ``Delivery.redelivered`` is true for records this subscription delivered before
       (after :meth:`release`); Kafka does not say whether another member had them.
 
@@ -122,10 +126,11 @@ class KafkaSubscription(Subscription):
         self._tracker = OffsetTracker()
         self._paused: set[str] = set()
         self._closed = False
+        self._next_commit = 0.0  # time.monotonic() from which an asynchronous commit may go
         config = context.config(
             self._events,
             defaults={**_CONSUMER_DEFAULTS, **_prefetch_config(prefetch)},
-            required={**_CONSUMER_REQUIRED, "group.id": group},
+            required={**_CONSUMER_REQUIRED, "group.id": group, "on_commit": self._on_commit},
         )
         self._cooperative = config["partition.assignment.strategy"] == "cooperative-sticky"
         self._consumer = _create_consumer(context, config)
@@ -146,6 +151,7 @@ class KafkaSubscription(Subscription):
                 (the subscription reconnects by itself and may be polled again).
         """
         consumer = self._open_consumer()
+        self._commit_soon(consumer)
         try:
             records = _fetch(consumer, max_messages, timeout)
         except KafkaException as exc:
@@ -163,20 +169,16 @@ class KafkaSubscription(Subscription):
         return deliveries
 
     def ack(self, deliveries: Iterable[Delivery]) -> None:
-        """Mark ``deliveries`` done and commit what that makes committable.
+        """Mark ``deliveries`` done; what that makes committable is committed asynchronously.
 
         Deliveries of partitions revoked since they were polled are ignored: the new owner
-        of the partition gets them again. A commit the group refuses (rebalancing) is left
-        for the next ack or rebalance to retry.
-
-        Raises:
-            BrokerUnavailable: the commit failed because the broker cannot be reached.
+        of the partition gets them again.
         """
         consumer = self._open_consumer()
         for delivery in deliveries:
             if isinstance(delivery.token, Position):
                 self._tracker.done(delivery.token)
-        self._commit(consumer, self._tracker.commit_points(), raise_unreachable=True)
+        self._commit_soon(consumer)
 
     def release(self, deliveries: Iterable[Delivery]) -> None:
         """Deliver ``deliveries`` again: seek each partition back to its lowest one."""
@@ -232,7 +234,7 @@ class KafkaSubscription(Subscription):
             return
         self._closed = True
         try:
-            self._commit(self._consumer, self._tracker.commit_points(), raise_unreachable=False)
+            self._commit_now(self._consumer, self._tracker.unconfirmed())
             self._consumer.close()
         except (KafkaException, RuntimeError) as exc:
             logger.warning(
@@ -281,39 +283,68 @@ class KafkaSubscription(Subscription):
             ) from exc
         self._events.brokers_down = False
 
-    def _commit(
-        self, consumer: Consumer, points: dict[PartitionKey, int], *, raise_unreachable: bool
-    ) -> None:
+    def _commit_soon(self, consumer: Consumer) -> None:
+        """Send the new commit points asynchronously, unless one was sent very recently.
+
+        Nothing waits for the broker: the result comes to :meth:`_on_commit` during a
+        later poll. Coalescing keeps per-message acks from making a commit each.
+        """
+        now = time.monotonic()
+        if now < self._next_commit:
+            return
+        points = self._tracker.commit_points()
         if not points:
             return
-        offsets = [TopicPartition(topic, part, offset) for (topic, part), offset in points.items()]
+        self._next_commit = now + _COMMIT_INTERVAL
         try:
-            results = consumer.commit(offsets=offsets, asynchronous=False)
+            consumer.commit(offsets=_topic_partitions(points), asynchronous=True)
         except KafkaException as exc:
-            error = error_of(exc)
-            text = self._context.describe(exc)
-            if raise_unreachable and is_unreachable(error):
-                raise BrokerUnavailable(
-                    f"Kafka offset commit of group {self.group!r} failed: {text}"
-                ) from exc
             logger.warning(
-                "Kafka offset commit of group %r failed (retried on the next ack; the "
-                "messages are redelivered if it never succeeds): %s",
+                "Kafka offset commit of group %r not sent (sent again later): %s",
                 self.group,
-                text,
+                self._context.describe(exc),
             )
             return
-        for result in results:
+        for key, offset in points.items():
+            self._tracker.requested(key, offset)
+
+    def _commit_now(self, consumer: Consumer, points: dict[PartitionKey, int]) -> None:
+        """Commit ``points`` synchronously (partitions are being given up: last chance)."""
+        if not points:
+            return
+        try:
+            results = consumer.commit(offsets=_topic_partitions(points), asynchronous=False)
+        except KafkaException as exc:
+            logger.warning(
+                "Kafka offset commit of group %r failed (the messages are delivered again): %s",
+                self.group,
+                self._context.describe(exc),
+            )
+            return
+        for result in results or ():
             if result.error is None:
-                self._tracker.committed((result.topic, result.partition), result.offset)
+                self._tracker.confirmed((result.topic, result.partition), result.offset)
             else:
-                logger.warning(
-                    "Kafka offset commit of group %r for %s[%d] failed: %s",
-                    self.group,
-                    result.topic,
-                    result.partition,
-                    self._context.describe(result.error),
-                )
+                self._log_commit_failure(result, result.error)
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """Result of an asynchronous commit (confluent-kafka's ``on_commit``)."""
+        for result in partitions:
+            key, failure = (result.topic, result.partition), result.error or error
+            if failure is None:
+                self._tracker.confirmed(key, result.offset)
+            else:
+                self._tracker.failed(key, result.offset)
+                self._log_commit_failure(result, failure)
+
+    def _log_commit_failure(self, result: TopicPartition, error: KafkaError) -> None:
+        logger.warning(
+            "Kafka offset commit of group %r for %s[%d] failed: %s",
+            self.group,
+            result.topic,
+            result.partition,
+            self._context.describe(error),
+        )
 
     def _assigned(self, topics: set[str]) -> list[TopicPartition]:
         return [tp for tp in self._open_consumer().assignment() if tp.topic in topics]
@@ -332,12 +363,16 @@ class KafkaSubscription(Subscription):
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        self._commit(consumer, self._tracker.commit_points(keys), raise_unreachable=False)
+        self._commit_now(consumer, self._tracker.unconfirmed(keys))
         self._tracker.revoke(keys)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost, not revoked: the group already gave them to someone else; a commit would fail.
         self._tracker.revoke((tp.topic, tp.partition) for tp in partitions)
+
+
+def _topic_partitions(points: dict[PartitionKey, int]) -> list[TopicPartition]:
+    return [TopicPartition(topic, part, offset) for (topic, part), offset in points.items()]
 
 
 def read_topic(context: KafkaContext, topic: str, *, limit: int, timeout: float) -> list[Delivery]:
