@@ -342,6 +342,57 @@ def test_batch_mode_isolates_a_poison_message(env: Env) -> None:
     assert sorted(env.applied_ids()) == sorted(m.id for m in messages if m.body == b"ok")
 
 
+def test_kafka_a_slow_message_holds_the_committed_offset(env: Env, broker_url: str) -> None:
+    """Messages after a slow one may finish first (here: other groups' DLQ replays, settled
+    without a handler); the group's committed offset still stops at the slow one."""
+    if txmq.parse_broker_url(broker_url).system != "kafka":
+        pytest.skip("Kafka offsets")
+    started, release = threading.Event(), threading.Event()
+    consumer = env.consumer(batch_size=2, prefetch=20)
+
+    @consumer.handler(env.topic)
+    def handler(message: Message, session: Session) -> None:
+        if message.body == b"slow":
+            started.set()
+            release.wait(WAIT)
+        env.record(message, session)
+
+    # One key, so one partition: offsets 0-1 fast, 2 slow, 3-7 replays for another group.
+    replays = [
+        Message(env.topic, b"not ours", key="k", headers={"x-txmq-target-group": "other"})
+        for _ in range(5)
+    ]
+    fast = [Message(env.topic, b"fast", key="k") for _ in range(2)]
+    env.publish(*fast, Message(env.topic, b"slow", key="k"), *replays)  # before the first poll
+    with consumer:
+        consumer.start()
+        assert started.wait(WAIT)
+        assert consumer.stats.skipped == 5
+        assert consumer.stats.processed == 2
+        assert committed_offsets(broker_url, env.group, env.topic) == [2]
+        release.set()
+        wait_for(lambda: committed_offsets(broker_url, env.group, env.topic) == [8])
+    assert consumer.stats.processed == 3
+
+
+def committed_offsets(broker_url: str, group: str, topic: str) -> list[int]:
+    """The offsets ``group`` committed on ``topic``'s partitions (those with a commit)."""
+    from confluent_kafka import Consumer as KafkaConsumer
+    from confluent_kafka import TopicPartition
+
+    settings = txmq.parse_broker_url(broker_url)
+    # Asks the group coordinator without joining the group.
+    reader = KafkaConsumer(
+        {"bootstrap.servers": ",".join(settings.bootstrap_servers), "group.id": group}
+    )
+    try:
+        partitions = reader.list_topics(topic, timeout=10).topics[topic].partitions
+        found = reader.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+    finally:
+        reader.close()
+    return [tp.offset for tp in found if tp.offset >= 0]
+
+
 def publish_raw(broker_url: str, topic: str, body: bytes, headers: dict[str, str]) -> None:
     """Publish something that is not a txmq message (no id), the way a legacy app would."""
     settings = txmq.parse_broker_url(broker_url)
