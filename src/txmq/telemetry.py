@@ -78,9 +78,26 @@ CONSUMED = _metric(
 CONSUME_SECONDS = _metric(
     "Histogram",
     "txmq_consume_duration_seconds",
-    "Handler plus inbox transaction time per message or batch.",
+    "Time spent in the handler, per message.",
     ["group"],
 )
+
+
+def _otel() -> Any:
+    """The ``opentelemetry`` API modules, or None when it is not installed (looked up once)."""
+    global _OTEL  # noqa: PLW0603 - a one-time import cache
+    if _OTEL is _UNSET:
+        try:
+            from opentelemetry import propagate, trace
+
+            _OTEL = (propagate, trace, trace.get_tracer("txmq"))
+        except ImportError:
+            _OTEL = None
+    return _OTEL
+
+
+_UNSET: Any = object()
+_OTEL: Any = _UNSET
 
 
 def with_trace_context(message: Message) -> Message:
@@ -88,12 +105,11 @@ def with_trace_context(message: Message) -> Message:
 
     Returns ``message`` itself when there is no active span or no OpenTelemetry.
     """
-    try:
-        from opentelemetry import propagate
-    except ImportError:
+    otel = _otel()
+    if otel is None:
         return message
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    otel[0].inject(carrier)
     if not carrier or carrier.items() <= message.headers.items():
         return message
     return message.with_headers(**carrier)
@@ -102,13 +118,12 @@ def with_trace_context(message: Message) -> Message:
 @contextlib.contextmanager
 def consume_span(message: Message, *, group: str, system: str) -> Iterator[None]:
     """A CONSUMER span for processing ``message``, child of the producer's trace."""
-    try:
-        from opentelemetry import propagate, trace
-    except ImportError:
+    otel = _otel()
+    if otel is None:
         yield
         return
-    context = propagate.extract(dict(message.headers))
-    tracer = trace.get_tracer("txmq")
+    propagate, trace, tracer = otel
+    context = propagate.extract(message.headers) if "traceparent" in message.headers else None
     attributes: Mapping[str, Any] = {
         "messaging.system": system,
         "messaging.operation.type": "process",
