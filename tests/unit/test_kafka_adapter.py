@@ -304,7 +304,12 @@ def test_librdkafka_log_lines_are_scrubbed_and_transport_noise_demoted(
 
 
 def test_prefetch_sizes_the_fetch_buffer() -> None:
-    assert _prefetch_config(100) == {"queued.min.messages": 100, "queued.max.messages.kbytes": 1600}
+    assert _prefetch_config(100) == {
+        "queued.min.messages": 100,
+        "queued.max.messages.kbytes": 1600,
+        # librdkafka's default (1 s) pauses a small buffer's refill: ~7k msg/s at most.
+        "fetch.queue.backoff.ms": 10,
+    }
     assert _prefetch_config(0)["queued.min.messages"] == 1
     assert _prefetch_config(1)["queued.max.messages.kbytes"] == 1024
     assert _prefetch_config(1_000_000)["queued.max.messages.kbytes"] == 65_536
