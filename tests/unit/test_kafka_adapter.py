@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from txmq.adapters import _kafka_subscription
 from txmq.adapters._kafka_client import ClientEvents, KafkaContext, _LibrdkafkaLog
@@ -451,3 +451,21 @@ def test_a_revoked_partition_is_committed_synchronously(
     subscription.ack(deliveries[2:4])  # revoked: the next owner reads them again
     subscription.close()
     assert len(consumer.commits) == 2
+
+
+def test_close_tries_its_synchronous_commit_once(
+    fake_subscription: tuple[KafkaSubscription, _FakeConsumer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without a coordinator a synchronous commit fails only after session.timeout.ms (10 s);
+    # the revocation inside Consumer.close() must not wait that long a second time.
+    subscription, consumer = fake_subscription
+    monkeypatch.setattr(_kafka_subscription, "_COMMIT_INTERVAL", 3600.0)
+    subscription.ack(subscription.poll(0, max_messages=5))
+
+    def no_coordinator(*, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        consumer.commits.append(("sync", {}))
+        raise KafkaException(KafkaError(KafkaError._WAIT_COORD))
+
+    monkeypatch.setattr(consumer, "commit", no_coordinator)
+    subscription.close()
+    assert consumer.commits == [("async", {P: 5}), ("sync", {})]

@@ -236,7 +236,9 @@ class KafkaSubscription(Subscription):
     def close(self) -> None:
         """Commit what is finished, leave the group and disconnect. Idempotent.
 
-        Unacknowledged deliveries are delivered again to the group.
+        Unacknowledged deliveries are delivered again to the group. The commit waits for
+        the broker; without a reachable group coordinator it gives up after
+        ``session.timeout.ms`` (10 s by default).
         """
         if self._closed:
             return
@@ -371,7 +373,8 @@ class KafkaSubscription(Subscription):
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        self._commit_now(consumer, self._tracker.unconfirmed(keys))
+        if not self._closed:  # close() has just committed, or found it could not
+            self._commit_now(consumer, self._tracker.unconfirmed(keys))
         self._tracker.revoke(keys)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
