@@ -35,6 +35,27 @@ def test_a_missing_broker_fails_when_brokers_are_required(
     result.stdout.fnmatch_lines(["*TXMQ_TEST_DATABASE_URL is not set*TXMQ_REQUIRE_BROKERS*"])
 
 
+def test_a_skipped_broker_test_fails_when_brokers_are_required(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TXMQ_REQUIRE_BROKERS", "1")
+    monkeypatch.setenv("TXMQ_TEST_KAFKA_URL", "kafka://127.0.0.1:2")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        def test_broker(kafka_url):
+            pytest.skip("only on the other broker")
+
+        def test_no_broker():
+            pytest.skip("nothing to do with brokers")
+        """
+    )
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*a broker test was skipped while TXMQ_REQUIRE_BROKERS*"])
+
+
 def test_env_urls_win_and_broker_url_covers_both_brokers(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:

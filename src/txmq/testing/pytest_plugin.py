@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, cast
 
 import pytest
@@ -154,3 +154,24 @@ def database_url(txmq_brokers: BrokerSupply) -> str:
 def broker_url(request: pytest.FixtureRequest, txmq_brokers: BrokerSupply) -> str:
     """Each broker in turn (test ids ``[rabbitmq]`` and ``[kafka]``)."""
     return txmq_brokers.url(cast("Broker", request.param))
+
+
+_BROKER_FIXTURES = frozenset({"rabbitmq_url", "kafka_url", "database_url", "broker_url"})
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """With ``TXMQ_REQUIRE_BROKERS=1``, a skipped test that uses a broker fixture fails:
+    CI must run every broker test, whatever skipped it."""
+    report: pytest.TestReport = yield
+    if (
+        report.skipped
+        and not hasattr(report, "wasxfail")
+        and _BROKER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        and _required()
+    ):
+        report.outcome = "failed"
+        report.longrepr = f"a broker test was skipped while {REQUIRE_ENV} is set: {report.longrepr}"
+    return report
