@@ -195,7 +195,7 @@ def main() -> None:
     )
     parser.add_argument("--count", type=int, default=20000, help="messages for raw and batch")
     parser.add_argument("--per-message-count", type=int, default=3000)
-    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3, help="median of this many rounds")
     args = parser.parse_args()
 
