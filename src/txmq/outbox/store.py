@@ -25,6 +25,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    null,
     or_,
     select,
     update,
@@ -86,6 +87,51 @@ class OutboxStore:
         self.tables = tables
         self.dialect = engine.dialect.name
         self.skip_locked = self.dialect in _SKIP_LOCKED_DIALECTS
+        records = tables.records
+        self._claim = (
+            select(
+                records.c.seq,
+                records.c.id,
+                records.c.topic,
+                records.c.key,
+                records.c.headers,
+                records.c.body,
+                records.c.publish_attempts,
+            )
+            .where(
+                records.c.state == bindparam("ready", RecordState.READY.value),
+                or_(records.c.check_after.is_(None), records.c.check_after <= bindparam("now")),
+            )
+            .order_by(records.c.seq)
+            .limit(bindparam("limit"))
+        )
+        if self.skip_locked:
+            self._claim = self._claim.with_for_update(skip_locked=True)
+        self._mark_sent = (
+            update(records)
+            .where(self._seq_in())
+            .values(state=bindparam("sent"), updated_at=bindparam("now"), last_error=null())
+        )
+        # The relay's two statements run thousands of rows a second: on PostgreSQL they are
+        # compiled once and run on the driver's cursor, inside the same transaction, since
+        # SQLAlchemy's per-statement work cost about as much as PostgreSQL's.
+        self._direct = self.dialect == "postgresql" and engine.dialect.paramstyle == "pyformat"
+        self._claim_sql = str(self._claim.compile(dialect=engine.dialect)) if self._direct else ""
+        self._mark_sent_sql = (
+            str(self._mark_sent.compile(dialect=engine.dialect)) if self._direct else ""
+        )
+
+    def _run(self, connection: Connection, statement: Any, sql: str, params: dict[str, Any]) -> Any:
+        """Rows (or None) of ``statement``; through the DBAPI cursor when compiled once."""
+        if not self._direct:
+            result = connection.execute(statement, params)
+            return result.all() if result.returns_rows else None
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description is not None else None
+        finally:
+            cursor.close()
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -253,33 +299,19 @@ class OutboxStore:
         or it is backing off after a failed publish).
         """
         records = self.tables.records
-        now = utcnow()
-        query = (
-            select(
-                records.c.seq,
-                records.c.id,
-                records.c.topic,
-                records.c.key,
-                records.c.headers,
-                records.c.body,
-                records.c.publish_attempts,
-            )
-            .where(
-                records.c.state == RecordState.READY.value,
-                or_(records.c.check_after.is_(None), records.c.check_after <= now),
-            )
-            .order_by(records.c.seq)
-            .limit(limit)
+        rows = self._run(
+            connection,
+            self._claim,
+            self._claim_sql,
+            {"ready": RecordState.READY.value, "now": utcnow(), "limit": limit},
         )
-        if self.skip_locked:
-            query = query.with_for_update(skip_locked=True)
         claimed = [
             ClaimedRecord(
                 seq,
                 Message._restore(topic, bytes(body), key, json.loads(headers), message_id),
                 attempts,
             )
-            for seq, message_id, topic, key, headers, body, attempts in connection.execute(query)
+            for seq, message_id, topic, key, headers, body, attempts in rows
         ]
         keyed = {r.message.key for r in claimed if r.message.key is not None}
         if not keyed:
@@ -306,20 +338,20 @@ class OutboxStore:
                 blocked.add((topic, key))
         return [r for r in claimed if r.message.key is None or r.seq in publishable]
 
-    def _seq_in(self, seqs: Sequence[int]) -> ColumnElement[bool]:
-        """``seq IN (...)``; on PostgreSQL ``seq = ANY(:array)``, one parameter however many."""
+    def _seq_in(self) -> ColumnElement[bool]:
+        """``seq IN :seqs``; on PostgreSQL ``seq = ANY(:seqs)``, one parameter however many."""
         seq = self.tables.records.c.seq
         if self.dialect == "postgresql":
-            return seq == any_(bindparam("seqs", list(seqs), type_=ARRAY(BigInteger)))
-        return seq.in_(seqs)
+            return seq == any_(bindparam("seqs", type_=ARRAY(BigInteger)))
+        return seq.in_(bindparam("seqs", expanding=True))
 
     def mark_sent(self, connection: Connection, seqs: Sequence[int]) -> None:
         if seqs:
-            records = self.tables.records
-            connection.execute(
-                update(records)
-                .where(self._seq_in(seqs))
-                .values(state=RecordState.SENT.value, updated_at=utcnow(), last_error=None)
+            self._run(
+                connection,
+                self._mark_sent,
+                self._mark_sent_sql,
+                {"seqs": list(seqs), "sent": RecordState.SENT.value, "now": utcnow()},
             )
 
     def mark_failed(self, connection: Connection, seq: int, error: str, retry_at: datetime) -> None:
