@@ -55,27 +55,17 @@ def raw_rabbitmq_rate(adapter: txmq.Adapter, topic: str, count: int, size: int) 
 
 
 def raw_kafka_rate(adapter: txmq.Adapter, topic: str, count: int, size: int, batch: int) -> float:
-    from confluent_kafka import Producer as KafkaProducer
+    from bench_kafka_publish import raw_transactional  # the adapter benchmark's baseline
 
     settings = adapter.settings
     assert isinstance(settings, txmq.KafkaSettings)
-    producer = KafkaProducer(
-        {
-            "bootstrap.servers": ",".join(settings.bootstrap_servers),
-            "transactional.id": f"bench-raw-{uuid.uuid4().hex[:8]}",
-            "linger.ms": 5,
-            **settings.options,
-        }
-    )
-    producer.init_transactions(30)
     body = os.urandom(size)
-    started = time.perf_counter()
-    for start in range(0, count, batch):
-        producer.begin_transaction()
-        for _ in range(min(batch, count - start)):
-            producer.produce(topic, body, headers=[("x-txmq-id", uuid.uuid4().bytes)])
-        producer.commit_transaction(30)
-    return count / (time.perf_counter() - started)
+    batches = [
+        [txmq.Message(topic, body) for _ in range(min(batch, count - start))]
+        for start in range(0, count, batch)
+    ]
+    elapsed, _cpu = raw_transactional(",".join(settings.bootstrap_servers), topic, batches)
+    return count / elapsed
 
 
 def business_rate(
