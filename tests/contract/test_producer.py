@@ -294,7 +294,7 @@ def test_relay_killed_between_confirm_and_mark_republishes_with_the_same_id(
         producer = txmq.Producer(group="g", engine=create_engine({database_url!r}),
                                  broker={broker_url!r},
                                  tables=txmq.make_outbox_tables(MetaData(), prefix={prefix!r}))
-        def killed(*args):
+        def killed(*args, **kwargs):
             os.kill(os.getpid(), signal.SIGKILL)  # the broker confirmed; SENT not written
         producer.store.mark_sent = killed
         producer.relay().run_once()

@@ -279,7 +279,7 @@ def test_relay_crash_between_confirm_and_mark_republishes_the_same_id(
     relay = producer.relay()
     original = producer.store.mark_sent
 
-    def crash(*args: object) -> None:
+    def crash(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt("relay killed after the broker confirmed")
 
     producer.store.mark_sent = crash  # type: ignore[method-assign]
@@ -290,3 +290,16 @@ def test_relay_crash_between_confirm_and_mark_republishes_the_same_id(
     delivered = broker.messages("audit.t")
     assert len(delivered) == 2
     assert delivered[0].id == delivered[1].id
+
+
+def test_zero_retention_relay_deletes_what_the_broker_confirmed(
+    engine: Engine, metadata: MetaData
+) -> None:
+    broker = InMemoryBroker()
+    broker.declare([txmq.Topology("audit", "t")])
+    producer = producer_for(engine, metadata, broker)
+    with Session(engine) as session, session.begin():
+        producer.stage(session, *(txmq.Message("t", str(i).encode()) for i in range(300)))
+    assert producer.relay(retention=timedelta(0), batch_size=100).drain() == 300
+    assert [int(m.body) for m in broker.messages("audit.t")] == list(range(300))
+    assert producer.store.counts() == {}

@@ -389,3 +389,15 @@ def test_a_decision_taken_while_the_executor_ran_stands(
     assert result.local_state is COMMIT
     assert result.record_state is RecordState.ROLLED_BACK
     assert producer.relay().drain() == 0
+
+
+def test_zero_retention_deletes_records_once_confirmed(
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker
+) -> None:
+    producer = make_producer(engine, metadata, broker)
+    with Session(engine) as session, session.begin():
+        producer.stage(session, txmq.Message("t", b"a"), txmq.Message("late", b"unroutable"))
+    assert producer.relay(retention=timedelta(0)).drain() == 1
+    assert [m.body for m in published(broker)] == [b"a"]
+    # The confirmed record is gone; the failed one stays READY for its retry.
+    assert states(producer) == {"READY": 1}

