@@ -101,6 +101,20 @@ def test_stage_exists_only_if_the_transaction_commits(
     assert states(producer) == {"SENT": 1}
 
 
+def test_staging_no_messages_writes_nothing_and_keeps_the_transaction(
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker
+) -> None:
+    """``stage(session, *batch)`` with an empty batch must not fail the caller's transaction."""
+    producer = make_producer(engine, metadata, broker)
+    orders = metadata.tables["orders"]
+    with Session(engine) as session, session.begin():
+        session.execute(insert(orders).values(id=1))
+        producer.stage(session)
+    with engine.connect() as connection:
+        assert list(connection.execute(select(orders.c.id))) == [(1,)]
+    assert states(producer) == {}
+
+
 def test_half_message_commit_rollback_unknown(
     engine: Engine, metadata: MetaData, broker: InMemoryBroker
 ) -> None:

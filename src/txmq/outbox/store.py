@@ -178,6 +178,8 @@ class OutboxStore:
 
     def stage(self, connection: Connection, messages: Sequence[Message], group: str) -> None:
         """Insert READY records through ``connection`` inside the caller's transaction."""
+        if not messages:
+            return  # an empty parameter list would run one INSERT of default values
         connection.execute(
             insert(self.tables.records),
             [self._values(m, group, RecordState.READY) for m in messages],
