@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 import txmq
+from txmq.adapters.base import Publisher, PublishOutcome
 from txmq.outbox import CheckBackPolicy, Producer, make_outbox_tables
 from txmq.states import CheckLimitPolicy, LocalTransactionState, RecordState
 from txmq.testing.fakes import InMemoryBroker
@@ -345,6 +346,50 @@ def test_same_key_order_is_kept_when_an_earlier_record_backs_off(
     assert first.publish_attempts == 1
     assert first.last_error is not None
     assert "unroutable" in first.last_error
+
+
+class SmallBroker(InMemoryBroker):
+    """Accepts messages up to 100 bytes and, like the real adapters, raises MessageTooLarge
+    from ``publish`` (sending nothing) when a batch holds a larger one."""
+
+    max_body_bytes = 100  # type: ignore[assignment]
+
+    def publisher(self, *, transactional_id: str | None = None) -> Publisher:
+        publisher = super().publisher(transactional_id=transactional_id)
+        publish = publisher.publish
+
+        def checked(
+            messages: Sequence[txmq.Message], *, timeout: float | None = None
+        ) -> list[PublishOutcome]:
+            for message in messages:
+                message.check_size(self.max_body_bytes)
+            return publish(messages, timeout=timeout)
+
+        publisher.publish = checked  # type: ignore[method-assign]
+        return publisher
+
+
+def test_a_record_too_large_for_the_relays_broker_does_not_block_the_others(
+    engine: Engine, metadata: MetaData
+) -> None:
+    """Staged under a larger limit (a producer without a broker, another relay URL): the
+    relay keeps it READY with the error and publishes everything else."""
+    broker = SmallBroker()
+    broker.declare([txmq.Topology("audit", "t")])
+    producer = make_producer(engine, metadata, broker, max_body_bytes=10_000)
+    big = txmq.Message("t", b"x" * 200, key="k")
+    with Session(engine) as session, session.begin():
+        producer.stage(
+            session, big, txmq.Message("t", b"after-big", key="k"), txmq.Message("t", b"small")
+        )
+    assert producer.relay().drain() == 1
+    # The record with big's key waits behind it, in order.
+    assert [m.body for m in published(broker)] == [b"small"]
+    stuck, waiting = producer.store.list(RecordState.READY)
+    assert (stuck.message.id, waiting.message.body) == (big.id, b"after-big")
+    assert stuck.last_error is not None
+    assert "MessageTooLarge" in stuck.last_error
+    assert waiting.publish_attempts == 0
 
 
 def test_bad_input_is_rejected_before_anything_is_written(

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from txmq.adapters.base import Adapter, Publisher
-from txmq.errors import BrokerError
-from txmq.outbox.store import OutboxStore, utcnow
+from txmq.adapters.base import Adapter, Publisher, PublishOutcome
+from txmq.errors import BrokerError, MessageTooLarge
+from txmq.outbox.store import ClaimedRecord, OutboxStore, utcnow
 from txmq.outbox.tables import NOTIFY_CHANNEL
 from txmq.telemetry import RELAY_BATCH_SECONDS, RELAY_FAILURES, RELAY_PUBLISHED
 
@@ -265,29 +265,60 @@ class _Lane:
         relay, store = self.relay, self.relay.store
         started = time.perf_counter()
         with store.engine.begin() as connection:
-            records = store.claim_ready(connection, relay.batch_size)
-            if not records:
+            claimed = store.claim_ready(connection, relay.batch_size)
+            if not claimed:
                 return 0
-            try:
-                outcomes = self.publisher().publish([r.message for r in records])
-            except BrokerError:
-                self.drop_publisher()
-                raise
+            # A record staged under a larger limit than this broker's would fail every batch
+            # it is in (publish raises MessageTooLarge): it fails alone, like a refused one.
+            records, too_large = _split_too_large(claimed, relay.broker.max_body_bytes)
+            outcomes: list[PublishOutcome] = []
+            if records:
+                try:
+                    outcomes = self.publisher().publish([r.message for r in records])
+                except BrokerError:
+                    self.drop_publisher()
+                    raise
             sent = [r.seq for r, o in zip(records, outcomes, strict=True) if o.ok]
             store.mark_sent(connection, sent, keep=relay.retention > timedelta(0))
-            for record, outcome in zip(records, outcomes, strict=True):
-                if not outcome.ok:
-                    delay = min(relay.max_backoff, 0.5 * 2 ** min(record.publish_attempts, 10))
-                    store.mark_failed(
-                        connection,
-                        record.seq,
-                        f"{type(outcome.error).__name__}: {outcome.error}",
-                        utcnow() + timedelta(seconds=delay),
-                    )
-                    log.warning("publish of %s failed: %s", record.message.id, outcome.error)
+            failed = [(r, o.error) for r, o in zip(records, outcomes, strict=True) if not o.ok]
+            for record, error in failed + too_large:
+                delay = min(relay.max_backoff, 0.5 * 2 ** min(record.publish_attempts, 10))
+                store.mark_failed(
+                    connection,
+                    record.seq,
+                    f"{type(error).__name__}: {error}",
+                    utcnow() + timedelta(seconds=delay),
+                )
+                log.warning("publish of %s failed: %s", record.message.id, error)
         system = relay.broker.system
         RELAY_PUBLISHED.labels(system).inc(len(sent))
-        if len(sent) < len(records):
-            RELAY_FAILURES.labels(system).inc(len(records) - len(sent))
+        if failed or too_large:
+            RELAY_FAILURES.labels(system).inc(len(failed) + len(too_large))
         RELAY_BATCH_SECONDS.labels(system).observe(time.perf_counter() - started)
         return len(sent)
+
+
+def _split_too_large(
+    records: list[ClaimedRecord], limit: int
+) -> tuple[list[ClaimedRecord], list[tuple[ClaimedRecord, Exception]]]:
+    """The records to publish, and those larger than ``limit`` with their error.
+
+    A later record with the topic and key of a too large one is in neither: it stays READY,
+    and the claim holds it back behind the failed one.
+    """
+    publishable: list[ClaimedRecord] = []
+    too_large: list[tuple[ClaimedRecord, Exception]] = []
+    blocked: set[tuple[str, str]] = set()
+    for record in records:
+        message = record.message
+        if message.key is not None and (message.topic, message.key) in blocked:
+            continue
+        try:
+            message.check_size(limit)
+        except MessageTooLarge as exc:
+            too_large.append((record, exc))
+            if message.key is not None:
+                blocked.add((message.topic, message.key))
+        else:
+            publishable.append(record)
+    return publishable, too_large
