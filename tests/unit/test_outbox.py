@@ -320,6 +320,24 @@ def test_self_answering_check_back_needs_no_checker(
     assert producer.store.get(late.id).state is RecordState.READY
 
 
+def test_a_short_retention_does_not_let_a_late_local_transaction_commit(
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker
+) -> None:
+    """The check-back rolled back a local transaction that had not started yet (its start
+    waited longer than the immunity, e.g. for a pooled connection) and a relay with
+    ``retention=0`` purged the record: the ROLLBACK marker must still make the late local
+    transaction fail on its key, or its work would commit with the message gone."""
+    producer = make_producer(engine, metadata, broker, check_policy=CheckBackPolicy(immunity=NOW))
+    message = txmq.Message("t", b"x")
+    producer.store.prepare(message, "orders", immunity=NOW, tx_key=message.id)
+    assert producer.check_back_once() == 1
+    assert producer.store.purge(timedelta(0)) == 1
+
+    with engine.begin() as connection:  # the late local transaction's first statement
+        standing = producer.store.insert_marker(connection, message.id, COMMIT)
+    assert standing is ROLLBACK
+
+
 def test_same_key_order_is_kept_when_an_earlier_record_backs_off(
     engine: Engine, metadata: MetaData, broker: InMemoryBroker
 ) -> None:

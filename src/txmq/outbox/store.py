@@ -40,6 +40,10 @@ from txmq.outbox.tables import OutboxTables
 from txmq.states import LocalTransactionState, RecordState
 
 _SKIP_LOCKED_DIALECTS = frozenset({"postgresql", "mysql", "mariadb"})
+#: How long transaction markers are kept at least, whatever the records' retention: a
+#: ROLLBACK marker is what makes a local transaction that starts after its check-back fail
+#: on its key instead of committing.
+MARKER_RETENTION = timedelta(days=1)
 
 
 def utcnow() -> datetime:
@@ -473,7 +477,8 @@ class OutboxStore:
                 )
 
     def purge(self, older_than: timedelta, *, batch: int = 5000) -> int:
-        """Delete SENT and ROLLED_BACK records (and their markers) older than ``older_than``."""
+        """Delete SENT and ROLLED_BACK records older than ``older_than``, and markers older
+        than that and :data:`MARKER_RETENTION` whose record is no longer PREPARED."""
         records, markers = self.tables.records, self.tables.markers
         cutoff = utcnow() - older_than
         done = 0
@@ -494,9 +499,13 @@ class OutboxStore:
             still_pending = select(records.c.tx_key).where(
                 records.c.tx_key.is_not(None), records.c.state == RecordState.PREPARED.value
             )
+            marker_cutoff = utcnow() - max(older_than, MARKER_RETENTION)
             connection.execute(
                 delete(markers).where(
-                    and_(markers.c.created_at < cutoff, markers.c.tx_key.not_in(still_pending))
+                    and_(
+                        markers.c.created_at < marker_cutoff,
+                        markers.c.tx_key.not_in(still_pending),
+                    )
                 )
             )
         return done
