@@ -468,6 +468,78 @@ def test_a_decision_taken_while_the_executor_ran_stands(
     assert producer.relay().drain() == 0
 
 
+class FakeKafkaTransaction:
+    """The explicit transaction of a transactional Kafka publisher, in memory."""
+
+    def __init__(self) -> None:
+        self.open: list[txmq.Message] = []
+        self.committed: list[txmq.Message] = []
+        self.commit_fails = False
+
+    def begin(self) -> None:
+        self.open = []
+
+    def produce(self, messages: Sequence[txmq.Message]) -> None:
+        self.open.extend(messages)
+
+    def commit(self, timeout: float | None = None) -> None:
+        if self.commit_fails:
+            raise txmq.BrokerUnavailable("outcome of the Kafka transaction unknown")
+        self.committed.extend(self.open)
+        self.open = []
+
+    def abort(self, timeout: float | None = None) -> None:
+        self.open = []
+
+    def close(self) -> None:
+        pass
+
+
+class KafkaLikeBroker(InMemoryBroker):
+    """Hands the producer's half messages one in-memory Kafka transaction."""
+
+    system = "kafka"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transaction = FakeKafkaTransaction()
+
+    def publisher(self, *, transactional_id: str | None = None) -> Publisher:
+        if transactional_id is not None and transactional_id.startswith("txmq-orders-"):
+            return self.transaction  # type: ignore[return-value]
+        return super().publisher(transactional_id=transactional_id)
+
+
+def test_kafka_half_message_decided_while_the_executor_ran_is_not_committed_to_kafka(
+    engine: Engine, metadata: MetaData
+) -> None:
+    """As on the relay path, a decision taken before the executor's COMMIT (by an operator,
+    or by a check-back that ran before the row lock was taken / on SQLite) stands: the
+    Kafka transaction holding the half message must be aborted, not committed."""
+    broker = KafkaLikeBroker()
+    producer = make_producer(engine, metadata, broker)
+    assert producer.kafka_native
+
+    committed = producer.send_in_transaction(txmq.Message("t", b"yes"), lambda m, a: COMMIT, None)
+    assert committed.record_state is RecordState.SENT
+    assert [m.id for m in broker.transaction.committed] == [committed.message_id]
+
+    def executor(message: txmq.Message, arg: None) -> LocalTransactionState:
+        producer.rollback(message.id)
+        return COMMIT
+
+    result = producer.send_in_transaction(txmq.Message("t", b"no"), executor, None)
+    assert result.record_state is RecordState.ROLLED_BACK
+    assert [m.id for m in broker.transaction.committed] == [committed.message_id]
+    assert producer.store.get(result.message_id).state is RecordState.ROLLED_BACK
+
+    # A Kafka commit of unknown outcome: the relay publishes the message (same id).
+    broker.transaction.commit_fails = True
+    unknown = producer.send_in_transaction(txmq.Message("t", b"maybe"), lambda m, a: COMMIT, None)
+    assert unknown.record_state is RecordState.READY
+    assert producer.store.get(unknown.message_id).state is RecordState.READY
+
+
 def test_zero_retention_deletes_records_once_confirmed(
     engine: Engine, metadata: MetaData, broker: InMemoryBroker
 ) -> None:

@@ -219,9 +219,16 @@ class Producer:
                 elif not opened:
                     to = RecordState.READY
                 else:
+                    # Marked SENT before the Kafka commit: if a check-back or an operator
+                    # decided the record first (before the row lock, or on SQLite, which does
+                    # not lock), their decision stands and the Kafka transaction is aborted.
+                    to = self.store.settle(connection, message.id, RecordState.SENT)
+                    if to is not RecordState.SENT:
+                        self._abort(transaction)
+                        return SendResult(message.id, state, to)
                     try:
                         transaction.commit()
-                        to = RecordState.SENT
+                        return SendResult(message.id, state, to)
                     except BrokerError:
                         # Kafka "just threw": whether it committed is unknown. The local
                         # transaction did commit, so the relay publishes it (again, same id).
@@ -229,7 +236,10 @@ class Producer:
                             "Kafka commit of %s failed; relaying", message.id, exc_info=True
                         )
                         reusable = False
-                        to = RecordState.READY
+                        self.store.transition(
+                            connection, message.id, RecordState.READY, expected=(to,)
+                        )
+                        return SendResult(message.id, state, RecordState.READY)
                 to = self.store.settle(connection, message.id, to)
                 return SendResult(message.id, state, to)
         finally:
