@@ -30,7 +30,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -44,6 +44,20 @@ _SKIP_LOCKED_DIALECTS = frozenset({"postgresql", "mysql", "mariadb"})
 #: ROLLBACK marker is what makes a local transaction that starts after its check-back fail
 #: on its key instead of committing.
 MARKER_RETENTION = timedelta(days=1)
+
+
+#: The columns :meth:`OutboxStore.stage` writes; the rest keep their defaults.
+_STAGED_COLUMNS = (
+    "id",
+    "producer_group",
+    "topic",
+    "key",
+    "headers",
+    "body",
+    "state",
+    "created_at",
+    "updated_at",
+)
 
 
 def utcnow() -> datetime:
@@ -128,30 +142,60 @@ class OutboxStore:
         self._delete_sent_sql = (
             str(self._delete_sent.compile(dialect=engine.dialect)) if self._direct else ""
         )
+        # Staging runs once per business transaction: the same treatment, and only the
+        # columns a READY record needs (the others have server defaults or are NULL).
+        self._stage = insert(records)
+        self._stage_sql = (
+            str(
+                self._stage.compile(
+                    dialect=engine.dialect, column_keys=list(_STAGED_COLUMNS), for_executemany=True
+                )
+            )
+            if self._direct
+            else ""
+        )
+        self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
 
-    def _run(self, connection: Connection, statement: Any, sql: str, params: dict[str, Any]) -> Any:
-        """Rows (or None) of ``statement``; through the DBAPI cursor when compiled once."""
+    def _run(
+        self,
+        connection: Connection,
+        statement: Any,
+        sql: str,
+        params: dict[str, Any] | list[dict[str, Any]],
+    ) -> Any:
+        """Rows (or None) of ``statement``; through the DBAPI cursor when compiled once.
+
+        A list of parameter sets runs the statement once per set (no rows returned). Driver
+        errors are raised as SQLAlchemy's, as ``connection.execute`` would.
+        """
         if not self._direct:
             result = connection.execute(statement, params)
             return result.all() if result.returns_rows else None
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
+            if isinstance(params, list):
+                cursor.executemany(sql, params)
+                return None
             cursor.execute(sql, params)
             return cursor.fetchall() if cursor.description is not None else None
+        except self._dbapi_error as exc:
+            raise DBAPIError.instance(
+                sql,
+                params,
+                exc,
+                self._dbapi_error,
+                hide_parameters=self.engine.hide_parameters,
+                dialect=self.engine.dialect,
+            ) from exc
         finally:
             cursor.close()
 
     # -- writing ---------------------------------------------------------------------------
 
     def _values(
-        self,
-        message: Message,
-        group: str,
-        state: RecordState,
-        *,
-        tx_key: str | None = None,
-        check_after: datetime | None = None,
+        self, message: Message, group: str, state: RecordState, **more: Any
     ) -> dict[str, Any]:
+        """The columns of a new record: :data:`_STAGED_COLUMNS`, then ``more``."""
         now = utcnow()
         return {
             "id": message.id,
@@ -161,12 +205,9 @@ class OutboxStore:
             "headers": json.dumps(dict(message.headers), separators=(",", ":")),
             "body": message.body,
             "state": state.value,
-            "tx_key": tx_key,
-            "check_count": 0,
-            "publish_attempts": 0,
-            "check_after": check_after,
             "created_at": now,
             "updated_at": now,
+            **more,
         }
 
     def check_session(self, session: Session) -> Connection:
@@ -184,10 +225,8 @@ class OutboxStore:
         """Insert READY records through ``connection`` inside the caller's transaction."""
         if not messages:
             return  # an empty parameter list would run one INSERT of default values
-        connection.execute(
-            insert(self.tables.records),
-            [self._values(m, group, RecordState.READY) for m in messages],
-        )
+        rows = [self._values(m, group, RecordState.READY) for m in messages]
+        self._run(connection, self._stage, self._stage_sql, rows[0] if len(rows) == 1 else rows)
 
     def prepare(
         self, message: Message, group: str, *, immunity: timedelta, tx_key: str | None = None
