@@ -14,10 +14,12 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import txmq
 from txmq.outbox import CheckBackPolicy, Producer, make_outbox_tables
+from txmq.outbox.store import utcnow
 from txmq.states import LocalTransactionState, RecordState
 from txmq.testing.fakes import InMemoryBroker
 
@@ -303,3 +305,57 @@ def test_zero_retention_relay_deletes_what_the_broker_confirmed(
     assert producer.relay(retention=timedelta(0), batch_size=100).drain() == 300
     assert [int(m.body) for m in broker.messages("audit.t")] == list(range(300))
     assert producer.store.counts() == {}
+
+
+def test_claim_and_mark_read_only_the_batch_when_statistics_are_stale(
+    engine: Engine, metadata: MetaData
+) -> None:
+    """A queue table's statistics lag its backlog. Never analysed, the table below looks
+    empty to the planner, which then sorts every READY record to claim a batch and scans the
+    table to mark it. The relay's transaction must use the indexes whatever the statistics
+    say. (The plans are read with EXPLAIN in the claim's own transaction.)"""
+    producer = producer_for(engine, metadata, InMemoryBroker())
+    with Session(engine) as session, session.begin():
+        producer.stage(session, *(txmq.Message("t", b"x") for _ in range(3000)))
+    store = producer.store
+    records = store.tables.records.name
+    with engine.begin() as connection:
+        claimed = store.claim_ready(connection, 100)
+        assert len(claimed) == 100
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute(
+            "EXPLAIN " + store._claim_sql,
+            {"ready": "READY", "now": utcnow(), "limit": 100},
+        )
+        claim_plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute(
+            "EXPLAIN " + store._mark_sent_sql,
+            {"seqs": [r.seq for r in claimed], "sent": "SENT", "now": utcnow()},
+        )
+        mark_plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert f"Index Scan using ix_{records}_ready on" in claim_plan, claim_plan
+    assert "Sort" not in claim_plan, claim_plan
+    assert f"Index Scan using {records}_pkey on" in mark_plan, mark_plan
+
+
+def test_a_duplicate_message_id_fails_the_staging_transaction_as_an_integrity_error(
+    engine: Engine, metadata: MetaData
+) -> None:
+    """Staging runs on the driver's cursor on PostgreSQL; its errors still arrive as
+    SQLAlchemy's, and the caller's transaction rolls back whole."""
+    producer = producer_for(engine, metadata, InMemoryBroker())
+    orders = orders_table(metadata)
+    first = txmq.Message("t", b"first")
+    with Session(engine) as session, session.begin():
+        producer.stage(session, first)
+
+    def order_with_a_reused_id() -> None:
+        with Session(engine) as session, session.begin():
+            session.execute(insert(orders).values(id=1))
+            producer.stage(session, txmq.Message("t", b"again", id=first.id))
+
+    with pytest.raises(IntegrityError):
+        order_with_a_reused_id()
+    with engine.connect() as connection:
+        assert connection.execute(select(orders.c.id)).all() == []
+    assert [r.message.body for r in producer.store.list(RecordState.READY)] == [b"first"]

@@ -18,6 +18,7 @@ from sqlalchemy import (
     inspect,
     select,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import txmq
@@ -549,4 +550,48 @@ def test_zero_retention_deletes_records_once_confirmed(
     assert producer.relay(retention=timedelta(0)).drain() == 1
     assert [m.body for m in published(broker)] == [b"a"]
     # The confirmed record is gone; the failed one stays READY for its retry.
+    assert states(producer) == {"READY": 1}
+
+
+def test_relay_connect_opens_every_lane_before_the_first_batch(
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``connect()`` is where a relay pays for its broker connections (on Kafka,
+    ``init_transactions``) and where an unreachable broker shows."""
+    from txmq.testing import fakes
+
+    connected: list[object] = []
+    original = fakes._Publisher.connect
+
+    def recording_connect(self: fakes._Publisher) -> None:
+        original(self)
+        connected.append(self)
+
+    monkeypatch.setattr(fakes._Publisher, "connect", recording_connect)
+    relay = make_producer(engine, metadata, broker).relay()
+    assert relay.connect() is relay
+    assert len(connected) == 1  # SQLite: one lane
+    relay.stop()
+    broker.down = True
+    with pytest.raises(txmq.BrokerUnavailable):
+        make_producer(engine, metadata, broker).relay().connect()
+
+
+def test_a_duplicate_message_id_fails_the_staging_transaction(
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker
+) -> None:
+    producer = make_producer(engine, metadata, broker)
+    first = txmq.Message("t", b"first")
+    with Session(engine) as session, session.begin():
+        producer.stage(session, first)
+
+    def order_with_a_reused_id() -> None:
+        with Session(engine) as session, session.begin():
+            session.execute(insert(metadata.tables["orders"]).values(id=1))
+            producer.stage(session, txmq.Message("t", b"again", id=first.id))
+
+    with pytest.raises(IntegrityError):
+        order_with_a_reused_id()
+    with engine.connect() as connection:
+        assert connection.execute(select(metadata.tables["orders"].c.id)).all() == []
     assert states(producer) == {"READY": 1}

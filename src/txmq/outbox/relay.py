@@ -95,7 +95,11 @@ class Relay:
             BrokerError: the broker cannot be reached.
         """
         for lane in self._lanes:
-            lane.publisher()
+            try:
+                lane.publisher().connect()
+            except BrokerError:
+                lane.drop_publisher()
+                raise
         return self
 
     def run_once(self) -> int:

@@ -60,6 +60,16 @@ _STAGED_COLUMNS = (
 )
 
 
+#: Run first in a relay transaction on PostgreSQL, for that transaction only. An outbox is
+#: a queue, so its statistics are often stale: a table that was nearly empty at the last
+#: ANALYZE holds a backlog now. The planner then sorts the whole backlog for each claim and
+#: scans the whole table to mark a batch (12 ms and 8 ms per 1000 with 20k records, growing
+#: with the table), where the partial and primary-key indexes read only the batch (1.7 ms).
+_INDEX_ACCESS_ONLY = (
+    "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true)"
+)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -348,23 +358,33 @@ class OutboxStore:
         or it is backing off after a failed publish).
         """
         records = self.tables.records
+        if self._direct:
+            self._run(connection, None, _INDEX_ACCESS_ONLY, {})
+        elif self.dialect == "postgresql":
+            connection.exec_driver_sql(_INDEX_ACCESS_ONLY)
         rows = self._run(
             connection,
             self._claim,
             self._claim_sql,
             {"ready": RecordState.READY.value, "now": utcnow(), "limit": limit},
         )
-        claimed = [
-            ClaimedRecord(
-                seq,
-                Message._restore(topic, bytes(body), key, json.loads(headers), message_id),
-                attempts,
+        # Records of one producer mostly carry the same headers: each distinct text is
+        # decoded once per batch, and its messages share the (read-only) mapping.
+        decoded: dict[str, dict[str, str]] = {}
+        claimed = []
+        for seq, message_id, topic, key, headers, body, attempts in rows:
+            mapping = decoded.get(headers)
+            if mapping is None:
+                mapping = decoded[headers] = json.loads(headers)
+            claimed.append(
+                ClaimedRecord(
+                    seq, Message._restore(topic, bytes(body), key, mapping, message_id), attempts
+                )
             )
-            for seq, message_id, topic, key, headers, body, attempts in rows
-        ]
         keyed = {r.message.key for r in claimed if r.message.key is not None}
         if not keyed:
             return claimed
+        topics = {r.message.topic for r in claimed if r.message.key is not None}
         claimed_seqs = {r.seq for r in claimed}
         blocked: set[tuple[str, str]] = set()
         publishable: set[int] = set()
@@ -373,6 +393,9 @@ class OutboxStore:
             .where(
                 records.c.state == RecordState.READY.value,
                 records.c.key.is_not(None),
+                # Both leading columns of the (topic, key, seq) index, so that it is sought,
+                # not scanned through every keyed record waiting.
+                records.c.topic.in_(topics),
                 records.c.key.in_(keyed),
                 records.c.seq <= max(claimed_seqs),
             )
