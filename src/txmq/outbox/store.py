@@ -358,9 +358,7 @@ class OutboxStore:
         or it is backing off after a failed publish).
         """
         records = self.tables.records
-        if self._direct:
-            self._run(connection, None, _INDEX_ACCESS_ONLY, {})
-        elif self.dialect == "postgresql":
+        if self.dialect == "postgresql":
             connection.exec_driver_sql(_INDEX_ACCESS_ONLY)
         rows = self._run(
             connection,
