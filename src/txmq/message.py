@@ -118,19 +118,25 @@ class Message:
 
     @classmethod
     def _restore(
-        cls, topic: str, body: bytes, key: str | None, headers: dict[str, str], id: str
+        cls,
+        topic: str,
+        body: bytes,
+        key: str | None,
+        headers: dict[str, str] | MappingProxyType[str, str],
+        id: str,
     ) -> Message:
         """Rebuild a message that was validated when it was made (read back from txmq's
-        own tables), without validating it again: the relay's hot path."""
+        own tables), without validating it again: the relay's hot path. Read-only
+        ``headers`` are used as they are (messages of a batch may share them)."""
         message = object.__new__(cls)
-        for name, value in (
-            ("topic", topic),
-            ("body", body),
-            ("key", key),
-            ("headers", MappingProxyType(headers)),
-            ("id", id),
-        ):
-            object.__setattr__(message, name, value)
+        set_field = object.__setattr__
+        set_field(message, "topic", topic)
+        set_field(message, "body", body)
+        set_field(message, "key", key)
+        if not isinstance(headers, MappingProxyType):
+            headers = MappingProxyType(headers)
+        set_field(message, "headers", headers)
+        set_field(message, "id", id)
         return message
 
     def with_headers(self, **extra: str) -> Message:
@@ -145,7 +151,8 @@ class Message:
 
     def size(self) -> int:
         """Approximate size on the wire: body plus header names and values."""
-        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers.items())
+        headers = self.headers
+        return len(self.body) + sum(map(len, headers)) + sum(map(len, headers.values()))
 
     def check_size(self, limit: int) -> None:
         """Raise :class:`MessageTooLarge` if :meth:`size` exceeds ``limit`` bytes."""

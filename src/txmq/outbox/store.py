@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import (
@@ -367,13 +368,13 @@ class OutboxStore:
             {"ready": RecordState.READY.value, "now": utcnow(), "limit": limit},
         )
         # Records of one producer mostly carry the same headers: each distinct text is
-        # decoded once per batch, and its messages share the (read-only) mapping.
-        decoded: dict[str, dict[str, str]] = {}
+        # decoded once per batch, and its messages share the read-only mapping.
+        decoded: dict[str, MappingProxyType[str, str]] = {}
         claimed = []
         for seq, message_id, topic, key, headers, body, attempts in rows:
             mapping = decoded.get(headers)
             if mapping is None:
-                mapping = decoded[headers] = json.loads(headers)
+                mapping = decoded[headers] = MappingProxyType(json.loads(headers))
             claimed.append(
                 ClaimedRecord(
                     seq, Message._restore(topic, bytes(body), key, mapping, message_id), attempts
