@@ -325,7 +325,7 @@ def test_claim_and_mark_read_only_the_batch_when_statistics_are_stale(
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cursor.execute(
             "EXPLAIN " + store._claim_sql,
-            {"ready": "READY", "now": utcnow(), "limit": 100},
+            {"ready": "READY", "after": 0, "now": utcnow(), "limit": 100},
         )
         claim_plan = "\n".join(row[0] for row in cursor.fetchall())
         cursor.execute(
@@ -359,3 +359,24 @@ def test_a_duplicate_message_id_fails_the_staging_transaction_as_an_integrity_er
     with engine.connect() as connection:
         assert connection.execute(select(orders.c.id)).all() == []
     assert [r.message.body for r in producer.store.list(RecordState.READY)] == [b"first"]
+
+
+def test_a_record_committed_below_the_claim_floor_is_still_published(
+    engine: Engine, metadata: MetaData
+) -> None:
+    """Through a backlog the relay claims above the last record it took. A transaction that
+    staged first but commits last holds a lower sequence number than what the relay has
+    claimed since; the claim that finds nothing above the floor looks from the start."""
+    broker = InMemoryBroker()
+    broker.declare([txmq.Topology("audit", "t")])
+    producer = producer_for(engine, metadata, broker)
+    relay = producer.relay(batch_size=2, concurrency=1)
+    with Session(engine) as late:
+        with late.begin():
+            producer.stage(late, txmq.Message("t", b"late"))  # the lowest seq, not committed
+            with Session(engine) as session, session.begin():
+                producer.stage(session, *(txmq.Message("t", str(i).encode()) for i in range(4)))
+            assert relay.run_once() == 2
+            assert relay.run_once() == 2  # full batches: the floor is above "late" now
+        assert relay.drain() == 1
+    assert [m.body for m in broker.messages("audit.t")] == [b"0", b"1", b"2", b"3", b"late"]

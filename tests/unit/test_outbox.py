@@ -595,3 +595,15 @@ def test_a_duplicate_message_id_fails_the_staging_transaction(
     with engine.connect() as connection:
         assert connection.execute(select(metadata.tables["orders"].c.id)).all() == []
     assert states(producer) == {"READY": 1}
+
+
+def test_a_claim_after_a_sequence_number_skips_the_records_below_it(
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker
+) -> None:
+    producer = make_producer(engine, metadata, broker)
+    with Session(engine) as session, session.begin():
+        producer.stage(session, *(txmq.Message("t", str(i).encode()) for i in range(4)))
+    with engine.begin() as connection:
+        everything = producer.store.claim_ready(connection, 10)
+        above = producer.store.claim_ready(connection, 10, after=everything[1].seq)
+    assert [r.message.body for r in above] == [b"2", b"3"]

@@ -80,6 +80,7 @@ class Relay:
             # Without SKIP LOCKED two lanes would claim the same records.
             log.info("%s cannot claim with SKIP LOCKED: one relay lane", store.dialect)
             concurrency = 1
+        self._floor = _ClaimFloor()
         self._lanes = [_Lane(self, n) for n in range(concurrency)]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -238,6 +239,52 @@ class Relay:
         return wait, driver.close
 
 
+#: Longest time a relay working through a backlog goes without a claim from the start of
+#: the outbox (see :class:`_ClaimFloor`).
+FULL_CLAIM_INTERVAL = 1.0
+
+
+class _ClaimFloor:
+    """Where a relay's next claim starts, shared by its lanes.
+
+    Through a backlog, claims start above the highest record the relay claimed last rather
+    than at the start of the READY index. Until VACUUM has run, that index still holds an
+    entry for every record published since, and a claim from the start walks them all:
+    without vacuum, 300k records into a drain each claim had become ten times slower.
+
+    Records below the floor can still become claimable: a failed publish that is due
+    again, a staging transaction that committed after later ones, a committed half message,
+    a resumed parked record. A claim from the start finds them; the relay makes one at
+    least every :data:`FULL_CLAIM_INTERVAL`, after any claim that came back short of a
+    batch, after a failed pass, and before it reports the outbox empty.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._floor = 0
+        self._last_full = -FULL_CLAIM_INTERVAL
+
+    def next(self) -> int:
+        """The sequence number the next claim starts above (0: from the start)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._floor and now - self._last_full < FULL_CLAIM_INTERVAL:
+                return self._floor
+            self._last_full = now
+            return 0
+
+    def claimed(self, records: list[ClaimedRecord], *, full_batch: bool) -> None:
+        with self._lock:
+            if full_batch:  # claims come in sequence order
+                self._floor = max(self._floor, records[-1].seq)
+            else:
+                self._floor = 0
+
+    def reset(self) -> None:
+        with self._lock:
+            self._floor = 0
+
+
 class _Lane:
     """One claim-publish-mark loop with its own publisher."""
 
@@ -266,10 +313,23 @@ class _Lane:
             self._publisher = None
 
     def run_once(self) -> int:
+        try:
+            return self._run_once()
+        except BaseException:
+            self.relay._floor.reset()  # the batch went back to READY, below the floor
+            raise
+
+    def _run_once(self) -> int:
         relay, store = self.relay, self.relay.store
         started = time.perf_counter()
         with store.engine.begin() as connection:
-            claimed = store.claim_ready(connection, relay.batch_size)
+            after = relay._floor.next()
+            claimed = store.claim_ready(connection, relay.batch_size, after=after)
+            if not claimed and after:
+                # Nothing above the floor: look from the start before calling it empty.
+                relay._floor.reset()
+                claimed = store.claim_ready(connection, relay.batch_size)
+            relay._floor.claimed(claimed, full_batch=len(claimed) == relay.batch_size)
             if not claimed:
                 return 0
             # A record staged under a larger limit than this broker's would fail every batch

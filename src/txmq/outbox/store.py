@@ -129,6 +129,7 @@ class OutboxStore:
             )
             .where(
                 records.c.state == bindparam("ready", RecordState.READY.value),
+                records.c.seq > bindparam("after"),
                 or_(records.c.check_after.is_(None), records.c.check_after <= bindparam("now")),
             )
             .order_by(records.c.seq)
@@ -350,8 +351,13 @@ class OutboxStore:
 
     # -- relay ---------------------------------------------------------------------------
 
-    def claim_ready(self, connection: Connection, limit: int) -> list[ClaimedRecord]:
+    def claim_ready(
+        self, connection: Connection, limit: int, *, after: int = 0
+    ) -> list[ClaimedRecord]:
         """Lock up to ``limit`` due READY records, oldest first, that may be published now.
+
+        ``after`` starts the search above that sequence number: records below it are not
+        claimed (see :class:`~txmq.outbox.relay.Relay` for why and when it is used).
 
         Order is kept per (topic, key), the scope in which brokers order messages (a Kafka
         partition, a RabbitMQ queue): a keyed record is held back while an earlier READY
@@ -365,7 +371,7 @@ class OutboxStore:
             connection,
             self._claim,
             self._claim_sql,
-            {"ready": RecordState.READY.value, "now": utcnow(), "limit": limit},
+            {"ready": RecordState.READY.value, "after": after, "now": utcnow(), "limit": limit},
         )
         # Records of one producer mostly carry the same headers: each distinct text is
         # decoded once per batch, and its messages share the read-only mapping.
