@@ -109,8 +109,8 @@ def bench_relay(
     def measured(run: Callable[[], float]) -> float:
         # Every RabbitMQ run starts on an empty queue: one holding the previous runs'
         # messages slows publishing down, which would favour whichever run came first.
-        # (Kafka's log depth does not matter, and deleting records under a transactional
-        # producer costs it its producer state.)
+        # Kafka's log depth does not matter, and deleting its records between runs made
+        # the relay runs erratic.
         if name == "rabbitmq":
             adapter.purge_queue(queue)
         return run()
