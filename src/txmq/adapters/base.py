@@ -45,6 +45,25 @@ def dead_letter_queue(group: str, topic: str) -> str:
     return f"{group}.{topic}.dlq"
 
 
+class Closing(abc.ABC):
+    """Something to :meth:`close` when done; ``with`` closes it."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release what it holds. Idempotent."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 @dataclass(frozen=True, slots=True)
 class Topology:
     """What a consumer group needs to exist for one topic.
@@ -126,7 +145,7 @@ class Delivery:
             return 1
 
 
-class Publisher(abc.ABC):
+class Publisher(Closing):
     """Publishes batches and reports, per message, whether the broker confirmed it.
 
     RabbitMQ: persistent messages, publisher confirms pipelined across the batch, unroutable
@@ -166,19 +185,8 @@ class Publisher(abc.ABC):
     def close(self) -> None:
         """Release the connection. Idempotent."""
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class Subscription(abc.ABC):
+class Subscription(Closing):
     """A consumer group's manual-ack stream over one or more queues/topics.
 
     Messages are acknowledged only by :meth:`ack`; a message not acked before the
@@ -205,22 +213,11 @@ class Subscription(abc.ABC):
     def close(self) -> None:
         """Stop consuming; unacked deliveries will be redelivered. Idempotent."""
 
-    def pause(self, sources: Iterable[str]) -> None:  # noqa: B027 - optional capability
+    def pause(self, sources: Iterable[str]) -> None:
         """Stop fetching from ``sources`` until :meth:`resume` (Kafka retry topics)."""
 
-    def resume(self, sources: Iterable[str]) -> None:  # noqa: B027 - optional capability
+    def resume(self, sources: Iterable[str]) -> None:
         """Fetch from ``sources`` again."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class Adapter(abc.ABC):

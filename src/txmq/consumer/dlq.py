@@ -20,10 +20,9 @@ from __future__ import annotations
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 
 from txmq.adapters import Adapter, Delivery, Topology, connect, dead_letter_queue, work_queue
+from txmq.adapters.base import Closing
 from txmq.consumer.envelopes import replay_copy
 from txmq.consumer.headers import (
     HEADER_COMPENSATION_ID,
@@ -94,7 +93,7 @@ class ReplayResult:
     skipped_compensated: list[str]
 
 
-class DeadLetters:
+class DeadLetters(Closing):
     """The DLQ of one consumer group for one topic.
 
     Args:
@@ -225,17 +224,6 @@ class DeadLetters:
     def close(self) -> None:
         if self._owns:
             self._adapter.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 __all__ = ["DeadLetter", "DeadLetters", "ReplayResult"]

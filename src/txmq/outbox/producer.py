@@ -27,6 +27,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from txmq.adapters import Adapter, connect
+from txmq.adapters.base import Closing
 from txmq.errors import BrokerError, TransactionError, TxmqError
 from txmq.message import DEFAULT_MAX_BODY_BYTES, HEADER_PRODUCER_GROUP, Message, validate_name
 from txmq.outbox.checkback import CheckBack, CheckBackPolicy, Checker
@@ -75,7 +76,7 @@ class SendResult:
     record_state: RecordState
 
 
-class Producer:
+class Producer(Closing):
     """Transactional producer of one producer group.
 
     Args:
@@ -386,12 +387,6 @@ class Producer:
         if self._owns_broker and self.broker is not None:
             self.broker.close()
             self._owns_broker = False
-
-    def __enter__(self) -> Producer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- helpers ---------------------------------------------------------------------------
 
