@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
 
 from txmq.config import SECRET_OPTIONS, KafkaSettings, redact
+from txmq.errors import ConfigurationError
 
 logger = logging.getLogger("txmq.adapters.kafka")
 librdkafka_logger = logging.getLogger("txmq.adapters.kafka.librdkafka")
@@ -54,6 +55,9 @@ _TRANSPORT_CODES = frozenset({KafkaError._TRANSPORT, KafkaError._RESOLVE})
 
 def _is_secret(option: str) -> bool:
     return option in SECRET_OPTIONS or "password" in option or "secret" in option
+
+
+C = TypeVar("C")
 
 
 class KafkaContext:
@@ -94,6 +98,20 @@ class KafkaContext:
         if kafka_error is not None:
             return self.scrub(f"{kafka_error.name()}: {kafka_error.str()}")
         return self.scrub(f"{type(error).__name__}: {error}")
+
+    def build(self, client: Callable[[dict[str, Any]], C], config: dict[str, Any], role: str) -> C:
+        """``client(config)``, a configuration librdkafka rejects raising
+        :class:`ConfigurationError`.
+
+        Without the original exception: librdkafka may quote the offending value, which
+        could be a secret.
+        """
+        try:
+            return client(config)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise ConfigurationError(
+                f"librdkafka rejected the {role} configuration for {self.url}: {self.describe(exc)}"
+            ) from None
 
     def config(
         self,

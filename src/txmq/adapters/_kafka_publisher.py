@@ -27,7 +27,7 @@ from txmq.adapters._kafka_client import (
 )
 from txmq.adapters._kafka_wire import encode_headers, encode_key
 from txmq.adapters.base import Publisher, PublishOutcome
-from txmq.errors import BrokerUnavailable, ConfigurationError, PublishError
+from txmq.errors import BrokerUnavailable, PublishError
 from txmq.message import Message, validate_name
 
 #: Overridable by the URL's options.
@@ -125,14 +125,7 @@ class KafkaPublisher(Publisher):
             raise PublishError("this Kafka publisher is closed")
         if self._producer is None:
             self._events = ClientEvents(self._context, "producer")
-            try:
-                self._producer = Producer(self._producer_config())
-            except (KafkaException, ValueError, TypeError) as exc:
-                # librdkafka may quote the offending value, which could be a secret.
-                raise ConfigurationError(
-                    f"librdkafka rejected the producer configuration for {self._context.url}: "
-                    f"{self._context.describe(exc)}"
-                ) from None
+            self._producer = self._context.build(Producer, self._producer_config(), "producer")
         return self._producer
 
     def _discard(self) -> None:

@@ -28,7 +28,7 @@ from txmq.adapters._kafka_client import ClientEvents, KafkaContext, logger
 from txmq.adapters._kafka_offsets import OffsetTracker, PartitionKey, Position
 from txmq.adapters._kafka_wire import decode_record
 from txmq.adapters.base import Delivery, Subscription
-from txmq.errors import BrokerUnavailable, ConfigurationError
+from txmq.errors import BrokerUnavailable
 
 #: Rebalancing: ``cooperative-sticky`` moves only the partitions that change owner, so a
 #: consumer joining or leaving does not make every member drop its in-flight messages
@@ -91,17 +91,6 @@ def _fetch(consumer: Consumer, max_records: int, timeout: float) -> list[Record]
     return [first, *consumer.consume(num_messages=max_records - 1, timeout=0)]
 
 
-def _create_consumer(context: KafkaContext, config: dict[str, Any]) -> Consumer:
-    try:
-        return Consumer(config)
-    except (KafkaException, ValueError, TypeError) as exc:
-        # librdkafka may quote the offending value, which could be a secret.
-        raise ConfigurationError(
-            f"librdkafka rejected the consumer configuration for {context.url}: "
-            f"{context.describe(exc)}"
-        ) from None
-
-
 class KafkaSubscription(Subscription):
     """A consumer group member over Kafka topics, acknowledging message by message.
 
@@ -141,7 +130,7 @@ class KafkaSubscription(Subscription):
             required={**_CONSUMER_REQUIRED, "group.id": group, "on_commit": self._on_commit},
         )
         self._cooperative = config["partition.assignment.strategy"] == "cooperative-sticky"
-        self._consumer = _create_consumer(context, config)
+        self._consumer = context.build(Consumer, config, "consumer")
         self._consumer.subscribe(
             list(sources),
             on_assign=self._on_assign,
@@ -403,7 +392,7 @@ def read_topic(context: KafkaContext, topic: str, *, limit: int, timeout: float)
             "enable.partition.eof": True,
         },
     )
-    consumer = _create_consumer(context, config)
+    consumer = context.build(Consumer, config, "consumer")
     deadline = time.monotonic() + timeout
     try:
         try:

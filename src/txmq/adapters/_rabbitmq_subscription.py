@@ -21,7 +21,7 @@ from txmq.adapters._rabbitmq_connection import (
     pika,
     unavailable,
 )
-from txmq.adapters._rabbitmq_wire import decode_delivery, settlement_plan
+from txmq.adapters._rabbitmq_wire import decode_frame, settlement_plan
 from txmq.adapters.base import Delivery, Subscription
 from txmq.config import RabbitMQSettings
 from txmq.errors import BrokerError, BrokerUnavailable, ConfigurationError
@@ -123,17 +123,7 @@ class RabbitMQSubscription(Subscription):
     ) -> None:
         tag = method.delivery_tag
         self._outstanding[tag] = None
-        self._buffer.append(
-            decode_delivery(
-                source=source,
-                token=tag,
-                redelivered=bool(method.redelivered),
-                body=body,
-                message_id=properties.message_id,
-                headers=properties.headers,
-                routing_key=method.routing_key,
-            )
-        )
+        self._buffer.append(decode_frame(source, tag, method, properties, body))
 
     def _settle(
         self,

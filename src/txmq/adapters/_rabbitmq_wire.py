@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import decimal
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from txmq.adapters.base import Delivery
 from txmq.errors import InvalidMessage, MessageDecodeError
@@ -138,6 +139,20 @@ def decode_delivery(
             raw_headers=raw_headers(headers),
         )
     return Delivery(message=message, source=source, redelivered=redelivered, token=token)
+
+
+def decode_frame(source: str, token: object, method: Any, properties: Any, body: bytes) -> Delivery:
+    """:func:`decode_delivery` of what pika hands over (``Basic.Deliver`` or ``Basic.GetOk``,
+    ``BasicProperties``, body)."""
+    return decode_delivery(
+        source=source,
+        token=token,
+        redelivered=bool(method.redelivered),
+        body=body,
+        message_id=properties.message_id,
+        headers=properties.headers,
+        routing_key=method.routing_key,
+    )
 
 
 def settlement_plan(outstanding: Iterable[int], tags: Iterable[int]) -> list[tuple[int, bool]]:

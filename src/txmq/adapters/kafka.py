@@ -272,14 +272,7 @@ class KafkaAdapter(Adapter):
     def _new_admin(self, events: ClientEvents) -> AdminClient:
         # Topics are created by declare() only, never as a side effect of asking about one.
         config = self._context.config(events, required={"allow.auto.create.topics": False})
-        try:
-            return AdminClient(config)
-        except (KafkaException, ValueError, TypeError) as exc:
-            # librdkafka may quote the offending value, which could be a secret.
-            raise ConfigurationError(
-                f"librdkafka rejected the configuration for {self._context.url}: "
-                f"{self._context.describe(exc)}"
-            ) from None
+        return self._context.build(AdminClient, config, "admin client")
 
     def _admin(self) -> AdminClient:
         with self._lock:

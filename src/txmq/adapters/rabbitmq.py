@@ -24,7 +24,7 @@ from txmq.adapters._rabbitmq_connection import (
 )
 from txmq.adapters._rabbitmq_publisher import RabbitMQPublisher
 from txmq.adapters._rabbitmq_subscription import RabbitMQSubscription
-from txmq.adapters._rabbitmq_wire import decode_delivery
+from txmq.adapters._rabbitmq_wire import decode_frame
 from txmq.adapters.base import Adapter, Delivery, Publisher, Subscription, Topology
 from txmq.config import BrokerSettings, RabbitMQSettings
 from txmq.errors import ConfigurationError
@@ -119,17 +119,7 @@ class RabbitMQAdapter(Adapter):
                 method, properties, body = channel.basic_get(queue, auto_ack=False)
                 if method is None:
                     break
-                deliveries.append(
-                    decode_delivery(
-                        source=queue,
-                        token=None,
-                        redelivered=bool(method.redelivered),
-                        body=body,
-                        message_id=properties.message_id,
-                        headers=properties.headers,
-                        routing_key=method.routing_key,
-                    )
-                )
+                deliveries.append(decode_frame(queue, None, method, properties, body))
                 last_tag = method.delivery_tag
             if last_tag:
                 channel.basic_nack(delivery_tag=last_tag, multiple=True, requeue=True)
