@@ -29,13 +29,13 @@ import time
 import uuid
 from collections.abc import Callable
 
-import pika
 import psycopg
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, create_engine
 from sqlalchemy.orm import Session
 
 import txmq
 from txmq.adapters import Adapter, Topology
+from txmq.adapters._rabbitmq_connection import open_blocking
 from txmq.consumer import Consumer, make_inbox_table
 from txmq.message import Message
 
@@ -55,13 +55,7 @@ def raw_pika(adapter: Adapter, count: int) -> float:
     assert settings.system == "rabbitmq"
     topology = Topology(f"bench{uuid.uuid4().hex[:8]}", f"raw{uuid.uuid4().hex[:8]}")
     fill(adapter, topology, count)
-    params = pika.ConnectionParameters(
-        settings.host,
-        settings.port,
-        settings.virtual_host,
-        pika.PlainCredentials(settings.username, settings.password),
-    )
-    connection = pika.BlockingConnection(params)
+    connection = open_blocking(settings, name="bench raw pika")
     channel = connection.channel()
     channel.basic_qos(prefetch_count=1000)
     started = 0.0

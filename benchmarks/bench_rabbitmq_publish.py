@@ -22,6 +22,7 @@ import pika
 
 import txmq
 from txmq import Message, Topology
+from txmq.adapters._rabbitmq_connection import connection_parameters, open_blocking
 from txmq.adapters._rabbitmq_wire import PERSISTENT, encode_headers
 from txmq.adapters.rabbitmq import RabbitMQAdapter
 
@@ -29,12 +30,7 @@ from txmq.adapters.rabbitmq import RabbitMQAdapter
 def raw_pika(adapter: RabbitMQAdapter, messages: list[Message], window: int) -> float:
     """Seconds from the first publish to the last confirm, pipelining ``window`` publishes."""
     settings = adapter.settings
-    params = pika.ConnectionParameters(
-        settings.host,
-        settings.port,
-        settings.virtual_host,
-        pika.PlainCredentials(settings.username, settings.password),
-    )
+    params = connection_parameters(settings, name="bench raw pika")
     state: dict[str, Any] = {"sent": 0, "confirmed": 0, "failed": 0, "started": 0.0}
     channel: Any = None
 
@@ -143,14 +139,7 @@ def main() -> None:
 
 def _delete_queues(adapter: RabbitMQAdapter, topology: Topology) -> None:
     settings = adapter.settings
-    connection = pika.BlockingConnection(
-        pika.ConnectionParameters(
-            settings.host,
-            settings.port,
-            settings.virtual_host,
-            pika.PlainCredentials(settings.username, settings.password),
-        )
-    )
+    connection = open_blocking(settings, name="bench cleanup")
     channel = connection.channel()
     for queue in (topology.work_queue, topology.dead_letter_queue):
         channel.queue_delete(queue)

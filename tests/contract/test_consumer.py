@@ -400,13 +400,9 @@ def publish_raw(broker_url: str, topic: str, body: bytes, headers: dict[str, str
     if settings.system == "rabbitmq":
         import pika
 
-        params = pika.ConnectionParameters(
-            host=settings.host,
-            port=settings.port,
-            virtual_host=settings.virtual_host,
-            credentials=pika.PlainCredentials(settings.username, settings.password),
-        )
-        connection = pika.BlockingConnection(params)
+        from txmq.adapters._rabbitmq_connection import open_blocking
+
+        connection = open_blocking(settings, name="test legacy publisher")
         try:
             channel = connection.channel()
             channel.confirm_delivery()

@@ -33,17 +33,11 @@ def _unavailable(reason: str) -> None:
 
 
 def _round_trip_rabbitmq(url: str) -> None:
-    import pika
+    from txmq.adapters._rabbitmq_connection import open_blocking
 
     parsed = parse_broker_url(url)
     assert isinstance(parsed, RabbitMQSettings)
-    connection = pika.BlockingConnection(
-        pika.ConnectionParameters(
-            host=parsed.host,
-            port=parsed.port,
-            credentials=pika.PlainCredentials(parsed.username, parsed.password),
-        )
-    )
+    connection = open_blocking(parsed, name="provision check")
     try:
         channel = connection.channel()
         channel.confirm_delivery()

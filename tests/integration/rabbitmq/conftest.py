@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import pika
 import pytest
 
 import txmq
+from txmq.adapters._rabbitmq_connection import open_blocking
 from txmq.adapters.base import Topology
 from txmq.adapters.rabbitmq import RabbitMQAdapter
 from txmq.config import parse_broker_url
@@ -59,13 +59,7 @@ def raw_channel(rabbitmq_url: str) -> Iterator[Any]:
     """A plain pika channel for setting up and inspecting what the adapter does."""
     settings = parse_broker_url(rabbitmq_url)
     assert settings.system == "rabbitmq"
-    params = pika.ConnectionParameters(
-        settings.host,
-        settings.port,
-        settings.virtual_host,
-        pika.PlainCredentials(settings.username, settings.password),
-    )
-    connection = pika.BlockingConnection(params)
+    connection = open_blocking(settings, name="test raw channel")
     yield connection.channel()
     if connection.is_open:
         connection.close()
@@ -78,14 +72,7 @@ def cleanup(rabbitmq_url: str) -> Iterator[list[str]]:
     yield queues
     settings = parse_broker_url(rabbitmq_url)
     assert settings.system == "rabbitmq"
-    connection = pika.BlockingConnection(
-        pika.ConnectionParameters(
-            settings.host,
-            settings.port,
-            settings.virtual_host,
-            pika.PlainCredentials(settings.username, settings.password),
-        )
-    )
+    connection = open_blocking(settings, name="test cleanup")
     channel = connection.channel()
     for queue in queues:
         channel.queue_delete(queue)
