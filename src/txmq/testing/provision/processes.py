@@ -406,6 +406,7 @@ class RestartablePostgres:
         self._ports = Ports.free()
         self._owner = _service_user("postgres")
         self._record: Running | None = start("postgres", self._ports, timeout=timeout)
+        self._run_dir = Path(self._record.run_dir or "")
 
     @property
     def url(self) -> str:
@@ -427,10 +428,11 @@ class RestartablePostgres:
         Raises:
             ProvisionError: it did not come up within the timeout.
         """
+        if self._record is None:
+            raise ProvisionError("this PostgreSQL was closed")
         if self.running:
             return
-        assert self._record is not None and self._record.run_dir is not None
-        record, liveness = _spawn_postgres(self._ports, Path(self._record.run_dir), self._owner)
+        record, liveness = _spawn_postgres(self._ports, self._run_dir, self._owner)
         self._record = record
         wait_ready("postgres", record.url, timeout=self._timeout, alive=liveness)
 
