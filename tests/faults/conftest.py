@@ -12,6 +12,7 @@ import pytest
 
 from txmq.testing.provision.processes import RestartablePostgres
 
+
 @pytest.fixture(scope="session")
 def _private_server() -> Iterator[RestartablePostgres]:
     with RestartablePostgres() as server:

@@ -247,9 +247,7 @@ def test_relay_resumes_after_database_restart(
         committed = outbox.ids()
         assert set(feeder.confirmed) <= committed
         assert_exactly_once(sink, committed)
-        wait_for(
-            lambda: outbox.ids(RecordState.SENT) == committed, what="every record marked SENT"
-        )
+        wait_for(lambda: outbox.ids(RecordState.SENT) == committed, what="every record marked SENT")
     finally:
         feeder.stop()
         producer.close()
