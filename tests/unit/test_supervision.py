@@ -194,3 +194,23 @@ def test_a_dead_consumer_worker_makes_the_consumer_unhealthy(
         assert isinstance(dead.fatal, Crash)
     finally:
         consumer.stop()
+
+
+def test_consumer_run_raises_what_killed_a_worker(engine: Engine) -> None:
+    inbox = make_inbox_table(MetaData(), name="inbox")
+    inbox.metadata.create_all(engine)
+    broker = InMemoryBroker()
+    consumer = Consumer(
+        broker=broker, engine=engine, group="g", inbox=inbox, poll_interval=0.05, concurrency=2
+    )
+
+    @consumer.handler("t")
+    def handle(message: txmq.Message, session: Session) -> None:
+        raise Crash("handler escaped")
+
+    broker.declare(consumer.topologies())
+    with broker.publisher() as publisher:
+        publisher.publish([txmq.Message("t", b"x")])
+    with pytest.raises(Crash, match="handler escaped"):
+        consumer.run()
+    assert not consumer.running

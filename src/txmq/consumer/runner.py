@@ -302,6 +302,11 @@ class Consumer:
 
         Signal handlers are installed only when called from the main thread (Python allows
         no other), and the previous handlers are restored on return.
+
+        Raises:
+            the exception that ended a worker (a fatal error such as
+            :class:`~txmq.errors.DatabaseRefused`, or an unexpected ``BaseException``),
+            after stopping the other workers: a consumer never idles with a dead worker.
         """
         previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
@@ -309,12 +314,15 @@ class Consumer:
                 previous[signum] = signal.signal(signum, self._on_signal)
         try:
             self.start()
-            while not self._stop.wait(0.5) and self.running:
+            while not self._stop.wait(0.5) and self.healthy():
                 pass
         finally:
             self.stop()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+        for dead in self.health().dead:
+            if dead.fatal is not None:
+                raise dead.fatal
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("consumer %s: signal %d, stopping", self.group, signum)

@@ -21,10 +21,10 @@ from datetime import timedelta
 from typing import Any
 
 from txmq.adapters.base import Adapter, Publisher, PublishOutcome
-from txmq.errors import BrokerError, MessageTooLarge
+from txmq.errors import BrokerError, DatabaseUnavailable, MessageTooLarge
 from txmq.outbox.store import ClaimedRecord, OutboxStore, utcnow
 from txmq.outbox.tables import NOTIFY_CHANNEL
-from txmq.supervision import Health, SupervisedLoop, health_of
+from txmq.supervision import Health, SupervisedLoop, describe, health_of
 from txmq.telemetry import RELAY_BATCH_SECONDS, RELAY_FAILURES, RELAY_PUBLISHED
 
 log = logging.getLogger("txmq.relay")
@@ -233,7 +233,7 @@ class _Notifications:
         """Return after ``seconds``, or earlier on stop() or a NOTIFY.
 
         Raises:
-            the driver's error when the connection fails (the caller backs off).
+            DatabaseUnavailable: the LISTEN connection failed (it is reopened next time).
         """
         driver = self._connection()
         if driver is None:
@@ -248,6 +248,9 @@ class _Notifications:
                     return
                 for _ in driver.notifies(timeout=min(left, 0.25), stop_after=1):
                     return
+        except Exception as exc:
+            self.close()
+            raise DatabaseUnavailable(f"LISTEN connection lost: {describe(exc)}") from exc
         except BaseException:
             self.close()
             raise
