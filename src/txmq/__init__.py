@@ -24,6 +24,8 @@ from txmq.errors import (
     BrokerError,
     BrokerUnavailable,
     ConfigurationError,
+    DatabaseRefused,
+    DatabaseUnavailable,
     InvalidMessage,
     InvalidURL,
     MessageDecodeError,
@@ -48,6 +50,7 @@ from txmq.outbox import (
 )
 from txmq.schema import create_schema, metadata
 from txmq.states import CheckLimitPolicy, LocalTransactionState, RecordState
+from txmq.supervision import Health, LoopHealth, LoopState
 
 __version__ = "0.1.0"
 
@@ -63,13 +66,18 @@ __all__ = [
     "Compensation",
     "ConfigurationError",
     "Consumer",
+    "DatabaseRefused",
+    "DatabaseUnavailable",
     "DeadLetter",
     "DeadLetters",
     "Delivery",
+    "Health",
     "InvalidMessage",
     "InvalidURL",
     "KafkaSettings",
     "LocalTransactionState",
+    "LoopHealth",
+    "LoopState",
     "Message",
     "MessageDecodeError",
     "MessageTooLarge",

@@ -31,6 +31,17 @@ class WrongDatabase(ConfigurationError):
     """A session or connection is bound to another database than the one txmq was given."""
 
 
+class DatabaseRefused(ConfigurationError):
+    """The database server refused the connection for a reason retrying cannot fix: the
+    authentication failed, or the role or database does not exist (check the database URL).
+    """
+
+
+class DatabaseUnavailable(TxmqError):
+    """The database cannot be reached right now (connection refused or lost, server
+    restarting); background loops wait and reconnect."""
+
+
 class InvalidMessage(TxmqError, ValueError):
     """A message cannot be sent as given: a bad topic or key, a body that is not bytes, ..."""
 

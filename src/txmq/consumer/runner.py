@@ -22,6 +22,7 @@ from txmq.consumer.tables import default_inbox_table
 from txmq.consumer.worker import Handler, Plan, Route, Worker
 from txmq.errors import ConfigurationError
 from txmq.message import Message, validate_name
+from txmq.supervision import Health, SupervisedLoop, health_of
 
 log = logging.getLogger("txmq.consumer")
 
@@ -119,7 +120,7 @@ class Consumer:
         self._handlers: dict[str, tuple[Handler, RetryPolicy | None, bool | None]] = {}
         self._stats = ConsumerStats(group=self.group)
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._loops: list[SupervisedLoop] = []
         self._adapter: Adapter | None = None
         self._owns_adapter = False
         self._lock = threading.Lock()
@@ -158,7 +159,7 @@ class Consumer:
         """Register ``fn(message, session)`` as the handler of ``topic``."""
         validate_name(topic, "topic")
         with self._lock:
-            if self._threads:
+            if self._loops:
                 raise ConfigurationError("register handlers before starting the consumer")
             if topic in self._handlers:
                 raise ConfigurationError(f"topic {topic!r} already has a handler")
@@ -212,7 +213,15 @@ class Consumer:
 
     @property
     def running(self) -> bool:
-        return any(thread.is_alive() for thread in self._threads)
+        return any(loop.alive for loop in self._loops)
+
+    def health(self) -> Health:
+        """How the worker threads are doing (see :mod:`txmq.supervision`)."""
+        return health_of(self._loops)
+
+    def healthy(self) -> bool:
+        """False once a worker has died (a fatal error or an unexpected exception)."""
+        return self.health().healthy
 
     def start(self) -> None:
         """Declare the topology and start the worker threads; return at once.
@@ -252,12 +261,10 @@ class Consumer:
                 stats=self._stats,
                 stop=self._stop,
             )
-            self._threads = []
-            for index in range(self.concurrency):
-                name = f"txmq-consumer-{self.group}-{index}"
-                thread = threading.Thread(target=Worker(plan, name).run, name=name, daemon=True)
-                thread.start()
-                self._threads.append(thread)
+            self._loops = [
+                Worker(plan, f"txmq-consumer-{self.group}-{index}").supervised().start()
+                for index in range(self.concurrency)
+            ]
             log.info(
                 "consumer %s started: %d worker(s) on %s",
                 *(self.group, self.concurrency, sorted(routes)),
@@ -281,8 +288,8 @@ class Consumer:
         """
         self._stop.set()
         deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        for loop in self._loops:
+            loop.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         stopped = not self.running
         if stopped and self._owns_adapter and self._adapter is not None:
             self._adapter.close()
@@ -295,6 +302,11 @@ class Consumer:
 
         Signal handlers are installed only when called from the main thread (Python allows
         no other), and the previous handlers are restored on return.
+
+        Raises:
+            the exception that ended a worker (a fatal error such as
+            :class:`~txmq.errors.DatabaseRefused`, or an unexpected ``BaseException``),
+            after stopping the other workers: a consumer never idles with a dead worker.
         """
         previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
@@ -302,12 +314,15 @@ class Consumer:
                 previous[signum] = signal.signal(signum, self._on_signal)
         try:
             self.start()
-            while not self._stop.wait(0.5) and self.running:
+            while not self._stop.wait(0.5) and self.healthy():
                 pass
         finally:
             self.stop()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+        for dead in self.health().dead:
+            if dead.fatal is not None:
+                raise dead.fatal
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("consumer %s: signal %d, stopping", self.group, signum)

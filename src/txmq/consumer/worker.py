@@ -48,16 +48,18 @@ from txmq.consumer.policy import RetryPolicy
 from txmq.consumer.stats import ConsumerStats
 from txmq.consumer.tables import STATUS_DEAD
 from txmq.consumer.transactions import Transactions
-from txmq.errors import BrokerError, PublishError, TxmqError
+from txmq.database_errors import is_outage
+from txmq.errors import DatabaseUnavailable, PublishError, TxmqError
 from txmq.message import HEADER_ATTEMPT, HEADER_DUE_AT, Message
+from txmq.supervision import SupervisedLoop, describe
 from txmq.telemetry import CONSUME_SECONDS, consume_span
 
 log = logging.getLogger("txmq.consumer")
 
 Handler = Callable[[Message, Session], None]
 
-#: Reconnect back-off after a broker error: first wait, cap.
-_BACKOFF = (0.5, 15.0)
+#: Longest reconnect back-off after a broker error.
+_MAX_BACKOFF = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,27 +114,31 @@ class Worker:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def run(self) -> None:
-        """Consume until the plan's stop event is set, reconnecting after broker errors."""
+    def supervised(self) -> SupervisedLoop:
+        """This worker as a supervised loop (not started): it consumes until the plan's
+        stop event is set, reconnecting after broker and database outages."""
+        return SupervisedLoop(
+            name=self.name,
+            step=self._step,
+            stop=self.plan.stop,
+            on_error=lambda exc: self._disconnect(),
+            on_exit=self._disconnect,
+            max_backoff=_MAX_BACKOFF,
+        )
+
+    def _step(self) -> bool:
+        """One poll (which waits up to the poll interval) and the handling of what came."""
         plan = self.plan
-        backoff = _BACKOFF[0]
-        while not plan.stop.is_set():
-            try:
-                self._subscription = plan.adapter.subscribe(
-                    plan.group, list(plan.routes), prefetch=plan.prefetch
-                )
-                backoff = _BACKOFF[0]
-                self._consume(self._subscription)
-            except BrokerError as exc:
-                log.warning("%s: broker error, reconnecting in %.1fs: %s", self.name, backoff, exc)
-            except Exception:
-                # A bug (ours or an adapter's): keep the consumer alive, the broker redelivers.
-                log.exception("%s: unexpected error, reconnecting in %.1fs", self.name, backoff)
-            finally:
-                self._disconnect()
-            if plan.stop.wait(backoff):
-                break
-            backoff = min(backoff * 2, _BACKOFF[1])
+        if self._subscription is None:
+            self._subscription = plan.adapter.subscribe(
+                plan.group, list(plan.routes), prefetch=plan.prefetch
+            )
+        subscription = self._subscription
+        timeout = self._resume_due(subscription)
+        deliveries = subscription.poll(timeout, max(plan.batch_size, min(plan.prefetch, 100)))
+        if deliveries:
+            self._handle(subscription, deliveries)
+        return bool(deliveries)
 
     def _disconnect(self) -> None:
         for closable in (self._subscription, self._publisher):
@@ -144,15 +150,6 @@ class Worker:
         self._subscription = self._publisher = None
         self._paused.clear()
         self._transactions.close()
-
-    def _consume(self, subscription: Subscription) -> None:
-        plan = self.plan
-        max_messages = max(plan.batch_size, min(plan.prefetch, 100))
-        while not plan.stop.is_set():
-            timeout = self._resume_due(subscription)
-            deliveries = subscription.poll(timeout, max_messages)
-            if deliveries:
-                self._handle(subscription, deliveries)
 
     def _resume_due(self, subscription: Subscription) -> float:
         """Resume paused sources that are due; return how long the next poll may wait."""
@@ -262,6 +259,7 @@ class Worker:
                 else:
                     entry = plan.inbox.lookup(connection, [item.key]).get(item.key)
         except Exception as exc:
+            _raise_if_outage(exc)
             self._failed(item, exc)
         else:
             if fresh:
@@ -296,6 +294,7 @@ class Worker:
                     found = plan.inbox.lookup(connection, {item.key for item in items})
                     dead = {key: entry for key, entry in found.items() if entry.dead}
         except Exception as exc:
+            _raise_if_outage(exc)
             log.info(
                 "%s: batch of %d failed (%s); redoing one by one",
                 *(self.name, len(items), error_text(exc)),
@@ -425,3 +424,15 @@ class Worker:
         if self._publisher is None:
             self._publisher = self.plan.adapter.publisher()
         return self._publisher
+
+
+def _raise_if_outage(exc: Exception) -> None:
+    """A lost database is not the handler's failure: spend no attempt on it.
+
+    Raises:
+        DatabaseUnavailable: ``exc`` is (or was caused by) a database outage. The worker
+            then backs off and reconnects; the deliveries not settled are given back and
+            delivered again once the database is back.
+    """
+    if is_outage(exc):
+        raise DatabaseUnavailable(f"the database is unavailable: {describe(exc)}") from exc

@@ -21,6 +21,10 @@ from txmq.outbox.relay import Relay
 from txmq.outbox.store import OutboxStore
 from txmq.outbox.tables import make_outbox_tables
 from txmq.states import RecordState
+from txmq.supervision import describe
+
+#: How often ``txmq outbox relay`` looks at its lanes' health.
+HEALTH_CHECK_INTERVAL = 0.5
 
 app = typer.Typer(help="Inspect the outbox, decide parked half messages, run a relay.")
 
@@ -144,7 +148,12 @@ def relay(
         str | None, typer.Option(help="Stable relay name (Kafka transactional.id).")
     ] = None,
 ) -> None:
-    """Run a relay until SIGINT/SIGTERM."""
+    """Run a relay until SIGINT/SIGTERM (exit 0).
+
+    Exits with status 1 and one line on stderr when a relay lane has died or hit an error
+    that retrying cannot fix (a database refusing the connection, a configuration error);
+    outages of the database or broker are waited out.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     adapter = connect(broker)
     worker = Relay(
@@ -155,6 +164,13 @@ def relay(
         signal.signal(signum, lambda *_: stopped.set())
     typer.echo(f"relay {worker.instance_id} -> {adapter.settings.redacted_url()}")
     worker.start()
-    stopped.wait()
-    worker.stop()
-    adapter.close()
+    try:
+        while not stopped.wait(HEALTH_CHECK_INTERVAL):
+            if dead := worker.health().dead:
+                loop = dead[0]
+                cause = describe(loop.fatal) if loop.fatal is not None else "stopped"
+                typer.echo(f"error: relay {loop.name} stopped: {cause}", err=True)
+                raise typer.Exit(code=1)
+    finally:
+        worker.stop()
+        adapter.close()

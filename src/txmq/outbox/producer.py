@@ -36,6 +36,7 @@ from txmq.outbox.store import OutboxRecord, OutboxStore
 from txmq.outbox.tables import OutboxTables, make_outbox_tables
 from txmq.schema import metadata
 from txmq.states import LocalTransactionState, RecordState
+from txmq.supervision import Health, SupervisedLoop, health_of
 from txmq.telemetry import STAGED, with_trace_context
 
 log = logging.getLogger("txmq.producer")
@@ -132,7 +133,7 @@ class Producer(Closing):
         self._transaction_count = 0
         self._transaction_lock = threading.Lock()
         self._relay: Relay | None = None
-        self._workers: list[threading.Thread] = []
+        self._workers: list[SupervisedLoop] = []
         self._stop = threading.Event()
 
     # -- outbox mode -----------------------------------------------------------------------
@@ -328,29 +329,37 @@ class Producer(Closing):
     def start(
         self, *, relay: bool = True, check_back_every: float = 1.0, **relay_options: Any
     ) -> Producer:
-        """Start the relay and the check-back loop in daemon threads (stop with :meth:`close`)."""
+        """Start the relay and the check-back loop in daemon threads (stop with :meth:`close`).
+
+        Both survive database and broker outages and resume by themselves; :meth:`health`
+        tells whether one has died.
+        """
         if relay and self._relay is None:
             self._relay = self.relay(**relay_options).start()
         if not self._workers:
-            worker = threading.Thread(
-                target=self._check_back_loop,
-                args=(check_back_every,),
+            self._stop.clear()
+
+            def check_back() -> bool:
+                return self.check_back_once() > 0
+
+            worker = SupervisedLoop(
                 name="txmq-checkback",
-                daemon=True,
+                step=check_back,
+                stop=self._stop,
+                idle=lambda: self._stop.wait(check_back_every),
             )
-            worker.start()
-            self._workers.append(worker)
+            self._workers.append(worker.start())
         return self
 
-    def _check_back_loop(self, every: float) -> None:
-        while not self._stop.is_set():
-            try:
-                looked_at = self.check_back_once()
-            except Exception:
-                log.exception("check-back pass failed")
-                looked_at = 0
-            if not looked_at:
-                self._stop.wait(every)
+    def health(self) -> Health:
+        """How the loops started by :meth:`start` are doing: the check-back loop and the
+        relay's lanes (see :mod:`txmq.supervision`)."""
+        relayed = self._relay.health() if self._relay is not None else Health()
+        return health_of(self._workers) + relayed
+
+    def healthy(self) -> bool:
+        """False once a background loop has died (a fatal error or an unexpected exception)."""
+        return self.health().healthy
 
     def parked(self, limit: int = 100) -> list[OutboxRecord]:
         """PARKED records of this group, oldest first."""

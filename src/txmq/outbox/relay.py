@@ -14,23 +14,20 @@ keeps same-key records in order across lanes and across relays.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from txmq.adapters.base import Adapter, Publisher, PublishOutcome
-from txmq.errors import BrokerError, MessageTooLarge
+from txmq.errors import BrokerError, DatabaseUnavailable, MessageTooLarge
 from txmq.outbox.store import ClaimedRecord, OutboxStore, utcnow
 from txmq.outbox.tables import NOTIFY_CHANNEL
+from txmq.supervision import Health, SupervisedLoop, describe, health_of
 from txmq.telemetry import RELAY_BATCH_SECONDS, RELAY_FAILURES, RELAY_PUBLISHED
 
 log = logging.getLogger("txmq.relay")
-
-Wait = Callable[[float], None]
 
 
 class Relay:
@@ -83,7 +80,7 @@ class Relay:
         self._floor = _ClaimFloor()
         self._lanes = [_Lane(self, n) for n in range(concurrency)]
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._loops: list[SupervisedLoop] = []
         self._purge_lock = threading.Lock()
         self._last_purge = 0.0
 
@@ -143,59 +140,69 @@ class Relay:
     # -- background loop -------------------------------------------------------------------
 
     def start(self) -> Relay:
-        """Run every lane in a daemon thread until :meth:`stop`."""
-        if not any(thread.is_alive() for thread in self._threads):
+        """Run every lane in a daemon thread until :meth:`stop`.
+
+        Each lane survives database and broker outages (it backs off and resumes by itself);
+        :meth:`health` tells whether one has died.
+        """
+        if not any(loop.alive for loop in self._loops):
             self._stop.clear()
-            self._threads = [
-                threading.Thread(target=self._run_lane, args=(lane,), name=f"txmq-relay-{n}")
-                for n, lane in enumerate(self._lanes)
-            ]
-            for thread in self._threads:
-                thread.daemon = True
-                thread.start()
+            self._loops = [self._supervised(lane) for lane in self._lanes]
+            for loop in self._loops:
+                loop.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """Let each lane finish its batch, then stop and close the publishers."""
         self._stop.set()
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        self._threads = []
+        for loop in self._loops:
+            loop.join(max(0.0, deadline - time.monotonic()))
         for lane in self._lanes:
             lane.drop_publisher()
 
     def run(self) -> None:
         """Run every lane until :meth:`stop` (blocking)."""
         self.start()
-        for thread in self._threads:
-            thread.join()
+        for loop in self._loops:
+            loop.join()
 
-    def _run_lane(self, lane: _Lane) -> None:
-        wait, close_waiter = self._waiter()
-        failures = 0
-        try:
-            while not self._stop.is_set():
-                try:
-                    sent = lane.run_once()
-                    failures = 0
-                except BrokerError as exc:
-                    failures += 1
-                    delay = min(self.max_backoff, 0.2 * 2**failures) * random.uniform(0.5, 1.0)
-                    log.warning("relay: broker unavailable (%s); retrying in %.1fs", exc, delay)
-                    self._stop.wait(delay)
-                    continue
-                except Exception:
-                    failures += 1
-                    log.exception("relay pass failed")
-                    self._stop.wait(min(self.max_backoff, 0.2 * 2**failures))
-                    continue
-                self._maybe_purge()
-                if sent < self.batch_size:
-                    wait(self.poll_interval)
-        finally:
-            close_waiter()
+    def health(self) -> Health:
+        """How the lanes started by :meth:`start` are doing (see :mod:`txmq.supervision`)."""
+        return health_of(self._loops)
+
+    def healthy(self) -> bool:
+        """False once a lane has died (a fatal error or an unexpected exception)."""
+        return self.health().healthy
+
+    def _supervised(self, lane: _Lane) -> SupervisedLoop:
+        notifications = _Notifications(self.store, self._stop)
+
+        def step() -> bool:
+            sent = lane.run_once()
+            self._maybe_purge()
+            return sent >= self.batch_size
+
+        def on_error(exc: BaseException) -> None:
+            if isinstance(exc, BrokerError):
+                lane.drop_publisher()
+            else:
+                # The database went away: the LISTEN connection went with it.
+                notifications.close()
+
+        def on_exit() -> None:
+            notifications.close()
             lane.drop_publisher()
+
+        return SupervisedLoop(
+            name=f"txmq-relay-{lane.number}",
+            step=step,
+            stop=self._stop,
+            idle=lambda: notifications.wait(self.poll_interval),
+            on_error=on_error,
+            on_exit=on_exit,
+            max_backoff=self.max_backoff,
+        )
 
     def _maybe_purge(self) -> None:
         with self._purge_lock:
@@ -207,36 +214,73 @@ class Relay:
         if purged:
             log.info("purged %d finished outbox records", purged)
 
-    def _waiter(self) -> tuple[Wait, Callable[[], None]]:
-        """``(wait, close)``: wait(seconds) returns early on stop() or, on PostgreSQL with
-        psycopg 3, on a NOTIFY from a committed stage; close() releases the LISTEN connection.
+
+class _Notifications:
+    """One lane's wake-up: on PostgreSQL with psycopg 3, a connection that LISTENs for the
+    NOTIFY of committed stages; elsewhere, a plain sleep.
+
+    The connection is opened at the first wait and again at the first wait after a failure
+    (:meth:`close`): a database restart cuts it like any other.
+    """
+
+    def __init__(self, store: OutboxStore, stop: threading.Event) -> None:
+        self._store = store
+        self._stop = stop
+        self._listening = store.dialect == "postgresql"
+        self._driver: Any = None
+
+    def wait(self, seconds: float) -> None:
+        """Return after ``seconds``, or earlier on stop() or a NOTIFY.
+
+        Raises:
+            DatabaseUnavailable: the LISTEN connection failed (it is reopened next time).
         """
-
-        def sleep(seconds: float) -> None:
+        driver = self._connection()
+        if driver is None:
             self._stop.wait(seconds)
-
-        if self.store.dialect != "postgresql":
-            return sleep, lambda: None
-        raw: Any = self.store.engine.raw_connection()
-        driver = getattr(raw, "driver_connection", None)
-        if driver is None or not hasattr(driver, "notifies"):
-            raw.close()
-            return sleep, lambda: None
-        raw.detach()  # this connection LISTENs for the lane's lifetime; keep it out of the pool
-        driver.autocommit = True
-        driver.execute(f"LISTEN {NOTIFY_CHANNEL}")
-
-        def wait(seconds: float) -> None:
+            return
+        deadline = time.monotonic() + seconds
+        try:
             # Short slices so that stop() is noticed quickly.
-            deadline = time.monotonic() + seconds
             while not self._stop.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return
                 for _ in driver.notifies(timeout=min(left, 0.25), stop_after=1):
                     return
+        except Exception as exc:
+            self.close()
+            raise DatabaseUnavailable(f"LISTEN connection lost: {describe(exc)}") from exc
+        except BaseException:
+            self.close()
+            raise
 
-        return wait, driver.close
+    def _connection(self) -> Any:
+        if self._driver is not None or not self._listening:
+            return self._driver
+        raw: Any = self._store.engine.raw_connection()
+        driver = getattr(raw, "driver_connection", None)
+        if driver is None or not hasattr(driver, "notifies"):
+            raw.close()
+            self._listening = False  # not psycopg 3: poll
+            return None
+        raw.detach()  # this connection LISTENs as long as it works; keep it out of the pool
+        try:
+            driver.autocommit = True
+            driver.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        except BaseException:
+            driver.close()
+            raise
+        self._driver = driver
+        return driver
+
+    def close(self) -> None:
+        driver, self._driver = self._driver, None
+        if driver is not None:
+            try:
+                driver.close()
+            except Exception:  # a broken connection may fail to close; nothing to release
+                log.debug("closing the LISTEN connection failed", exc_info=True)
 
 
 #: Longest time a relay working through a backlog goes without a claim from the start of

@@ -235,17 +235,25 @@ def _start_postgres(
 ) -> tuple[Running, Callable[[], str | None]]:
     bindir = _postgres_bindir()
     data = run_dir / "data"
+    _run_setup(
+        [str(bindir / "initdb"), *launch.initdb_args(str(data))], env=_base_env(), owner=owner
+    )
+    return _spawn_postgres(ports, run_dir, owner)
+
+
+def _spawn_postgres(
+    ports: Ports, run_dir: Path, owner: pwd.struct_passwd | None
+) -> tuple[Running, Callable[[], str | None]]:
+    """Run the server on the data directory ``run_dir/data`` (already initialised)."""
     log = run_dir / "postgres.log"
-    env = _base_env()
-    _run_setup([str(bindir / "initdb"), *launch.initdb_args(str(data))], env=env, owner=owner)
     process = _spawn(
         [
-            str(bindir / "postgres"),
+            str(_postgres_bindir() / "postgres"),
             "-D",
-            str(data),
+            str(run_dir / "data"),
             *launch.postgres_args(ports, bind_host=LOOPBACK, socket_dir=str(run_dir)),
         ],
-        env=env,
+        env=_base_env(),
         cwd=run_dir,
         log=log,
         owner=owner,
@@ -345,8 +353,9 @@ def alive(record: Running) -> bool:
     )
 
 
-def stop(record: Running, *, timeout: float = STOP_TIMEOUT) -> None:
-    """Stop the broker's process groups (gracefully, then SIGKILL) and delete its run dir."""
+def stop(record: Running, *, timeout: float = STOP_TIMEOUT, keep_data: bool = False) -> None:
+    """Stop the broker's process groups (gracefully, then SIGKILL) and delete its run dir
+    (unless ``keep_data``)."""
     ours = [
         pgid
         for pgid, started in zip(record.pgids, record.start_times, strict=True)
@@ -368,7 +377,7 @@ def stop(record: Running, *, timeout: float = STOP_TIMEOUT) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
     _reap()
-    if record.run_dir:
+    if record.run_dir and not keep_data:
         shutil.rmtree(record.run_dir, ignore_errors=True)
 
 
@@ -376,3 +385,72 @@ def _reap() -> None:
     for pid, process in list(_children.items()):
         if process.poll() is not None:
             del _children[pid]
+
+
+class RestartablePostgres:
+    """A private PostgreSQL server for fault tests, that can be stopped and started again.
+
+    The server runs as a process (see :func:`start`) on free ports. :meth:`restart` stops it
+    the way an operator's restart does (fast shutdown: every client connection is closed),
+    keeps it down for a while, and starts it again on the same data directory and port, so
+    clients reconnect to the same URL and find their data. Never use it on a shared server.
+
+    Example:
+        >>> with RestartablePostgres() as server:  # doctest: +SKIP
+        ...     engine = create_engine(server.url)
+        ...     server.restart(down_for=2.5)
+    """
+
+    def __init__(self, *, timeout: float = 180.0) -> None:
+        self._timeout = timeout
+        self._ports = Ports.free()
+        self._owner = _service_user("postgres")
+        self._record: Running | None = start("postgres", self._ports, timeout=timeout)
+        self._run_dir = Path(self._record.run_dir or "")
+
+    @property
+    def url(self) -> str:
+        """The server's SQLAlchemy URL (``postgresql+psycopg://postgres@127.0.0.1:PORT/postgres``)."""
+        return url_for("postgres", self._ports)
+
+    @property
+    def running(self) -> bool:
+        return self._record is not None and alive(self._record)
+
+    def stop_server(self) -> None:
+        """Fast shutdown; return once the server process has exited (data kept)."""
+        if self._record is not None:
+            stop(self._record, keep_data=True)
+
+    def start_server(self) -> None:
+        """Start the server again on the same data and port; return once it answers.
+
+        Raises:
+            ProvisionError: it did not come up within the timeout.
+        """
+        if self._record is None:
+            raise ProvisionError("this PostgreSQL was closed")
+        if self.running:
+            return
+        record, liveness = _spawn_postgres(self._ports, self._run_dir, self._owner)
+        self._record = record
+        wait_ready("postgres", record.url, timeout=self._timeout, alive=liveness)
+
+    def restart(self, *, down_for: float = 2.5) -> None:
+        """Stop the server, keep it down ``down_for`` seconds, start it again."""
+        self.stop_server()
+        # The outage itself: clients must see a server that is gone for a while.
+        time.sleep(down_for)
+        self.start_server()
+
+    def close(self) -> None:
+        """Stop the server and delete its data. Idempotent."""
+        if self._record is not None:
+            record, self._record = self._record, None
+            stop(record)
+
+    def __enter__(self) -> RestartablePostgres:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,79 @@
+"""Telling database driver errors apart: an outage that passes, or a refusal that does not.
+
+Background loops reconnect after an outage (connection refused or lost, server restarting
+or failing over) and stop for good on a refusal (bad password, no such role or database),
+which only a change of configuration can fix. Works on SQLAlchemy's wrapped errors and on
+the driver's own, without importing a driver.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from txmq.config import redact
+from txmq.errors import DatabaseRefused
+
+# What servers say when they refuse a client for good (PostgreSQL, MySQL/MariaDB). Drivers
+# give no SQLSTATE for errors raised while connecting, so the text is all there is.
+_REFUSALS = (
+    "password authentication failed",
+    "authentication failed for user",
+    "no password supplied",
+    "no pg_hba.conf entry",
+    "does not exist",  # role "x" / database "x" does not exist
+    "access denied for user",
+    "unknown database",
+)
+# SQLSTATEs of a connection that is gone or cannot be had now: class 08 (connection
+# exception) and 57P01-57P03 (server shutting down, crashed, starting up).
+_OUTAGE_SQLSTATES = ("57P01", "57P02", "57P03")
+
+
+def _connecting(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while opening a connection (no statement was running)."""
+    return isinstance(exc, DBAPIError) and exc.statement is None
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    return exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+
+
+def refusal(exc: BaseException) -> DatabaseRefused | None:
+    """The :class:`DatabaseRefused` that ``exc`` stands for, if it is a refusal to connect.
+
+    The message is the server's reason, without the password.
+    """
+    if not isinstance(exc, OperationalError | InterfaceError) or not _connecting(exc):
+        return None
+    text = str(_driver_error(exc))
+    if not any(phrase in text.lower() for phrase in _REFUSALS):
+        return None
+    reason = text.rsplit("FATAL:", 1)[-1].strip().splitlines()[0].strip()
+    refused = DatabaseRefused(f"the database refused the connection: {redact(reason)}")
+    refused.__cause__ = exc
+    return refused
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc``, or an error it was raised from, is a lost or refused connection to
+    the database (something that passes when the server is back)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _is_outage_itself(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _is_outage_itself(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        if isinstance(exc, OperationalError | InterfaceError) and _connecting(exc):
+            return refusal(exc) is None
+    sqlstate = getattr(_driver_error(exc), "sqlstate", None)
+    return isinstance(sqlstate, str) and (
+        sqlstate.startswith("08") or sqlstate in _OUTAGE_SQLSTATES
+    )

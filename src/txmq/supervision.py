@@ -1,0 +1,258 @@
+"""Background loops that outlive outages and say how they are doing.
+
+Every thread txmq starts (relay lanes, the check-back loop, consumer workers) runs one
+:class:`SupervisedLoop`. The loop calls its step again and again. An error in a step is
+treated as transient: the loop backs off (exponentially, with jitter, a few seconds at most
+for a database; up to ``max_backoff`` for a broker) and tries again, so it resumes by itself
+once the database or broker is back. Two kinds of error end the loop instead, and make its
+owner unhealthy:
+
+* fatal ones, which retrying cannot fix: :class:`~txmq.errors.ConfigurationError` and its
+  subclasses, including a database that refuses the connection
+  (:class:`~txmq.errors.DatabaseRefused`). Logged once, without a traceback.
+* anything that is not an :class:`Exception` (a ``BaseException`` escaping the step): the
+  loop is dead. Logged once, with the traceback.
+
+Each loop records a heartbeat whenever it starts a step or an idle wait, the last transient
+error while it backs off, and what ended it; :class:`Health` is a snapshot of that.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from txmq.config import redact
+from txmq.database_errors import refusal
+from txmq.errors import BrokerError, ConfigurationError, DatabaseUnavailable
+
+log = logging.getLogger("txmq.supervision")
+
+#: First wait after a failed step, in seconds; it doubles with every further failure.
+FIRST_BACKOFF = 0.1
+#: Longest wait after a failed step that was not the broker's (the database, mostly), so
+#: that a loop resumes within a few seconds of the database being back.
+DATABASE_BACKOFF = 2.0
+
+
+class LoopState(StrEnum):
+    """What a supervised loop is doing."""
+
+    RUNNING = "running"  # working on a step
+    IDLE = "idle"  # waiting for work
+    BACKING_OFF = "backing-off"  # waiting after a transient error, to try again
+    STOPPED = "stopped"  # ended by its owner (or never started)
+    DEAD = "dead"  # ended by a fatal error or an unexpected BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class LoopHealth:
+    """One loop, as last seen.
+
+    Attributes:
+        name: the loop's (and its thread's) name, e.g. ``txmq-relay-0``.
+        alive: its thread is running.
+        state: what it is doing.
+        seconds_since_heartbeat: since it last started a step or an idle wait.
+        last_error: the transient error it is backing off from (``Type: text``, redacted);
+            None once a step succeeded again.
+        fatal: the exception that ended it (state DEAD), else None.
+    """
+
+    name: str
+    alive: bool
+    state: LoopState
+    seconds_since_heartbeat: float
+    last_error: str | None
+    fatal: BaseException | None
+
+    @property
+    def healthy(self) -> bool:
+        """False once the loop is dead: it will not resume by itself."""
+        return self.state is not LoopState.DEAD
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The loops of a Producer, Relay or Consumer, as last seen.
+
+    Attributes:
+        loops: one entry per background loop (empty before start).
+    """
+
+    loops: tuple[LoopHealth, ...] = ()
+
+    @property
+    def healthy(self) -> bool:
+        """True unless a loop is dead (backing off from an outage is healthy: it resumes)."""
+        return all(loop.healthy for loop in self.loops)
+
+    @property
+    def dead(self) -> tuple[LoopHealth, ...]:
+        """The loops that died, with their exception."""
+        return tuple(loop for loop in self.loops if not loop.healthy)
+
+    def __add__(self, other: Health) -> Health:
+        return Health(self.loops + other.loops)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line of the message``, with secrets redacted."""
+    lines = redact(str(exc)).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def fatal_error(exc: BaseException) -> ConfigurationError | None:
+    """The error that makes retrying pointless, if ``exc`` is one (refusals translated)."""
+    if isinstance(exc, ConfigurationError):
+        return exc
+    return refusal(exc)
+
+
+class SupervisedLoop:
+    """Runs ``step`` in a daemon thread until ``stop`` is set, or a fatal error.
+
+    Args:
+        name: the loop's and the thread's name.
+        step: one pass of work; returns True if there may be more to do right away, False
+            when idle (then ``idle`` runs). Its errors are handled as described above.
+        stop: set by the owner to end the loop.
+        idle: waits for more work (returns early on stop); None when ``step`` itself waits.
+        on_error: called after a failed step before backing off (e.g. to drop a broken
+            connection).
+        on_exit: called once when the loop ends, however it ends.
+        max_backoff: longest wait after a broker error.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        step: Callable[[], bool],
+        stop: threading.Event,
+        idle: Callable[[], object] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_exit: Callable[[], None] | None = None,
+        max_backoff: float = 15.0,
+    ) -> None:
+        self.name = name
+        self._step = step
+        self._stop = stop
+        self._idle = idle
+        self._on_error = on_error
+        self._on_exit = on_exit
+        self._max_backoff = max_backoff
+        self._lock = threading.Lock()
+        self._state = LoopState.STOPPED
+        self._heartbeat = time.monotonic()
+        self._last_error: str | None = None
+        self._fatal: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> SupervisedLoop:
+        self._beat(LoopState.RUNNING)
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def health(self) -> LoopHealth:
+        with self._lock:
+            return LoopHealth(
+                name=self.name,
+                alive=self._thread.is_alive(),
+                state=self._state,
+                seconds_since_heartbeat=time.monotonic() - self._heartbeat,
+                last_error=self._last_error,
+                fatal=self._fatal,
+            )
+
+    def _beat(self, state: LoopState) -> None:
+        with self._lock:
+            self._state = state
+            self._heartbeat = time.monotonic()
+
+    def _run(self) -> None:
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                self._beat(LoopState.RUNNING)
+                try:
+                    busy = self._step()
+                    if failures:
+                        log.info("%s: resumed after %d failed attempt(s)", self.name, failures)
+                        failures = 0
+                        with self._lock:
+                            self._last_error = None
+                    if not busy and not self._stop.is_set():
+                        self._beat(LoopState.IDLE)
+                        if self._idle is not None:
+                            self._idle()
+                except Exception as exc:
+                    if (fatal := fatal_error(exc)) is not None:
+                        self._die(fatal, traceback=False)
+                        return
+                    failures += 1
+                    self._back_off(exc, failures)
+        except BaseException as exc:
+            self._die(exc, traceback=True)
+        finally:
+            with self._lock:
+                if self._state is not LoopState.DEAD:
+                    self._state = LoopState.STOPPED
+            if self._on_exit is not None:
+                self._call_quietly(self._on_exit)
+
+    def _back_off(self, exc: Exception, failures: int) -> None:
+        cap = self._max_backoff if isinstance(exc, BrokerError) else DATABASE_BACKOFF
+        delay = min(cap, FIRST_BACKOFF * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
+        text = describe(exc)
+        with self._lock:
+            repeated = self._last_error == text
+            self._last_error = text
+        if not repeated:
+            # Once per kind of error, not once per attempt: an outage of minutes logs one line.
+            known = isinstance(exc, BrokerError | SQLAlchemyError | DatabaseUnavailable)
+            log.warning(
+                "%s: %s; retrying (backing off up to %.1fs)",
+                *(self.name, text, cap),
+                exc_info=not known,
+            )
+        on_error = self._on_error
+        if on_error is not None:
+            self._call_quietly(lambda: on_error(exc))
+        self._beat(LoopState.BACKING_OFF)
+        self._stop.wait(delay)
+
+    def _die(self, exc: BaseException, *, traceback: bool) -> None:
+        with self._lock:
+            self._state = LoopState.DEAD
+            self._fatal = exc
+            self._heartbeat = time.monotonic()
+        if traceback:
+            log.critical("%s died: %s", self.name, describe(exc), exc_info=exc)
+        else:
+            log.error("%s stopped: %s", self.name, describe(exc))
+
+    def _call_quietly(self, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception:  # cleaning up after a failure must not hide the failure
+            log.debug("%s: cleanup failed", self.name, exc_info=True)
+
+
+def health_of(loops: Iterable[SupervisedLoop]) -> Health:
+    """A :class:`Health` snapshot of ``loops``."""
+    return Health(tuple(loop.health() for loop in loops))
