@@ -48,7 +48,7 @@ from txmq.consumer.policy import RetryPolicy
 from txmq.consumer.stats import ConsumerStats
 from txmq.consumer.tables import STATUS_DEAD
 from txmq.consumer.transactions import Transactions
-from txmq.errors import BrokerError, PublishError, TxmqError
+from txmq.errors import BrokerError, ConfigurationError, PublishError, TxmqError
 from txmq.message import HEADER_ATTEMPT, HEADER_DUE_AT, Message
 from txmq.telemetry import CONSUME_SECONDS, consume_span
 
@@ -261,6 +261,11 @@ class Worker:
                     self._run_handler(item, session)
                 else:
                     entry = plan.inbox.lookup(connection, [item.key]).get(item.key)
+        except ConfigurationError:
+            # txmq's own transaction cannot run (missing tables, an asyncio session): not
+            # the message's fault, so it is neither retried nor dead-lettered; it stays
+            # unacknowledged for the broker to redeliver.
+            raise
         except Exception as exc:
             self._failed(item, exc)
         else:
@@ -295,6 +300,8 @@ class Worker:
                 if ran < len(items):
                     found = plan.inbox.lookup(connection, {item.key for item in items})
                     dead = {key: entry for key, entry in found.items() if entry.dead}
+        except ConfigurationError:
+            raise  # as in _process_one
         except Exception as exc:
             log.info(
                 "%s: batch of %d failed (%s); redoing one by one",

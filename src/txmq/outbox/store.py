@@ -35,6 +35,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from txmq.database import require_sync_engine, same_database, session_connection
 from txmq.errors import RecordNotFound, WrongDatabase
 from txmq.message import Message
 from txmq.outbox.tables import OutboxTables
@@ -112,7 +113,7 @@ class OutboxStore:
     """The producer's SQL, bound to one engine and one set of tables."""
 
     def __init__(self, engine: Engine, tables: OutboxTables) -> None:
-        self.engine = engine
+        self.engine = require_sync_engine(engine, "txmq's outbox")
         self.tables = tables
         self.dialect = engine.dialect.name
         self.skip_locked = self.dialect in _SKIP_LOCKED_DIALECTS
@@ -180,7 +181,10 @@ class OutboxStore:
         A list of parameter sets runs the statement once per set (no rows returned). Driver
         errors are raised as SQLAlchemy's, as ``connection.execute`` would.
         """
-        if not self._direct:
+        # Only a connection of the very driver the statement was compiled for has a cursor
+        # that runs it: psycopg's asyncio cursor (an AsyncSession's, through run_sync)
+        # would hand back a coroutine and run nothing.
+        if not self._direct or type(connection.dialect) is not type(self.engine.dialect):
             result = connection.execute(statement, params)
             return result.all() if result.returns_rows else None
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -223,9 +227,17 @@ class OutboxStore:
         }
 
     def check_session(self, session: Session) -> Connection:
-        """Return the session's connection to the txmq database, or raise :class:`WrongDatabase`."""
-        connection = session.connection()
-        if connection.engine.url != self.engine.url:
+        """Return the session's connection to the txmq database.
+
+        The session may use another driver than txmq's engine (an ``AsyncSession`` on
+        ``postgresql+asyncpg``, through ``run_sync``), not another database.
+
+        Raises:
+            WrongDatabase: the session is bound to another database than the outbox's.
+            ConfigurationError: ``session`` is not a synchronous ``Session``.
+        """
+        connection = session_connection(session, "stage()")
+        if not same_database(connection.engine.url, self.engine.url):
             raise WrongDatabase(
                 "the session is bound to "
                 f"{connection.engine.url.render_as_string(hide_password=True)}, but txmq's outbox "
