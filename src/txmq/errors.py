@@ -24,11 +24,19 @@ class InvalidURL(ConfigurationError):
 
 
 class MissingDependency(ConfigurationError, ImportError):
-    """The driver for a broker or feature is not installed (e.g. ``pip install txmq[kafka]``)."""
+    """The driver for a broker or feature is not installed (e.g. ``pip install 'txmq[kafka]'``)."""
 
 
 class WrongDatabase(ConfigurationError):
     """A session or connection is bound to another database than the one txmq was given."""
+
+
+class SchemaMissing(ConfigurationError):
+    """txmq's tables are not in the database (or not under the names it was given).
+
+    The message says how to create them: :func:`txmq.create_schema`, your migrations, or
+    ``txmq schema create``. The database driver's error is kept as ``__cause__``.
+    """
 
 
 class InvalidMessage(TxmqError, ValueError):

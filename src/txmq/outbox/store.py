@@ -39,6 +39,7 @@ from txmq.database import require_sync_engine, same_database, session_connection
 from txmq.errors import RecordNotFound, WrongDatabase
 from txmq.message import Message
 from txmq.outbox.tables import OutboxTables
+from txmq.schema import raises_schema_missing
 from txmq.states import LocalTransactionState, RecordState
 
 _SKIP_LOCKED_DIALECTS = frozenset({"postgresql", "mysql", "mariadb"})
@@ -109,8 +110,12 @@ class ClaimedRecord:
     publish_attempts: int
 
 
+@raises_schema_missing
 class OutboxStore:
-    """The producer's SQL, bound to one engine and one set of tables."""
+    """The producer's SQL, bound to one engine and one set of tables.
+
+    Every method raises :class:`~txmq.errors.SchemaMissing` where a table is missing.
+    """
 
     def __init__(self, engine: Engine, tables: OutboxTables) -> None:
         self.engine = require_sync_engine(engine, "txmq's outbox")
@@ -205,6 +210,13 @@ class OutboxStore:
             ) from exc
         finally:
             cursor.close()
+
+    def check_schema(self) -> None:
+        """Read nothing from both tables: raise :class:`~txmq.errors.SchemaMissing` unless
+        they exist."""
+        with self.engine.connect() as connection:
+            for table in (self.tables.records, self.tables.markers):
+                connection.execute(select(table).limit(0)).close()
 
     # -- writing ---------------------------------------------------------------------------
 
