@@ -76,17 +76,25 @@ def is_missing_table(exc: BaseException) -> bool:
     return type(error).__module__ == "sqlite3" and str(error).startswith("no such table")
 
 
+def as_schema_missing(exc: BaseException) -> SchemaMissing | None:
+    """The :class:`SchemaMissing` to raise (from ``exc``) if ``exc`` is a missing table."""
+    if not is_missing_table(exc):
+        return None
+    error = exc.orig if isinstance(exc, DBAPIError) else exc
+    detail = str(error).strip().splitlines()[0]
+    return SchemaMissing(f"txmq's tables are missing ({detail}): {CREATE_HINT}")
+
+
 @contextmanager
 def missing_tables_raise_schema_missing() -> Iterator[None]:
     """Raise :class:`SchemaMissing` (the database error as its cause) for a missing table."""
     try:
         yield
     except Exception as exc:
-        if not is_missing_table(exc):
+        missing = as_schema_missing(exc)
+        if missing is None:
             raise
-        error = exc.orig if isinstance(exc, DBAPIError) else exc
-        detail = str(error).strip().splitlines()[0]
-        raise SchemaMissing(f"txmq's tables are missing ({detail}): {CREATE_HINT}") from exc
+        raise missing from exc
 
 
 def raises_schema_missing(cls: C) -> C:
@@ -99,9 +107,15 @@ def raises_schema_missing(cls: C) -> C:
 
 
 def _translating(method: Callable[P, R]) -> Callable[P, R]:
+    # try/except rather than the context manager: the inbox claim runs once per message.
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        with missing_tables_raise_schema_missing():
+        try:
             return method(*args, **kwargs)
+        except Exception as exc:
+            missing = as_schema_missing(exc)
+            if missing is None:
+                raise
+            raise missing from exc
 
     return wrapper

@@ -212,8 +212,8 @@ class OutboxStore:
             cursor.close()
 
     def check_schema(self) -> None:
-        """Read nothing from both tables: raise :class:`~txmq.errors.SchemaMissing` unless
-        they exist."""
+        """Raise :class:`~txmq.errors.SchemaMissing` unless both tables exist (one query of
+        no rows from each)."""
         with self.engine.connect() as connection:
             for table in (self.tables.records, self.tables.markers):
                 connection.execute(select(table).limit(0)).close()
