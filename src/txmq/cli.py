@@ -9,6 +9,7 @@ import typer
 from txmq.config import ENV_BROKER_URL, ENV_DATABASE_URL
 from txmq.consumer.cli import dlq_app
 from txmq.outbox.cli import app as outbox_app
+from txmq.schema_cli import app as schema_app
 from txmq.testing.provision.cli import app as brokers_app
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
 app.add_typer(brokers_app, name="brokers")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(schema_app, name="schema")
 
 
 @app.command()

@@ -24,7 +24,7 @@ class InvalidURL(ConfigurationError):
 
 
 class MissingDependency(ConfigurationError, ImportError):
-    """The driver for a broker or feature is not installed (e.g. ``pip install txmq[kafka]``)."""
+    """The driver for a broker or feature is not installed (e.g. ``pip install 'txmq[kafka]'``)."""
 
 
 class WrongDatabase(ConfigurationError):
@@ -40,6 +40,14 @@ class DatabaseRefused(ConfigurationError):
 class DatabaseUnavailable(TxmqError):
     """The database cannot be reached right now (connection refused or lost, server
     restarting); background loops wait and reconnect."""
+
+
+class SchemaMissing(ConfigurationError):
+    """txmq's tables are not in the database (or not under the names it was given).
+
+    The message says how to create them: :func:`txmq.create_schema`, your migrations, or
+    ``txmq schema create``. The database driver's error is kept as ``__cause__``.
+    """
 
 
 class InvalidMessage(TxmqError, ValueError):

@@ -1,8 +1,8 @@
 """Metrics and tracing, both optional.
 
-* Prometheus (``pip install txmq[prometheus]``): counters and histograms on the default
+* Prometheus (``pip install 'txmq[prometheus]'``): counters and histograms on the default
   registry, named ``txmq_*`` in base units. Without prometheus-client they are no-ops.
-* OpenTelemetry (``pip install txmq[otel]``): the W3C ``traceparent`` of the current span is
+* OpenTelemetry (``pip install 'txmq[otel]'``): the W3C ``traceparent`` of the current span is
   written into a message's headers when it is staged or sent, and consumers continue that
   trace; spans follow the messaging semantic conventions (``messaging.system``,
   ``messaging.destination.name``, ``messaging.message.id``, ``messaging.consumer.group.name``).

@@ -26,17 +26,21 @@ EXITS_WITHIN = 10.0
 STARTUP = 60.0
 
 
-def start_relay(broker_url: str, database: str, *extra: str) -> subprocess.Popen[str]:
+def launch_relay(broker_url: str, database: str, *extra: str) -> subprocess.Popen[str]:
     env = os.environ | {"PYTHONPATH": str(SRC)}
     env.pop("TXMQ_DATABASE_URL", None)
     command = ["outbox", "relay", "--broker", broker_url, "--database", database, *extra]
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "txmq.cli", *command],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def start_relay(broker_url: str, database: str, *extra: str) -> subprocess.Popen[str]:
+    process = launch_relay(broker_url, database, *extra)
     assert process.stdout is not None
     line = process.stdout.readline()  # printed once the relay is connected and starting
     assert line.startswith("relay "), (line, process.communicate(timeout=STARTUP))
@@ -69,8 +73,9 @@ def test_relay_exits_non_zero_within_10_s_when_the_database_refuses_it(
     if database != "postgres":
         database = f"{database}_{uuid.uuid4().hex[:8]}"
     refused = f"postgresql+psycopg://{user}@{url.host}:{url.port}/{database}"
-    process = start_relay(broker_url, refused)
+    # It may say so at the door (the schema check before starting) or from a lane.
     started = time.monotonic()
+    process = launch_relay(broker_url, refused)
     code, stderr = finish(process, EXITS_WITHIN)
     took = time.monotonic() - started
     assert code == 1, stderr
@@ -78,7 +83,7 @@ def test_relay_exits_non_zero_within_10_s_when_the_database_refuses_it(
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, stderr
     assert reason in errors[0]
-    assert "DatabaseRefused" in errors[0]
+    assert "the database refused the connection" in errors[0]
     assert "Traceback" not in stderr
     assert "s3cret-pw" not in stderr
 

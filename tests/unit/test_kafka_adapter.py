@@ -331,7 +331,7 @@ def test_adapter_repr_and_sources_need_no_broker() -> None:
 def test_missing_confluent_kafka_asks_for_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "confluent_kafka", None)
     monkeypatch.delitem(sys.modules, "txmq.adapters.kafka")
-    with pytest.raises(MissingDependency, match=r"pip install txmq\[kafka\]"):
+    with pytest.raises(MissingDependency, match=r"pip install 'txmq\[kafka\]'"):
         importlib.import_module("txmq.adapters.kafka")
 
 

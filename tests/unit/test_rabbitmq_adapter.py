@@ -317,5 +317,5 @@ def test_missing_pika_asks_for_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
         ):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "pika", None)
-    with pytest.raises(MissingDependency, match=r"pip install txmq\[rabbitmq\]"):
+    with pytest.raises(MissingDependency, match=r"pip install 'txmq\[rabbitmq\]'"):
         importlib.import_module("txmq.adapters.rabbitmq")

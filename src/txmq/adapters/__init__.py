@@ -1,7 +1,7 @@
 """Broker adapters, chosen by URL scheme.
 
 The registry maps a settings ``system`` to ``"module:Class"``; the module is imported only
-when that broker is used, so ``pip install txmq[kafka]`` users never need pika and the other
+when that broker is used, so ``pip install 'txmq[kafka]'`` users never need pika and the other
 way round.
 """
 
@@ -49,7 +49,7 @@ def connect(url: str | None = None, *, check: bool = True) -> Adapter:
 
     Raises:
         InvalidURL: malformed URL or unknown scheme (password redacted).
-        MissingDependency: ``pip install txmq[rabbitmq]`` / ``txmq[kafka]`` needed.
+        MissingDependency: ``pip install 'txmq[rabbitmq]'`` / ``txmq[kafka]`` needed.
         BrokerUnavailable: ``check`` and the broker cannot be reached in time.
 
     Example:

@@ -102,7 +102,7 @@ class KafkaPublisher(Publisher):
         return self._send([(queue, m) for m in messages], timeout)
 
     def connect(self) -> None:
-        self._client()
+        self._reach()
 
     def close(self) -> None:
         """Wait (up to the connect timeout) for messages in flight, then release. Idempotent."""
@@ -127,6 +127,20 @@ class KafkaPublisher(Publisher):
             self._events = ClientEvents(self._context, "producer")
             self._producer = self._context.build(Producer, self._producer_config(), "producer")
         return self._producer
+
+    def _reach(self) -> None:
+        """Make one metadata round trip, bounded by the connect timeout.
+
+        Raises:
+            BrokerUnavailable: no broker answered within the connect timeout.
+        """
+        try:
+            self._client().list_topics(timeout=self._context.connect_timeout)
+        except KafkaException as exc:
+            raise BrokerUnavailable(
+                f"no Kafka broker at {self._context.url} answered within the connect timeout "
+                f"({self._context.connect_timeout:g} s): {self._context.describe(exc)}"
+            ) from exc
 
     def _discard(self) -> None:
         """Drop the producer without flushing: a new one is made on next use.
@@ -371,6 +385,19 @@ class KafkaTransactionalPublisher(KafkaPublisher):
             )
 
     def connect(self) -> None:
+        """Reach a broker within the connect timeout, then initialise transactions.
+
+        Once a broker answers, initialising may take longer than the connect timeout (a
+        new cluster elects a transaction coordinator and creates its log first): that
+        is bounded by the publish timeout.
+
+        Raises:
+            BrokerUnavailable: no broker answered within the connect timeout, or
+                transactions were not initialised within the publish timeout.
+            PublishError: initialisation failed for good (e.g. not authorised).
+        """
+        if not self._initialised:
+            self._reach()
         self._ready(self._deadline(None))
 
     def close(self) -> None:

@@ -18,7 +18,9 @@ try:
     import pika
     import pika.exceptions
 except ImportError as exc:  # pragma: no cover - depends on the installation
-    raise MissingDependency("the RabbitMQ adapter needs pika: pip install txmq[rabbitmq]") from exc
+    raise MissingDependency(
+        "the RabbitMQ adapter needs pika: pip install 'txmq[rabbitmq]'"
+    ) from exc
 
 #: AMQP reply codes carried by a channel closed by the broker.
 NOT_FOUND = 404

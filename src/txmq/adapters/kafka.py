@@ -7,7 +7,7 @@ idempotent with ``acks=all``; the relay's producer is transactional (one Kafka
 transaction per batch). Consumers read committed records only and commit offsets by hand,
 message by message (see :class:`KafkaSubscription`).
 
-Needs ``pip install txmq[kafka]``.
+Needs ``pip install 'txmq[kafka]'``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ try:
     from confluent_kafka.cimpl import NewTopic
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise MissingDependency(
-        "the Kafka adapter needs confluent-kafka: pip install txmq[kafka]"
+        "the Kafka adapter needs confluent-kafka: pip install 'txmq[kafka]'"
     ) from exc
 
 from txmq.adapters._kafka_client import ClientEvents, KafkaContext, error_of, is_unreachable

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine, Insert, Table, TextClause, delete, in
 from sqlalchemy.exc import IntegrityError
 
 from txmq.consumer.tables import STATUS_DEAD, STATUS_DONE, default_inbox_table
+from txmq.schema import missing_tables_raise_schema_missing, raises_schema_missing
 
 #: DBAPI parameter styles taking ``%s`` placeholders (every synchronous PostgreSQL driver).
 _PERCENT_PARAMSTYLES = frozenset({"format", "pyformat"})
@@ -49,8 +50,12 @@ class InboxEntry:
         return self.status == STATUS_DEAD
 
 
+@raises_schema_missing
 class Inbox:
-    """The inbox rows of one consumer group in one table."""
+    """The inbox rows of one consumer group in one table.
+
+    Every method raises :class:`~txmq.errors.SchemaMissing` where the table is missing.
+    """
 
     def __init__(self, table: Table, group: str) -> None:
         self.table = table
@@ -204,10 +209,13 @@ def purge_inbox(
 
     Keep rows longer than a message can be redelivered (broker retention, the longest
     retry delay, DLQ replay): a message whose row is gone is applied again if it comes back.
+
+    Raises:
+        SchemaMissing: the inbox table does not exist.
     """
     table = inbox if inbox is not None else default_inbox_table
     statement = delete(table).where(table.c.processed_at < datetime.now(UTC) - older_than)
     if group is not None:
         statement = statement.where(table.c.consumer_group == group)
-    with engine.begin() as connection:
+    with missing_tables_raise_schema_missing(), engine.begin() as connection:
         return connection.execute(statement).rowcount

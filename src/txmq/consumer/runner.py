@@ -20,6 +20,7 @@ from txmq.consumer.policy import RetryPolicy
 from txmq.consumer.stats import ConsumerStats, StatsSnapshot
 from txmq.consumer.tables import default_inbox_table
 from txmq.consumer.worker import Handler, Plan, Route, Worker
+from txmq.database import require_sync_engine
 from txmq.errors import ConfigurationError
 from txmq.message import Message, validate_name
 from txmq.supervision import Health, SupervisedLoop, health_of
@@ -71,7 +72,7 @@ class Consumer:
         publish_timeout: seconds to wait for the broker to confirm retry/DLQ copies.
 
     Raises:
-        ConfigurationError: on bad numbers or names.
+        ConfigurationError: on bad numbers or names, or an asyncio engine.
 
     Example:
         >>> consumer = Consumer(broker=url, engine=engine, group="cart")  # doctest: +SKIP
@@ -106,7 +107,7 @@ class Consumer:
         if poll_interval <= 0:
             raise ConfigurationError("poll_interval must be positive")
         self._broker = broker
-        self.engine = engine
+        self.engine = require_sync_engine(engine, "a consumer")
         self.retry = retry if retry is not None else RetryPolicy()
         self.prefetch = prefetch
         self.batch_size = batch_size

@@ -17,6 +17,9 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
+from txmq.database import require_sync_engine
+from txmq.errors import ConfigurationError
+
 
 class Transactions:
     """Opens handler transactions for one worker thread (not thread-safe)."""
@@ -31,9 +34,14 @@ class Transactions:
     def begin(self) -> Iterator[tuple[Session, Connection]]:
         """A session and its connection inside a new transaction; committed on normal exit,
         else rolled back. txmq's own statements (the inbox) go straight to the connection,
-        skipping the ORM's per-statement work."""
+        skipping the ORM's per-statement work.
+
+        Raises:
+            ConfigurationError: the ``session_factory`` made an asyncio session (handlers
+                run in worker threads, on synchronous sessions only).
+        """
         if self._factory is not None:
-            with self._factory() as session, session.begin():
+            with _synchronous(self._factory()) as session, session.begin():
                 yield session, session.connection()
             return
         if self._connection is None or self._session is None:
@@ -62,3 +70,14 @@ class Transactions:
             # Closing a broken connection may fail too; there is nothing left to release.
             with contextlib.suppress(Exception):
                 connection.close()
+
+
+def _synchronous(session: object) -> Session:
+    """``session`` if it is a synchronous ``Session`` on a synchronous engine."""
+    if not isinstance(session, Session):
+        raise ConfigurationError(
+            f"the consumer's session_factory made a {type(session).__name__}: handlers run in "
+            "worker threads and need a synchronous Session (e.g. sessionmaker(engine))"
+        )
+    require_sync_engine(session.get_bind(), "the consumer's session_factory")
+    return session

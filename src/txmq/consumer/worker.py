@@ -49,7 +49,12 @@ from txmq.consumer.stats import ConsumerStats
 from txmq.consumer.tables import STATUS_DEAD
 from txmq.consumer.transactions import Transactions
 from txmq.database_errors import is_outage
-from txmq.errors import DatabaseUnavailable, PublishError, TxmqError
+from txmq.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    PublishError,
+    TxmqError,
+)
 from txmq.message import HEADER_ATTEMPT, HEADER_DUE_AT, Message
 from txmq.supervision import SupervisedLoop, describe
 from txmq.telemetry import CONSUME_SECONDS, consume_span
@@ -258,6 +263,12 @@ class Worker:
                     self._run_handler(item, session)
                 else:
                     entry = plan.inbox.lookup(connection, [item.key]).get(item.key)
+        except ConfigurationError:
+            # txmq's own transaction cannot run (missing tables, an asyncio session): not
+            # the message's fault, so it is neither retried nor dead-lettered. The worker
+            # stops on it (fatal) and the message stays unacknowledged for the broker to
+            # redeliver.
+            raise
         except Exception as exc:
             _raise_if_outage(exc)
             self._failed(item, exc)
@@ -293,6 +304,8 @@ class Worker:
                 if ran < len(items):
                     found = plan.inbox.lookup(connection, {item.key for item in items})
                     dead = {key: entry for key, entry in found.items() if entry.dead}
+        except ConfigurationError:
+            raise  # as in _process_one
         except Exception as exc:
             _raise_if_outage(exc)
             log.info(

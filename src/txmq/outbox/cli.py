@@ -11,11 +11,12 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy import Engine, MetaData, create_engine
+from sqlalchemy import MetaData
 from sqlalchemy.exc import SQLAlchemyError
 
 from txmq.adapters import connect
 from txmq.config import ENV_BROKER_URL, ENV_DATABASE_URL, database_url, redact
+from txmq.database import open_engine
 from txmq.errors import TxmqError
 from txmq.outbox.relay import Relay
 from txmq.outbox.store import OutboxStore
@@ -36,7 +37,7 @@ PrefixOption = Annotated[str, typer.Option(help="Table name prefix of the outbox
 
 
 def _store(database: str | None, prefix: str) -> OutboxStore:
-    engine: Engine = create_engine(database_url(database))
+    engine = open_engine(database_url(database))
     return OutboxStore(engine, make_outbox_tables(MetaData(), prefix=prefix))
 
 
@@ -155,10 +156,11 @@ def relay(
     outages of the database or broker are waited out.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    store = _store(database, prefix)
+    # A relay without its tables would fail every pass: say so once, at the door.
+    store.check_schema()
     adapter = connect(broker)
-    worker = Relay(
-        adapter, _store(database, prefix), batch_size=batch_size, instance_id=instance_id
-    )
+    worker = Relay(adapter, store, batch_size=batch_size, instance_id=instance_id)
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from txmq.adapters import Adapter, connect
 from txmq.adapters.base import Closing
+from txmq.database import outside_run_sync_is_an_error
 from txmq.errors import BrokerError, TransactionError, TxmqError
 from txmq.message import DEFAULT_MAX_BODY_BYTES, HEADER_PRODUCER_GROUP, Message, validate_name
 from txmq.outbox.checkback import CheckBack, CheckBackPolicy, Checker
@@ -144,13 +145,19 @@ class Producer(Closing):
         They exist (READY) if and only if that transaction commits, and are then published
         by a relay.
 
+        With SQLAlchemy's asyncio, call it through ``AsyncSession.run_sync``:
+        ``await session.run_sync(lambda s: producer.stage(s, message))`` (any driver).
+
         Raises:
             WrongDatabase: the session is bound to another database than the outbox's.
+            ConfigurationError: not a synchronous ``Session`` (an ``AsyncSession`` passed
+                directly), or an asyncio-bound session used outside ``run_sync``.
             InvalidMessage / MessageTooLarge: a message cannot be sent as given.
         """
         checked = self._checked(messages)
-        connection = self.store.check_session(session)
-        self.store.stage(connection, checked, self.group)
+        with outside_run_sync_is_an_error("stage()"):
+            connection = self.store.check_session(session)
+            self.store.stage(connection, checked, self.group)
         STAGED.labels(self.group, "outbox").inc(len(checked))
 
     # -- half-message mode -------------------------------------------------------------

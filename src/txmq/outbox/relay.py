@@ -85,13 +85,15 @@ class Relay:
         self._last_purge = 0.0
 
     def connect(self) -> Relay:
-        """Open every lane's broker connection now (on Kafka: ``init_transactions``, which
-        also fences a previous incarnation), so that a broker problem shows at start and the
-        first batch does not pay for it.
+        """Check the outbox tables, then open every lane's broker connection now (on Kafka:
+        ``init_transactions``, which also fences a previous incarnation), so that a database
+        or broker problem shows at start and the first batch does not pay for it.
 
         Raises:
+            SchemaMissing: the outbox tables do not exist.
             BrokerError: the broker cannot be reached.
         """
+        self.store.check_schema()
         for lane in self._lanes:
             try:
                 lane.publisher().connect()

@@ -35,9 +35,12 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from txmq.database import require_sync_engine, same_database, session_connection
+from txmq.database_errors import refusal
 from txmq.errors import RecordNotFound, WrongDatabase
 from txmq.message import Message
 from txmq.outbox.tables import OutboxTables
+from txmq.schema import raises_schema_missing
 from txmq.states import LocalTransactionState, RecordState
 
 _SKIP_LOCKED_DIALECTS = frozenset({"postgresql", "mysql", "mariadb"})
@@ -108,11 +111,15 @@ class ClaimedRecord:
     publish_attempts: int
 
 
+@raises_schema_missing
 class OutboxStore:
-    """The producer's SQL, bound to one engine and one set of tables."""
+    """The producer's SQL, bound to one engine and one set of tables.
+
+    Every method raises :class:`~txmq.errors.SchemaMissing` where a table is missing.
+    """
 
     def __init__(self, engine: Engine, tables: OutboxTables) -> None:
-        self.engine = engine
+        self.engine = require_sync_engine(engine, "txmq's outbox")
         self.tables = tables
         self.dialect = engine.dialect.name
         self.skip_locked = self.dialect in _SKIP_LOCKED_DIALECTS
@@ -180,7 +187,10 @@ class OutboxStore:
         A list of parameter sets runs the statement once per set (no rows returned). Driver
         errors are raised as SQLAlchemy's, as ``connection.execute`` would.
         """
-        if not self._direct:
+        # Only a connection of the very driver the statement was compiled for has a cursor
+        # that runs it: psycopg's asyncio cursor (an AsyncSession's, through run_sync)
+        # would hand back a coroutine and run nothing.
+        if not self._direct or type(connection.dialect) is not type(self.engine.dialect):
             result = connection.execute(statement, params)
             return result.all() if result.returns_rows else None
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -201,6 +211,20 @@ class OutboxStore:
             ) from exc
         finally:
             cursor.close()
+
+    def check_schema(self) -> None:
+        """Raise :class:`~txmq.errors.SchemaMissing` unless both tables exist (one query of
+        no rows from each), or :class:`~txmq.errors.DatabaseRefused` if the database refuses
+        the connection (wrong password, no such role or database)."""
+        try:
+            with self.engine.connect() as connection:
+                for table in (self.tables.records, self.tables.markers):
+                    connection.execute(select(table).limit(0)).close()
+        except DBAPIError as exc:
+            refused = refusal(exc)
+            if refused is None:
+                raise
+            raise refused from exc
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -223,9 +247,17 @@ class OutboxStore:
         }
 
     def check_session(self, session: Session) -> Connection:
-        """Return the session's connection to the txmq database, or raise :class:`WrongDatabase`."""
-        connection = session.connection()
-        if connection.engine.url != self.engine.url:
+        """Return the session's connection to the txmq database.
+
+        The session may use another driver than txmq's engine (an ``AsyncSession`` on
+        ``postgresql+asyncpg``, through ``run_sync``), not another database.
+
+        Raises:
+            WrongDatabase: the session is bound to another database than the outbox's.
+            ConfigurationError: ``session`` is not a synchronous ``Session``.
+        """
+        connection = session_connection(session, "stage()")
+        if not same_database(connection.engine.url, self.engine.url):
             raise WrongDatabase(
                 "the session is bound to "
                 f"{connection.engine.url.render_as_string(hide_password=True)}, but txmq's outbox "

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from txmq.config import redact
+from txmq.errors import MissingDependency
 from txmq.testing.provision import engine, lifecycle
 from txmq.testing.provision.common import BROKERS, Broker, ProvisionError
 
@@ -36,7 +37,7 @@ def _brokers(only: list[BrokerChoice] | None) -> list[Broker]:
     return [b for b in BROKERS if not chosen or b in chosen]
 
 
-def _fail(exc: ProvisionError) -> typer.Exit:
+def _fail(exc: ProvisionError | MissingDependency) -> typer.Exit:
     typer.echo(f"error: {redact(str(exc))}", err=True)
     return typer.Exit(1)
 
@@ -75,7 +76,7 @@ def up(
     """Start the brokers (detached) and wait until each answers its protocol."""
     try:
         endpoints = lifecycle.up(mode=mode.value, brokers=_brokers(only), timeout=timeout)
-    except ProvisionError as exc:
+    except (ProvisionError, MissingDependency) as exc:
         raise _fail(exc) from exc
     if print_env:
         for line in endpoints.env_lines():
@@ -94,7 +95,7 @@ def down(
     """Stop what 'up' started, and nothing else."""
     try:
         stopped = lifecycle.down(_brokers(only))
-    except ProvisionError as exc:
+    except (ProvisionError, MissingDependency) as exc:
         raise _fail(exc) from exc
     for record in stopped:
         typer.echo(f"stopped {record.broker} ({record.mode})")
@@ -110,7 +111,7 @@ def status() -> None:
     """
     try:
         found = lifecycle.status()
-    except ProvisionError as exc:
+    except (ProvisionError, MissingDependency) as exc:
         raise _fail(exc) from exc
     if not found:
         typer.echo("no brokers started by 'txmq brokers up'")
@@ -131,6 +132,6 @@ def engine_command() -> None:
     """Make a Docker engine answer: install docker.io and start dockerd where possible."""
     try:
         before = engine.ensure()
-    except ProvisionError as exc:
+    except (ProvisionError, MissingDependency) as exc:
         raise _fail(exc) from exc
     typer.echo("docker engine running" + ("" if before is engine.Engine.RUNNING else " (started)"))

@@ -133,10 +133,11 @@ def start(broker: Broker, ports: Ports, *, timeout: float = 180.0) -> Running:
     Raises:
         ProvisionError: no engine, the build failed, or the broker did not get ready (the
             container is removed again then).
+        MissingDependency: the docker SDK is not installed.
     """
     # Set before testcontainers reads its configuration.
     os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
-    import docker
+    docker = engine.docker_sdk()
     import requests
     from testcontainers.core.config import testcontainers_config
     from testcontainers.core.container import DockerContainer
@@ -182,7 +183,12 @@ def start(broker: Broker, ports: Ports, *, timeout: float = 180.0) -> Running:
 
 
 def alive(record: Running) -> bool:
-    import docker
+    """Whether the container of ``record`` runs.
+
+    Raises:
+        MissingDependency: the docker SDK is not installed.
+    """
+    docker = engine.docker_sdk()
 
     try:
         client = engine.client()
@@ -201,8 +207,9 @@ def stop(record: Running) -> None:
 
     Raises:
         ProvisionError: the Docker engine does not answer.
+        MissingDependency: the docker SDK is not installed.
     """
-    import docker
+    docker = engine.docker_sdk()
 
     client = engine.client()
     try:

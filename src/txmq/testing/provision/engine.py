@@ -13,8 +13,10 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
+from txmq.errors import MissingDependency
 from txmq.testing.provision import debian
 from txmq.testing.provision.common import ProvisionError, cache_dir, truthy
 
@@ -40,6 +42,22 @@ class Engine(enum.Enum):
         return self is not Engine.UNAVAILABLE
 
 
+def docker_sdk() -> ModuleType:
+    """The docker SDK (``import docker``).
+
+    Raises:
+        MissingDependency: it is not installed (``pip install 'txmq[testing]'``).
+    """
+    try:
+        import docker
+    except ImportError as exc:
+        raise MissingDependency(
+            "container brokers need the docker SDK: pip install 'txmq[testing]'"
+        ) from exc
+    sdk: ModuleType = docker
+    return sdk
+
+
 def client(timeout: float = 60.0) -> docker.DockerClient:
     """A Docker SDK client for the engine ``DOCKER_HOST`` (or the default socket) names.
 
@@ -47,11 +65,9 @@ def client(timeout: float = 60.0) -> docker.DockerClient:
         ProvisionError: the docker SDK is missing or the engine does not answer.
     """
     try:
-        import docker
-    except ImportError as exc:
-        raise ProvisionError(
-            "container mode needs the docker SDK: pip install txmq[testing]"
-        ) from exc
+        docker = docker_sdk()
+    except MissingDependency as exc:
+        raise ProvisionError(str(exc)) from exc
     try:
         return docker.from_env(timeout=int(timeout))
     except docker.errors.DockerException as exc:

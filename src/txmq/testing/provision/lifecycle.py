@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from txmq.config import redact
+from txmq.errors import MissingDependency
 from txmq.testing.provision import containers, engine, processes, state
 from txmq.testing.provision.common import (
     BROKERS,
@@ -109,7 +110,7 @@ def start(
     if resolved == "container":
         try:
             record = _start_container(broker, ports, timeout)
-        except ProvisionError as exc:
+        except (ProvisionError, MissingDependency) as exc:
             if mode != "auto":
                 raise
             log.warning("%s: container failed, trying a process instead: %s", broker, exc)

@@ -117,7 +117,7 @@ def wait_ready(broker: Broker, url: str, *, timeout: float, alive: Liveness | No
                 check(broker, url, timeout=min(5.0, max(1.0, deadline - time.monotonic())))
             except ImportError as exc:
                 raise ProvisionError(
-                    f"cannot check {broker}: {exc.name} is not installed (pip install txmq[all])"
+                    f"cannot check {broker}: {exc.name} is not installed (pip install 'txmq[all]')"
                 ) from exc
             except Exception as exc:  # any driver error means "not yet"
                 last_error = f"{type(exc).__name__}: {exc}"
