@@ -21,13 +21,14 @@ from txmq.adapters._kafka_client import (
     ClientEvents,
     KafkaContext,
     error_of,
+    is_refused,
     is_unreachable,
     logger,
     remaining,
 )
 from txmq.adapters._kafka_wire import encode_headers, encode_key
 from txmq.adapters.base import Publisher, PublishOutcome
-from txmq.errors import BrokerUnavailable, PublishError
+from txmq.errors import BrokerUnavailable, PublishError, PublishRefused
 from txmq.message import Message, validate_name
 
 #: Overridable by the URL's options.
@@ -194,7 +195,8 @@ class KafkaPublisher(Publisher):
             except PublishError as exc:
                 refused[index] = exc
             except KafkaException as exc:
-                refused[index] = PublishError(
+                kind = PublishRefused if is_refused(error_of(exc)) else PublishError
+                refused[index] = kind(
                     f"message {message.id} refused for {topic!r}: {self._context.describe(exc)}"
                 )
         if producer.flush(remaining(deadline, floor=0)):
@@ -228,6 +230,11 @@ class KafkaPublisher(Publisher):
                 reason += f"; no broker reachable at {self._context.url}"
         else:
             reason = self._context.describe(result)
+            if is_refused(result):
+                return PublishOutcome(
+                    message.id,
+                    PublishRefused(f"message {message.id} to {topic!r} refused: {reason}"),
+                )
         return PublishOutcome(
             message.id, PublishError(f"message {message.id} to {topic!r} failed: {reason}")
         )
@@ -235,6 +242,14 @@ class KafkaPublisher(Publisher):
 
 class _Fenced(PublishError):
     """The transaction failed because the producer failed for good (usually: fenced)."""
+
+
+class _MessageRefused(PublishError):
+    """A message of the transaction was refused for good; the transaction was aborted."""
+
+    def __init__(self, text: str, message_id: str) -> None:
+        super().__init__(text)
+        self.message_id = message_id
 
 
 class KafkaTransactionalPublisher(KafkaPublisher):
@@ -286,6 +301,19 @@ class KafkaTransactionalPublisher(KafkaPublisher):
                 self._begin()
                 self._produce_all(routed, deadline)
                 self._commit(deadline)
+            except _MessageRefused as exc:
+                return [
+                    PublishOutcome(
+                        m.id,
+                        PublishRefused(str(exc))
+                        if m.id == exc.message_id
+                        else PublishError(
+                            f"not sent: the transaction was aborted because message "
+                            f"{exc.message_id} was refused"
+                        ),
+                    )
+                    for _, m in routed
+                ]
             except _Fenced as exc:
                 error = exc
                 if attempt == 1 and time.monotonic() < deadline:
@@ -449,6 +477,8 @@ class KafkaTransactionalPublisher(KafkaPublisher):
                     self._discard()
                     raise _Fenced(f"transaction not committed: {text}") from exc
                 self._abort_within(deadline)
+                if is_refused(error):
+                    raise _MessageRefused(f"transaction aborted: {text}", message.id) from exc
                 raise PublishError(f"transaction aborted: {text}") from exc
 
     def _commit(self, deadline: float) -> None:

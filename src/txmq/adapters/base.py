@@ -234,6 +234,16 @@ class Adapter(abc.ABC):
         """Largest message (body + headers) txmq publishes here (``max_body_bytes`` option)."""
         return self.settings.common.max_body_bytes
 
+    def publish_limit(self) -> int:
+        """The largest message (body + headers) txmq publishes here: ``max_body_bytes``,
+        lowered to what the broker itself accepts where the broker can say.
+
+        An adapter that can learn the broker's limit asks once (one round trip, bounded by
+        the connect timeout) and answers from memory afterwards; while the broker cannot be
+        asked it answers ``max_body_bytes`` and asks again later. Never raises.
+        """
+        return self.max_body_bytes
+
     @abc.abstractmethod
     def ping(self) -> None:
         """Connect once and disconnect, within the connect timeout.
