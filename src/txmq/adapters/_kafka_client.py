@@ -53,7 +53,7 @@ REFUSED_CODES = frozenset(
     {
         KafkaError.MSG_SIZE_TOO_LARGE,
         KafkaError.RECORD_LIST_TOO_LARGE,
-        KafkaError.INVALID_TOPIC_EXCEPTION,
+        KafkaError.TOPIC_EXCEPTION,  # an invalid topic name
         KafkaError.TOPIC_AUTHORIZATION_FAILED,
         KafkaError.CLUSTER_AUTHORIZATION_FAILED,
         KafkaError.INVALID_RECORD,
