@@ -436,7 +436,8 @@ def test_a_refused_record_goes_failed_after_bounded_attempts_and_frees_its_key(
         RecordState.FAILED,
         2,
     )
-    assert failed.last_error is not None and "MessageTooLarge" in failed.last_error
+    assert failed.last_error is not None
+    assert "MessageTooLarge" in failed.last_error
     producer.retry(big.id)
     assert producer.store.get(big.id).state is RecordState.READY
     assert producer.store.get(big.id).publish_attempts == 0

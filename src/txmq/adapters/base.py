@@ -290,6 +290,18 @@ class Adapter(abc.ABC):
     def purge_queue(self, queue: str) -> int:
         """Delete every message in ``queue``; return how many were deleted if known, else -1."""
 
+    @property
+    def unroutable_queue(self) -> str | None:
+        """The physical queue holding messages published while no queue was bound for their
+        topic, or ``None`` where the broker keeps them with the topic itself (Kafka)."""
+        return None
+
+    def reroute_unroutable(self, topics: Iterable[str] | None = None) -> int:
+        """Publish the held messages of ``topics`` (all with ``None``) to their topics again,
+        now that queues may be bound for them; return how many. Nothing is held on a broker
+        without :attr:`unroutable_queue`: 0."""
+        return 0
+
     def close(self) -> None:  # noqa: B027 - adapters without shared resources need nothing
         """Release shared resources (admin clients). Idempotent."""
 

@@ -23,15 +23,23 @@ from txmq.errors import MissingDependency
 
 try:
     from confluent_kafka import KafkaError, KafkaException, TopicPartition
-    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin._config import ConfigResource
     from confluent_kafka.admin._listoffsets import OffsetSpec
+    from confluent_kafka.admin._resource import ResourceType
     from confluent_kafka.cimpl import NewTopic
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise MissingDependency(
         "the Kafka adapter needs confluent-kafka: pip install txmq[kafka]"
     ) from exc
 
-from txmq.adapters._kafka_client import ClientEvents, KafkaContext, error_of, is_unreachable
+from txmq.adapters._kafka_client import (
+    ClientEvents,
+    KafkaContext,
+    error_of,
+    is_unreachable,
+    logger,
+)
 from txmq.adapters._kafka_publisher import KafkaPublisher, KafkaTransactionalPublisher
 from txmq.adapters._kafka_subscription import KafkaSubscription, read_topic
 from txmq.adapters.base import Adapter, Delivery, Topology

@@ -74,9 +74,7 @@ class Relay:
         max_refused_attempts: int = 3,
     ) -> None:
         if batch_size < 1 or concurrency < 1 or max_refused_attempts < 1:
-            raise ValueError(
-                "batch_size, concurrency and max_refused_attempts must be at least 1"
-            )
+            raise ValueError("batch_size, concurrency and max_refused_attempts must be at least 1")
         self.max_refused_attempts = max_refused_attempts
         self.broker = broker
         self.store = store
@@ -437,9 +435,7 @@ class _Lane:
                     delay = min(relay.max_backoff, 0.5 * 2 ** min(record.publish_attempts, 10))
                 else:
                     delay = 0.0
-                store.mark_failed(
-                    connection, record.seq, text, utcnow() + timedelta(seconds=delay)
-                )
+                store.mark_failed(connection, record.seq, text, utcnow() + timedelta(seconds=delay))
                 if _refused(error):
                     done.refused.add(record.seq)
                 log.warning("publish of %s failed: %s", record.message.id, error)
