@@ -10,6 +10,7 @@ from txmq.config import ENV_BROKER_URL, ENV_DATABASE_URL
 from txmq.consumer.cli import dlq_app
 from txmq.outbox.cli import app as outbox_app
 from txmq.testing.provision.cli import app as brokers_app
+from txmq.unroutable import app as unroutable_app
 
 app = typer.Typer(
     help="txmq: transactional messages on RabbitMQ and Kafka.",
@@ -20,6 +21,7 @@ app = typer.Typer(
 app.add_typer(brokers_app, name="brokers")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(unroutable_app, name="unroutable")
 
 
 @app.command()

@@ -56,7 +56,9 @@ def holding_declarations(settings: RabbitMQSettings) -> list[tuple[str, dict[str
         ("exchange_declare", {"exchange": name, "exchange_type": "fanout", "durable": True}),
         (
             "queue_declare",
-            {"queue": name, "durable": True, "arguments": {"x-queue-type": settings.queue_type}},
+            # Classic whatever ``queue_type`` says: one exchange may serve deployments of
+            # both types, and a queue's type cannot change once declared.
+            {"queue": name, "durable": True, "arguments": {"x-queue-type": "classic"}},
         ),
         ("queue_bind", {"queue": name, "exchange": name}),
     ]
