@@ -155,3 +155,36 @@ def test_a_record_the_broker_refuses_goes_failed_and_can_be_retried_or_discarded
         again = runner.invoke(app, ["outbox", "discard", big.id, *database])
         assert again.exit_code == 1
         relay.stop()
+
+
+def test_a_message_too_large_for_its_kafka_topic_goes_failed_alone(
+    kafka_url: str, engine: Engine, metadata: MetaData, prefix: str
+) -> None:
+    """A topic's own max.message.bytes (below the broker's) is not known at stage: Kafka
+    refuses the whole produce request of that partition, and the relay finds out which
+    record it refused; the others in the same transaction and partition are published."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = f"refusals.{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": kafka_url.removeprefix("kafka://")})
+    created = admin.create_topics(
+        [NewTopic(topic, 1, 1, config={"max.message.bytes": "100000"})], request_timeout=30
+    )
+    created[topic].result(timeout=30)
+    producer = Producer(
+        group="shop", engine=engine, tables=make_outbox_tables(metadata, prefix=prefix)
+    )
+    big = txmq.Message(topic, b"x" * 200_000)
+    small = [txmq.Message(topic, f"{n}".encode()) for n in range(5)]
+    with Session(engine) as session, session.begin():
+        producer.stage(session, small[0], small[1], big, *small[2:])
+    with connected(kafka_url) as broker:
+        relay = Relay(broker, producer.store, max_refused_attempts=2, concurrency=1)
+        with pytest.raises(txmq.RecordsFailed) as raised:
+            relay.drain(timeout=90)
+        relay.stop()
+    assert [message_id for message_id, _ in raised.value.failed] == [big.id]
+    assert raised.value.sent == len(small)
+    (failed,) = producer.failed()
+    assert failed.last_error is not None
+    assert "MSG_SIZE_TOO_LARGE" in failed.last_error

@@ -15,11 +15,18 @@ error says what to do (:data:`EXCHANGE_HINT`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from typing import Any
 
 from txmq.adapters._rabbitmq_connection import channel_error, close_quietly, open_blocking, pika
 from txmq.config import RabbitMQSettings
+
+log = logging.getLogger("txmq.rabbitmq")
+
+#: Most held messages one re-route looks at: each is fetched, so a holding queue that keeps
+#: growing (a topic published but never consumed) would otherwise slow every consumer start.
+SCAN_LIMIT = 10_000
 
 #: What to do about an exchange whose declaration does not match txmq's.
 EXCHANGE_HINT = (
@@ -76,12 +83,19 @@ def declare_exchanges(channel: Any, settings: RabbitMQSettings) -> None:
     )
 
 
-def reroute(settings: RabbitMQSettings, topics: Collection[str] | None = None) -> int:
+def reroute(
+    settings: RabbitMQSettings,
+    topics: Collection[str] | None = None,
+    *,
+    scan_limit: int | None = SCAN_LIMIT,
+) -> int:
     """Publish the held messages of ``topics`` (all with ``None``) to the exchange again.
 
     Each is acknowledged in the holding queue only once RabbitMQ confirmed its new
     publish; one whose topic still has no bound queue comes back to the holding queue.
-    The others stay where they are, in order. Returns how many were re-published.
+    The others stay where they are, in order. At most ``scan_limit`` held messages, from
+    the head of the queue, are looked at (``None``: all); a warning says when more wait.
+    Returns how many were re-published.
 
     Raises:
         BrokerUnavailable: RabbitMQ cannot be reached.
@@ -96,6 +110,13 @@ def reroute(settings: RabbitMQSettings, topics: Collection[str] | None = None) -
         declare_exchanges(channel, settings)
         channel.confirm_delivery()
         waiting = channel.queue_declare(name, passive=True).method.message_count
+        if scan_limit is not None and waiting > scan_limit:
+            log.warning(
+                "%d messages are held in %r (topics nobody consumes?); re-routing looks at "
+                "the first %d only: run `txmq unroutable reroute` for the rest",
+                *(waiting, name, scan_limit),
+            )
+            waiting = scan_limit
         kept = False
         for _ in range(waiting):
             method, properties, body = channel.basic_get(name, auto_ack=False)

@@ -95,8 +95,14 @@ class RabbitMQAdapter(Adapter):
         return unroutable_name(self.settings) if self.settings.unroutable == "hold" else None
 
     def reroute_unroutable(self, topics: Iterable[str] | None = None) -> int:
-        """Publish the held messages of ``topics`` (every topic with ``None``) again."""
-        return reroute(self.settings, None if topics is None else set(topics))
+        """Publish the held messages of ``topics`` (every topic with ``None``) again.
+
+        Without ``topics`` the whole holding queue is looked at; for given topics (as
+        :meth:`declare` does) the first 10,000 held messages.
+        """
+        if topics is None:
+            return reroute(self.settings, None, scan_limit=None)
+        return reroute(self.settings, set(topics))
 
     def _queues(self, topology: Topology) -> list[tuple[str, dict[str, Any]]]:
         """Every queue of ``topology`` with its declaration arguments."""

@@ -25,6 +25,7 @@ from typing import Any
 
 from txmq.adapters.base import Adapter, Publisher, PublishOutcome
 from txmq.errors import BrokerError, MessageTooLarge, PublishRefused, RecordsFailed
+from txmq.message import Message
 from txmq.outbox.store import ClaimedRecord, OutboxStore, utcnow
 from txmq.outbox.tables import NOTIFY_CHANNEL
 from txmq.telemetry import RELAY_BATCH_SECONDS, RELAY_FAILED, RELAY_FAILURES, RELAY_PUBLISHED
@@ -381,6 +382,39 @@ class _Lane:
                 log.debug("closing publisher failed", exc_info=True)
             self._publisher = None
 
+    def _publish(self, messages: list[Message]) -> list[PublishOutcome]:
+        try:
+            return self.publisher().publish(messages)
+        except BrokerError:
+            self.drop_publisher()
+            raise
+
+    def _isolate(
+        self, failed: list[tuple[ClaimedRecord, Exception | None]], sent: list[int]
+    ) -> list[tuple[ClaimedRecord, Exception | None]]:
+        """Publish each record refused with others alone, to learn which the broker refuses.
+
+        A broker refuses a whole produce request (Kafka: every message of a partition in the
+        transaction) for one message too large for its topic; the innocent ones must not go
+        FAILED with it. Records are tried in order, and none behind a still failing record
+        of its key, so per-key order holds. Appends what went through to ``sent``.
+        """
+        still: list[tuple[ClaimedRecord, Exception | None]] = []
+        held: set[tuple[str, str]] = set()
+        for record, together in failed:
+            key = _key(record)
+            error = together
+            if _refused(together) and (key is None or key not in held):
+                (outcome,) = self._publish([record.message])
+                if outcome.ok:
+                    sent.append(record.seq)
+                    continue
+                error = outcome.error
+            still.append((record, error))
+            if key is not None:
+                held.add(key)
+        return still
+
     def run_once(self) -> _Pass:
         try:
             return self._run_once()
@@ -409,14 +443,12 @@ class _Lane:
             records, too_large = _split_too_large(claimed, limit)
             outcomes: list[PublishOutcome] = []
             if records:
-                try:
-                    outcomes = self.publisher().publish([r.message for r in records])
-                except BrokerError:
-                    self.drop_publisher()
-                    raise
+                outcomes = self._publish([r.message for r in records])
             sent = [r.seq for r, o in zip(records, outcomes, strict=True) if o.ok]
-            store.mark_sent(connection, sent, keep=relay.retention > timedelta(0))
             failed = [(r, o.error) for r, o in zip(records, outcomes, strict=True) if not o.ok]
+            if sum(_refused(error) for _, error in failed) > 1:
+                failed = self._isolate(failed, sent)
+            store.mark_sent(connection, sent, keep=relay.retention > timedelta(0))
             failed += too_large
             # A Kafka transaction fails as a whole when the broker refuses one of its
             # messages: the others are tried again at once, without the refused one.
@@ -449,6 +481,11 @@ class _Lane:
             RELAY_FAILED.labels(system).inc(len(done.failed))
         RELAY_BATCH_SECONDS.labels(system).observe(time.perf_counter() - started)
         return done
+
+
+def _key(record: ClaimedRecord) -> tuple[str, str] | None:
+    message = record.message
+    return None if message.key is None else (message.topic, message.key)
 
 
 def _split_too_large(
