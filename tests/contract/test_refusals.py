@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, func, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
@@ -118,10 +119,13 @@ def test_a_record_the_broker_refuses_goes_failed_and_can_be_retried_or_discarded
     with connected(broker_url) as broker:
         broker.declare([txmq.Topology("audit", topic)])
         relay = Relay(broker, producer.store, max_refused_attempts=2, concurrency=1)
+        counted = {"system": broker.system}
+        failed_before = REGISTRY.get_sample_value("txmq_relay_failed_total", counted) or 0.0
         with pytest.raises(txmq.RecordsFailed) as raised:
             relay.drain(timeout=60)
         assert [message_id for message_id, _ in raised.value.failed] == [big.id]
         assert raised.value.sent == 1
+        assert REGISTRY.get_sample_value("txmq_relay_failed_total", counted) == failed_before + 1
         (failed,) = producer.failed()
         assert failed.message.id == big.id
         assert failed.state is RecordState.FAILED

@@ -136,3 +136,50 @@ def test_a_compensation_without_a_compensation_consumer_is_delivered_once_one_st
     with refunder:
         refunder.start()
         wait_for(lambda: refunded == [original.id], "the compensation to be delivered")
+
+
+def test_held_messages_are_listed_and_rerouted_by_the_cli(
+    broker_url: str, broker: txmq.Adapter
+) -> None:
+    """RabbitMQ lists the held message and re-routes it once a queue is bound; Kafka holds
+    nothing outside the topic itself, and says so."""
+    from typer.testing import CliRunner
+
+    from txmq.cli import app
+
+    topic = f"audit.{uuid.uuid4().hex[:10]}"
+    message = txmq.Message(topic, b"held")
+    with broker.publisher() as publisher:
+        (outcome,) = publisher.publish([message])
+    assert outcome.ok, outcome.error
+    runner = CliRunner()
+    listed = runner.invoke(app, ["unroutable", "list", "--broker", broker_url, "--limit", "100000"])
+    assert listed.exit_code == 0, listed.output
+    holds = broker.unroutable_queue is not None
+    assert (message.id in listed.output) is holds
+    topology = txmq.Topology(f"late{uuid.uuid4().hex[:6]}", topic)
+    if holds:
+        # Bound by hand (raw pika), so that only the CLI re-routes it.
+        from txmq.adapters._rabbitmq_connection import open_blocking
+        from txmq.adapters.rabbitmq import RabbitMQAdapter
+
+        assert isinstance(broker, RabbitMQAdapter)
+        connection = open_blocking(broker.settings, name="test raw channel")
+        channel = connection.channel()
+        channel.queue_declare(topology.work_queue, durable=True)
+        channel.queue_bind(topology.work_queue, broker.settings.exchange, routing_key=topic)
+        try:
+            rerouted = runner.invoke(
+                app, ["unroutable", "reroute", "--broker", broker_url, "--topic", topic]
+            )
+            assert rerouted.exit_code == 0, rerouted.output
+            assert "re-routed 1 message(s)" in rerouted.output
+            depth = channel.queue_declare(topology.work_queue, passive=True).method.message_count
+            assert depth == 1
+        finally:
+            channel.queue_delete(topology.work_queue)
+            connection.close()
+    else:
+        rerouted = runner.invoke(app, ["unroutable", "reroute", "--broker", broker_url])
+        assert rerouted.exit_code == 0, rerouted.output
+        assert "re-routed 0 message(s)" in rerouted.output
