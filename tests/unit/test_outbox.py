@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import txmq
+from txmq import unroutable
 from txmq.adapters.base import Publisher, PublishOutcome
 from txmq.outbox import CheckBackPolicy, Producer, Relay, make_outbox_tables
 from txmq.states import CheckLimitPolicy, LocalTransactionState, RecordState
@@ -53,8 +54,9 @@ def metadata(engine: Engine) -> MetaData:
 
 @pytest.fixture
 def broker() -> InMemoryBroker:
-    """Group "audit" reads topics "t" and "orders.created"; other topics are unroutable."""
-    broker = InMemoryBroker()
+    """Group "audit" reads topics "t" and "orders.created"; a publish to another topic
+    fails (``unroutable="return"``), which is how these tests make a publish fail."""
+    broker = InMemoryBroker(unroutable="return")
     broker.declare([txmq.Topology("audit", "t"), txmq.Topology("audit", "orders.created")])
     return broker
 
@@ -646,3 +648,18 @@ def test_a_claim_after_a_sequence_number_skips_the_records_below_it(
         everything = producer.store.claim_ready(connection, 10)
         above = producer.store.claim_ready(connection, 10, after=everything[1].seq)
     assert [r.message.body for r in above] == [b"2", b"3"]
+
+
+def test_the_fake_broker_holds_a_message_for_an_unbound_topic_like_the_real_ones(
+    engine: Engine, metadata: MetaData
+) -> None:
+    broker = InMemoryBroker()
+    producer = make_producer(engine, metadata, broker)
+    with Session(engine) as session, session.begin():
+        producer.stage(session, txmq.Message("late", b"held"))
+    assert producer.relay().drain() == 1
+    assert states(producer) == {"SENT": 1}
+    assert [m.body for m in unroutable.held(broker)] == [b"held"]
+    broker.declare([txmq.Topology("audit", "late")])
+    assert [m.body for m in published(broker, "late")] == [b"held"]
+    assert unroutable.held(broker) == []
