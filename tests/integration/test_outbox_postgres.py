@@ -303,7 +303,8 @@ def test_zero_retention_relay_deletes_what_the_broker_confirmed(
     with Session(engine) as session, session.begin():
         producer.stage(session, *(txmq.Message("t", str(i).encode()) for i in range(300)))
     assert producer.relay(retention=timedelta(0), batch_size=100).drain() == 300
-    assert [int(m.body) for m in broker.messages("audit.t")] == list(range(300))
+    # Two lanes publish their batches side by side: unkeyed messages have no order to keep.
+    assert sorted(int(m.body) for m in broker.messages("audit.t")) == list(range(300))
     assert producer.store.counts() == {}
 
 

@@ -99,6 +99,7 @@ def reroute(
 
     Raises:
         BrokerUnavailable: RabbitMQ cannot be reached.
+        TopologyError: the exchange or the holding queue exists with other settings.
     """
     if settings.unroutable != "hold":
         return 0

@@ -150,7 +150,7 @@ class Relay:
             pause = (min(waiting) - utcnow()).total_seconds()
             if time.monotonic() + pause >= deadline:
                 break
-            self._stop.wait(max(0.0, pause))
+            time.sleep(max(0.0, pause))  # until the refused record's next attempt is due
         if total.failed:
             raise RecordsFailed(total.failed, total.sent)
         return total.sent
