@@ -11,6 +11,7 @@ from txmq.consumer.cli import dlq_app
 from txmq.outbox.cli import app as outbox_app
 from txmq.schema_cli import app as schema_app
 from txmq.testing.provision.cli import app as brokers_app
+from txmq.unroutable import app as unroutable_app
 
 app = typer.Typer(
     help="txmq: transactional messages on RabbitMQ and Kafka.",
@@ -22,6 +23,7 @@ app.add_typer(brokers_app, name="brokers")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(schema_app, name="schema")
+app.add_typer(unroutable_app, name="unroutable")
 
 
 @app.command()

@@ -74,6 +74,10 @@ class RabbitMQSettings:
     exchange: str = "txmq"
     queue_type: Literal["classic", "quorum"] = "classic"
     heartbeat: int = 60
+    #: ``hold``: the exchange's alternate exchange keeps a message no queue is bound for in
+    #: the ``<exchange>.unroutable`` queue (confirmed, like Kafka keeping it in its topic);
+    #: ``return``: such a publish fails (NO_ROUTE), for an exchange declared without one.
+    unroutable: Literal["hold", "return"] = "hold"
     common: CommonSettings = field(default_factory=CommonSettings)
 
     system: Literal["rabbitmq"] = "rabbitmq"
@@ -157,6 +161,9 @@ def _parse_rabbitmq(url: str, scheme: str) -> RabbitMQSettings:
     exchange = query.pop("exchange", "txmq")
     queue_type = query.pop("queue_type", "classic")
     heartbeat = query.pop("heartbeat", "60")
+    unroutable = query.pop("unroutable", "hold")
+    if unroutable not in ("hold", "return"):
+        raise InvalidURL(f"unroutable must be hold or return, not {unroutable!r}")
     if query:
         raise InvalidURL(f"unknown option(s) {sorted(query)} in broker URL {redact(url)}")
     if queue_type not in ("classic", "quorum"):
@@ -177,6 +184,7 @@ def _parse_rabbitmq(url: str, scheme: str) -> RabbitMQSettings:
         exchange=exchange,
         queue_type=queue_type,  # type: ignore[arg-type]  # checked above
         heartbeat=int(heartbeat),
+        unroutable=unroutable,  # type: ignore[arg-type]  # checked above
         common=common,
     )
 

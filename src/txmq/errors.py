@@ -7,6 +7,8 @@ original kept as ``__cause__``; messages never contain a password or SASL secret
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class TxmqError(Exception):
     """Root of every error txmq raises."""
@@ -77,12 +79,43 @@ class PublishError(BrokerError):
     """The broker did not confirm a message: it was nacked, returned as unroutable, or timed out."""
 
 
+class PublishRefused(PublishError):
+    """The broker refused a message for good: too large, not authorised, invalid topic.
+
+    Publishing it again fails the same way. The relay retries it a bounded number of times
+    (``Relay(max_refused_attempts=...)``) and then moves its record to ``FAILED``.
+    """
+
+
 class TopologyError(BrokerError):
     """Queues, exchanges or topics could not be declared as asked (e.g. a conflicting type)."""
 
 
 class TransactionError(TxmqError):
     """The outcome of a transactional send could not be established or applied."""
+
+
+class RecordsFailed(TxmqError):
+    """Outbox records went ``FAILED`` during a relay call (the broker refused them for good).
+
+    Raised by :meth:`Relay.drain` and :meth:`Relay.run_once` after everything they did is
+    committed: the other records are published and marked as usual.
+
+    Attributes:
+        failed: ``(message id, last error)`` of each record that went FAILED.
+        sent: how many records the call marked SENT.
+    """
+
+    def __init__(self, failed: Sequence[tuple[str, str]], sent: int) -> None:
+        self.failed = tuple(failed)
+        self.sent = sent
+        shown = ", ".join(f"{message_id} ({error})" for message_id, error in self.failed[:5])
+        more = f" and {len(self.failed) - 5} more" if len(self.failed) > 5 else ""
+        super().__init__(
+            f"{len(self.failed)} outbox record(s) refused for good by the broker and now "
+            f"FAILED: {shown}{more}; {sent} sent. Retry them with `txmq outbox retry ID` or "
+            "discard them with `txmq outbox discard ID`"
+        )
 
 
 class RecordNotFound(TxmqError, LookupError):

@@ -21,7 +21,10 @@ class RecordState(StrEnum):
 
     ``PREPARED`` -> ``READY`` -> ``SENT`` is the happy path; ``PREPARED`` -> ``ROLLED_BACK``
     when the local transaction rolled back; ``PREPARED`` -> ``PARKED`` when the check-back
-    limit is reached under the PARK policy (an operator decides; never dropped silently).
+    limit is reached under the PARK policy (an operator decides; never dropped silently);
+    ``READY`` -> ``FAILED`` when the broker refused the message for good (too large, not
+    authorised, invalid topic): it keeps its ``last_error`` until an operator retries it
+    (back to ``READY``) or discards it.
     """
 
     PREPARED = "PREPARED"
@@ -29,6 +32,7 @@ class RecordState(StrEnum):
     SENT = "SENT"
     ROLLED_BACK = "ROLLED_BACK"
     PARKED = "PARKED"
+    FAILED = "FAILED"
 
 
 class CheckLimitPolicy(StrEnum):

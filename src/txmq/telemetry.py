@@ -54,6 +54,12 @@ RELAY_FAILURES = _metric(
     "Outbox records the broker did not confirm (retried with backoff).",
     ["system"],
 )
+RELAY_FAILED = _metric(
+    "Counter",
+    "txmq_relay_failed",
+    "Outbox records the broker refused for good, moved to FAILED.",
+    ["system"],
+)
 RELAY_BATCH_SECONDS = _metric(
     "Histogram",
     "txmq_relay_batch_duration_seconds",

@@ -22,8 +22,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import txmq
+from txmq import unroutable
 from txmq.adapters.base import Publisher, PublishOutcome
-from txmq.outbox import CheckBackPolicy, Producer, make_outbox_tables
+from txmq.outbox import CheckBackPolicy, Producer, Relay, make_outbox_tables
 from txmq.states import CheckLimitPolicy, LocalTransactionState, RecordState
 from txmq.testing.fakes import InMemoryBroker
 
@@ -53,8 +54,9 @@ def metadata(engine: Engine) -> MetaData:
 
 @pytest.fixture
 def broker() -> InMemoryBroker:
-    """Group "audit" reads topics "t" and "orders.created"; other topics are unroutable."""
-    broker = InMemoryBroker()
+    """Group "audit" reads topics "t" and "orders.created"; a publish to another topic
+    fails (``unroutable="return"``), which is how these tests make a publish fail."""
+    broker = InMemoryBroker(unroutable="return")
     broker.declare([txmq.Topology("audit", "t"), txmq.Topology("audit", "orders.created")])
     return broker
 
@@ -395,13 +397,15 @@ def test_a_record_too_large_for_the_relays_broker_does_not_block_the_others(
     relay keeps it READY with the error and publishes everything else."""
     broker = SmallBroker()
     broker.declare([txmq.Topology("audit", "t")])
-    producer = make_producer(engine, metadata, broker, max_body_bytes=10_000)
+    producer = Producer(
+        group="orders", engine=engine, tables=make_outbox_tables(metadata), max_body_bytes=10_000
+    )
     big = txmq.Message("t", b"x" * 200, key="k")
     with Session(engine) as session, session.begin():
         producer.stage(
             session, big, txmq.Message("t", b"after-big", key="k"), txmq.Message("t", b"small")
         )
-    assert producer.relay().drain() == 1
+    assert Relay(broker, producer.store, max_refused_attempts=2).run_once() == 1
     # The record with big's key waits behind it, in order.
     assert [m.body for m in published(broker)] == [b"small"]
     stuck, waiting = producer.store.list(RecordState.READY)
@@ -409,6 +413,43 @@ def test_a_record_too_large_for_the_relays_broker_does_not_block_the_others(
     assert stuck.last_error is not None
     assert "MessageTooLarge" in stuck.last_error
     assert waiting.publish_attempts == 0
+
+
+def test_a_refused_record_goes_failed_after_bounded_attempts_and_frees_its_key(
+    engine: Engine, metadata: MetaData
+) -> None:
+    broker = SmallBroker()
+    broker.declare([txmq.Topology("audit", "t")])
+    producer = Producer(
+        group="orders", engine=engine, tables=make_outbox_tables(metadata), max_body_bytes=10_000
+    )
+    big = txmq.Message("t", b"x" * 200, key="k")
+    with Session(engine) as session, session.begin():
+        producer.stage(session, big, txmq.Message("t", b"after-big", key="k"))
+    relay = Relay(broker, producer.store, max_refused_attempts=2)
+    with pytest.raises(txmq.RecordsFailed) as raised:
+        relay.drain(timeout=30)
+    assert [message_id for message_id, _ in raised.value.failed] == [big.id]
+    assert raised.value.sent == 1
+    assert [m.body for m in published(broker)] == [b"after-big"]
+    (failed,) = producer.failed()
+    assert (failed.message.id, failed.state, failed.publish_attempts) == (
+        big.id,
+        RecordState.FAILED,
+        2,
+    )
+    assert failed.last_error is not None
+    assert "MessageTooLarge" in failed.last_error
+    producer.retry(big.id)
+    assert producer.store.get(big.id).state is RecordState.READY
+    assert producer.store.get(big.id).publish_attempts == 0
+    with pytest.raises(txmq.RecordsFailed):
+        relay.drain(timeout=30)
+    producer.discard(big.id)
+    with pytest.raises(txmq.RecordNotFound):
+        producer.store.get(big.id)
+    with pytest.raises(txmq.RecordNotFound):
+        producer.retry(big.id)
 
 
 def test_bad_input_is_rejected_before_anything_is_written(
@@ -607,3 +648,18 @@ def test_a_claim_after_a_sequence_number_skips_the_records_below_it(
         everything = producer.store.claim_ready(connection, 10)
         above = producer.store.claim_ready(connection, 10, after=everything[1].seq)
     assert [r.message.body for r in above] == [b"2", b"3"]
+
+
+def test_the_fake_broker_holds_a_message_for_an_unbound_topic_like_the_real_ones(
+    engine: Engine, metadata: MetaData
+) -> None:
+    broker = InMemoryBroker()
+    producer = make_producer(engine, metadata, broker)
+    with Session(engine) as session, session.begin():
+        producer.stage(session, txmq.Message("late", b"held"))
+    assert producer.relay().drain() == 1
+    assert states(producer) == {"SENT": 1}
+    assert [m.body for m in unroutable.held(broker)] == [b"held"]
+    broker.declare([txmq.Topology("audit", "late")])
+    assert [m.body for m in published(broker, "late")] == [b"held"]
+    assert unroutable.held(broker) == []

@@ -47,6 +47,19 @@ UNREACHABLE_CODES = frozenset(
     }
 )
 
+#: Error codes of a message the broker (or librdkafka, checking the broker's rules) refuses
+#: for good: sending it again fails the same way.
+REFUSED_CODES = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.TOPIC_EXCEPTION,  # an invalid topic name
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.INVALID_RECORD,
+    }
+)
+
 #: librdkafka log facilities of connection attempts and failures: DEBUG, not WARNING.
 _TRANSPORT_FACILITIES = frozenset({"FAIL", "CONNECT", "BROKERFAIL", "DISCONNECT", "REQTMOUT"})
 #: Asynchronous errors that repeat on every reconnect attempt while a broker is down.
@@ -201,6 +214,10 @@ def error_of(exc: BaseException) -> KafkaError | None:
     if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
         return exc.args[0]
     return None
+
+
+def is_refused(error: KafkaError | None) -> bool:
+    return error is not None and error.code() in REFUSED_CODES
 
 
 def is_unreachable(error: KafkaError | None) -> bool:

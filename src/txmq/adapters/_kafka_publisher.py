@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -21,13 +21,14 @@ from txmq.adapters._kafka_client import (
     ClientEvents,
     KafkaContext,
     error_of,
+    is_refused,
     is_unreachable,
     logger,
     remaining,
 )
 from txmq.adapters._kafka_wire import encode_headers, encode_key
 from txmq.adapters.base import Publisher, PublishOutcome
-from txmq.errors import BrokerUnavailable, PublishError
+from txmq.errors import BrokerUnavailable, PublishError, PublishRefused
 from txmq.message import Message, validate_name
 
 #: Overridable by the URL's options.
@@ -208,7 +209,8 @@ class KafkaPublisher(Publisher):
             except PublishError as exc:
                 refused[index] = exc
             except KafkaException as exc:
-                refused[index] = PublishError(
+                kind = PublishRefused if is_refused(error_of(exc)) else PublishError
+                refused[index] = kind(
                     f"message {message.id} refused for {topic!r}: {self._context.describe(exc)}"
                 )
         if producer.flush(remaining(deadline, floor=0)):
@@ -242,6 +244,11 @@ class KafkaPublisher(Publisher):
                 reason += f"; no broker reachable at {self._context.url}"
         else:
             reason = self._context.describe(result)
+            if is_refused(result):
+                return PublishOutcome(
+                    message.id,
+                    PublishRefused(f"message {message.id} to {topic!r} refused: {reason}"),
+                )
         return PublishOutcome(
             message.id, PublishError(f"message {message.id} to {topic!r} failed: {reason}")
         )
@@ -249,6 +256,14 @@ class KafkaPublisher(Publisher):
 
 class _Fenced(PublishError):
     """The transaction failed because the producer failed for good (usually: fenced)."""
+
+
+class _MessageRefused(PublishError):
+    """Messages of the transaction were refused for good; the transaction was aborted."""
+
+    def __init__(self, text: str, message_ids: Iterable[str]) -> None:
+        super().__init__(text)
+        self.message_ids = frozenset(message_ids)
 
 
 class KafkaTransactionalPublisher(KafkaPublisher):
@@ -296,10 +311,24 @@ class KafkaTransactionalPublisher(KafkaPublisher):
         for attempt in (1, 2):
             # Nothing is sent before this succeeds, so BrokerUnavailable from it propagates.
             self._ready(deadline)
+            reports: list[KafkaError | _Pending | None] = [_PENDING] * len(routed)
             try:
                 self._begin()
-                self._produce_all(routed, deadline)
-                self._commit(deadline)
+                self._produce_all(routed, deadline, reports)
+                self._commit(deadline, routed, reports)
+            except _MessageRefused as exc:
+                refused = ", ".join(sorted(exc.message_ids))
+                return [
+                    PublishOutcome(
+                        m.id,
+                        PublishRefused(str(exc))
+                        if m.id in exc.message_ids
+                        else PublishError(
+                            f"not sent: the transaction was aborted because {refused} was refused"
+                        ),
+                    )
+                    for _, m in routed
+                ]
             except _Fenced as exc:
                 error = exc
                 if attempt == 1 and time.monotonic() < deadline:
@@ -460,12 +489,23 @@ class KafkaTransactionalPublisher(KafkaPublisher):
             ) from exc
         self._in_transaction = True
 
-    def _produce_all(self, routed: Routed, deadline: float) -> None:
-        """Produce inside the open transaction; on failure abort it and raise PublishError."""
+    def _produce_all(
+        self,
+        routed: Routed,
+        deadline: float,
+        reports: list[KafkaError | _Pending | None] | None = None,
+    ) -> None:
+        """Produce inside the open transaction; on failure abort it and raise PublishError.
+
+        With ``reports``, each message's delivery report is recorded there (by index).
+        """
         producer = self._client()
-        for topic, message in routed:
+        for index, (topic, message) in enumerate(routed):
+            on_delivery = (
+                None if reports is None else functools.partial(_record_delivery, reports, index)
+            )
             try:
-                self._produce(producer, topic, message, deadline)
+                self._produce(producer, topic, message, deadline, on_delivery)
             except PublishError as exc:
                 self._abort_within(deadline)
                 raise PublishError(f"transaction aborted: {exc}") from exc
@@ -476,9 +516,21 @@ class KafkaTransactionalPublisher(KafkaPublisher):
                     self._discard()
                     raise _Fenced(f"transaction not committed: {text}") from exc
                 self._abort_within(deadline)
+                if is_refused(error):
+                    raise _MessageRefused(f"transaction aborted: {text}", [message.id]) from exc
                 raise PublishError(f"transaction aborted: {text}") from exc
 
-    def _commit(self, deadline: float) -> None:
+    def _commit(
+        self,
+        deadline: float,
+        routed: Routed = (),
+        reports: Sequence[KafkaError | _Pending | None] = (),
+    ) -> None:
+        """Commit the open transaction.
+
+        When the broker refused messages of it for good and ``reports`` holds their delivery
+        reports (see :meth:`_produce_all`), raises :class:`_MessageRefused` naming them.
+        """
         producer = self._client()
         while True:
             try:
@@ -493,11 +545,22 @@ class KafkaTransactionalPublisher(KafkaPublisher):
                         f"producer failed for good ({text}); it is re-initialised on next use"
                     ) from exc
                 if error is not None and error.txn_requires_abort():
+                    producer.poll(0)  # the delivery reports say which message was refused
+                    refused = [
+                        message.id
+                        for (_, message), report in zip(routed, reports, strict=True)
+                        if isinstance(report, KafkaError) and is_refused(report)
+                    ]
                     self._abort_within(deadline)
                     # A produce request the broker refused leaves a gap in the idempotent
                     # sequence numbers, and librdkafka fails the next transaction too
                     # (OUT_OF_ORDER_SEQUENCE_NUMBER) before it recovers: start afresh.
                     self._discard()
+                    if refused:
+                        raise _MessageRefused(
+                            f"Kafka transaction of {self.transactional_id!r} aborted: {text}",
+                            refused,
+                        ) from exc
                     raise PublishError(
                         f"Kafka transaction of {self.transactional_id!r} aborted: {text}"
                     ) from exc

@@ -26,6 +26,11 @@ from txmq.adapters._rabbitmq_connection import (
     reply_code,
     unavailable,
 )
+from txmq.adapters._rabbitmq_unroutable import (
+    exchange_arguments,
+    exchange_hint,
+    holding_declarations,
+)
 from txmq.adapters._rabbitmq_wire import PERSISTENT, encode_headers
 from txmq.adapters.base import Publisher, PublishOutcome
 from txmq.config import RabbitMQSettings
@@ -236,12 +241,23 @@ class _Link:
         self._channel = channel
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
-        # Publishing to a missing exchange would close the channel; declaring the
-        # deployment exchange (idempotent) turns "nothing declared yet" into returns.
-        channel.exchange_declare(
+        self._declare_next(holding_declarations(self._settings))
+
+    def _declare_next(self, steps: list[tuple[str, dict[str, Any]]]) -> None:
+        """The holding queue's declarations one by one, then the deployment exchange:
+        publishing to a missing exchange would close the channel, and declaring it
+        (idempotent) turns "nothing declared yet" into held (or returned) messages."""
+        if steps:
+            (method, arguments), rest = steps[0], steps[1:]
+            getattr(self._channel, method)(
+                **arguments, callback=lambda _frame: self._declare_next(rest)
+            )
+            return
+        self._channel.exchange_declare(
             self._settings.exchange,
             exchange_type="topic",
             durable=True,
+            arguments=exchange_arguments(self._settings),
             callback=self._on_exchange_declared,
         )
 
@@ -255,7 +271,8 @@ class _Link:
             self._fail_open(
                 TopologyError(
                     f"exchange {self._settings.exchange!r} exists but is not a durable topic "
-                    f"exchange: {describe(self._settings, reason)}"
+                    f"exchange as txmq declares it ({exchange_hint(self._settings)}): "
+                    f"{describe(self._settings, reason)}"
                 ),
                 reason,
             )

@@ -234,6 +234,16 @@ class Adapter(abc.ABC):
         """Largest message (body + headers) txmq publishes here (``max_body_bytes`` option)."""
         return self.settings.common.max_body_bytes
 
+    def publish_limit(self) -> int:
+        """The largest message (body + headers) txmq publishes here: ``max_body_bytes``,
+        lowered to what the broker itself accepts where the broker can say.
+
+        An adapter that can learn the broker's limit asks once (one round trip, bounded by
+        the connect timeout) and answers from memory afterwards; while the broker cannot be
+        asked it answers ``max_body_bytes`` and asks again later. Never raises.
+        """
+        return self.max_body_bytes
+
     @abc.abstractmethod
     def ping(self) -> None:
         """Connect once and disconnect, within the connect timeout.
@@ -279,6 +289,18 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def purge_queue(self, queue: str) -> int:
         """Delete every message in ``queue``; return how many were deleted if known, else -1."""
+
+    @property
+    def unroutable_queue(self) -> str | None:
+        """The physical queue holding messages published while no queue was bound for their
+        topic, or ``None`` where the broker keeps them with the topic itself (Kafka)."""
+        return None
+
+    def reroute_unroutable(self, topics: Iterable[str] | None = None) -> int:
+        """Publish the held messages of ``topics`` (all with ``None``) to their topics again,
+        now that queues may be bound for them; return how many. Nothing is held on a broker
+        without :attr:`unroutable_queue`: 0."""
+        return 0
 
     def close(self) -> None:  # noqa: B027 - adapters without shared resources need nothing
         """Release shared resources (admin clients). Idempotent."""

@@ -24,14 +24,22 @@ from txmq.errors import MissingDependency
 try:
     from confluent_kafka import KafkaError, KafkaException, TopicPartition
     from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin._config import ConfigResource
     from confluent_kafka.admin._listoffsets import OffsetSpec
+    from confluent_kafka.admin._resource import ResourceType
     from confluent_kafka.cimpl import NewTopic
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise MissingDependency(
         "the Kafka adapter needs confluent-kafka: pip install 'txmq[kafka]'"
     ) from exc
 
-from txmq.adapters._kafka_client import ClientEvents, KafkaContext, error_of, is_unreachable
+from txmq.adapters._kafka_client import (
+    ClientEvents,
+    KafkaContext,
+    error_of,
+    is_unreachable,
+    logger,
+)
 from txmq.adapters._kafka_publisher import KafkaPublisher, KafkaTransactionalPublisher
 from txmq.adapters._kafka_subscription import KafkaSubscription, read_topic
 from txmq.adapters.base import Adapter, Delivery, Topology
@@ -51,6 +59,13 @@ __all__ = [
 
 #: How often to look again while waiting for a broker or for new topics.
 _RECHECK_INTERVAL = 0.1
+#: What a record adds to its body and headers on the wire (record and batch framing, key,
+#: txmq's id / topic / key headers), kept free below the broker's and producer's limits.
+_RECORD_OVERHEAD = 2048
+#: librdkafka's own default for ``message.max.bytes`` (the producer refuses larger messages).
+_PRODUCER_MESSAGE_MAX_BYTES = 1_000_000
+#: Seconds before asking again for the broker's limit after the broker could not be asked.
+_LIMIT_RETRY = 30.0
 #: Longest single metadata request while pinging, so an early authentication failure
 #: reported by the error callback ends the wait.
 _PING_STEP = 0.5
@@ -79,6 +94,49 @@ class KafkaAdapter(Adapter):
         self._admin_client: AdminClient | None = None
         self._admin_events = ClientEvents(self._context, "admin client")
         self._lock = threading.Lock()
+        self._limit_lock = threading.Lock()
+        self._limit: int | None = None
+        self._limit_asked = -_LIMIT_RETRY
+
+    # -- limits -------------------------------------------------------------------------
+
+    def publish_limit(self) -> int:
+        """``max_body_bytes``, lowered to the broker's ``message.max.bytes`` and the
+        producer's (librdkafka's ``message.max.bytes``, 1,000,000 unless the URL sets it),
+        less what framing adds to a record.
+
+        The broker is asked once (``describe_configs``); a topic's own
+        ``max.message.bytes`` is not looked at: the relay reports such a refusal.
+        """
+        with self._limit_lock:
+            if self._limit is not None:
+                return self._limit
+            if time.monotonic() - self._limit_asked < _LIMIT_RETRY:
+                return self.max_body_bytes
+            self._limit_asked = time.monotonic()
+            try:
+                broker_limit = self._broker_message_max_bytes()
+            except (BrokerUnavailable, KafkaException, concurrent.futures.TimeoutError) as exc:
+                logger.info("could not learn Kafka's message.max.bytes (%s); will ask again", exc)
+                return self.max_body_bytes
+            producer_limit = int(
+                self.settings.options.get("message.max.bytes", _PRODUCER_MESSAGE_MAX_BYTES)
+            )
+            self._limit = min(
+                self.max_body_bytes, min(broker_limit, producer_limit) - _RECORD_OVERHEAD
+            )
+            return self._limit
+
+    def _broker_message_max_bytes(self) -> int:
+        admin = self._admin()
+        timeout = self._context.connect_timeout
+        brokers = self._metadata(admin, timeout).brokers
+        if not brokers:
+            raise BrokerUnavailable(f"Kafka at {self._context.url} named no broker")
+        resource = ConfigResource(ResourceType.BROKER, str(min(brokers)))
+        futures = admin.describe_configs([resource], request_timeout=timeout)
+        configs = futures[resource].result(timeout=timeout + 1.0)
+        return int(configs["message.max.bytes"].value)
 
     # -- connection ---------------------------------------------------------------------
 

@@ -24,6 +24,12 @@ from txmq.adapters._rabbitmq_connection import (
 )
 from txmq.adapters._rabbitmq_publisher import RabbitMQPublisher
 from txmq.adapters._rabbitmq_subscription import RabbitMQSubscription
+from txmq.adapters._rabbitmq_unroutable import (
+    declare_exchanges,
+    exchange_hint,
+    reroute,
+    unroutable_name,
+)
 from txmq.adapters._rabbitmq_wire import decode_frame
 from txmq.adapters.base import Adapter, Delivery, Publisher, Subscription, Topology
 from txmq.config import BrokerSettings, RabbitMQSettings
@@ -52,12 +58,21 @@ class RabbitMQAdapter(Adapter):
         close_quietly(open_blocking(self.settings, name="txmq ping"))
 
     def declare(self, topologies: Iterable[Topology]) -> None:
+        """Declare the exchange, each topology's queues and bindings; then re-route the
+        messages held for their topics (see :meth:`reroute_unroutable`), so that the first
+        consumer group of a topic gets what was published before it existed.
+
+        Raises:
+            TopologyError: an existing object conflicts (e.g. an exchange declared by an
+                older txmq without the alternate exchange: the message says what to do).
+            BrokerUnavailable: the broker cannot be reached.
+        """
         topologies = list(topologies)
         connection = open_blocking(self.settings, name="txmq declare")
-        doing = f"declaring exchange {self.settings.exchange!r}"
+        doing = f"declaring exchange {self.settings.exchange!r} ({exchange_hint(self.settings)})"
         try:
             channel = connection.channel()
-            channel.exchange_declare(self.settings.exchange, exchange_type="topic", durable=True)
+            declare_exchanges(channel, self.settings)
             for topology in topologies:
                 for queue, arguments in self._queues(topology):
                     doing = f"declaring queue {queue!r} with {arguments}"
@@ -71,6 +86,23 @@ class RabbitMQAdapter(Adapter):
         finally:
             # A refused declaration closes its channel; the connection goes with it.
             close_quietly(connection)
+        if topologies:
+            self.reroute_unroutable({t.topic for t in topologies})
+
+    @property
+    def unroutable_queue(self) -> str | None:
+        """The queue holding messages no queue was bound for (``None``: ``unroutable=return``)."""
+        return unroutable_name(self.settings) if self.settings.unroutable == "hold" else None
+
+    def reroute_unroutable(self, topics: Iterable[str] | None = None) -> int:
+        """Publish the held messages of ``topics`` (every topic with ``None``) again.
+
+        Without ``topics`` the whole holding queue is looked at; for given topics (as
+        :meth:`declare` does) the first 10,000 held messages.
+        """
+        if topics is None:
+            return reroute(self.settings, None, scan_limit=None)
+        return reroute(self.settings, set(topics))
 
     def _queues(self, topology: Topology) -> list[tuple[str, dict[str, Any]]]:
         """Every queue of ``topology`` with its declaration arguments."""

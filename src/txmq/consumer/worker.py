@@ -52,7 +52,6 @@ from txmq.database_errors import is_outage
 from txmq.errors import (
     ConfigurationError,
     DatabaseUnavailable,
-    PublishError,
     TxmqError,
 )
 from txmq.message import HEADER_ATTEMPT, HEADER_DUE_AT, Message
@@ -395,17 +394,18 @@ class Worker:
         self._send(topology.dead_letter_queue, copy)
         self.plan.stats.add("dead_lettered")
 
-    def _compensate(self, event: Message) -> str | None:
+    def _compensate(self, event: Message) -> str:
+        """Publish the compensation event; raise if the broker did not confirm it.
+
+        With no compensation consumer yet, the broker holds the event like any message (in
+        its Kafka topic, in RabbitMQ's unroutable queue) until one starts. A failure leaves
+        the original unacknowledged: it is redelivered and compensated again (same id).
+        """
         outcome = self._publisher_().publish([event], timeout=self.plan.publish_timeout)[0]
-        if outcome.error is None:
-            self.plan.stats.add("compensations")
-            return event.id
-        if isinstance(outcome.error, PublishError):
-            # Unroutable: nobody consumes the producer's compensation topic. The DLQ copy
-            # (without a compensation id) is the record; retrying would not route it either.
-            log.error("compensation %s could not be delivered: %s", event.id, outcome.error)
-            return None
-        raise outcome.error
+        if outcome.error is not None:
+            raise outcome.error
+        self.plan.stats.add("compensations")
+        return event.id
 
     def _dead_letter_raw(self, delivery: Delivery, route: Route, now: float) -> None:
         reason = delivery.decode_error or ValueError("undecodable message")

@@ -79,11 +79,12 @@ def list_records(
     database: DatabaseOption = None,
     prefix: PrefixOption = "txmq_",
 ) -> None:
-    """List records in a state (default: PARKED), oldest first."""
+    """List records in a state (default: PARKED), oldest first, with their last error."""
     for record in _store(database, prefix).list(state, group=group, limit=limit):
         typer.echo(
             f"{record.message.id}  {record.producer_group}  {record.message.topic}  "
-            f"checks={record.check_count}  created={record.created_at:%Y-%m-%d %H:%M:%S}  "
+            f"checks={record.check_count}  attempts={record.publish_attempts}  "
+            f"created={record.created_at:%Y-%m-%d %H:%M:%S}  "
             f"{record.last_error or ''}".rstrip()
         )
 
@@ -122,6 +123,24 @@ def rollback(
 ) -> None:
     """Decide a PARKED/PREPARED record as rolled back: it is discarded."""
     _decide(message_id, RecordState.ROLLED_BACK, database, prefix)
+
+
+@app.command()
+@_run
+def retry(message_id: str, database: DatabaseOption = None, prefix: PrefixOption = "txmq_") -> None:
+    """Publish a FAILED record again (READY, publish attempts reset)."""
+    _store(database, prefix).retry_failed(message_id)
+    typer.echo(f"{message_id}: {RecordState.READY.value}")
+
+
+@app.command()
+@_run
+def discard(
+    message_id: str, database: DatabaseOption = None, prefix: PrefixOption = "txmq_"
+) -> None:
+    """Delete a FAILED record: it is never published."""
+    _store(database, prefix).discard_failed(message_id)
+    typer.echo(f"{message_id}: discarded")
 
 
 @app.command()

@@ -91,6 +91,10 @@ class Producer(Closing):
         kafka_native: on Kafka, produce half messages inside an open Kafka transaction while
             the executor runs (DESIGN.md section 5); otherwise they go through the relay.
         instance_id: stable name of this instance (Kafka ``transactional.id`` prefix).
+        max_body_bytes: largest message (body + headers) :meth:`stage` accepts; default
+            the broker URL's ``max_body_bytes``. Lowered to the broker's own limit where
+            the adapter can learn it (Kafka's ``message.max.bytes``, asked once here,
+            within the connect timeout, and again at :meth:`start` if Kafka did not answer).
 
     Example:
         >>> producer = txmq.Producer(group="orders", engine=engine, broker="kafka://...")
@@ -130,6 +134,8 @@ class Producer(Closing):
             self.max_body_bytes = self.broker.max_body_bytes
         else:
             self.max_body_bytes = DEFAULT_MAX_BODY_BYTES
+        self._stage_limit = self.max_body_bytes
+        self._learn_limit()
         self._transactions: queue.SimpleQueue[KafkaTransaction] = queue.SimpleQueue()
         self._transaction_count = 0
         self._transaction_lock = threading.Lock()
@@ -341,6 +347,7 @@ class Producer(Closing):
         Both survive database and broker outages and resume by themselves; :meth:`health`
         tells whether one has died.
         """
+        self._learn_limit()
         if relay and self._relay is None:
             self._relay = self.relay(**relay_options).start()
         if not self._workers:
@@ -388,6 +395,27 @@ class Producer(Closing):
             message_id, RecordState.ROLLED_BACK, expected=(RecordState.PARKED, RecordState.PREPARED)
         )
 
+    def failed(self, limit: int = 100) -> list[OutboxRecord]:
+        """FAILED records of this group (the broker refused them for good), oldest first;
+        ``last_error`` says why."""
+        return self.store.list(RecordState.FAILED, group=self.group, limit=limit)
+
+    def retry(self, message_id: str) -> None:
+        """Operator decision: publish a FAILED record again (READY, publish attempts reset).
+
+        Raises:
+            RecordNotFound: no record with that id is FAILED.
+        """
+        self.store.retry_failed(message_id)
+
+    def discard(self, message_id: str) -> None:
+        """Operator decision: delete a FAILED record; it is never published.
+
+        Raises:
+            RecordNotFound: no record with that id is FAILED.
+        """
+        self.store.discard_failed(message_id)
+
     def close(self) -> None:
         """Stop the background threads, release Kafka transactions, and close the broker
         connection if this producer opened it from a URL. Idempotent."""
@@ -406,6 +434,11 @@ class Producer(Closing):
 
     # -- helpers ---------------------------------------------------------------------------
 
+    def _learn_limit(self) -> None:
+        """Lower the staging limit to the broker's (a network round trip, once)."""
+        if self.broker is not None:
+            self._stage_limit = min(self.max_body_bytes, self.broker.publish_limit())
+
     def _checked(self, messages: Sequence[Message]) -> list[Message]:
         checked = []
         for given in messages:
@@ -414,7 +447,7 @@ class Producer(Closing):
             message = with_trace_context(given)
             if message.headers.get(HEADER_PRODUCER_GROUP) != self.group:
                 message = message.with_headers(**{HEADER_PRODUCER_GROUP: self.group})
-            message.check_size(self.max_body_bytes)
+            message.check_size(self._stage_limit)
             checked.append(message)
         return checked
 

@@ -17,15 +17,23 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from txmq.adapters.base import Adapter, Publisher, PublishOutcome
-from txmq.errors import BrokerError, DatabaseUnavailable, MessageTooLarge
+from txmq.errors import (
+    BrokerError,
+    DatabaseUnavailable,
+    MessageTooLarge,
+    PublishRefused,
+    RecordsFailed,
+)
+from txmq.message import Message
 from txmq.outbox.store import ClaimedRecord, OutboxStore, utcnow
 from txmq.outbox.tables import NOTIFY_CHANNEL
 from txmq.supervision import Health, SupervisedLoop, describe, health_of
-from txmq.telemetry import RELAY_BATCH_SECONDS, RELAY_FAILURES, RELAY_PUBLISHED
+from txmq.telemetry import RELAY_BATCH_SECONDS, RELAY_FAILED, RELAY_FAILURES, RELAY_PUBLISHED
 
 log = logging.getLogger("txmq.relay")
 
@@ -48,6 +56,11 @@ class Relay:
             ``transactional.id = txmq-relay-<instance_id>-<n>``, so a restarted relay fences
             its previous incarnation.
         max_backoff: longest wait after broker errors or failed publishes.
+        max_refused_attempts: a record the broker refuses for good (too large, not
+            authorised, invalid topic: :class:`~txmq.errors.PublishRefused`, or larger than
+            this broker's ``max_body_bytes``) goes FAILED when this many attempts to
+            publish it (counting every attempt, refused or not) have been made; before that
+            it is retried with backoff like any failed publish.
     """
 
     def __init__(
@@ -62,9 +75,11 @@ class Relay:
         purge_interval: float = 60.0,
         instance_id: str | None = None,
         max_backoff: float = 30.0,
+        max_refused_attempts: int = 3,
     ) -> None:
-        if batch_size < 1 or concurrency < 1:
-            raise ValueError("batch_size and concurrency must be at least 1")
+        if batch_size < 1 or concurrency < 1 or max_refused_attempts < 1:
+            raise ValueError("batch_size, concurrency and max_refused_attempts must be at least 1")
+        self.max_refused_attempts = max_refused_attempts
         self.broker = broker
         self.store = store
         self.batch_size = batch_size
@@ -107,24 +122,56 @@ class Relay:
 
         Raises:
             BrokerError: the broker is unreachable; nothing was marked, the claim is released.
+            RecordsFailed: records of the batch went FAILED (the rest were marked as usual).
         """
-        return self._lanes[0].run_once()
+        done = self._lanes[0].run_once()
+        if done.failed:
+            raise RecordsFailed(done.failed, done.sent)
+        return done.sent
 
     def drain(self, timeout: float = 60.0) -> int:
         """Run passes on every lane until no READY record is due (or ``timeout``).
 
-        Returns how many records were marked SENT. Broker errors propagate.
+        A record the broker refused is waited for until it is published or FAILED (its
+        retries come within seconds), so that a drain reports it; records backing off
+        after other failures (broker nacks, timeouts) stay READY for later passes.
+
+        Returns how many records were marked SENT.
+
+        Raises:
+            BrokerError: the broker is unreachable.
+            RecordsFailed: records went FAILED during the drain (after it finished).
         """
         deadline = time.monotonic() + timeout
-        sent = [0] * len(self._lanes)
+        total = _Pass()
+        while True:
+            done = self._drain_pass(deadline)
+            total.sent += done.sent
+            total.failed += done.failed
+            total.refused = (total.refused - done.settled) | done.refused
+            waiting = self.store.retry_times(total.refused) if total.refused else []
+            if not waiting:
+                break
+            pause = (min(waiting) - utcnow()).total_seconds()
+            if time.monotonic() + pause >= deadline:
+                break
+            time.sleep(max(0.0, pause))  # until the refused record's next attempt is due
+        if total.failed:
+            raise RecordsFailed(total.failed, total.sent)
+        return total.sent
+
+    def _drain_pass(self, deadline: float) -> _Pass:
+        """Passes on every lane until none finds a due record (or ``deadline``)."""
+        results = [_Pass() for _ in self._lanes]
         errors: list[BaseException] = []
 
         def work(lane: _Lane) -> None:
+            result = results[lane.number]
             try:
                 while time.monotonic() < deadline:
                     done = lane.run_once()
-                    sent[lane.number] += done
-                    if done == 0:
+                    result.add(done)
+                    if done.claimed == 0:
                         return
             except BaseException as exc:  # re-raised in the caller's thread
                 errors.append(exc)
@@ -137,7 +184,10 @@ class Relay:
             thread.join()
         if errors:
             raise errors[0]
-        return sum(sent)
+        total = _Pass()
+        for result in results:
+            total.add(result)
+        return total
 
     # -- background loop -------------------------------------------------------------------
 
@@ -181,7 +231,7 @@ class Relay:
         notifications = _Notifications(self.store, self._stop)
 
         def step() -> bool:
-            sent = lane.run_once()
+            sent = lane.run_once().sent
             self._maybe_purge()
             return sent >= self.batch_size
 
@@ -331,6 +381,32 @@ class _ClaimFloor:
             self._floor = 0
 
 
+@dataclass(slots=True)
+class _Pass:
+    """What one or more relay passes did."""
+
+    claimed: int = 0
+    sent: int = 0
+    #: ``(message id, error)`` of the records that went FAILED.
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    #: Records refused but still READY, to be tried again soon.
+    refused: set[int] = field(default_factory=set)
+    #: Records that were published, went FAILED, or failed for another reason.
+    settled: set[int] = field(default_factory=set)
+
+    def add(self, other: _Pass) -> None:
+        self.claimed += other.claimed
+        self.sent += other.sent
+        self.failed += other.failed
+        self.refused = (self.refused - other.settled) | other.refused
+        self.settled |= other.settled
+
+
+def _refused(error: BaseException | None) -> bool:
+    """Whether the broker refused for good (publishing again fails the same way)."""
+    return isinstance(error, (PublishRefused, MessageTooLarge))
+
+
 class _Lane:
     """One claim-publish-mark loop with its own publisher."""
 
@@ -358,16 +434,51 @@ class _Lane:
                 log.debug("closing publisher failed", exc_info=True)
             self._publisher = None
 
-    def run_once(self) -> int:
+    def _publish(self, messages: list[Message]) -> list[PublishOutcome]:
+        try:
+            return self.publisher().publish(messages)
+        except BrokerError:
+            self.drop_publisher()
+            raise
+
+    def _isolate(
+        self, failed: list[tuple[ClaimedRecord, Exception | None]], sent: list[int]
+    ) -> list[tuple[ClaimedRecord, Exception | None]]:
+        """Publish each record refused with others alone, to learn which the broker refuses.
+
+        A broker refuses a whole produce request (Kafka: every message of a partition in the
+        transaction) for one message too large for its topic; the innocent ones must not go
+        FAILED with it. Records are tried in order, and none behind a still failing record
+        of its key, so per-key order holds. Appends what went through to ``sent``.
+        """
+        still: list[tuple[ClaimedRecord, Exception | None]] = []
+        held: set[tuple[str, str]] = set()
+        for record, together in failed:
+            key = _key(record)
+            error = together
+            if _refused(together) and (key is None or key not in held):
+                (outcome,) = self._publish([record.message])
+                if outcome.ok:
+                    sent.append(record.seq)
+                    continue
+                error = outcome.error
+            still.append((record, error))
+            if key is not None:
+                held.add(key)
+        return still
+
+    def run_once(self) -> _Pass:
         try:
             return self._run_once()
         except BaseException:
             self.relay._floor.reset()  # the batch went back to READY, below the floor
             raise
 
-    def _run_once(self) -> int:
+    def _run_once(self) -> _Pass:
         relay, store = self.relay, self.relay.store
         started = time.perf_counter()
+        done = _Pass()
+        limit = relay.broker.publish_limit()  # asks the broker once, outside the transaction
         with store.engine.begin() as connection:
             after = relay._floor.next()
             claimed = store.claim_ready(connection, relay.batch_size, after=after)
@@ -377,35 +488,56 @@ class _Lane:
                 claimed = store.claim_ready(connection, relay.batch_size)
             relay._floor.claimed(claimed, full_batch=len(claimed) == relay.batch_size)
             if not claimed:
-                return 0
+                return done
+            done.claimed = len(claimed)
             # A record staged under a larger limit than this broker's would fail every batch
             # it is in (publish raises MessageTooLarge): it fails alone, like a refused one.
-            records, too_large = _split_too_large(claimed, relay.broker.max_body_bytes)
+            records, too_large = _split_too_large(claimed, limit)
             outcomes: list[PublishOutcome] = []
             if records:
-                try:
-                    outcomes = self.publisher().publish([r.message for r in records])
-                except BrokerError:
-                    self.drop_publisher()
-                    raise
+                outcomes = self._publish([r.message for r in records])
             sent = [r.seq for r, o in zip(records, outcomes, strict=True) if o.ok]
-            store.mark_sent(connection, sent, keep=relay.retention > timedelta(0))
             failed = [(r, o.error) for r, o in zip(records, outcomes, strict=True) if not o.ok]
-            for record, error in failed + too_large:
-                delay = min(relay.max_backoff, 0.5 * 2 ** min(record.publish_attempts, 10))
-                store.mark_failed(
-                    connection,
-                    record.seq,
-                    f"{type(error).__name__}: {error}",
-                    utcnow() + timedelta(seconds=delay),
-                )
+            if sum(_refused(error) for _, error in failed) > 1:
+                failed = self._isolate(failed, sent)
+            store.mark_sent(connection, sent, keep=relay.retention > timedelta(0))
+            failed += too_large
+            # A Kafka transaction fails as a whole when the broker refuses one of its
+            # messages: the others are tried again at once, without the refused one.
+            any_refused = any(_refused(error) for _, error in failed)
+            for record, error in failed:
+                text = f"{type(error).__name__}: {error}"
+                if _refused(error) and record.publish_attempts + 1 >= relay.max_refused_attempts:
+                    store.mark_refused(connection, record.seq, text)
+                    done.failed.append((record.message.id, text))
+                    log.error(
+                        "publish of %s refused for good after %d attempts, now FAILED: %s",
+                        *(record.message.id, record.publish_attempts + 1, error),
+                    )
+                    continue
+                if _refused(error) or not any_refused:
+                    delay = min(relay.max_backoff, 0.5 * 2 ** min(record.publish_attempts, 10))
+                else:
+                    delay = 0.0
+                store.mark_failed(connection, record.seq, text, utcnow() + timedelta(seconds=delay))
+                if _refused(error):
+                    done.refused.add(record.seq)
                 log.warning("publish of %s failed: %s", record.message.id, error)
+            done.sent = len(sent)
+            done.settled = {r.seq for r in claimed} - done.refused
         system = relay.broker.system
         RELAY_PUBLISHED.labels(system).inc(len(sent))
-        if failed or too_large:
-            RELAY_FAILURES.labels(system).inc(len(failed) + len(too_large))
+        if failed:
+            RELAY_FAILURES.labels(system).inc(len(failed))
+        if done.failed:
+            RELAY_FAILED.labels(system).inc(len(done.failed))
         RELAY_BATCH_SECONDS.labels(system).observe(time.perf_counter() - started)
-        return len(sent)
+        return done
+
+
+def _key(record: ClaimedRecord) -> tuple[str, str] | None:
+    message = record.message
+    return None if message.key is None else (message.topic, message.key)
 
 
 def _split_too_large(

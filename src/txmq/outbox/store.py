@@ -478,6 +478,32 @@ class OutboxStore:
             )
         )
 
+    def mark_refused(self, connection: Connection, seq: int, error: str) -> None:
+        """Move a record the broker refused for good to FAILED, with its error."""
+        records = self.tables.records
+        connection.execute(
+            update(records)
+            .where(records.c.seq == seq)
+            .values(
+                state=RecordState.FAILED.value,
+                publish_attempts=records.c.publish_attempts + 1,
+                last_error=error[:2000],
+                check_after=None,
+                updated_at=utcnow(),
+            )
+        )
+
+    def retry_times(self, seqs: Iterable[int]) -> list[datetime]:
+        """When each of these records, if still READY, may be published again."""
+        records = self.tables.records
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(records.c.check_after).where(
+                    records.c.seq.in_(list(seqs)), records.c.state == RecordState.READY.value
+                )
+            )
+            return [_aware(at) or utcnow() for (at,) in rows]
+
     # -- check-back ------------------------------------------------------------------------
 
     def claim_due_checks(
@@ -574,6 +600,35 @@ class OutboxStore:
                 raise RecordNotFound(
                     f"no outbox record {message_id!r} in state {' or '.join(expected_values)}"
                 )
+
+    def retry_failed(self, message_id: str) -> None:
+        """FAILED -> READY with its publish attempts reset; raise if it is not FAILED."""
+        records = self.tables.records
+        with self.engine.begin() as connection:
+            moved = connection.execute(
+                update(records)
+                .where(records.c.id == message_id, records.c.state == RecordState.FAILED.value)
+                .values(
+                    state=RecordState.READY.value,
+                    publish_attempts=0,
+                    check_after=None,
+                    updated_at=utcnow(),
+                )
+            ).rowcount
+        if not moved:
+            raise RecordNotFound(f"no outbox record {message_id!r} in state FAILED")
+
+    def discard_failed(self, message_id: str) -> None:
+        """Delete a FAILED record (it is never published); raise if it is not FAILED."""
+        records = self.tables.records
+        with self.engine.begin() as connection:
+            deleted = connection.execute(
+                delete(records).where(
+                    records.c.id == message_id, records.c.state == RecordState.FAILED.value
+                )
+            ).rowcount
+        if not deleted:
+            raise RecordNotFound(f"no outbox record {message_id!r} in state FAILED")
 
     def purge(self, older_than: timedelta, *, batch: int = 5000) -> int:
         """Delete SENT and ROLLED_BACK records older than ``older_than``, and markers older

@@ -9,6 +9,10 @@ release (requeue at the front), a dead-letter queue, and retry stages in one of 
 * ``retry_mode="consume"`` (Kafka): retry queues are consumed directly, at once; the
   consumer has to honour ``x-txmq-due-at`` itself (release + pause/resume).
 
+A message for a topic no queue is bound for is held, as the real brokers do, in
+:data:`UNROUTABLE`, and routed when a queue for its topic is declared;
+``unroutable="return"`` makes such a publish fail instead (RabbitMQ's ``?unroutable=return``).
+
 Everything is thread-safe; there is no persistence.
 """
 
@@ -32,6 +36,9 @@ from txmq.adapters.base import (
 )
 from txmq.errors import BrokerUnavailable, MessageDecodeError, PublishError
 from txmq.message import DEFAULT_MAX_BODY_BYTES, Message
+
+#: The queue holding messages published while no queue was bound for their topic.
+UNROUTABLE = "memory.unroutable"
 
 
 @dataclass(slots=True)
@@ -57,11 +64,17 @@ class InMemoryBroker(Adapter):
 
     system = "memory"
 
-    def __init__(self, *, retry_mode: Literal["ttl", "consume"] = "ttl") -> None:
+    def __init__(
+        self,
+        *,
+        retry_mode: Literal["ttl", "consume"] = "ttl",
+        unroutable: Literal["hold", "return"] = "hold",
+    ) -> None:
         # No settings: nothing to connect to.
         self.retry_mode = retry_mode
+        self.unroutable = unroutable
         self._cond = threading.Condition()
-        self._queues: dict[str, deque[_Entry]] = {}
+        self._queues: dict[str, deque[_Entry]] = {UNROUTABLE: deque()}
         self._bindings: dict[str, set[str]] = {}
         self._retry_targets: dict[str, tuple[float, str]] = {}
         self._topologies: dict[str, Topology] = {}
@@ -83,6 +96,7 @@ class InMemoryBroker(Adapter):
         self._check_up()
 
     def declare(self, topologies: Iterable[Topology]) -> None:
+        topologies = list(topologies)
         with self._cond:
             for topology in topologies:
                 self._topologies[topology.work_queue] = topology
@@ -94,6 +108,29 @@ class InMemoryBroker(Adapter):
                 ):
                     self._queues.setdefault(queue, deque())
                     self._retry_targets[queue] = (delay, topology.work_queue)
+        self.reroute_unroutable({t.topic for t in topologies})
+
+    @property
+    def unroutable_queue(self) -> str | None:
+        return UNROUTABLE if self.unroutable == "hold" else None
+
+    def reroute_unroutable(self, topics: Iterable[str] | None = None) -> int:
+        wanted = None if topics is None else set(topics)
+        with self._cond:
+            held = self._queues[UNROUTABLE]
+            moved, kept = 0, deque[_Entry]()
+            for entry in held:
+                message = entry.message
+                queues = self._bindings.get(message.topic, set()) if message else set()
+                if message is None or not queues or (wanted and message.topic not in wanted):
+                    kept.append(entry)
+                    continue
+                for queue in queues:
+                    self._enqueue(queue, message)
+                moved += 1
+            self._queues[UNROUTABLE] = kept
+            self._cond.notify_all()
+        return moved
 
     def publisher(self, *, transactional_id: str | None = None) -> Publisher:
         self._check_up()
@@ -202,7 +239,11 @@ class _Publisher(Publisher):
                 queues = broker._bindings.get(message.topic, set())
                 for queue in queues:
                     broker._enqueue(queue, message)
-                error = None if queues else PublishError(f"unroutable topic {message.topic!r}")
+                error = None
+                if not queues and broker.unroutable == "hold":
+                    broker._enqueue(UNROUTABLE, message)
+                elif not queues:
+                    error = PublishError(f"unroutable topic {message.topic!r}")
                 outcomes.append(PublishOutcome(message.id, error))
             broker._cond.notify_all()
         return outcomes

@@ -12,7 +12,15 @@ import pika
 import pytest
 
 import txmq
-from txmq import BrokerUnavailable, Message, MessageTooLarge, PublishError, Topology
+from txmq import (
+    BrokerUnavailable,
+    Message,
+    MessageTooLarge,
+    PublishError,
+    Topology,
+    TopologyError,
+    unroutable,
+)
 from txmq.adapters.rabbitmq import RabbitMQAdapter
 
 pytestmark = pytest.mark.broker
@@ -30,9 +38,14 @@ def test_batch_is_confirmed_and_lands_in_the_bound_queue(
     assert depth(topology.work_queue) == 1000
 
 
-def test_unroutable_message_fails_and_routable_neighbours_succeed(
-    adapter: RabbitMQAdapter, declared: Callable[..., Topology], unique: Callable[[str], str]
+def test_unroutable_message_is_held_and_routable_neighbours_succeed(
+    adapter: RabbitMQAdapter,
+    declared: Callable[..., Topology],
+    unique: Callable[[str], str],
+    depth: Callable[[str], int],
 ) -> None:
+    """No queue bound for its topic: confirmed and held in <exchange>.unroutable, like Kafka
+    keeping it in its topic; declaring a queue for the topic routes it there."""
     topology = declared()
     nowhere = unique("unbound")
     messages = [
@@ -42,9 +55,44 @@ def test_unroutable_message_fails_and_routable_neighbours_succeed(
     ]
     with adapter.publisher() as publisher:
         outcomes = publisher.publish(messages)
-    assert [o.ok for o in outcomes] == [True, False, True]
-    assert isinstance(outcomes[1].error, PublishError)
-    assert f"no queue bound for topic {nowhere!r}" in str(outcomes[1].error)
+    assert [o.ok for o in outcomes] == [True, True, True]
+    assert messages[1].id in [m.id for m in unroutable.held(adapter, limit=10_000)]
+    late = declared(topic=nowhere)
+    assert depth(late.work_queue) == 1
+    assert messages[1].id not in [m.id for m in unroutable.held(adapter, limit=10_000)]
+
+
+def test_unroutable_message_fails_with_unroutable_return(
+    connect_with: Callable[..., RabbitMQAdapter], unique: Callable[[str], str], raw_channel: Any
+) -> None:
+    """For an exchange declared without the alternate exchange (an older txmq's)."""
+    exchange = unique("returning")
+    broker = connect_with(exchange=exchange, unroutable="return")
+    nowhere = unique("unbound")
+    try:
+        with broker.publisher() as publisher:
+            (outcome,) = publisher.publish([Message(nowhere, b"2")])
+    finally:
+        broker.close()
+        raw_channel.exchange_delete(exchange)
+    assert isinstance(outcome.error, PublishError)
+    assert f"no queue bound for topic {nowhere!r}" in str(outcome.error)
+
+
+def test_an_exchange_declared_by_an_older_txmq_is_a_clear_error(
+    connect_with: Callable[..., RabbitMQAdapter], unique: Callable[[str], str], raw_channel: Any
+) -> None:
+    exchange = unique("older")
+    raw_channel.exchange_declare(exchange, exchange_type="topic", durable=True)
+    broker = connect_with(exchange=exchange)
+    try:
+        with pytest.raises(TopologyError, match=r"unroutable=return"), broker.publisher() as p:
+            p.connect()
+        with pytest.raises(TopologyError, match=r"older txmq"):
+            broker.declare([])
+    finally:
+        broker.close()
+        raw_channel.exchange_delete(exchange)
 
 
 def test_send_to_missing_queue_fails(adapter: RabbitMQAdapter, unique: Callable[[str], str]):

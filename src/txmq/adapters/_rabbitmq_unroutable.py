@@ -1,0 +1,138 @@
+"""Messages no queue is bound for yet, on RabbitMQ: held, not refused.
+
+Kafka keeps a message in its topic whether or not a consumer group exists yet. To give
+RabbitMQ the same story, the deployment exchange ``X`` gets an alternate exchange: a
+message that matches no binding goes to the fanout exchange ``X.unroutable`` and its
+durable queue ``X.unroutable``, with its routing key (the topic) and properties intact, and
+the publish is confirmed. When a consumer declares its queues for a topic,
+:func:`reroute` publishes that topic's held messages to ``X`` again, so the first consumer
+group of a topic receives what was published before it existed.
+
+RabbitMQ does not let an existing exchange change its arguments: an exchange declared by an
+older txmq (without the alternate exchange) is refused with PRECONDITION_FAILED, and the
+error says what to do (:data:`EXCHANGE_HINT`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from typing import Any
+
+from txmq.adapters._rabbitmq_connection import channel_error, close_quietly, open_blocking, pika
+from txmq.config import RabbitMQSettings
+
+log = logging.getLogger("txmq.rabbitmq")
+
+#: Most held messages one re-route looks at: each is fetched, so a holding queue that keeps
+#: growing (a topic published but never consumed) would otherwise slow every consumer start.
+SCAN_LIMIT = 10_000
+
+#: What to do about an exchange whose declaration does not match txmq's.
+EXCHANGE_HINT = (
+    "it must be a durable topic exchange, and with ?unroutable=hold (the default) have the "
+    "alternate exchange {unroutable!r}; an exchange declared by an older txmq has none: "
+    "delete it (consumers bind their queues again at start) or add ?unroutable=return to "
+    "the broker URL"
+)
+
+
+def unroutable_name(settings: RabbitMQSettings) -> str:
+    """The alternate exchange and queue holding the deployment's unroutable messages."""
+    return f"{settings.exchange}.unroutable"
+
+
+def exchange_arguments(settings: RabbitMQSettings) -> dict[str, Any] | None:
+    """Declaration arguments of the deployment exchange."""
+    if settings.unroutable == "hold":
+        return {"alternate-exchange": unroutable_name(settings)}
+    return None
+
+
+def exchange_hint(settings: RabbitMQSettings) -> str:
+    return EXCHANGE_HINT.format(unroutable=unroutable_name(settings))
+
+
+def holding_declarations(settings: RabbitMQSettings) -> list[tuple[str, dict[str, Any]]]:
+    """``(method, keyword arguments)`` of the channel calls that make the holding queue,
+    before the deployment exchange is declared (none with ``unroutable=return``)."""
+    if settings.unroutable != "hold":
+        return []
+    name = unroutable_name(settings)
+    return [
+        ("exchange_declare", {"exchange": name, "exchange_type": "fanout", "durable": True}),
+        (
+            "queue_declare",
+            # Classic whatever ``queue_type`` says: one exchange may serve deployments of
+            # both types, and a queue's type cannot change once declared.
+            {"queue": name, "durable": True, "arguments": {"x-queue-type": "classic"}},
+        ),
+        ("queue_bind", {"queue": name, "exchange": name}),
+    ]
+
+
+def declare_exchanges(channel: Any, settings: RabbitMQSettings) -> None:
+    """Declare the holding queue and the deployment exchange on a blocking channel."""
+    for method, arguments in holding_declarations(settings):
+        getattr(channel, method)(**arguments)
+    channel.exchange_declare(
+        settings.exchange,
+        exchange_type="topic",
+        durable=True,
+        arguments=exchange_arguments(settings),
+    )
+
+
+def reroute(
+    settings: RabbitMQSettings,
+    topics: Collection[str] | None = None,
+    *,
+    scan_limit: int | None = SCAN_LIMIT,
+) -> int:
+    """Publish the held messages of ``topics`` (all with ``None``) to the exchange again.
+
+    Each is acknowledged in the holding queue only once RabbitMQ confirmed its new
+    publish; one whose topic still has no bound queue comes back to the holding queue.
+    The others stay where they are, in order. At most ``scan_limit`` held messages, from
+    the head of the queue, are looked at (``None``: all); a warning says when more wait.
+    Returns how many were re-published.
+
+    Raises:
+        BrokerUnavailable: RabbitMQ cannot be reached.
+        TopologyError: the exchange or the holding queue exists with other settings.
+    """
+    if settings.unroutable != "hold":
+        return 0
+    name = unroutable_name(settings)
+    connection = open_blocking(settings, name="txmq reroute")
+    moved = 0
+    try:
+        channel = connection.channel()
+        declare_exchanges(channel, settings)
+        channel.confirm_delivery()
+        waiting = channel.queue_declare(name, passive=True).method.message_count
+        if scan_limit is not None and waiting > scan_limit:
+            log.warning(
+                "%d messages are held in %r (topics nobody consumes?); re-routing looks at "
+                "the first %d only: run `txmq unroutable reroute` for the rest",
+                *(waiting, name, scan_limit),
+            )
+            waiting = scan_limit
+        kept = False
+        for _ in range(waiting):
+            method, properties, body = channel.basic_get(name, auto_ack=False)
+            if method is None:
+                break
+            if topics is not None and method.routing_key not in topics:
+                kept = True  # given back below, all at once, in their places
+                continue
+            channel.basic_publish(settings.exchange, method.routing_key, body, properties)
+            channel.basic_ack(method.delivery_tag)
+            moved += 1
+        if kept:
+            channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise channel_error(settings, exc, f"re-routing the messages held in {name!r}") from exc
+    finally:
+        close_quietly(connection)
+    return moved
