@@ -253,6 +253,10 @@ class Adapter(abc.ABC):
 
     #: OpenTelemetry ``messaging.system`` value: ``"rabbitmq"`` or ``"kafka"``.
     system: str
+    #: Whether the subscriptions of one group compete for the messages of a queue, each
+    #: holding up to its prefetch (RabbitMQ), rather than each owning partitions (Kafka).
+    #: What one subscription holds, no other can run meanwhile.
+    competing_consumers: bool = False
 
     def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings

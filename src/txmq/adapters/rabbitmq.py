@@ -40,6 +40,7 @@ class RabbitMQAdapter(Adapter):
     """
 
     system = "rabbitmq"
+    competing_consumers = True
     settings: RabbitMQSettings
 
     def __init__(self, settings: BrokerSettings) -> None:

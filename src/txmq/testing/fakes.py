@@ -57,6 +57,7 @@ class InMemoryBroker(Adapter):
     """
 
     system = "memory"
+    competing_consumers = True
 
     def __init__(self, *, retry_mode: Literal["ttl", "consume"] = "ttl") -> None:
         # No settings: nothing to connect to.
