@@ -463,3 +463,44 @@ def test_failures_are_logged_without_secrets(
     assert consumer.stats.batch_fallbacks >= 1
     assert "core-banking" in caplog.text
     assert "s3cret" not in caplog.text
+
+
+def test_each_message_is_acknowledged_as_soon_as_it_is_settled(engine: Engine) -> None:
+    broker = InMemoryBroker()
+    acked_when_handled: list[int] = []
+    consumer = make_consumer(broker, engine)
+
+    @consumer.handler(TOPIC)
+    def handler(message: Message, session: Session) -> None:
+        acked_when_handled.append(broker.acks)
+        record(message, session)
+
+    broker.declare(consumer.topologies())
+    publish(broker, *[Message(TOPIC, b"%d" % i) for i in range(5)])  # one poll takes all
+    with consumer:
+        consumer.start()
+        wait_for(lambda: broker.acks == 5)
+    # Every earlier message was acknowledged before the next handler ran.
+    assert acked_when_handled == [0, 1, 2, 3, 4]
+
+
+class _PartitionedBroker(InMemoryBroker):
+    competing_consumers = False  # like Kafka: each subscription owns its partitions
+
+
+@pytest.mark.parametrize(
+    ("broker", "options", "prefetch"),
+    [
+        (InMemoryBroker(), {}, 100),
+        (InMemoryBroker(), {"concurrency": 3}, 1),
+        (InMemoryBroker(), {"concurrency": 3, "batch_size": 20}, 20),
+        (InMemoryBroker(), {"batch_size": 500}, 500),
+        (InMemoryBroker(), {"concurrency": 3, "prefetch": 50}, 50),
+        (_PartitionedBroker(), {"concurrency": 3}, 100),
+    ],
+)
+def test_workers_prefetch_little_when_they_compete_for_one_queue(
+    engine: Engine, broker: InMemoryBroker, options: dict[str, int], prefetch: int
+) -> None:
+    consumer = make_consumer(broker, engine, **options)
+    assert consumer.worker_prefetch(broker) == prefetch
