@@ -5,18 +5,20 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, create_engine, func, select
 from sqlalchemy.orm import Session
 
 from txmq import create_schema
-from txmq.adapters.base import Topology, dead_letter_queue, work_queue
+from txmq.adapters.base import Publisher, PublishOutcome, Topology, dead_letter_queue, work_queue
 from txmq.consumer import Consumer, DeadLetters, Reject, RetryPolicy, attempt_of
 from txmq.consumer.tables import make_inbox_table
+from txmq.errors import PublishError
 from txmq.message import Message
 from txmq.testing.fakes import InMemoryBroker
 
@@ -504,3 +506,36 @@ def test_workers_prefetch_little_when_they_compete_for_one_queue(
 ) -> None:
     consumer = make_consumer(broker, engine, **options)
     assert consumer.worker_prefetch(broker) == prefetch
+
+
+def test_a_replay_copy_not_confirmed_keeps_only_its_letter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broker = InMemoryBroker()
+    broker.declare([Topology(GROUP, TOPIC)])
+    letters = [Message(TOPIC, b"%d" % i) for i in range(3)]
+    with broker.publisher() as publisher:
+        publisher.send_to_queue(dead_letter_queue(GROUP, TOPIC), letters)
+    unlucky = letters[1].id
+    real_publisher = broker.publisher
+
+    def publisher(**kwargs: Any) -> Publisher:
+        inner = real_publisher(**kwargs)
+        real_send = inner.send_to_queue
+
+        def send_to_queue(queue: str, messages: Sequence[Message], **kw: Any) -> Any:
+            sent = real_send(queue, [m for m in messages if m.id != unlucky], **kw)
+            refused = PublishOutcome(unlucky, PublishError("nacked"))
+            return [*sent[:1], refused, *sent[1:]]
+
+        inner.send_to_queue = send_to_queue  # type: ignore[method-assign]
+        return inner
+
+    monkeypatch.setattr(broker, "publisher", publisher)
+    dlq = DeadLetters(broker, group=GROUP, topic=TOPIC)
+    with pytest.raises(PublishError, match="nacked"):
+        dlq.replay()
+    assert [letter.message.id for letter in dlq.list()] == [unlucky]
+    assert sorted(m.id for m in broker.messages(work_queue(GROUP, TOPIC))) == sorted(
+        [letters[0].id, letters[2].id]
+    )

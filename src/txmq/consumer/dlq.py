@@ -205,8 +205,10 @@ class DeadLetters(Closing):
             the ids replayed, the ids skipped because compensated, the ids not found.
 
         Raises:
-            PublishError: a replay copy, or a removal, was not confirmed (the DLQ message
-                stays).
+            PublishError: a replay copy was not confirmed (its letter stays in the DLQ;
+                the letters whose copies were confirmed are removed), or a removal was
+                not confirmed (the letter stays; replaying it again sends the same
+                generation, which the inbox applies at most once).
             QueueNotFound: the DLQ does not exist.
             BrokerUnavailable: the broker cannot be reached.
         """
@@ -223,10 +225,11 @@ class DeadLetters(Closing):
             copies = [self._copy(d) for d in chosen]
             with self._adapter.publisher() as publisher:
                 outcomes = publisher.send_to_queue(self._destination(), copies)
+            sent = [d for d, outcome in zip(chosen, outcomes, strict=True) if outcome.ok]
+            browser.remove(sent)
             for outcome in outcomes:
                 if outcome.error is not None:
                     raise outcome.error
-            browser.remove(chosen)
         result.replayed.extend(c.id for c in copies)
         return result
 
