@@ -91,6 +91,14 @@ class TopologyError(BrokerError):
     """Queues, exchanges or topics could not be declared as asked (e.g. a conflicting type)."""
 
 
+class QueueNotFound(TopologyError, LookupError):
+    """A queue or topic an administrative operation needs does not exist.
+
+    For example the dead-letter queue of a mistyped group or topic: it is created when a
+    consumer of that group declares its topology.
+    """
+
+
 class TransactionError(TxmqError):
     """The outcome of a transactional send could not be established or applied."""
 

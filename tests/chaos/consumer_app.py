@@ -1,10 +1,12 @@
 """A consumer process for the SIGKILL tests: ``python consumer_app.py '<json config>'``.
 
 Config keys: broker_url, database_url, group, topic, suffix (table names), crash
-(``"after-commit"``: SIGKILL itself at the first ack, i.e. after the DB commit and before
-the broker hears of it; ``"before-commit"``: SIGKILL inside the handler's transaction;
+(``"after-commit"``: SIGKILL itself at the first ack after ``acks_before_crash``
+deliveries (default 0) were acknowledged, i.e. after the DB commit of the next ones and
+before the broker hears of them; ``"before-commit"``: SIGKILL inside the handler's transaction;
 ``"none"``), expect (stop once processed + duplicates reaches it; ``0``: block in
-``Consumer.run()`` until SIGTERM), slow (seconds each handler call takes). Prints the
+``Consumer.run()`` until SIGTERM), fresh_only (count only processed messages towards
+``expect``, not duplicates), slow (seconds each handler call takes). Prints the
 consumer's stats as JSON on exit.
 """
 
@@ -42,16 +44,22 @@ def tables(suffix: str) -> tuple[MetaData, Table, Table]:
 
 
 class KillAtAck(Subscription):
-    """Delegates to a real subscription, but dies instead of acknowledging."""
+    """Delegates to a real subscription, but dies instead of acknowledging more than
+    ``survive`` deliveries."""
 
-    def __init__(self, inner: Subscription) -> None:
+    def __init__(self, inner: Subscription, survive: int) -> None:
         self.inner = inner
+        self.survive = survive
 
     def poll(self, timeout: float, max_messages: int = 100) -> list[Delivery]:
         return self.inner.poll(timeout, max_messages)
 
     def ack(self, deliveries: Iterable[Delivery]) -> None:
-        os.kill(os.getpid(), signal.SIGKILL)
+        batch = list(deliveries)
+        if len(batch) > self.survive:
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.survive -= len(batch)
+        self.inner.ack(batch)
 
     def release(self, deliveries: Iterable[Delivery]) -> None:
         self.inner.release(deliveries)
@@ -60,11 +68,11 @@ class KillAtAck(Subscription):
         self.inner.close()
 
 
-def crash_at_ack(adapter: Adapter) -> None:
+def crash_at_ack(adapter: Adapter, survive: int) -> None:
     real_subscribe = adapter.subscribe
 
     def subscribe(group: str, sources: Sequence[str], *, prefetch: int = 100) -> Subscription:
-        return KillAtAck(real_subscribe(group, sources, prefetch=prefetch))
+        return KillAtAck(real_subscribe(group, sources, prefetch=prefetch), survive)
 
     adapter.subscribe = subscribe  # type: ignore[method-assign]
 
@@ -75,7 +83,7 @@ def main() -> None:
     engine = create_engine(config["database_url"])
     adapter = txmq.connect(config["broker_url"])
     if config["crash"] == "after-commit":
-        crash_at_ack(adapter)
+        crash_at_ack(adapter, config.get("acks_before_crash", 0))
     consumer = Consumer(
         broker=adapter,
         engine=engine,
@@ -102,7 +110,10 @@ def main() -> None:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         stats = consumer.stats
-        if stats.processed + stats.duplicates >= config["expect"]:
+        counted = stats.processed
+        if not config.get("fresh_only"):
+            counted += stats.duplicates
+        if counted >= config["expect"]:
             break
         time.sleep(0.05)
     consumer.stop()

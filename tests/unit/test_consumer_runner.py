@@ -5,18 +5,20 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, create_engine, func, select
 from sqlalchemy.orm import Session
 
 from txmq import create_schema
-from txmq.adapters.base import Topology, dead_letter_queue, work_queue
+from txmq.adapters.base import Publisher, PublishOutcome, Topology, dead_letter_queue, work_queue
 from txmq.consumer import Consumer, DeadLetters, Reject, RetryPolicy, attempt_of
 from txmq.consumer.tables import make_inbox_table
+from txmq.errors import PublishError
 from txmq.message import Message
 from txmq.testing.fakes import InMemoryBroker
 
@@ -463,3 +465,77 @@ def test_failures_are_logged_without_secrets(
     assert consumer.stats.batch_fallbacks >= 1
     assert "core-banking" in caplog.text
     assert "s3cret" not in caplog.text
+
+
+def test_each_message_is_acknowledged_as_soon_as_it_is_settled(engine: Engine) -> None:
+    broker = InMemoryBroker()
+    acked_when_handled: list[int] = []
+    consumer = make_consumer(broker, engine)
+
+    @consumer.handler(TOPIC)
+    def handler(message: Message, session: Session) -> None:
+        acked_when_handled.append(broker.acks)
+        record(message, session)
+
+    broker.declare(consumer.topologies())
+    publish(broker, *[Message(TOPIC, b"%d" % i) for i in range(5)])  # one poll takes all
+    with consumer:
+        consumer.start()
+        wait_for(lambda: broker.acks == 5)
+    # Every earlier message was acknowledged before the next handler ran.
+    assert acked_when_handled == [0, 1, 2, 3, 4]
+
+
+class _PartitionedBroker(InMemoryBroker):
+    competing_consumers = False  # like Kafka: each subscription owns its partitions
+
+
+@pytest.mark.parametrize(
+    ("broker", "options", "prefetch"),
+    [
+        (InMemoryBroker(), {}, 100),
+        (InMemoryBroker(), {"concurrency": 3}, 1),
+        (InMemoryBroker(), {"concurrency": 3, "batch_size": 20}, 20),
+        (InMemoryBroker(), {"batch_size": 500}, 500),
+        (InMemoryBroker(), {"concurrency": 3, "prefetch": 50}, 50),
+        (_PartitionedBroker(), {"concurrency": 3}, 100),
+    ],
+)
+def test_workers_prefetch_little_when_they_compete_for_one_queue(
+    engine: Engine, broker: InMemoryBroker, options: dict[str, int], prefetch: int
+) -> None:
+    consumer = make_consumer(broker, engine, **options)
+    assert consumer.worker_prefetch(broker) == prefetch
+
+
+def test_a_replay_copy_not_confirmed_keeps_only_its_letter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broker = InMemoryBroker()
+    broker.declare([Topology(GROUP, TOPIC)])
+    letters = [Message(TOPIC, b"%d" % i) for i in range(3)]
+    with broker.publisher() as publisher:
+        publisher.send_to_queue(dead_letter_queue(GROUP, TOPIC), letters)
+    unlucky = letters[1].id
+    real_publisher = broker.publisher
+
+    def publisher(**kwargs: Any) -> Publisher:
+        inner = real_publisher(**kwargs)
+        real_send = inner.send_to_queue
+
+        def send_to_queue(queue: str, messages: Sequence[Message], **kw: Any) -> Any:
+            sent = real_send(queue, [m for m in messages if m.id != unlucky], **kw)
+            refused = PublishOutcome(unlucky, PublishError("nacked"))
+            return [*sent[:1], refused, *sent[1:]]
+
+        inner.send_to_queue = send_to_queue  # type: ignore[method-assign]
+        return inner
+
+    monkeypatch.setattr(broker, "publisher", publisher)
+    dlq = DeadLetters(broker, group=GROUP, topic=TOPIC)
+    with pytest.raises(PublishError, match="nacked"):
+        dlq.replay()
+    assert [letter.message.id for letter in dlq.list()] == [unlucky]
+    assert sorted(m.id for m in broker.messages(work_queue(GROUP, TOPIC))) == sorted(
+        [letters[0].id, letters[2].id]
+    )

@@ -11,12 +11,10 @@ messages and aborted relay batches are never delivered.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
@@ -41,7 +39,7 @@ _CONSUMER_DEFAULTS: dict[str, Any] = {
     "enable.partition.eof": False,
 }
 #: What txmq's semantics rest on (see the module docstring).
-_CONSUMER_REQUIRED: dict[str, Any] = {
+CONSUMER_REQUIRED: dict[str, Any] = {
     "isolation.level": "read_committed",
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
@@ -127,7 +125,7 @@ class KafkaSubscription(Subscription):
         config = context.config(
             self._events,
             defaults={**_CONSUMER_DEFAULTS, **_prefetch_config(prefetch)},
-            required={**_CONSUMER_REQUIRED, "group.id": group, "on_commit": self._on_commit},
+            required={**CONSUMER_REQUIRED, "group.id": group, "on_commit": self._on_commit},
         )
         self._cooperative = config["partition.assignment.strategy"] == "cooperative-sticky"
         self._consumer = context.build(Consumer, config, "consumer")
@@ -373,65 +371,3 @@ class KafkaSubscription(Subscription):
 
 def _topic_partitions(points: dict[PartitionKey, int]) -> list[TopicPartition]:
     return [TopicPartition(topic, part, offset) for (topic, part), offset in points.items()]
-
-
-def read_topic(context: KafkaContext, topic: str, *, limit: int, timeout: float) -> list[Delivery]:
-    """Read up to ``limit`` committed records of ``topic`` from the start, committing nothing.
-
-    A throwaway consumer (random group, never joined: partitions are assigned directly)
-    reads every partition to its end, or until ``limit`` records or ``timeout``.
-    """
-    events = ClientEvents(context, f"reader of {topic!r}")
-    config = context.config(
-        events,
-        # An empty partition reports its end after one fetch wait: keep that short.
-        defaults={"fetch.wait.max.ms": 100},
-        required={
-            **_CONSUMER_REQUIRED,
-            "group.id": f"txmq-read-{uuid.uuid4().hex}",
-            "enable.partition.eof": True,
-        },
-    )
-    consumer = context.build(Consumer, config, "consumer")
-    deadline = time.monotonic() + timeout
-    try:
-        try:
-            metadata = consumer.list_topics(topic, timeout=context.connect_timeout)
-        except KafkaException as exc:
-            raise BrokerUnavailable(
-                f"cannot read {topic!r} from Kafka at {context.url}: {context.describe(exc)}"
-            ) from exc
-        described = metadata.topics.get(topic)
-        if described is None or described.error is not None or not described.partitions:
-            return []
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in described.partitions])
-        at_end: set[int] = set()
-        deliveries: list[Delivery] = []
-        while (
-            len(deliveries) < limit
-            and len(at_end) < len(described.partitions)
-            and time.monotonic() < deadline
-        ):
-            wait = max(0.0, deadline - time.monotonic())
-            for record in _fetch(consumer, limit - len(deliveries), wait):
-                error = record.error()
-                partition = record.partition()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF and partition is not None:
-                        at_end.add(partition)
-                    continue
-                if partition is not None:
-                    at_end.discard(partition)
-                deliveries.append(
-                    decode_record(
-                        source=topic,
-                        key=record.key(),
-                        value=record.value(),
-                        headers=record.headers(),
-                        token=None,
-                        redelivered=False,
-                    )
-                )
-        return deliveries[:limit]
-    finally:
-        consumer.close()

@@ -220,11 +220,43 @@ class Subscription(Closing):
         """Fetch from ``sources`` again."""
 
 
+class QueueBrowser(Closing):
+    """Reads a queue for administration (a DLQ): what is read stays unless removed.
+
+    RabbitMQ: read messages are held unacknowledged by the browser and go back to their
+    places when it closes; :meth:`remove` acknowledges them. Kafka: the topic is read to
+    its end; :meth:`remove` appends a marker record to the removed record's partition,
+    after which it is no longer read (unless the browser includes settled records), and
+    purge or retention deletes marker and record together.
+    """
+
+    @abc.abstractmethod
+    def read(self, *, limit: int, timeout: float) -> list[Delivery]:
+        """Up to ``limit`` messages from the head of the queue, oldest first. Call once.
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached, or (Kafka) the topic could
+                not be read to its end within ``timeout``.
+        """
+
+    @abc.abstractmethod
+    def remove(self, deliveries: Iterable[Delivery]) -> None:
+        """Take read ``deliveries`` out of the queue for good (listed no more).
+
+        Raises:
+            BrokerError: the broker did not confirm the removal (the messages stay).
+        """
+
+
 class Adapter(abc.ABC):
     """One broker, as txmq uses it. Build it with :func:`txmq.connect`."""
 
     #: OpenTelemetry ``messaging.system`` value: ``"rabbitmq"`` or ``"kafka"``.
     system: str
+    #: Whether the subscriptions of one group compete for the messages of a queue, each
+    #: holding up to its prefetch (RabbitMQ), rather than each owning partitions (Kafka).
+    #: What one subscription holds, no other can run meanwhile.
+    competing_consumers: bool = False
 
     def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings
@@ -280,15 +312,38 @@ class Adapter(abc.ABC):
         """The physical names a consumer of these topologies reads from."""
 
     @abc.abstractmethod
-    def read_queue(self, queue: str, *, limit: int, timeout: float) -> list[Delivery]:
-        """Read up to ``limit`` messages of a DLQ-like queue without consuming them for good.
+    def browse(self, queue: str, *, include_settled: bool = False) -> QueueBrowser:
+        """Open ``queue`` (a dead-letter queue, or any queue/topic) for inspection.
 
-        Used by DLQ inspection; the messages stay where they are.
+        Args:
+            queue: the physical queue (RabbitMQ) or topic (Kafka).
+            include_settled: Kafka: also read records already settled with
+                :meth:`QueueBrowser.remove` (the log keeps them until purge or retention).
+                RabbitMQ: no effect (a removed message has left the queue).
+
+        Raises:
+            QueueNotFound: ``queue`` does not exist.
+            BrokerUnavailable: the broker cannot be reached.
         """
+
+    def read_queue(self, queue: str, *, limit: int, timeout: float) -> list[Delivery]:
+        """Up to ``limit`` messages of ``queue``, oldest first; they stay where they are.
+
+        Raises:
+            QueueNotFound: ``queue`` does not exist.
+            BrokerUnavailable: the broker cannot be reached.
+        """
+        with self.browse(queue) as browser:
+            return browser.read(limit=limit, timeout=timeout)
 
     @abc.abstractmethod
     def purge_queue(self, queue: str) -> int:
-        """Delete every message in ``queue``; return how many were deleted if known, else -1."""
+        """Delete every message in ``queue``; return how many of them were still listed.
+
+        Raises:
+            QueueNotFound: ``queue`` does not exist.
+            BrokerUnavailable: the broker cannot be reached.
+        """
 
     @property
     def unroutable_queue(self) -> str | None:

@@ -33,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "the Kafka adapter needs confluent-kafka: pip install 'txmq[kafka]'"
     ) from exc
 
+from txmq.adapters._kafka_browser import KafkaBrowser
 from txmq.adapters._kafka_client import (
     ClientEvents,
     KafkaContext,
@@ -41,10 +42,10 @@ from txmq.adapters._kafka_client import (
     logger,
 )
 from txmq.adapters._kafka_publisher import KafkaPublisher, KafkaTransactionalPublisher
-from txmq.adapters._kafka_subscription import KafkaSubscription, read_topic
-from txmq.adapters.base import Adapter, Delivery, Topology
+from txmq.adapters._kafka_subscription import KafkaSubscription
+from txmq.adapters.base import Adapter, Topology
 from txmq.config import KafkaSettings
-from txmq.errors import BrokerUnavailable, ConfigurationError, TopologyError
+from txmq.errors import BrokerUnavailable, ConfigurationError, QueueNotFound, TopologyError
 from txmq.message import validate_name
 
 if TYPE_CHECKING:
@@ -274,28 +275,26 @@ class KafkaAdapter(Adapter):
 
     # -- inspection ---------------------------------------------------------------------
 
-    def read_queue(self, queue: str, *, limit: int, timeout: float) -> list[Delivery]:
-        """Read up to ``limit`` committed records of topic ``queue`` from its start.
+    def browse(self, queue: str, *, include_settled: bool = False) -> KafkaBrowser:
+        """Open topic ``queue`` for inspection (see :class:`KafkaBrowser`).
 
         Nothing is committed and no group is joined, so the records stay for every group.
-        A topic that does not exist reads as empty.
 
         Raises:
+            QueueNotFound: the topic does not exist (it is not created by asking).
             BrokerUnavailable: the broker cannot be reached.
         """
         validate_name(queue, "queue")
-        if limit <= 0:
-            return []
-        return read_topic(self._context, queue, limit=limit, timeout=timeout)
+        return KafkaBrowser(self._context, queue, include_settled=include_settled)
 
     def purge_queue(self, queue: str) -> int:
-        """Delete every record of topic ``queue``; return how many offsets that removed.
+        """Delete every record of topic ``queue``; return how many letters were still listed.
 
-        The count includes transaction markers, which take an offset each; topics written
-        by the non-transactional publisher (retry and dead-letter topics) have none. A
-        topic that does not exist counts 0.
+        Records removed before (settled by a marker) and the markers are deleted as well
+        but not counted.
 
         Raises:
+            QueueNotFound: the topic does not exist.
             BrokerUnavailable: the broker cannot be reached.
             TopologyError: the broker refused to delete the records.
         """
@@ -304,7 +303,7 @@ class KafkaAdapter(Adapter):
         metadata = self._metadata(admin, self._context.connect_timeout)
         described = metadata.topics.get(queue)
         if described is None or described.error is not None:
-            return 0
+            raise QueueNotFound(f"Kafka at {self._context.url} has no topic {queue!r}")
         partitions = [TopicPartition(queue, p) for p in described.partitions]
         # OffsetSpec's class methods have no type annotations.
         earliest = self._offsets(admin, partitions, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
@@ -315,10 +314,12 @@ class KafkaAdapter(Adapter):
         if not doomed:
             return 0
         timeout = self._context.publish_timeout
+        with self.browse(queue) as browser:
+            listed = browser.letters_below(latest, timeout)
         futures = admin.delete_records(doomed, request_timeout=timeout, operation_timeout=timeout)
         for future in futures.values():
             self._result(future, f"delete the records of {queue!r}", timeout)
-        return sum(tp.offset - earliest.get(tp.partition, 0) for tp in doomed)
+        return listed
 
     def close(self) -> None:
         """Release the shared admin client. Idempotent."""

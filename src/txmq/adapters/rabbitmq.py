@@ -12,10 +12,10 @@ Example:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from txmq.adapters._rabbitmq_browser import RabbitMQBrowser, missing_or_refused
 from txmq.adapters._rabbitmq_connection import (
     channel_error,
     close_quietly,
@@ -30,8 +30,7 @@ from txmq.adapters._rabbitmq_unroutable import (
     reroute,
     unroutable_name,
 )
-from txmq.adapters._rabbitmq_wire import decode_frame
-from txmq.adapters.base import Adapter, Delivery, Publisher, Subscription, Topology
+from txmq.adapters.base import Adapter, Publisher, Subscription, Topology
 from txmq.config import BrokerSettings, RabbitMQSettings
 from txmq.errors import ConfigurationError
 from txmq.message import validate_name
@@ -47,6 +46,7 @@ class RabbitMQAdapter(Adapter):
     """
 
     system = "rabbitmq"
+    competing_consumers = True
     settings: RabbitMQSettings
 
     def __init__(self, settings: BrokerSettings) -> None:
@@ -134,32 +134,15 @@ class RabbitMQAdapter(Adapter):
     def sources_for(self, topologies: Iterable[Topology]) -> list[str]:
         return list(dict.fromkeys(t.work_queue for t in topologies))
 
-    def read_queue(self, queue: str, *, limit: int, timeout: float) -> list[Delivery]:
-        """Up to ``limit`` messages from the head of ``queue``, left in the queue.
+    def browse(self, queue: str, *, include_settled: bool = False) -> RabbitMQBrowser:
+        """Hold messages of ``queue`` for inspection (see :class:`RabbitMQBrowser`).
 
-        They are fetched unacknowledged and given back (``requeue``), which puts them back
-        in their places; a consumer of the queue may see them marked redelivered.
+        ``include_settled`` has no effect: a removed message has left the queue. While
+        held, the messages are not delivered to consumers of the queue; given back, they
+        may be marked redelivered.
         """
         validate_name(queue, "queue")
-        deadline = time.monotonic() + timeout
-        deliveries: list[Delivery] = []
-        last_tag = 0
-        connection = open_blocking(self.settings, name="txmq read-queue")
-        try:
-            channel = connection.channel()
-            while len(deliveries) < limit and time.monotonic() < deadline:
-                method, properties, body = channel.basic_get(queue, auto_ack=False)
-                if method is None:
-                    break
-                deliveries.append(decode_frame(queue, None, method, properties, body))
-                last_tag = method.delivery_tag
-            if last_tag:
-                channel.basic_nack(delivery_tag=last_tag, multiple=True, requeue=True)
-        except _AMQP_ERRORS as exc:
-            raise channel_error(self.settings, exc, f"reading queue {queue!r}") from exc
-        finally:
-            close_quietly(connection)
-        return deliveries
+        return RabbitMQBrowser(self.settings, queue)
 
     def purge_queue(self, queue: str) -> int:
         validate_name(queue, "queue")
@@ -167,7 +150,7 @@ class RabbitMQAdapter(Adapter):
         try:
             frame = connection.channel().queue_purge(queue)
         except _AMQP_ERRORS as exc:
-            raise channel_error(self.settings, exc, f"purging queue {queue!r}") from exc
+            raise missing_or_refused(self.settings, exc, queue, f"purging queue {queue!r}") from exc
         finally:
             close_quietly(connection)
         return int(frame.method.message_count)

@@ -29,6 +29,13 @@ GroupOption = Annotated[str, typer.Option("--group", help="Consumer group.")]
 TopicOption = Annotated[str, typer.Option("--topic", help="Logical topic.")]
 LimitOption = Annotated[int, typer.Option(help="Most messages to read.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
+IncludeReplayedOption = Annotated[
+    bool,
+    typer.Option(
+        "--include-replayed",
+        help="Kafka: also letters replayed before (the log keeps them). RabbitMQ: no effect.",
+    ),
+]
 
 
 @contextmanager
@@ -71,15 +78,17 @@ def _as_dict(letter: DeadLetter, *, body: bool) -> dict[str, object]:
 
 @dlq_app.command(name="list")
 def list_letters(
+    *,
     group: GroupOption,
     topic: TopicOption,
     broker: BrokerOption = None,
     limit: LimitOption = 50,
     as_json: JsonOption = False,
+    include_replayed: IncludeReplayedOption = False,
 ) -> None:
-    """List parked messages, oldest first (they stay in the DLQ)."""
+    """List parked messages, oldest first (they stay in the DLQ; replayed ones are not listed)."""
     with _dead_letters(broker, group, topic) as dlq:
-        letters = dlq.list(limit=limit)
+        letters = dlq.list(limit=limit, include_replayed=include_replayed)
     for letter in letters:
         if as_json:
             typer.echo(json.dumps(_as_dict(letter, body=False)))
@@ -96,14 +105,16 @@ def list_letters(
 @dlq_app.command()
 def show(
     message_id: Annotated[str, typer.Argument(help="Id of the parked message.")],
+    *,
     group: GroupOption,
     topic: TopicOption,
     broker: BrokerOption = None,
     limit: LimitOption = 1000,
+    include_replayed: IncludeReplayedOption = False,
 ) -> None:
     """Show one parked message: headers, body and why it failed."""
     with _dead_letters(broker, group, topic) as dlq:
-        letter = dlq.show(message_id, limit=limit)
+        letter = dlq.show(message_id, limit=limit, include_replayed=include_replayed)
     if letter is None:
         typer.echo(f"no message {message_id} among the first {limit} of {dlq.queue}", err=True)
         raise typer.Exit(code=1)
@@ -122,20 +133,46 @@ def replay(
     force: Annotated[
         bool, typer.Option(help="Replay compensated messages too (their effect was undone).")
     ] = False,
+    include_replayed: Annotated[
+        bool,
+        typer.Option(
+            "--include-replayed",
+            help="Kafka: replay letters replayed before, again. RabbitMQ: no effect.",
+        ),
+    ] = False,
     broker: BrokerOption = None,
     limit: LimitOption = 1000,
 ) -> None:
-    """Send parked messages back to the group (once each; the inbox sees a new generation)."""
+    """Send parked messages back to the group, once each (the inbox sees a new generation).
+
+    Exits 1 when an --id was not found among the letters read.
+    """
     if not message_ids and not replay_all:
         typer.echo("give --id ID (repeatable) or --all", err=True)
         raise typer.Exit(code=2)
+    if message_ids and replay_all:
+        typer.echo("give either --id or --all, not both", err=True)
+        raise typer.Exit(code=2)
     with _dead_letters(broker, group, topic) as dlq:
-        result = dlq.replay(None if replay_all else message_ids, force=force, limit=limit)
+        result = dlq.replay(
+            None if replay_all else message_ids,
+            force=force,
+            include_replayed=include_replayed,
+            limit=limit,
+        )
     for message_id in result.replayed:
         typer.echo(f"replayed {message_id}")
     for message_id in result.skipped_compensated:
         typer.echo(f"skipped {message_id}: compensated (use --force to replay anyway)")
+    for message_id in result.not_found:
+        typer.echo(
+            f"not found {message_id}: not among the first {limit} letters of {dlq.queue} "
+            "(replayed, purged or mistyped?)",
+            err=True,
+        )
     typer.echo(f"{len(result.replayed)} replayed", err=True)
+    if result.not_found:
+        raise typer.Exit(code=1)
 
 
 @dlq_app.command()
@@ -145,9 +182,9 @@ def purge(
     broker: BrokerOption = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Delete every parked message of the group's DLQ for the topic."""
+    """Delete every parked message of the group's DLQ for the topic (replayed ones too)."""
     if not yes:
         typer.confirm(f"delete every message of {group}.{topic}.dlq?", abort=True)
     with _dead_letters(broker, group, topic) as dlq:
         count = dlq.purge()
-    typer.echo(f"purged {count if count >= 0 else 'all'} message(s) from {dlq.queue}")
+    typer.echo(f"purged {count} message(s) from {dlq.queue}")

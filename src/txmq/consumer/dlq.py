@@ -10,6 +10,11 @@ Where a replay goes: on RabbitMQ straight into the group's work queue; on Kafka,
 group reads the shared topic, into the topic with ``x-txmq-target-group`` set, so that
 the other groups acknowledge it without processing it.
 
+A replayed or purged letter is listed no more, and replayed again only when asked
+(``include_replayed``): RabbitMQ acknowledges it out of the queue; on Kafka, whose DLQ
+topic is a log, a marker record after the letter in its partition settles it (see
+:mod:`txmq.adapters._kafka_browser` for why a marker rather than a committed offset).
+
 A message whose failure already sent a compensation event (``x-txmq-compensation-id``)
 is not replayed unless forced: its effect was undone at the producer, and applying it now
 would apply it after all.
@@ -17,11 +22,18 @@ would apply it after all.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from txmq.adapters import Adapter, Delivery, Topology, connect, dead_letter_queue, work_queue
+from txmq.adapters import (
+    Adapter,
+    Delivery,
+    QueueBrowser,
+    Topology,
+    connect,
+    dead_letter_queue,
+    work_queue,
+)
 from txmq.adapters.base import Closing
 from txmq.consumer.envelopes import replay_copy
 from txmq.consumer.headers import (
@@ -32,6 +44,7 @@ from txmq.consumer.headers import (
     parse_timestamp,
     replay_generation,
 )
+from txmq.errors import QueueNotFound
 from txmq.message import (
     HEADER_ERROR_MESSAGE,
     HEADER_ERROR_TYPE,
@@ -87,19 +100,36 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class ReplayResult:
-    """What :meth:`DeadLetters.replay` did: ids replayed, ids left because compensated."""
+    """What :meth:`DeadLetters.replay` did.
+
+    Attributes:
+        replayed: ids sent back to the group (and removed from the DLQ).
+        skipped_compensated: ids left in the DLQ because a compensation was sent for them.
+        not_found: ids asked for that are not among the letters read (typo, already
+            replayed or purged, or beyond ``limit``).
+    """
 
     replayed: list[str]
     skipped_compensated: list[str]
+    not_found: list[str] = field(default_factory=list)
 
 
 class DeadLetters(Closing):
     """The DLQ of one consumer group for one topic.
 
+    A replayed or purged letter is no longer listed, and is not replayed again unless
+    asked (``include_replayed``), on both brokers: on RabbitMQ it has left the queue; on
+    Kafka, where the DLQ topic is a log, replaying appends a marker record after the
+    letter in its partition, and listing leaves settled letters out.
+
     Args:
         broker: an adapter (left open) or a broker URL (connected and closed here).
         group: the consumer group.
         topic: the logical topic.
+
+    Every method raises :class:`~txmq.errors.QueueNotFound` when the DLQ does not exist
+    (a mistyped group or topic: it is created when a consumer of the group starts) and
+    :class:`~txmq.errors.BrokerUnavailable` when the broker cannot be reached.
 
     Example:
         >>> with DeadLetters("rabbitmq://guest:guest@127.0.0.1/", group="cart",
@@ -118,21 +148,31 @@ class DeadLetters(Closing):
         else:
             self._adapter, self._owns = connect(broker), True
 
-    def list(self, *, limit: int = 100, timeout: float = 5.0) -> list[DeadLetter]:
+    def list(
+        self, *, limit: int = 100, timeout: float = 5.0, include_replayed: bool = False
+    ) -> list[DeadLetter]:
         """Up to ``limit`` parked messages, oldest first; they stay in the DLQ.
 
-        On Kafka the DLQ is a log: replayed messages stay listed (what was replayed is
-        recorded by the ``<group>.dlq-admin`` consumer group's committed offset) until
-        :meth:`purge` or the topic's retention removes them.
+        Args:
+            limit: the most letters returned.
+            timeout: the longest the reading may take (Kafka reads the DLQ topic to its end).
+            include_replayed: Kafka: list replayed letters too (the log keeps them until
+                :meth:`purge` or retention). RabbitMQ: no effect.
         """
-        deliveries = self._adapter.read_queue(self.queue, limit=limit, timeout=timeout)
+        with self._browse(include_replayed) as browser:
+            deliveries = browser.read(limit=limit, timeout=timeout)
         return [DeadLetter.from_message(d.message) for d in deliveries if d.message is not None]
 
     def show(
-        self, message_id: str, *, limit: int = 1000, timeout: float = 5.0
+        self,
+        message_id: str,
+        *,
+        limit: int = 1000,
+        timeout: float = 5.0,
+        include_replayed: bool = False,
     ) -> DeadLetter | None:
         """The parked message with id ``message_id`` among the first ``limit``, if any."""
-        for letter in self.list(limit=limit, timeout=timeout):
+        for letter in self.list(limit=limit, timeout=timeout, include_replayed=include_replayed):
             if letter.message.id == message_id:
                 return letter
         return None
@@ -142,58 +182,68 @@ class DeadLetters(Closing):
         message_ids: Collection[str] | None = None,
         *,
         force: bool = False,
+        include_replayed: bool = False,
         limit: int = 1000,
         timeout: float = 30.0,
-        idle: float = 5.0,
     ) -> ReplayResult:
         """Send parked messages back to the group and remove them from the DLQ.
 
+        A letter is removed only once its copy is confirmed by the broker. Should the
+        removal not happen (a crash in between), a later replay sends the same replay
+        generation again, which the group's inbox applies at most once.
+
         Args:
             message_ids: which messages; all of them (up to ``limit``) when omitted.
-            force: replay compensated messages too (their effect was undone at the producer).
-            limit: the most messages handled in one call.
-            timeout: the longest the whole call may take.
-            idle: stop after this many seconds without a message (on Kafka, where the DLQ
-                keeps replayed records, this is how the call knows it has caught up).
+            force: replay compensated messages too (their effect was undone at the
+                producer); without it they stay in the DLQ and are reported as skipped.
+            include_replayed: Kafka: replay letters that were replayed before, again
+                (RabbitMQ: no effect, a replayed letter has left the queue).
+            limit: the most letters read in one call.
+            timeout: the longest the reading may take.
 
         Returns:
-            the ids replayed and the ids skipped because compensated.
+            the ids replayed, the ids skipped because compensated, the ids not found.
 
         Raises:
-            PublishError: a replay copy was not confirmed (the DLQ message stays).
+            PublishError: a replay copy was not confirmed (its letter stays in the DLQ;
+                the letters whose copies were confirmed are removed), or a removal was
+                not confirmed (the letter stays; replaying it again sends the same
+                generation, which the inbox applies at most once).
+            QueueNotFound: the DLQ does not exist.
             BrokerUnavailable: the broker cannot be reached.
         """
-        expected = len(self._adapter.read_queue(self.queue, limit=limit, timeout=timeout))
-        result = ReplayResult([], [])
-        if expected == 0:
-            return result
         wanted = None if message_ids is None else set(message_ids)
-        destination = self._destination()
-        deadline = time.monotonic() + timeout
-        quiet_since = time.monotonic()
-        seen = 0
-        with (
-            self._adapter.subscribe(f"{self.group}.dlq-admin", [self.queue], prefetch=limit) as sub,
-            self._adapter.publisher() as publisher,
-        ):
-            # Deliveries left alone stay unacknowledged until the subscription closes, so
-            # RabbitMQ does not hand them straight back to this loop.
-            while seen < min(expected, limit):
-                now = time.monotonic()
-                if now >= deadline or now - quiet_since >= idle:
-                    break
-                deliveries = sub.poll(min(1.0, deadline - now), limit - seen)
-                if deliveries:
-                    quiet_since = time.monotonic()
-                seen += len(deliveries)
-                chosen = [d for d in deliveries if self._chosen(d, wanted, force, result)]
-                copies = [self._copy(d) for d in chosen]
-                for outcome in publisher.send_to_queue(destination, copies):
-                    if outcome.error is not None:
-                        raise outcome.error
-                sub.ack(chosen)
-                result.replayed.extend(c.id for c in copies)
+        result = ReplayResult([], [])
+        with self._browse(include_replayed) as browser:
+            deliveries = browser.read(limit=limit, timeout=timeout)
+            chosen = [d for d in deliveries if self._chosen(d, wanted, force, result)]
+            if wanted is not None:
+                present = {d.message.id for d in deliveries if d.message is not None}
+                result.not_found.extend(sorted(wanted - present))
+            if not chosen:
+                return result
+            copies = [self._copy(d) for d in chosen]
+            with self._adapter.publisher() as publisher:
+                outcomes = publisher.send_to_queue(self._destination(), copies)
+            sent = [d for d, outcome in zip(chosen, outcomes, strict=True) if outcome.ok]
+            browser.remove(sent)
+            for outcome in outcomes:
+                if outcome.error is not None:
+                    raise outcome.error
+        result.replayed.extend(c.id for c in copies)
         return result
+
+    def _browse(self, include_replayed: bool) -> QueueBrowser:
+        try:
+            return self._adapter.browse(self.queue, include_settled=include_replayed)
+        except QueueNotFound as exc:
+            raise self._missing() from exc
+
+    def _missing(self) -> QueueNotFound:
+        return QueueNotFound(
+            f"no dead-letter queue {self.queue!r} for group {self.group!r} and topic "
+            f"{self.topic!r} (mistyped? it is created when a consumer of the group starts)"
+        )
 
     def _chosen(
         self, delivery: Delivery, wanted: set[str] | None, force: bool, result: ReplayResult
@@ -218,8 +268,16 @@ class DeadLetters(Closing):
         return own if own in sources else self.topic
 
     def purge(self) -> int:
-        """Delete every parked message; return how many (-1 if the broker does not say)."""
-        return self._adapter.purge_queue(self.queue)
+        """Delete every parked message (replayed ones included); return how many were listed.
+
+        Raises:
+            QueueNotFound: the DLQ does not exist.
+            BrokerUnavailable: the broker cannot be reached.
+        """
+        try:
+            return self._adapter.purge_queue(self.queue)
+        except QueueNotFound as exc:
+            raise self._missing() from exc
 
     def close(self) -> None:
         if self._owns:

@@ -29,6 +29,9 @@ log = logging.getLogger("txmq.consumer")
 
 CompensationHandlerFn = Callable[[Compensation, Session], None]
 
+#: Deliveries a worker holds when nothing says otherwise (see ``Consumer(prefetch=...)``).
+DEFAULT_PREFETCH = 100
+
 
 class Consumer:
     """A consumer group: handlers run exactly once per message, or the message is dead-lettered.
@@ -57,7 +60,13 @@ class Consumer:
         engine: the consumer's database (PostgreSQL first-class; SQLite works).
         group: the consumer group; every instance of a group shares its messages.
         retry: default retry policy of the handlers.
-        prefetch: deliveries in flight per worker (RabbitMQ prefetch; Kafka poll size).
+        prefetch: deliveries each worker holds (RabbitMQ ``basic.qos``; Kafka fetch-ahead
+            and poll size). By default 100, except with several workers on RabbitMQ, where
+            it is ``batch_size``: a worker's prefetched messages wait behind its current
+            handler while the other workers could run them, so a slow message would hold
+            up to 99 others. A larger value trades that for throughput. On Kafka, work
+            spreads by partition whatever the prefetch (a slow message holds only the
+            later messages of its partition: per-key order).
         batch_size: 1 = one transaction per message; ``n`` > 1 = up to ``n`` messages in one
             transaction and one ack; a failing batch is redone message by message.
         concurrency: worker threads, each with its own connection.
@@ -89,7 +98,7 @@ class Consumer:
         engine: Engine,
         group: str,
         retry: RetryPolicy | None = None,
-        prefetch: int = 100,
+        prefetch: int | None = None,
         batch_size: int = 1,
         concurrency: int = 1,
         compensate: bool = False,
@@ -100,9 +109,9 @@ class Consumer:
         publish_timeout: float | None = None,
     ) -> None:
         self.group = validate_name(group, "group")
-        if prefetch < 1 or batch_size < 1 or concurrency < 1:
+        if (prefetch is not None and prefetch < 1) or batch_size < 1 or concurrency < 1:
             raise ConfigurationError("prefetch, batch_size and concurrency must be at least 1")
-        if batch_size > prefetch:
+        if prefetch is not None and batch_size > prefetch:
             raise ConfigurationError("batch_size cannot exceed prefetch")
         if poll_interval <= 0:
             raise ConfigurationError("poll_interval must be positive")
@@ -255,7 +264,7 @@ class Consumer:
                 inbox=Inbox(self.inbox_table, self.group),
                 engine=self.engine,
                 session_factory=self._session_factory,
-                prefetch=self.prefetch,
+                prefetch=self.worker_prefetch(adapter),
                 batch_size=self.batch_size,
                 poll_interval=self.poll_interval,
                 publish_timeout=self.publish_timeout,
@@ -270,6 +279,14 @@ class Consumer:
                 "consumer %s started: %d worker(s) on %s",
                 *(self.group, self.concurrency, sorted(routes)),
             )
+
+    def worker_prefetch(self, adapter: Adapter) -> int:
+        """The prefetch each worker subscribes with on ``adapter`` (see ``prefetch``)."""
+        if self.prefetch is not None:
+            return self.prefetch
+        if adapter.competing_consumers and self.concurrency > 1:
+            return self.batch_size
+        return max(DEFAULT_PREFETCH, self.batch_size)
 
     def _connect(self) -> Adapter:
         if self._adapter is None:

@@ -176,15 +176,26 @@ class Worker:
             if self.plan.batch_size > 1:
                 self._process_batches(subscription, items, settled)
             else:
+                # Each message is acknowledged as soon as it is settled, not once per poll:
+                # acks held behind a slow handler, or lost to a crash, would mean redelivery
+                # of everything applied since the poll.
+                self._ack_now(subscription, settled)
                 for item in items:
                     if self.plan.stop.is_set():
                         break
                     self._process_one(item, settled)
+                    self._ack_now(subscription, settled)
         finally:
             # Whatever was committed is acknowledged even if a later message hit a broker
             # error; what was not reached is redelivered when the subscription closes.
             if settled:
                 subscription.ack(settled)
+
+    @staticmethod
+    def _ack_now(subscription: Subscription, settled: list[Delivery]) -> None:
+        if settled:
+            subscription.ack(settled)
+            settled.clear()
 
     def _triage(
         self, subscription: Subscription, deliveries: Sequence[Delivery], settled: list[Delivery]

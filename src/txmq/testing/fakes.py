@@ -31,10 +31,11 @@ from txmq.adapters.base import (
     Delivery,
     Publisher,
     PublishOutcome,
+    QueueBrowser,
     Subscription,
     Topology,
 )
-from txmq.errors import BrokerUnavailable, MessageDecodeError, PublishError
+from txmq.errors import BrokerUnavailable, MessageDecodeError, PublishError, QueueNotFound
 from txmq.message import DEFAULT_MAX_BODY_BYTES, Message
 
 #: The queue holding messages published while no queue was bound for their topic.
@@ -63,6 +64,7 @@ class InMemoryBroker(Adapter):
     """
 
     system = "memory"
+    competing_consumers = True
 
     def __init__(
         self,
@@ -152,17 +154,24 @@ class InMemoryBroker(Adapter):
                 sources.extend(topology.retry_queues())
         return sources
 
-    def read_queue(self, queue: str, *, limit: int, timeout: float) -> list[Delivery]:
+    def browse(self, queue: str, *, include_settled: bool = False) -> QueueBrowser:
+        """Like RabbitMQ: a removed message has left the queue (``include_settled`` ignored).
+
+        Raises:
+            QueueNotFound: ``queue`` was never declared.
+        """
         with self._cond:
-            entries = list(self._queues.get(queue, ()))[:limit]
-        return [self._delivery(queue, entry, token=None) for entry in entries]
+            if queue not in self._queues:
+                raise QueueNotFound(f"no queue {queue!r}")
+        return _Browser(self, queue)
 
     def purge_queue(self, queue: str) -> int:
         with self._cond:
             entries = self._queues.get(queue)
-            count = len(entries) if entries is not None else 0
-            if entries is not None:
-                entries.clear()
+            if entries is None:
+                raise QueueNotFound(f"no queue {queue!r}")
+            count = len(entries)
+            entries.clear()
             return count
 
     # -- test helpers -------------------------------------------------------------------
@@ -221,6 +230,32 @@ class InMemoryBroker(Adapter):
                 due = entries[0].visible_at
                 next_due = due if next_due is None else min(next_due, due)
         return next_due
+
+
+class _Browser(QueueBrowser):
+    """Reads a snapshot of a queue; removes entries by identity."""
+
+    def __init__(self, broker: InMemoryBroker, queue: str) -> None:
+        self._broker = broker
+        self._queue = queue
+        self._read: dict[int, _Entry] = {}
+
+    def read(self, *, limit: int, timeout: float) -> list[Delivery]:
+        with self._broker._cond:
+            entries = list(self._broker._queues[self._queue])[:limit]
+        self._read = {id(entry): entry for entry in entries}
+        return [self._broker._delivery(self._queue, e, token=id(e)) for e in entries]
+
+    def remove(self, deliveries: Iterable[Delivery]) -> None:
+        doomed = {id(self._read[d.token]) for d in deliveries if d.token in self._read}
+        with self._broker._cond:
+            queue = self._broker._queues[self._queue]
+            kept = [entry for entry in queue if id(entry) not in doomed]
+            queue.clear()
+            queue.extend(kept)
+
+    def close(self) -> None:
+        self._read = {}
 
 
 class _Publisher(Publisher):

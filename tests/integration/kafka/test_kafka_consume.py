@@ -11,7 +11,7 @@ from confluent_kafka.admin import AdminClient
 import txmq
 from txmq.adapters.base import Delivery, Topology
 from txmq.adapters.kafka import KafkaAdapter, KafkaSubscription
-from txmq.errors import BrokerUnavailable, MessageDecodeError, TopologyError
+from txmq.errors import BrokerUnavailable, MessageDecodeError, QueueNotFound, TopologyError
 from txmq.message import Message
 
 pytestmark = pytest.mark.broker
@@ -219,8 +219,10 @@ def test_read_queue_leaves_records_and_purge_removes_them(
     assert adapter.read_queue(dlq, limit=100, timeout=10) == []
     assert adapter.purge_queue(dlq) == 0
     missing = unique("never-declared")
-    assert adapter.purge_queue(missing) == 0
-    assert adapter.read_queue(missing, limit=10, timeout=5) == []
+    with pytest.raises(QueueNotFound):
+        adapter.purge_queue(missing)
+    with pytest.raises(QueueNotFound):
+        adapter.read_queue(missing, limit=10, timeout=5)
     admin = AdminClient({"bootstrap.servers": ",".join(adapter.settings.bootstrap_servers)})
     assert missing not in admin.list_topics(timeout=10).topics  # not created as a side effect
 
