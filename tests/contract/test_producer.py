@@ -19,6 +19,7 @@ from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, 
 from sqlalchemy.orm import Session
 
 import txmq
+from txmq.message import HEADER_PRODUCER_GROUP
 from txmq.outbox import CheckBackPolicy, Producer, make_outbox_tables
 from txmq.states import LocalTransactionState, RecordState
 
@@ -291,7 +292,7 @@ def test_relay_killed_between_confirm_and_mark_republishes_with_the_same_id(
         import os, signal
         from sqlalchemy import MetaData, create_engine
         import txmq
-        producer = txmq.Producer(group="g", engine=create_engine({database_url!r}),
+        producer = txmq.Producer(group={producer.group!r}, engine=create_engine({database_url!r}),
                                  broker={broker_url!r},
                                  tables=txmq.make_outbox_tables(MetaData(), prefix={prefix!r}))
         def killed(*args, **kwargs):
@@ -397,3 +398,68 @@ def test_kafka_half_message_is_invisible_until_committed(
         producer.close()
     finally:
         broker.close()
+
+
+def test_groups_sharing_an_outbox_each_reach_only_their_own_broker(
+    engine: Engine, metadata: MetaData, prefix: str, rabbitmq_url: str, kafka_url: str, topic: str
+) -> None:
+    """Group A publishes to RabbitMQ, group B to Kafka, from one outbox table, both relays
+    running: each message arrives on its own group's broker only, marked SENT there."""
+    rabbitmq, kafka = txmq.connect(rabbitmq_url), txmq.connect(kafka_url)
+    tables = make_outbox_tables(metadata, prefix=prefix)
+    producers = {
+        broker.system: Producer(
+            group=f"{broker.system}-{prefix.strip('_')}",
+            engine=engine,
+            broker=broker,
+            tables=tables,
+        )
+        for broker in (rabbitmq, kafka)
+    }
+    try:
+        for broker in (rabbitmq, kafka):
+            declare(broker, topic, "cart")
+        staged: dict[str, list[str]] = {}
+        with Session(engine) as session, session.begin():
+            for system, producer in producers.items():
+                messages = [txmq.Message(topic, f"{system} {i}".encode()) for i in range(5)]
+                producer.stage(session, *messages)
+                staged[system] = [m.id for m in messages]
+        for producer in producers.values():
+            producer.start()
+        for broker in (rabbitmq, kafka):
+            received = receive(broker, "cart", topic, 5)
+            assert sorted(m.id for m in received) == sorted(staged[broker.system])
+            group = producers[broker.system].group
+            assert {m.headers[HEADER_PRODUCER_GROUP] for m in received} == {group}
+            assert nothing_more(broker, "cart", topic)
+        for system, producer in producers.items():
+            assert {producer.store.get(i).state for i in staged[system]} == {RecordState.SENT}
+    finally:
+        for producer in producers.values():
+            producer.close()
+        rabbitmq.close()
+        kafka.close()
+
+
+def test_a_relay_leaves_another_groups_records_ready(
+    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str
+) -> None:
+    """Group B's relay is not running: group A's relay does not publish B's records, and
+    B's earlier record with the same topic and key does not hold A's back."""
+    declare(broker, topic, "cart")
+    tables = make_outbox_tables(metadata, prefix=prefix)
+    ours, theirs = (
+        Producer(group=f"{name}-{prefix.strip('_')}", engine=engine, broker=broker, tables=tables)
+        for name in ("a", "b")
+    )
+    theirs_message = txmq.Message(topic, b"b's", key="customer-1")
+    ours_message = txmq.Message(topic, b"a's", key="customer-1")
+    with Session(engine) as session, session.begin():
+        theirs.stage(session, theirs_message)
+        ours.stage(session, ours_message)
+    assert ours.relay().drain() == 1
+    assert [m.id for m in receive(broker, "cart", topic, 1)] == [ours_message.id]
+    assert nothing_more(broker, "cart", topic)
+    assert ours.store.get(theirs_message.id).state is RecordState.READY
+    assert ours.store.counts(groups=[theirs.group]) == {"READY": 1}

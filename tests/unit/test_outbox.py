@@ -604,6 +604,6 @@ def test_a_claim_after_a_sequence_number_skips_the_records_below_it(
     with Session(engine) as session, session.begin():
         producer.stage(session, *(txmq.Message("t", str(i).encode()) for i in range(4)))
     with engine.begin() as connection:
-        everything = producer.store.claim_ready(connection, 10)
-        above = producer.store.claim_ready(connection, 10, after=everything[1].seq)
+        everything = producer.store.claim_ready(connection, 10, group="orders")
+        above = producer.store.claim_ready(connection, 10, group="orders", after=everything[1].seq)
     assert [r.message.body for r in above] == [b"2", b"3"]

@@ -319,10 +319,13 @@ class Producer(Closing):
         return self.checkback.run_once(limit)
 
     def relay(self, **options: Any) -> Relay:
-        """A :class:`Relay` for this producer's outbox and broker (``options``: see Relay)."""
+        """A :class:`Relay` of this producer's group (unless ``options`` name other groups),
+        outbox and broker (``options``: see Relay)."""
         if self.broker is None:
             raise TxmqError("this producer has no broker: pass broker=... to relay")
         options.setdefault("instance_id", self.instance_id)
+        if not options.get("all_groups"):
+            options.setdefault("groups", (self.group,))
         return Relay(self.broker, self.store, **options)
 
     def start(
@@ -354,22 +357,34 @@ class Producer(Closing):
 
     def parked(self, limit: int = 100) -> list[OutboxRecord]:
         """PARKED records of this group, oldest first."""
-        return self.store.list(RecordState.PARKED, group=self.group, limit=limit)
+        return self.store.list(RecordState.PARKED, groups=(self.group,), limit=limit)
 
     def resume(self, message_id: str) -> None:
-        """Give a PARKED record a new round of check-backs (check count reset)."""
-        self.store.resolve(message_id, RecordState.PREPARED, reset_checks=True)
+        """Give a PARKED record of this group a new round of check-backs (check count reset).
+
+        Raises:
+            RecordNotFound: no PARKED record of this group has that id.
+        """
+        self.store.resolve(message_id, RecordState.PREPARED, reset_checks=True, group=self.group)
 
     def commit(self, message_id: str) -> None:
-        """Operator decision: a PARKED (or PREPARED) record committed; it will be published."""
+        """Operator decision: a PARKED (or PREPARED) record of this group committed; it will
+        be published. Raises :class:`RecordNotFound` as :meth:`resume` does."""
         self.store.resolve(
-            message_id, RecordState.READY, expected=(RecordState.PARKED, RecordState.PREPARED)
+            message_id,
+            RecordState.READY,
+            expected=(RecordState.PARKED, RecordState.PREPARED),
+            group=self.group,
         )
 
     def rollback(self, message_id: str) -> None:
-        """Operator decision: a PARKED (or PREPARED) record rolled back; it is discarded."""
+        """Operator decision: a PARKED (or PREPARED) record of this group rolled back; it is
+        discarded. Raises :class:`RecordNotFound` as :meth:`resume` does."""
         self.store.resolve(
-            message_id, RecordState.ROLLED_BACK, expected=(RecordState.PARKED, RecordState.PREPARED)
+            message_id,
+            RecordState.ROLLED_BACK,
+            expected=(RecordState.PARKED, RecordState.PREPARED),
+            group=self.group,
         )
 
     def close(self) -> None:

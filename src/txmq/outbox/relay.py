@@ -9,6 +9,9 @@ commit republishes those records with the same message ids (at-least-once).
 A relay runs ``concurrency`` lanes, each with its own database transaction and publisher
 connection, so that one lane claims and marks while another waits for the broker. The claim
 keeps same-key records in order across lanes and across relays.
+
+A relay publishes the records of the producer groups it is given, and no other group's:
+groups sharing an outbox table may publish to different brokers.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import timedelta
 from typing import Any
 
 from txmq.adapters.base import Adapter, Publisher, PublishOutcome
-from txmq.errors import BrokerError, MessageTooLarge
+from txmq.errors import BrokerError, ConfigurationError, MessageTooLarge
+from txmq.message import validate_name
 from txmq.outbox.store import ClaimedRecord, OutboxStore, utcnow
 from txmq.outbox.tables import NOTIFY_CHANNEL
 from txmq.telemetry import RELAY_BATCH_SECONDS, RELAY_FAILURES, RELAY_PUBLISHED
@@ -39,6 +43,9 @@ class Relay:
     Args:
         broker: the adapter to publish with.
         store: the outbox store (engine + tables).
+        groups: the producer groups whose records this relay publishes.
+        all_groups: publish the records of every producer group instead, found in the
+            table at each pass (exactly one of ``groups`` and ``all_groups`` must be given).
         batch_size: records per claim (one Kafka transaction, one confirm wait).
         concurrency: lanes working at once (one DB connection and one broker connection
             each); 1 on databases without ``SKIP LOCKED`` (SQLite).
@@ -51,6 +58,10 @@ class Relay:
             ``transactional.id = txmq-relay-<instance_id>-<n>``, so a restarted relay fences
             its previous incarnation.
         max_backoff: longest wait after broker errors or failed publishes.
+
+    Raises:
+        ConfigurationError: neither or both of ``groups`` and ``all_groups``, or no group.
+        InvalidMessage: a group name is not valid.
     """
 
     def __init__(
@@ -58,6 +69,8 @@ class Relay:
         broker: Adapter,
         store: OutboxStore,
         *,
+        groups: Collection[str] | None = None,
+        all_groups: bool = False,
         batch_size: int = 1000,
         concurrency: int = 2,
         poll_interval: float = 1.0,
@@ -68,6 +81,19 @@ class Relay:
     ) -> None:
         if batch_size < 1 or concurrency < 1:
             raise ValueError("batch_size and concurrency must be at least 1")
+        if isinstance(groups, str):
+            groups = [groups]  # one name, not its characters
+        if all_groups == (groups is not None) or (groups is not None and not groups):
+            raise ConfigurationError(
+                "a relay needs groups=[...] (the producer groups it publishes) "
+                "or all_groups=True, not both"
+            )
+        #: The producer groups relayed, in claim order; None: every group.
+        self.groups: tuple[str, ...] | None = (
+            None
+            if groups is None
+            else tuple(dict.fromkeys(validate_name(g, "producer group") for g in groups))
+        )
         self.broker = broker
         self.store = store
         self.batch_size = batch_size
@@ -104,7 +130,8 @@ class Relay:
         return self
 
     def run_once(self) -> int:
-        """Claim, publish and mark one batch on the first lane; return how many went SENT.
+        """Claim, publish and mark one batch of each relayed group on the first lane; return
+        how many went SENT.
 
         Raises:
             BrokerError: the broker is unreachable; nothing was marked, the claim is released.
@@ -177,7 +204,7 @@ class Relay:
         try:
             while not self._stop.is_set():
                 try:
-                    sent = lane.run_once()
+                    lane.run_once()
                     failures = 0
                 except BrokerError as exc:
                     failures += 1
@@ -191,7 +218,7 @@ class Relay:
                     self._stop.wait(min(self.max_backoff, 0.2 * 2**failures))
                     continue
                 self._maybe_purge()
-                if sent < self.batch_size:
+                if not lane.full:
                     wait(self.poll_interval)
         finally:
             close_waiter()
@@ -203,7 +230,7 @@ class Relay:
             if now - self._last_purge < self.purge_interval:
                 return
             self._last_purge = now
-        purged = self.store.purge(self.retention)
+        purged = self.store.purge(self.retention, groups=self.groups)
         if purged:
             log.info("purged %d finished outbox records", purged)
 
@@ -261,28 +288,32 @@ class _ClaimFloor:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._floor = 0
-        self._last_full = -FULL_CLAIM_INTERVAL
+        # Per relayed group, each claimed through its own range of the READY index.
+        self._floor: dict[str, int] = {}
+        self._last_full: dict[str, float] = {}
 
-    def next(self) -> int:
-        """The sequence number the next claim starts above (0: from the start)."""
+    def next(self, group: str) -> int:
+        """The sequence number the next claim of ``group`` starts above (0: from the start)."""
         with self._lock:
             now = time.monotonic()
-            if self._floor and now - self._last_full < FULL_CLAIM_INTERVAL:
-                return self._floor
-            self._last_full = now
+            floor = self._floor.get(group, 0)
+            if floor and now - self._last_full.get(group, -FULL_CLAIM_INTERVAL) < (
+                FULL_CLAIM_INTERVAL
+            ):
+                return floor
+            self._last_full[group] = now
             return 0
 
-    def claimed(self, records: list[ClaimedRecord], *, full_batch: bool) -> None:
+    def claimed(self, group: str, records: list[ClaimedRecord], *, full_batch: bool) -> None:
         with self._lock:
             if full_batch:  # claims come in sequence order
-                self._floor = max(self._floor, records[-1].seq)
+                self._floor[group] = max(self._floor.get(group, 0), records[-1].seq)
             else:
-                self._floor = 0
+                self._floor[group] = 0
 
     def reset(self) -> None:
         with self._lock:
-            self._floor = 0
+            self._floor.clear()
 
 
 class _Lane:
@@ -292,6 +323,8 @@ class _Lane:
         self.relay = relay
         self.number = number
         self._publisher: Publisher | None = None
+        #: Whether a claim of the last pass was a full batch (more may be waiting).
+        self.full = False
 
     def publisher(self) -> Publisher:
         if self._publisher is None:
@@ -313,25 +346,39 @@ class _Lane:
             self._publisher = None
 
     def run_once(self) -> int:
+        """One batch of each relayed group; set :attr:`full` if any batch was full."""
+        sent = 0
+        full = False
         try:
-            return self._run_once()
+            for group in self.relay.groups or self._ready_groups():
+                done, batch_full = self._run_once(group)
+                sent += done
+                full = full or batch_full
         except BaseException:
             self.relay._floor.reset()  # the batch went back to READY, below the floor
             raise
+        self.full = full
+        return sent
 
-    def _run_once(self) -> int:
+    def _ready_groups(self) -> list[str]:
+        store = self.relay.store
+        with store.engine.begin() as connection:
+            return store.ready_groups(connection)
+
+    def _run_once(self, group: str) -> tuple[int, bool]:
+        """Sent records of one batch of ``group``, and whether its claim was a full batch."""
         relay, store = self.relay, self.relay.store
         started = time.perf_counter()
         with store.engine.begin() as connection:
-            after = relay._floor.next()
-            claimed = store.claim_ready(connection, relay.batch_size, after=after)
+            after = relay._floor.next(group)
+            claimed = store.claim_ready(connection, relay.batch_size, group=group, after=after)
             if not claimed and after:
                 # Nothing above the floor: look from the start before calling it empty.
-                relay._floor.reset()
-                claimed = store.claim_ready(connection, relay.batch_size)
-            relay._floor.claimed(claimed, full_batch=len(claimed) == relay.batch_size)
+                claimed = store.claim_ready(connection, relay.batch_size, group=group)
+            full = len(claimed) == relay.batch_size
+            relay._floor.claimed(group, claimed, full_batch=full)
             if not claimed:
-                return 0
+                return 0, False
             # A record staged under a larger limit than this broker's would fail every batch
             # it is in (publish raises MessageTooLarge): it fails alone, like a refused one.
             records, too_large = _split_too_large(claimed, relay.broker.max_body_bytes)
@@ -359,7 +406,7 @@ class _Lane:
         if failed or too_large:
             RELAY_FAILURES.labels(system).inc(len(failed) + len(too_large))
         RELAY_BATCH_SECONDS.labels(system).observe(time.perf_counter() - started)
-        return len(sent)
+        return len(sent), full
 
 
 def _split_too_large(
