@@ -11,8 +11,9 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, insert
@@ -463,3 +464,114 @@ def test_a_relay_leaves_another_groups_records_ready(
     assert nothing_more(broker, "cart", topic)
     assert ours.store.get(theirs_message.id).state is RecordState.READY
     assert ours.store.counts(groups=[theirs.group]) == {"READY": 1}
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    """An outbox in a SQLite file (with the default tables), as an embedded app has it."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+    txmq.create_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_producers_sharing_a_sqlite_file_publish_and_check_each_record_once(
+    sqlite_engine: Engine, broker: txmq.Adapter, topic: str
+) -> None:
+    """Three instances of a group started on one SQLite file (threads): one relay and one
+    check-back worker work, the others stand by."""
+    declare(broker, topic, "cart")
+    checks: list[tuple[str, int]] = []
+    producers = [
+        Producer(
+            group="orders",
+            engine=sqlite_engine,
+            broker=broker,
+            checker=lambda m, count: checks.append((m.id, count)) or COMMIT,  # type: ignore[func-returns-value]
+            check_policy=QUICK_CHECKS,
+        )
+        for _ in range(3)
+    ]
+    try:
+        staged = [txmq.Message(topic, str(i).encode()) for i in range(200)]
+        with Session(sqlite_engine) as session, session.begin():
+            producers[0].stage(session, *staged)
+        half = [
+            producers[0].send_in_transaction(
+                txmq.Message(topic, b"half"), lambda m, a: UNKNOWN, None
+            )
+            for _ in range(20)
+        ]
+        for producer in producers:
+            producer.start(poll_interval=0.1, check_back_every=0.05)
+        received = receive(broker, "cart", topic, 220, timeout=60)
+        ids = [m.id for m in received]
+        assert len(set(ids)) == 220
+        assert len(ids) == 220, "published more than once"
+        assert nothing_more(broker, "cart", topic)
+        assert sorted(checks) == sorted((r.message_id, 1) for r in half), "checked twice"
+    finally:
+        for producer in producers:
+            producer.close()
+
+
+def test_a_sqlite_relay_in_another_process_excludes_this_one_until_it_is_killed(
+    sqlite_engine: Engine, broker: txmq.Adapter, broker_url: str, topic: str
+) -> None:
+    declare(broker, topic, "cart")
+    database = sqlite_engine.url.render_as_string(hide_password=False)
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from sqlalchemy import create_engine
+        import txmq
+        producer = txmq.Producer(group="orders", engine=create_engine({database!r}),
+                                 broker={broker_url!r})
+        relay = producer.relay(poll_interval=0.1).start()
+        while not relay.active:
+            time.sleep(0.05)
+        print("holding", flush=True)
+        sys.stdin.read()
+        """
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    producer = Producer(group="orders", engine=sqlite_engine, broker=broker)
+    relay = None
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "holding\n"
+        relay = producer.relay(poll_interval=0.1).start()
+        before = [txmq.Message(topic, b"before") for _ in range(50)]
+        with Session(sqlite_engine) as session, session.begin():
+            producer.stage(session, *before)
+        received = receive(broker, "cart", topic, 50)
+        assert sorted(m.id for m in received) == sorted(m.id for m in before)
+        assert nothing_more(broker, "cart", topic), "published twice"
+        assert not relay.active
+        with pytest.raises(txmq.WorkerBusy):
+            producer.relay().drain()
+        holder.kill()
+        holder.wait(30)
+        assert wait_for(lambda: relay is not None and relay.active), "no take-over"
+        after = [txmq.Message(topic, b"after") for _ in range(10)]
+        with Session(sqlite_engine) as session, session.begin():
+            producer.stage(session, *after)
+        assert sorted(m.id for m in receive(broker, "cart", topic, 10)) == sorted(
+            m.id for m in after
+        )
+    finally:
+        holder.kill()
+        holder.wait(30)
+        if relay is not None:
+            relay.stop()

@@ -18,12 +18,13 @@ import logging
 import queue
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from txmq.adapters import Adapter, connect
@@ -32,7 +33,7 @@ from txmq.errors import BrokerError, TransactionError, TxmqError
 from txmq.message import DEFAULT_MAX_BODY_BYTES, HEADER_PRODUCER_GROUP, Message, validate_name
 from txmq.outbox.checkback import CheckBack, CheckBackPolicy, Checker
 from txmq.outbox.relay import Relay
-from txmq.outbox.store import OutboxRecord, OutboxStore
+from txmq.outbox.store import OutboxRecord, OutboxStore, utcnow
 from txmq.outbox.tables import OutboxTables, make_outbox_tables
 from txmq.schema import metadata
 from txmq.states import LocalTransactionState, RecordState
@@ -169,23 +170,25 @@ class Producer(Closing):
         or a crash) leaves it PREPARED for the check-back, no earlier than ``immunity``
         (default: the check policy's) from now.
 
+        While the executor runs, no check-back decides the record: it is row-locked (or, on
+        SQLite, leased; see :attr:`CheckBackPolicy.executor_lease`).
+
         Raises:
             InvalidMessage / MessageTooLarge: before anything is written.
+            TransactionError: a check-back or an operator decided the half record before the
+                executor could start; the executor did not run.
             TxmqError: the half record could not be written (the executor did not run).
         """
         (message,) = self._checked((message,))
-        self.store.prepare(
-            message,
-            self.group,
-            immunity=self.check_policy.immunity if immunity is None else immunity,
-        )
+        immunity = self.check_policy.immunity if immunity is None else immunity
+        first_check = utcnow() + immunity
+        self.store.prepare(message, self.group, immunity=immunity)
         STAGED.labels(self.group, "half").inc()
         if self.kafka_native:
-            return self._send_kafka_native(message, executor, arg)
+            return self._send_kafka_native(message, executor, arg, first_check)
         with self.engine.begin() as connection:
-            # The row lock keeps check-backs away while the local transaction runs.
-            self.store.lock_prepared(connection, message.id)
-            state = self._execute(message, executor, arg)
+            self._hold(connection, message.id)
+            state = self._execute_held(message, executor, arg, first_check)
             if state is LocalTransactionState.UNKNOWN:
                 return SendResult(message.id, state, RecordState.PREPARED)
             to = (
@@ -196,12 +199,14 @@ class Producer(Closing):
             to = self.store.settle(connection, message.id, to)
         return SendResult(message.id, state, to)
 
-    def _send_kafka_native(self, message: Message, executor: Executor[A], arg: A) -> SendResult:
+    def _send_kafka_native(
+        self, message: Message, executor: Executor[A], arg: A, first_check: datetime
+    ) -> SendResult:
         transaction = self._acquire_transaction()
         reusable = True
         try:
             with self.engine.begin() as connection:
-                self.store.lock_prepared(connection, message.id)
+                self._hold(connection, message.id)
                 try:
                     transaction.begin()
                     transaction.produce([message])
@@ -210,7 +215,7 @@ class Producer(Closing):
                     # The executor still runs; on COMMIT the relay delivers the message.
                     log.warning("no Kafka transaction for %s; relaying", message.id, exc_info=True)
                     opened = reusable = False
-                state = self._execute(message, executor, arg)
+                state = self._execute_held(message, executor, arg, first_check)
                 if state is not LocalTransactionState.COMMIT:
                     if opened:
                         self._abort(transaction)
@@ -220,9 +225,9 @@ class Producer(Closing):
                 elif not opened:
                     to = RecordState.READY
                 else:
-                    # Marked SENT before the Kafka commit: if a check-back or an operator
-                    # decided the record first (before the row lock, or on SQLite, which does
-                    # not lock), their decision stands and the Kafka transaction is aborted.
+                    # Marked SENT before the Kafka commit: if an operator decided the record
+                    # while the executor ran, their decision stands and the Kafka
+                    # transaction is aborted.
                     to = self.store.settle(connection, message.id, RecordState.SENT)
                     if to is not RecordState.SENT:
                         self._abort(transaction)
@@ -346,14 +351,26 @@ class Producer(Closing):
         return self
 
     def _check_back_loop(self, every: float) -> None:
-        while not self._stop.is_set():
-            try:
-                looked_at = self.check_back_once()
-            except Exception:
-                log.exception("check-back pass failed")
-                looked_at = 0
-            if not looked_at:
-                self._stop.wait(every)
+        lock = self.checkback.lock
+        standing_by = False
+        try:
+            while not self._stop.is_set():
+                if not lock.acquire():  # SQLite: another worker checks this group
+                    if not standing_by:
+                        log.info("check-back stands by: another worker holds %s", lock.description)
+                        standing_by = True
+                    self._stop.wait(every)
+                    continue
+                standing_by = False
+                try:
+                    looked_at = self.check_back_once()
+                except Exception:
+                    log.exception("check-back pass failed")
+                    looked_at = 0
+                if not looked_at:
+                    self._stop.wait(every)
+        finally:
+            lock.release()
 
     def parked(self, limit: int = 100) -> list[OutboxRecord]:
         """PARKED records of this group, oldest first."""
@@ -416,6 +433,63 @@ class Producer(Closing):
             message.check_size(self.max_body_bytes)
             checked.append(message)
         return checked
+
+    def _hold(self, connection: Connection, message_id: str) -> None:
+        """Keep check-backs away from a PREPARED record whose executor is about to run.
+
+        With row locks (PostgreSQL, MySQL) the lock taken in ``connection`` does, until that
+        transaction ends (or its connection dies with the producer). On SQLite the record is
+        leased (its next check moved past the lease) and :meth:`_execute_held` renews it.
+
+        Raises:
+            TransactionError: a check-back or an operator decided the record already.
+        """
+        if self.store.skip_locked:
+            held = self.store.lock_prepared(connection, message_id)
+        else:
+            held = self.store.lease_prepared(
+                message_id, utcnow() + self.check_policy.executor_lease
+            )
+        if not held:
+            state = self.store.get(message_id).state
+            raise TransactionError(
+                f"message {message_id} was decided ({state.value}) by a check-back or an "
+                "operator before its local transaction started; the executor did not run"
+            )
+
+    def _execute_held(
+        self, message: Message, executor: Executor[A], arg: A, first_check: datetime
+    ) -> LocalTransactionState:
+        """Run the executor of a record :meth:`_hold` holds, renewing a SQLite lease while it
+        runs; after UNKNOWN, check-back may come as first scheduled (``first_check``)."""
+        if self.store.skip_locked:
+            return self._execute(message, executor, arg)
+        with self._renewing_lease(message.id):
+            state = self._execute(message, executor, arg)
+        if state is LocalTransactionState.UNKNOWN:
+            self.store.lease_prepared(message.id, first_check)
+        return state
+
+    @contextmanager
+    def _renewing_lease(self, message_id: str) -> Iterator[None]:
+        lease = self.check_policy.executor_lease
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(lease.total_seconds() / 3):
+                try:
+                    if not self.store.lease_prepared(message_id, utcnow() + lease):
+                        return  # decided meanwhile (an operator): nothing left to keep away
+                except Exception:  # the lease still runs; the next renewal may succeed
+                    log.warning("could not renew the lease of %s", message_id, exc_info=True)
+
+        renewer = threading.Thread(target=renew, name="txmq-lease", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
 
     def _execute(self, message: Message, executor: Executor[A], arg: A) -> LocalTransactionState:
         try:

@@ -11,7 +11,8 @@ connection, so that one lane claims and marks while another waits for the broker
 keeps same-key records in order across lanes and across relays.
 
 A relay publishes the records of the producer groups it is given, and no other group's:
-groups sharing an outbox table may publish to different brokers.
+groups sharing an outbox table may publish to different brokers. On SQLite only one relay of
+a group works at a time (see :mod:`txmq.outbox.worker_lock`); the others stand by.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from txmq.errors import BrokerError, ConfigurationError, MessageTooLarge
 from txmq.message import validate_name
 from txmq.outbox.store import ClaimedRecord, OutboxStore, utcnow
 from txmq.outbox.tables import NOTIFY_CHANNEL
+from txmq.outbox.worker_lock import WorkerLock
 from txmq.telemetry import RELAY_BATCH_SECONDS, RELAY_FAILURES, RELAY_PUBLISHED
 
 log = logging.getLogger("txmq.relay")
@@ -106,12 +108,20 @@ class Relay:
             # Without SKIP LOCKED two lanes would claim the same records.
             log.info("%s cannot claim with SKIP LOCKED: one relay lane", store.dialect)
             concurrency = 1
+        self._worker_lock = WorkerLock(store, "relay", self.groups)
+        self._standing_by = False
         self._floor = _ClaimFloor()
         self._lanes = [_Lane(self, n) for n in range(concurrency)]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._purge_lock = threading.Lock()
         self._last_purge = 0.0
+
+    @property
+    def active(self) -> bool:
+        """False while this relay stands by because another relay of its groups holds the
+        SQLite database; True otherwise (on other databases, always)."""
+        return self._worker_lock.held
 
     def connect(self) -> Relay:
         """Open every lane's broker connection now (on Kafka: ``init_transactions``, which
@@ -135,14 +145,23 @@ class Relay:
 
         Raises:
             BrokerError: the broker is unreachable; nothing was marked, the claim is released.
+            WorkerBusy: on SQLite, another relay of these groups is working.
         """
-        return self._lanes[0].run_once()
+        with self._worker_lock.holding():
+            return self._lanes[0].run_once()
 
     def drain(self, timeout: float = 60.0) -> int:
         """Run passes on every lane until no READY record is due (or ``timeout``).
 
         Returns how many records were marked SENT. Broker errors propagate.
+
+        Raises:
+            WorkerBusy: on SQLite, another relay of these groups is working.
         """
+        with self._worker_lock.holding():
+            return self._drain(timeout)
+
+    def _drain(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
         sent = [0] * len(self._lanes)
         errors: list[BaseException] = []
@@ -203,6 +222,9 @@ class Relay:
         failures = 0
         try:
             while not self._stop.is_set():
+                if not self._may_work():
+                    wait(self.poll_interval)
+                    continue
                 try:
                     lane.run_once()
                     failures = 0
@@ -223,6 +245,24 @@ class Relay:
         finally:
             close_waiter()
             lane.drop_publisher()
+            self._worker_lock.release()
+
+    def _may_work(self) -> bool:
+        """Take the SQLite relay lock if it is free; False: another relay holds it."""
+        if self._worker_lock.held:
+            return True
+        if self._worker_lock.acquire():
+            log.info("relay %s works: it holds %s", self.instance_id, self._worker_lock.description)
+            self._standing_by = False
+            return True
+        if not self._standing_by:
+            log.info(
+                "relay %s stands by: another relay holds %s",
+                self.instance_id,
+                self._worker_lock.description,
+            )
+            self._standing_by = True
+        return False
 
     def _maybe_purge(self) -> None:
         with self._purge_lock:

@@ -277,8 +277,10 @@ class OutboxStore:
         *,
         expected: Iterable[RecordState] = (RecordState.PREPARED,),
         error: str | None = None,
+        due: datetime | None = None,
     ) -> bool:
-        """Move one record to ``to`` if it is in one of ``expected``; return whether it moved."""
+        """Move one record to ``to`` if it is in one of ``expected`` (and, with ``due``, if
+        its next check is due by then); return whether it moved."""
         records = self.tables.records
         values: dict[str, Any] = {"state": to.value, "updated_at": utcnow()}
         if to is RecordState.READY:
@@ -290,6 +292,7 @@ class OutboxStore:
             .where(
                 records.c.id == message_id,
                 records.c.state.in_([s.value for s in expected]),
+                *self._still_due(due),
             )
             .values(values)
         )
@@ -482,16 +485,16 @@ class OutboxStore:
     # -- check-back ------------------------------------------------------------------------
 
     def claim_due_checks(
-        self, connection: Connection, group: str, limit: int
+        self, connection: Connection, group: str, limit: int, *, now: datetime
     ) -> list[OutboxRecord]:
-        """Lock PREPARED records of ``group`` whose check-back is due, oldest first."""
+        """Lock PREPARED records of ``group`` whose check-back is due at ``now``, oldest first."""
         records = self.tables.records
         query = (
             select(records)
             .where(
                 records.c.state == RecordState.PREPARED.value,
                 records.c.producer_group == group,
-                records.c.check_after <= utcnow(),
+                records.c.check_after <= now,
             )
             .order_by(records.c.check_after)
             .limit(limit)
@@ -501,20 +504,58 @@ class OutboxStore:
         return [self._record(row) for row in connection.execute(query)]
 
     def postpone_check(
-        self, connection: Connection, seq: int, check_count: int, next_check: datetime
+        self,
+        connection: Connection,
+        seq: int,
+        check_count: int,
+        next_check: datetime,
+        *,
+        due: datetime,
+    ) -> None:
+        """Count a check-back that answered UNKNOWN, if the record is still due by ``due``."""
+        records = self.tables.records
+        connection.execute(
+            update(records)
+            .where(records.c.seq == seq, *self._still_due(due))
+            .values(check_count=check_count, check_after=next_check, updated_at=utcnow())
+        )
+
+    def count_check(
+        self, connection: Connection, seq: int, check_count: int, *, due: datetime
     ) -> None:
         records = self.tables.records
         connection.execute(
             update(records)
-            .where(records.c.seq == seq)
-            .values(check_count=check_count, check_after=next_check, updated_at=utcnow())
+            .where(records.c.seq == seq, *self._still_due(due))
+            .values(check_count=check_count)
         )
 
-    def count_check(self, connection: Connection, seq: int, check_count: int) -> None:
+    def _still_due(self, due: datetime | None) -> list[ColumnElement[bool]]:
+        """The condition of a check-back's write: still PREPARED and due by ``due`` (no
+        executor has taken a lease on it since it was claimed)."""
+        if due is None:
+            return []
         records = self.tables.records
-        connection.execute(
-            update(records).where(records.c.seq == seq).values(check_count=check_count)
-        )
+        return [
+            records.c.state == RecordState.PREPARED.value,
+            records.c.check_after <= due,
+        ]
+
+    def lease_prepared(self, message_id: str, until: datetime) -> bool:
+        """Move a PREPARED record's next check-back to ``until``, in a transaction of its
+        own; return False if it is no longer PREPARED (someone decided it).
+
+        A running executor holds this lease and renews it, so that check-backs keep away
+        from its record; if its producer dies the lease runs out and check-back resolves it.
+        """
+        records = self.tables.records
+        with self.engine.begin() as connection:
+            moved = connection.execute(
+                update(records)
+                .where(records.c.id == message_id, records.c.state == RecordState.PREPARED.value)
+                .values(check_after=until)
+            ).rowcount
+        return bool(moved == 1)
 
     # -- operators -------------------------------------------------------------------------
 
