@@ -575,3 +575,114 @@ def test_a_sqlite_relay_in_another_process_excludes_this_one_until_it_is_killed(
         holder.wait(30)
         if relay is not None:
             relay.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def outbox(
+    request: pytest.FixtureRequest, tmp_path: Path, database_url: str
+) -> Iterator[tuple[Engine, str]]:
+    """``(engine, table prefix)`` of an outbox on SQLite (a file) and on PostgreSQL."""
+    prefix = f"p{uuid.uuid4().hex[:8]}_"
+    url = f"sqlite:///{tmp_path / 'app.db'}" if request.param == "sqlite" else database_url
+    engine = create_engine(url)
+    metadata = MetaData()
+    make_outbox_tables(metadata, prefix=prefix)
+    metadata.create_all(engine)
+    yield engine, prefix
+    metadata.drop_all(engine)
+    engine.dispose()
+
+
+def test_a_check_back_never_decides_a_record_whose_executor_runs(
+    outbox: tuple[Engine, str], broker: txmq.Adapter, topic: str
+) -> None:
+    """Immunity 0 and a checker that says ROLLBACK (the order does not exist yet): while the
+    executor runs, check-backs of other instances of the group decide nothing; its COMMIT
+    wins and the message is delivered (through the relay, or Kafka's native half message)."""
+    engine, prefix = outbox
+    declare(broker, topic, "cart")
+    tables = make_outbox_tables(MetaData(), prefix=prefix)
+    checked: list[str] = []
+
+    def instance() -> Producer:
+        return Producer(
+            group="orders",
+            engine=engine,
+            broker=broker,
+            tables=tables,
+            checker=lambda m, c: checked.append(m.id) or ROLLBACK,  # type: ignore[func-returns-value]
+            check_policy=QUICK_CHECKS,
+        )
+
+    producer, others = instance(), [instance() for _ in range(2)]
+    looked_at: list[int] = []
+
+    def executor(message: txmq.Message, arg: None) -> LocalTransactionState:
+        looked_at.extend(other.check_back_once() for other in others for _ in range(3))
+        return COMMIT
+
+    result = producer.send_in_transaction(txmq.Message(topic, b"order 7"), executor, None)
+    assert checked == []
+    assert looked_at == [0] * 6
+    assert result.local_state is COMMIT
+    assert result.record_state in (RecordState.READY, RecordState.SENT)
+    producer.relay().drain()
+    assert [m.id for m in receive(broker, "cart", topic, 1)] == [result.message_id]
+    assert nothing_more(broker, "cart", topic)
+    producer.close()
+
+
+def test_a_producer_killed_mid_executor_is_resolved_by_check_back(
+    outbox: tuple[Engine, str], broker: txmq.Adapter, broker_url: str, topic: str
+) -> None:
+    """The SQLite lease (here 1 s) runs out with its producer; PostgreSQL's row lock ends
+    with its connection: another instance's check-back then decides the record."""
+    engine, prefix = outbox
+    declare(broker, topic, "cart")
+    producer_url = broker_url
+    if broker.system == "kafka":
+        # The killed producer's Kafka transaction stays open until the broker times it out.
+        producer_url += ("&" if "?" in broker_url else "?") + "transaction.timeout.ms=5000"
+    database = engine.url.render_as_string(hide_password=False)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from datetime import timedelta
+        from sqlalchemy import MetaData, create_engine
+        import txmq
+        producer = txmq.Producer(
+            group="orders", engine=create_engine({database!r}), broker={producer_url!r},
+            tables=txmq.make_outbox_tables(MetaData(), prefix={prefix!r}),
+            check_policy=txmq.CheckBackPolicy(
+                immunity=timedelta(0), executor_lease=timedelta(seconds=1)))
+        def executor(message, arg):
+            print(message.id, flush=True)
+            sys.stdin.read()  # killed in here
+        producer.send_in_transaction(txmq.Message({topic!r}, b"order 8"), executor, None)
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        message_id = process.stdout.readline().strip()
+        assert message_id
+        process.kill()
+        process.wait(30)
+    finally:
+        process.kill()
+        process.wait(30)
+    survivor = Producer(
+        group="orders",
+        engine=engine,
+        broker=broker,
+        tables=make_outbox_tables(MetaData(), prefix=prefix),
+        checker=lambda m, c: COMMIT,
+        check_policy=QUICK_CHECKS,
+    )
+    assert wait_for(lambda: survivor.check_back_once() == 1), "never checked back"
+    assert survivor.store.get(message_id).state is RecordState.READY
+    assert survivor.relay().drain() == 1
+    assert [m.id for m in receive(broker, "cart", topic, 1)] == [message_id]
+    survivor.close()
