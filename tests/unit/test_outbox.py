@@ -643,12 +643,12 @@ def test_a_direct_pass_while_another_worker_holds_the_sqlite_database_is_refused
         while not working._relay.active and time.monotonic() < deadline:
             time.sleep(0.01)
         assert working._relay.active
-        with pytest.raises(txmq.WorkerBusy, match="relay of orders"):
+        with pytest.raises(txmq.WorkerBusy, match="relay lock of orders"):
             other.relay().drain()
         deadline = time.monotonic() + 10
         while not working.checkback.lock.held and time.monotonic() < deadline:
             time.sleep(0.01)  # until the working producer's check-back loop holds its lock
-        with pytest.raises(txmq.WorkerBusy, match="checkback of orders"):
+        with pytest.raises(txmq.WorkerBusy, match="checkback lock of orders"):
             other.check_back_once()
         # Another group's relay and check-back are not excluded.
         billing = Producer(group="billing", engine=engine, broker=broker, tables=other.tables)

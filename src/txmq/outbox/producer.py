@@ -67,9 +67,14 @@ class SendResult:
 
     Attributes:
         message_id: the message's id (also the outbox record's id).
-        local_state: what the local transaction answered (UNKNOWN: check-back will decide).
-        record_state: the record's state now: READY / SENT (will be / was delivered),
-            ROLLED_BACK, or PREPARED (waiting for check-back).
+        local_state: what the local transaction answered: COMMIT, ROLLBACK, or UNKNOWN (it
+            said so, or raised); always COMMIT from :meth:`Producer.send_in_local_transaction`.
+        record_state: the record's state when the call returned. READY: committed, the
+            relay will publish it; SENT: committed and already published (Kafka native half
+            messages, whose Kafka transaction committed); ROLLED_BACK: discarded; PREPARED:
+            UNKNOWN, check-back will decide. It differs from ``local_state`` only if an
+            operator decided the record while the executor ran (their decision stands; no
+            check-back decides a record whose executor runs).
     """
 
     message_id: str
@@ -320,7 +325,11 @@ class Producer(Closing):
     # -- check-back, relay, operators ------------------------------------------------------
 
     def check_back_once(self, limit: int = 50) -> int:
-        """Answer the due check-backs of this group once; return how many were looked at."""
+        """Answer the due check-backs of this group once; return how many were looked at.
+
+        Raises:
+            WorkerBusy: on SQLite, another check-back worker of the group is working.
+        """
         return self.checkback.run_once(limit)
 
     def relay(self, **options: Any) -> Relay:
@@ -336,7 +345,10 @@ class Producer(Closing):
     def start(
         self, *, relay: bool = True, check_back_every: float = 1.0, **relay_options: Any
     ) -> Producer:
-        """Start the relay and the check-back loop in daemon threads (stop with :meth:`close`)."""
+        """Start the relay of this group and the check-back loop in daemon threads (stop with
+        :meth:`close`). On SQLite, where one relay and one check-back worker of a group work
+        at a time, they stand by while those of another instance work, and take over when
+        that instance stops or its process dies."""
         if relay and self._relay is None:
             self._relay = self.relay(**relay_options).start()
         if not self._workers:
@@ -355,14 +367,16 @@ class Producer(Closing):
         standing_by = False
         try:
             while not self._stop.is_set():
-                if not lock.acquire():  # SQLite: another worker checks this group
-                    if not standing_by:
-                        log.info("check-back stands by: another worker holds %s", lock.description)
-                        standing_by = True
-                    self._stop.wait(every)
-                    continue
-                standing_by = False
                 try:
+                    if not lock.acquire():  # SQLite: another worker checks this group
+                        if not standing_by:
+                            log.info(
+                                "check-back stands by: another worker holds %s", lock.description
+                            )
+                            standing_by = True
+                        self._stop.wait(every)
+                        continue
+                    standing_by = False
                     looked_at = self.check_back_once()
                 except Exception:
                     log.exception("check-back pass failed")

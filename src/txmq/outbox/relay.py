@@ -222,10 +222,10 @@ class Relay:
         failures = 0
         try:
             while not self._stop.is_set():
-                if not self._may_work():
-                    wait(self.poll_interval)
-                    continue
                 try:
+                    if not self._may_work():
+                        wait(self.poll_interval)
+                        continue
                     lane.run_once()
                     failures = 0
                 except BrokerError as exc:

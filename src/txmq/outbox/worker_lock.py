@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from txmq.errors import WorkerBusy
+from txmq.errors import ConfigurationError, WorkerBusy
 from txmq.outbox.store import OutboxStore
 
 #: Longer group names are hashed in lock file names (file names are limited to 255 bytes).
@@ -54,7 +54,7 @@ class WorkerLock:
                 self._files.append((f"{base}.txmq-{kind}.lock", False))
                 self._files += [(f"{base}.txmq-{kind}.{_file_part(g)}.lock", True) for g in groups]
         self.description = (
-            f"the {kind} of {'every group' if groups is None else ', '.join(groups)} on "
+            f"the {kind} lock of {'every group' if groups is None else ', '.join(groups)} on "
             f"{store.engine.url.render_as_string(hide_password=True)}"
         )
 
@@ -64,7 +64,12 @@ class WorkerLock:
         return not self._files or bool(self._held)
 
     def acquire(self) -> bool:
-        """Take the lock if it is free (or already ours); return whether it is held."""
+        """Take the lock if it is free (or already ours); return whether it is held.
+
+        Raises:
+            ConfigurationError: a lock file cannot be opened (e.g. the database's directory
+                is not writable).
+        """
         import fcntl  # POSIX; imported here so that importing txmq does not need it
 
         with self._guard:
@@ -81,10 +86,12 @@ class WorkerLock:
                 for fd in taken:
                     os.close(fd)
                 return False
-            except BaseException:
+            except OSError as exc:
                 for fd in taken:
                     os.close(fd)
-                raise
+                raise ConfigurationError(
+                    f"cannot lock {path} for {self.description}: {exc.strerror}"
+                ) from exc
             self._held = taken
             return True
 
