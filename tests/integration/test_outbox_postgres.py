@@ -13,7 +13,17 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, insert, select
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    Table,
+    create_engine,
+    event,
+    insert,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -412,3 +422,37 @@ def test_an_all_groups_relay_publishes_every_group_and_a_group_relay_only_its_ow
         txmq.Relay(broker, producers[0].store)
     with pytest.raises(txmq.ConfigurationError):
         txmq.Relay(broker, producers[0].store, groups=["orders"], all_groups=True)
+
+
+def test_finding_the_groups_to_relay_reads_one_index_entry_per_group(
+    engine: Engine, metadata: MetaData
+) -> None:
+    """An all-groups relay looks up which groups have READY records at each pass: one
+    index probe per group, not a read of their backlogs, whatever the statistics say."""
+    orders = producer_for(engine, metadata, InMemoryBroker())
+    billing = Producer(group="billing", engine=engine, tables=orders.tables)
+    with Session(engine) as session, session.begin():
+        for producer in (orders, billing):
+            producer.stage(session, *(txmq.Message("t", b"x") for _ in range(2000)))
+    statements: list[tuple[str, object]] = []
+
+    def record(conn: object, cursor: object, sql: str, params: object, *args: object) -> None:
+        if "ORDER BY" in sql:
+            statements.append((sql, params))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        with engine.begin() as connection:
+            assert orders.store.ready_groups(connection) == ["billing", "orders"]
+            plans = [
+                "\n".join(row[0] for row in connection.exec_driver_sql("EXPLAIN " + sql, params))  # type: ignore[arg-type]
+                for sql, params in list(statements)
+            ]
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert len(plans) == 3
+    for plan in plans:
+        assert plan.startswith("Limit"), plan
+        assert "Index Only Scan using ix_" in plan, plan
+        assert "Aggregate" not in plan, plan
+        assert "Sort" not in plan, plan

@@ -368,12 +368,14 @@ class OutboxStore:
             connection.exec_driver_sql(_INDEX_ACCESS_ONLY)
         found: list[str] = []
         while True:
-            query = select(func.min(records.c.producer_group)).where(
+            # ORDER BY .. LIMIT 1, not min(): with stale statistics, min() was planned as an
+            # aggregate over every entry above the last name.
+            query = select(records.c.producer_group).where(
                 records.c.state == RecordState.READY.value
             )
             if found:
                 query = query.where(records.c.producer_group > found[-1])
-            group = connection.execute(query).scalar()
+            group = connection.execute(query.order_by(records.c.producer_group).limit(1)).scalar()
             if group is None:
                 return found
             found.append(group)
