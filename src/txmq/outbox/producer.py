@@ -481,7 +481,10 @@ class Producer(Closing):
         with self._renewing_lease(message.id):
             state = self._execute(message, executor, arg)
         if state is LocalTransactionState.UNKNOWN:
-            self.store.lease_prepared(message.id, first_check)
+            try:
+                self.store.lease_prepared(message.id, first_check)
+            except Exception:  # the answer stands; check-back comes when the lease runs out
+                log.warning("could not end the lease of %s", message.id, exc_info=True)
         return state
 
     @contextmanager
