@@ -406,7 +406,10 @@ def test_a_record_too_large_for_the_relays_broker_does_not_block_the_others(
         producer.stage(
             session, big, txmq.Message("t", b"after-big", key="k"), txmq.Message("t", b"small")
         )
-    assert Relay(broker, producer.store, max_refused_attempts=2).run_once() == 1
+    assert (
+        Relay(broker, producer.store, groups=[producer.group], max_refused_attempts=2).run_once()
+        == 1
+    )
     # The record with big's key waits behind it, in order.
     assert [m.body for m in published(broker)] == [b"small"]
     stuck, waiting = producer.store.list(RecordState.READY)
@@ -427,7 +430,7 @@ def test_a_refused_record_goes_failed_after_bounded_attempts_and_frees_its_key(
     big = txmq.Message("t", b"x" * 200, key="k")
     with Session(engine) as session, session.begin():
         producer.stage(session, big, txmq.Message("t", b"after-big", key="k"))
-    relay = Relay(broker, producer.store, max_refused_attempts=2)
+    relay = Relay(broker, producer.store, groups=[producer.group], max_refused_attempts=2)
     with pytest.raises(txmq.RecordsFailed) as raised:
         relay.drain(timeout=30)
     assert [message_id for message_id, _ in raised.value.failed] == [big.id]
