@@ -40,6 +40,7 @@ from txmq.errors import (
     TopologyError,
     TransactionError,
     TxmqError,
+    WorkerBusy,
     WrongDatabase,
 )
 from txmq.message import Message, new_message_id
@@ -106,6 +107,7 @@ __all__ = [
     "TopologyError",
     "TransactionError",
     "TxmqError",
+    "WorkerBusy",
     "WrongDatabase",
     "__version__",
     "attempt_of",

@@ -128,3 +128,8 @@ class RecordsFailed(TxmqError):
 
 class RecordNotFound(TxmqError, LookupError):
     """No outbox record has the given id (or it is not in a state the operation accepts)."""
+
+
+class WorkerBusy(TxmqError):
+    """Another relay or check-back worker of the same producer groups holds the SQLite
+    database (where only one may work at a time); this one stands by."""

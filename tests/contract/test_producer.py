@@ -11,14 +11,16 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, insert
 from sqlalchemy.orm import Session
 
 import txmq
+from txmq.message import HEADER_PRODUCER_GROUP
 from txmq.outbox import CheckBackPolicy, Producer, make_outbox_tables
 from txmq.states import LocalTransactionState, RecordState
 
@@ -291,7 +293,7 @@ def test_relay_killed_between_confirm_and_mark_republishes_with_the_same_id(
         import os, signal
         from sqlalchemy import MetaData, create_engine
         import txmq
-        producer = txmq.Producer(group="g", engine=create_engine({database_url!r}),
+        producer = txmq.Producer(group={producer.group!r}, engine=create_engine({database_url!r}),
                                  broker={broker_url!r},
                                  tables=txmq.make_outbox_tables(MetaData(), prefix={prefix!r}))
         def killed(*args, **kwargs):
@@ -397,3 +399,290 @@ def test_kafka_half_message_is_invisible_until_committed(
         producer.close()
     finally:
         broker.close()
+
+
+def test_groups_sharing_an_outbox_each_reach_only_their_own_broker(
+    engine: Engine, metadata: MetaData, prefix: str, rabbitmq_url: str, kafka_url: str, topic: str
+) -> None:
+    """Group A publishes to RabbitMQ, group B to Kafka, from one outbox table, both relays
+    running: each message arrives on its own group's broker only, marked SENT there."""
+    rabbitmq, kafka = txmq.connect(rabbitmq_url), txmq.connect(kafka_url)
+    tables = make_outbox_tables(metadata, prefix=prefix)
+    producers = {
+        broker.system: Producer(
+            group=f"{broker.system}-{prefix.strip('_')}",
+            engine=engine,
+            broker=broker,
+            tables=tables,
+        )
+        for broker in (rabbitmq, kafka)
+    }
+    try:
+        for broker in (rabbitmq, kafka):
+            declare(broker, topic, "cart")
+        staged: dict[str, list[str]] = {}
+        with Session(engine) as session, session.begin():
+            for system, producer in producers.items():
+                messages = [txmq.Message(topic, f"{system} {i}".encode()) for i in range(5)]
+                producer.stage(session, *messages)
+                staged[system] = [m.id for m in messages]
+        for producer in producers.values():
+            producer.start()
+        for broker in (rabbitmq, kafka):
+            received = receive(broker, "cart", topic, 5)
+            assert sorted(m.id for m in received) == sorted(staged[broker.system])
+            group = producers[broker.system].group
+            assert {m.headers[HEADER_PRODUCER_GROUP] for m in received} == {group}
+            assert nothing_more(broker, "cart", topic)
+        for system, producer in producers.items():
+            assert {producer.store.get(i).state for i in staged[system]} == {RecordState.SENT}
+    finally:
+        for producer in producers.values():
+            producer.close()
+        rabbitmq.close()
+        kafka.close()
+
+
+def test_a_relay_leaves_another_groups_records_ready(
+    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str
+) -> None:
+    """Group B's relay is not running: group A's relay does not publish B's records, and
+    B's earlier record with the same topic and key does not hold A's back."""
+    declare(broker, topic, "cart")
+    tables = make_outbox_tables(metadata, prefix=prefix)
+    ours, theirs = (
+        Producer(group=f"{name}-{prefix.strip('_')}", engine=engine, broker=broker, tables=tables)
+        for name in ("a", "b")
+    )
+    theirs_message = txmq.Message(topic, b"b's", key="customer-1")
+    ours_message = txmq.Message(topic, b"a's", key="customer-1")
+    with Session(engine) as session, session.begin():
+        theirs.stage(session, theirs_message)
+        ours.stage(session, ours_message)
+    assert ours.relay().drain() == 1
+    assert [m.id for m in receive(broker, "cart", topic, 1)] == [ours_message.id]
+    assert nothing_more(broker, "cart", topic)
+    assert ours.store.get(theirs_message.id).state is RecordState.READY
+    assert ours.store.counts(groups=[theirs.group]) == {"READY": 1}
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    """An outbox in a SQLite file (with the default tables), as an embedded app has it."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+    txmq.create_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_producers_sharing_a_sqlite_file_publish_and_check_each_record_once(
+    sqlite_engine: Engine, broker: txmq.Adapter, topic: str
+) -> None:
+    """Three instances of a group started on one SQLite file (threads): one relay and one
+    check-back worker work, the others stand by."""
+    declare(broker, topic, "cart")
+    checks: list[tuple[str, int]] = []
+    producers = [
+        Producer(
+            group="orders",
+            engine=sqlite_engine,
+            broker=broker,
+            checker=lambda m, count: checks.append((m.id, count)) or COMMIT,  # type: ignore[func-returns-value]
+            check_policy=QUICK_CHECKS,
+        )
+        for _ in range(3)
+    ]
+    try:
+        staged = [txmq.Message(topic, str(i).encode()) for i in range(200)]
+        with Session(sqlite_engine) as session, session.begin():
+            producers[0].stage(session, *staged)
+        half = [
+            producers[0].send_in_transaction(
+                txmq.Message(topic, b"half"), lambda m, a: UNKNOWN, None
+            )
+            for _ in range(20)
+        ]
+        for producer in producers:
+            producer.start(poll_interval=0.1, check_back_every=0.05)
+        received = receive(broker, "cart", topic, 220, timeout=60)
+        ids = [m.id for m in received]
+        assert len(set(ids)) == 220
+        assert len(ids) == 220, "published more than once"
+        assert nothing_more(broker, "cart", topic)
+        assert sorted(checks) == sorted((r.message_id, 1) for r in half), "checked twice"
+    finally:
+        for producer in producers:
+            producer.close()
+
+
+def test_a_sqlite_relay_in_another_process_excludes_this_one_until_it_is_killed(
+    sqlite_engine: Engine, broker: txmq.Adapter, broker_url: str, topic: str
+) -> None:
+    declare(broker, topic, "cart")
+    database = sqlite_engine.url.render_as_string(hide_password=False)
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from sqlalchemy import create_engine
+        import txmq
+        producer = txmq.Producer(group="orders", engine=create_engine({database!r}),
+                                 broker={broker_url!r})
+        relay = producer.relay(poll_interval=0.1).start()
+        while not relay.active:
+            time.sleep(0.05)
+        print("holding", flush=True)
+        sys.stdin.read()
+        """
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    producer = Producer(group="orders", engine=sqlite_engine, broker=broker)
+    relay = None
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "holding\n"
+        relay = producer.relay(poll_interval=0.1).start()
+        before = [txmq.Message(topic, b"before") for _ in range(50)]
+        with Session(sqlite_engine) as session, session.begin():
+            producer.stage(session, *before)
+        received = receive(broker, "cart", topic, 50)
+        assert sorted(m.id for m in received) == sorted(m.id for m in before)
+        assert nothing_more(broker, "cart", topic), "published twice"
+        assert not relay.active
+        with pytest.raises(txmq.WorkerBusy):
+            producer.relay().drain()
+        holder.kill()
+        holder.wait(30)
+        assert wait_for(lambda: relay is not None and relay.active), "no take-over"
+        after = [txmq.Message(topic, b"after") for _ in range(10)]
+        with Session(sqlite_engine) as session, session.begin():
+            producer.stage(session, *after)
+        assert sorted(m.id for m in receive(broker, "cart", topic, 10)) == sorted(
+            m.id for m in after
+        )
+    finally:
+        holder.kill()
+        holder.wait(30)
+        if relay is not None:
+            relay.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def outbox(
+    request: pytest.FixtureRequest, tmp_path: Path, database_url: str
+) -> Iterator[tuple[Engine, str]]:
+    """``(engine, table prefix)`` of an outbox on SQLite (a file) and on PostgreSQL."""
+    prefix = f"p{uuid.uuid4().hex[:8]}_"
+    url = f"sqlite:///{tmp_path / 'app.db'}" if request.param == "sqlite" else database_url
+    engine = create_engine(url)
+    metadata = MetaData()
+    make_outbox_tables(metadata, prefix=prefix)
+    metadata.create_all(engine)
+    yield engine, prefix
+    metadata.drop_all(engine)
+    engine.dispose()
+
+
+def test_a_check_back_never_decides_a_record_whose_executor_runs(
+    outbox: tuple[Engine, str], broker: txmq.Adapter, topic: str
+) -> None:
+    """Immunity 0 and a checker that says ROLLBACK (the order does not exist yet): while the
+    executor runs, check-backs of other instances of the group decide nothing; its COMMIT
+    wins and the message is delivered (through the relay, or Kafka's native half message)."""
+    engine, prefix = outbox
+    declare(broker, topic, "cart")
+    tables = make_outbox_tables(MetaData(), prefix=prefix)
+    checked: list[str] = []
+
+    def instance() -> Producer:
+        return Producer(
+            group="orders",
+            engine=engine,
+            broker=broker,
+            tables=tables,
+            checker=lambda m, c: checked.append(m.id) or ROLLBACK,  # type: ignore[func-returns-value]
+            check_policy=QUICK_CHECKS,
+        )
+
+    producer, others = instance(), [instance() for _ in range(2)]
+    looked_at: list[int] = []
+
+    def executor(message: txmq.Message, arg: None) -> LocalTransactionState:
+        looked_at.extend(other.check_back_once() for other in others for _ in range(3))
+        return COMMIT
+
+    result = producer.send_in_transaction(txmq.Message(topic, b"order 7"), executor, None)
+    assert checked == []
+    assert looked_at == [0] * 6
+    assert result.local_state is COMMIT
+    assert result.record_state in (RecordState.READY, RecordState.SENT)
+    producer.relay().drain()
+    assert [m.id for m in receive(broker, "cart", topic, 1)] == [result.message_id]
+    assert nothing_more(broker, "cart", topic)
+    producer.close()
+
+
+def test_a_producer_killed_mid_executor_is_resolved_by_check_back(
+    outbox: tuple[Engine, str], broker: txmq.Adapter, broker_url: str, topic: str
+) -> None:
+    """The SQLite lease (here 1 s) runs out with its producer; PostgreSQL's row lock ends
+    with its connection: another instance's check-back then decides the record."""
+    engine, prefix = outbox
+    declare(broker, topic, "cart")
+    producer_url = broker_url
+    if broker.system == "kafka":
+        # The killed producer's Kafka transaction stays open until the broker times it out.
+        producer_url += ("&" if "?" in broker_url else "?") + "transaction.timeout.ms=5000"
+    database = engine.url.render_as_string(hide_password=False)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from datetime import timedelta
+        from sqlalchemy import MetaData, create_engine
+        import txmq
+        producer = txmq.Producer(
+            group="orders", engine=create_engine({database!r}), broker={producer_url!r},
+            tables=txmq.make_outbox_tables(MetaData(), prefix={prefix!r}),
+            check_policy=txmq.CheckBackPolicy(
+                immunity=timedelta(0), executor_lease=timedelta(seconds=1)))
+        def executor(message, arg):
+            print(message.id, flush=True)
+            sys.stdin.read()  # killed in here
+        producer.send_in_transaction(txmq.Message({topic!r}, b"order 8"), executor, None)
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        message_id = process.stdout.readline().strip()
+        assert message_id
+        process.kill()
+        process.wait(30)
+    finally:
+        process.kill()
+        process.wait(30)
+    survivor = Producer(
+        group="orders",
+        engine=engine,
+        broker=broker,
+        tables=make_outbox_tables(MetaData(), prefix=prefix),
+        checker=lambda m, c: COMMIT,
+        check_policy=QUICK_CHECKS,
+    )
+    assert wait_for(lambda: survivor.check_back_once() == 1), "never checked back"
+    assert survivor.store.get(message_id).state is RecordState.READY
+    assert survivor.relay().drain() == 1
+    assert [m.id for m in receive(broker, "cart", topic, 1)] == [message_id]
+    survivor.close()

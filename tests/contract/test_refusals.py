@@ -118,7 +118,9 @@ def test_a_record_the_broker_refuses_goes_failed_and_can_be_retried_or_discarded
         producer.stage(session, big, after)
     with connected(broker_url) as broker:
         broker.declare([txmq.Topology("audit", topic)])
-        relay = Relay(broker, producer.store, max_refused_attempts=2, concurrency=1)
+        relay = Relay(
+            broker, producer.store, groups=[producer.group], max_refused_attempts=2, concurrency=1
+        )
         counted = {"system": broker.system}
         failed_before = REGISTRY.get_sample_value("txmq_relay_failed_total", counted) or 0.0
         with pytest.raises(txmq.RecordsFailed) as raised:
@@ -183,7 +185,9 @@ def test_a_message_too_large_for_its_kafka_topic_goes_failed_alone(
     with Session(engine) as session, session.begin():
         producer.stage(session, small[0], small[1], big, *small[2:])
     with connected(kafka_url) as broker:
-        relay = Relay(broker, producer.store, max_refused_attempts=2, concurrency=1)
+        relay = Relay(
+            broker, producer.store, groups=[producer.group], max_refused_attempts=2, concurrency=1
+        )
         with pytest.raises(txmq.RecordsFailed) as raised:
             relay.drain(timeout=90)
         relay.stop()

@@ -29,7 +29,8 @@ STARTUP = 60.0
 def launch_relay(broker_url: str, database: str, *extra: str) -> subprocess.Popen[str]:
     env = os.environ | {"PYTHONPATH": str(SRC)}
     env.pop("TXMQ_DATABASE_URL", None)
-    command = ["outbox", "relay", "--broker", broker_url, "--database", database, *extra]
+    command = ["outbox", "relay", "--all-groups", "--broker", broker_url, "--database", database]
+    command += extra
     return subprocess.Popen(
         [sys.executable, "-m", "txmq.cli", *command],
         env=env,

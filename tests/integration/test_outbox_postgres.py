@@ -13,7 +13,17 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, insert, select
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    Table,
+    create_engine,
+    event,
+    insert,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -321,12 +331,12 @@ def test_claim_and_mark_read_only_the_batch_when_statistics_are_stale(
     store = producer.store
     records = store.tables.records.name
     with engine.begin() as connection:
-        claimed = store.claim_ready(connection, 100)
+        claimed = store.claim_ready(connection, 100, group="orders")
         assert len(claimed) == 100
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cursor.execute(
             "EXPLAIN " + store._claim_sql,
-            {"ready": "READY", "after": 0, "now": utcnow(), "limit": 100},
+            {"ready": "READY", "group": "orders", "after": 0, "now": utcnow(), "limit": 100},
         )
         claim_plan = "\n".join(row[0] for row in cursor.fetchall())
         cursor.execute(
@@ -381,3 +391,69 @@ def test_a_record_committed_below_the_claim_floor_is_still_published(
             assert relay.run_once() == 2  # full batches: the floor is above "late" now
         assert relay.drain() == 1
     assert [m.body for m in broker.messages("audit.t")] == [b"0", b"1", b"2", b"3", b"late"]
+
+
+def test_an_all_groups_relay_publishes_every_group_and_a_group_relay_only_its_own(
+    engine: Engine, metadata: MetaData
+) -> None:
+    broker = InMemoryBroker()
+    broker.declare([txmq.Topology("audit", "t")])
+    producers = [
+        producer_for(engine, metadata, broker),
+        Producer(
+            group="billing",
+            engine=engine,
+            broker=broker,
+            tables=producer_for(engine, metadata, broker).tables,
+        ),
+    ]
+    with Session(engine) as session, session.begin():
+        for producer in producers:
+            producer.stage(
+                session,
+                *(txmq.Message("t", f"{producer.group} {i}".encode(), key="k") for i in range(3)),
+            )
+    assert producers[0].relay(groups=["nobody"]).drain() == 0
+    assert producers[0].store.group_counts() == {"orders": {"READY": 3}, "billing": {"READY": 3}}
+    assert producers[0].relay(all_groups=True, batch_size=2).drain() == 6
+    bodies = [m.body.decode() for m in broker.messages("audit.t")]
+    for group in ("orders", "billing"):
+        assert [b for b in bodies if b.startswith(group)] == [f"{group} {i}" for i in range(3)]
+    with pytest.raises(txmq.ConfigurationError):
+        txmq.Relay(broker, producers[0].store)
+    with pytest.raises(txmq.ConfigurationError):
+        txmq.Relay(broker, producers[0].store, groups=["orders"], all_groups=True)
+
+
+def test_finding_the_groups_to_relay_reads_one_index_entry_per_group(
+    engine: Engine, metadata: MetaData
+) -> None:
+    """An all-groups relay looks up which groups have READY records at each pass: one
+    index probe per group, not a read of their backlogs, whatever the statistics say."""
+    orders = producer_for(engine, metadata, InMemoryBroker())
+    billing = Producer(group="billing", engine=engine, tables=orders.tables)
+    with Session(engine) as session, session.begin():
+        for producer in (orders, billing):
+            producer.stage(session, *(txmq.Message("t", b"x") for _ in range(2000)))
+    statements: list[tuple[str, object]] = []
+
+    def record(conn: object, cursor: object, sql: str, params: object, *args: object) -> None:
+        if "ORDER BY" in sql:
+            statements.append((sql, params))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        with engine.begin() as connection:
+            assert orders.store.ready_groups(connection) == ["billing", "orders"]
+            plans = [
+                "\n".join(row[0] for row in connection.exec_driver_sql("EXPLAIN " + sql, params))  # type: ignore[arg-type]
+                for sql, params in list(statements)
+            ]
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert len(plans) == 3
+    for plan in plans:
+        assert plan.startswith("Limit"), plan
+        assert "Index Only Scan using ix_" in plan, plan
+        assert "Aggregate" not in plan, plan
+        assert "Sort" not in plan, plan

@@ -230,7 +230,15 @@ def test_cli_relay_on_a_schemaless_database_exits_1_with_one_line(
     db: Schemaless, broker_url: str
 ) -> None:
     done = run_cli(
-        "outbox", "relay", "--database", db.url, "--prefix", db.prefix, "--broker", broker_url
+        "outbox",
+        "relay",
+        "--all-groups",
+        "--database",
+        db.url,
+        "--prefix",
+        db.prefix,
+        "--broker",
+        broker_url,
     )
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -405,7 +406,10 @@ def test_a_record_too_large_for_the_relays_broker_does_not_block_the_others(
         producer.stage(
             session, big, txmq.Message("t", b"after-big", key="k"), txmq.Message("t", b"small")
         )
-    assert Relay(broker, producer.store, max_refused_attempts=2).run_once() == 1
+    assert (
+        Relay(broker, producer.store, groups=[producer.group], max_refused_attempts=2).run_once()
+        == 1
+    )
     # The record with big's key waits behind it, in order.
     assert [m.body for m in published(broker)] == [b"small"]
     stuck, waiting = producer.store.list(RecordState.READY)
@@ -426,7 +430,7 @@ def test_a_refused_record_goes_failed_after_bounded_attempts_and_frees_its_key(
     big = txmq.Message("t", b"x" * 200, key="k")
     with Session(engine) as session, session.begin():
         producer.stage(session, big, txmq.Message("t", b"after-big", key="k"))
-    relay = Relay(broker, producer.store, max_refused_attempts=2)
+    relay = Relay(broker, producer.store, groups=[producer.group], max_refused_attempts=2)
     with pytest.raises(txmq.RecordsFailed) as raised:
         relay.drain(timeout=30)
     assert [message_id for message_id, _ in raised.value.failed] == [big.id]
@@ -645,8 +649,8 @@ def test_a_claim_after_a_sequence_number_skips_the_records_below_it(
     with Session(engine) as session, session.begin():
         producer.stage(session, *(txmq.Message("t", str(i).encode()) for i in range(4)))
     with engine.begin() as connection:
-        everything = producer.store.claim_ready(connection, 10)
-        above = producer.store.claim_ready(connection, 10, after=everything[1].seq)
+        everything = producer.store.claim_ready(connection, 10, group="orders")
+        above = producer.store.claim_ready(connection, 10, group="orders", after=everything[1].seq)
     assert [r.message.body for r in above] == [b"2", b"3"]
 
 
@@ -663,3 +667,52 @@ def test_the_fake_broker_holds_a_message_for_an_unbound_topic_like_the_real_ones
     broker.declare([txmq.Topology("audit", "late")])
     assert [m.body for m in published(broker, "late")] == [b"held"]
     assert unroutable.held(broker) == []
+
+
+def test_a_record_decided_before_its_executor_starts_does_not_run_it(
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check-back (immunity 0) or an operator may decide a half record between its write
+    and its executor: the executor must not commit a local transaction whose message is
+    already discarded."""
+    producer = make_producer(engine, metadata, broker)
+    prepare = producer.store.prepare
+
+    def prepare_then_decided(message: txmq.Message, group: str, **kwargs: object) -> None:
+        prepare(message, group, **kwargs)  # type: ignore[arg-type]
+        producer.rollback(message.id)
+
+    monkeypatch.setattr(producer.store, "prepare", prepare_then_decided)
+    ran: list[str] = []
+    with pytest.raises(txmq.TransactionError, match="ROLLED_BACK"):
+        producer.send_in_transaction(
+            txmq.Message("t", b"x"), lambda m, a: ran.append(m.id) or COMMIT, None
+        )
+    assert ran == []
+
+
+def test_a_direct_pass_while_another_worker_holds_the_sqlite_database_is_refused(
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker
+) -> None:
+    working = make_producer(engine, metadata, broker).start(poll_interval=0.05)
+    other = make_producer(engine, metadata, broker)
+    try:
+        assert working._relay is not None
+        deadline = time.monotonic() + 10
+        while not working._relay.active and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert working._relay.active
+        with pytest.raises(txmq.WorkerBusy, match="relay lock of orders"):
+            other.relay().drain()
+        deadline = time.monotonic() + 10
+        while not working.checkback.lock.held and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the working producer's check-back loop holds its lock
+        with pytest.raises(txmq.WorkerBusy, match="checkback lock of orders"):
+            other.check_back_once()
+        # Another group's relay and check-back are not excluded.
+        billing = Producer(group="billing", engine=engine, broker=broker, tables=other.tables)
+        assert billing.relay().drain() == 0
+        assert billing.check_back_once() == 0
+    finally:
+        working.close()
+    assert other.relay().drain() == 0  # released on close

@@ -92,3 +92,55 @@ def test_purge_and_no_password_in_output(producer: txmq.Producer, database: str)
     assert "hunter2" not in result.output
     assert result.exit_code == 1
     assert result.output.startswith("error: ")
+
+
+def test_status_list_and_purge_per_group(producer: txmq.Producer, database: str) -> None:
+    broker = InMemoryBroker()
+    broker.declare([txmq.Topology("audit", "t")])
+    billing = txmq.Producer(
+        group="billing",
+        engine=producer.engine,
+        broker=broker,
+        tables=producer.tables,
+        check_policy=producer.check_policy,
+    )
+    with Session(producer.engine) as session, session.begin():
+        producer.stage(session, txmq.Message("t", b"orders"))
+        billing.stage(session, txmq.Message("t", b"billing 1"), txmq.Message("t", b"billing 2"))
+    parked = park(billing, b"parked")
+
+    code, output = outbox("status", database=database)
+    assert code == 0
+    assert "READY        3" in output
+    assert "group billing: PREPARED=0 READY=2 SENT=0 ROLLED_BACK=0 PARKED=1" in output
+    assert "group orders: PREPARED=0 READY=1 SENT=0 ROLLED_BACK=0 PARKED=0" in output
+
+    code, output = outbox("status", "--group", "orders", database=database)
+    assert "READY        1" in output
+    assert "group billing" not in output
+
+    assert outbox("list", "--group", "orders", database=database) == (0, "")
+    code, output = outbox("list", "--group", "orders", "--group", "billing", database=database)
+    assert [line.split()[0] for line in output.splitlines()] == [parked]
+
+    billing.relay().drain()
+    assert outbox("purge", "--older-than-hours", "0", "--group", "orders", database=database)[
+        1
+    ].startswith("purged 0 records")
+    code, output = outbox(
+        "purge", "--older-than-hours", "0", "--group", "billing", database=database
+    )
+    assert output.startswith("purged 2 records")
+
+
+def test_relay_needs_its_groups(database: str) -> None:
+    for given in ([], ["--group", "orders", "--all-groups"]):
+        result = runner.invoke(
+            app,
+            ["outbox", "relay", *given, "--broker", "kafka://127.0.0.1:1", "--database", database],
+        )
+        assert result.exit_code == 2
+        assert result.output == (
+            "error: give the producer groups to relay with --group G (repeatable), "
+            "or --all-groups\n"
+        )

@@ -1,7 +1,9 @@
 """Check-back: resolve PREPARED half messages whose outcome is not known yet.
 
 Any instance of a producer group may run a :class:`CheckBack`; records are claimed with
-``FOR UPDATE SKIP LOCKED`` so two instances never answer the same record at once.
+``FOR UPDATE SKIP LOCKED`` so two instances never answer the same record at once (on SQLite,
+which cannot skip locked rows, one check-back worker per group works at a time: see
+:mod:`txmq.outbox.worker_lock`).
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 
 from txmq.message import Message
 from txmq.outbox.store import OutboxRecord, OutboxStore, utcnow
+from txmq.outbox.worker_lock import WorkerLock
 from txmq.states import CheckLimitPolicy, LocalTransactionState, RecordState
 from txmq.telemetry import CHECK_BACKS
 
@@ -33,18 +36,26 @@ class CheckBackPolicy:
         interval: time between check-backs of one record (RocketMQ: 30 s... 60 s).
         max_checks: check-backs that may answer UNKNOWN before ``on_limit`` applies.
         on_limit: PARK (default; an operator decides), COMMIT or ROLLBACK.
+        executor_lease: on SQLite (no row locks), how long a running executor keeps
+            check-backs away from its record; renewed every third of it while the executor
+            runs, so it matters only when the producer dies mid-executor: check-back then
+            resolves the record once the lease has run out. (Elsewhere the record is
+            row-locked while its executor runs.)
     """
 
     immunity: timedelta = timedelta(seconds=6)
     interval: timedelta = timedelta(seconds=30)
     max_checks: int = 15
     on_limit: CheckLimitPolicy = CheckLimitPolicy.PARK
+    executor_lease: timedelta = timedelta(seconds=10)
 
     def __post_init__(self) -> None:
         if self.max_checks < 1:
             raise ValueError("max_checks must be at least 1")
         if self.immunity < timedelta(0) or self.interval <= timedelta(0):
             raise ValueError("immunity must be >= 0 and interval > 0")
+        if self.executor_lease <= timedelta(0):
+            raise ValueError("executor_lease must be > 0")
 
 
 _LIMIT_TO_STATE = {
@@ -73,16 +84,29 @@ class CheckBack:
         self.group = group
         self.checker = checker
         self.policy = policy
+        #: On SQLite: the right to be the group's one check-back worker.
+        self.lock = WorkerLock(store, "checkback", (group,))
 
     def run_once(self, limit: int = 50) -> int:
-        """Check every due record (up to ``limit``); return how many were looked at."""
-        with self.store.engine.begin() as connection:
-            due = self.store.claim_due_checks(connection, self.group, limit)
+        """Check every due record (up to ``limit``); return how many were looked at.
+
+        Raises:
+            WorkerBusy: on SQLite, another check-back worker of the group is working.
+        """
+        with self.lock.holding(), self.store.engine.begin() as connection:
+            now = utcnow()
+            due = self.store.claim_due_checks(connection, self.group, limit, now=now)
             for record in due:
-                self._check(connection, record)
+                self._check(connection, record, now)
         return len(due)
 
-    def _check(self, connection: Connection, record: OutboxRecord) -> None:
+    def _check(self, connection: Connection, record: OutboxRecord, due: datetime) -> None:
+        """Decide or postpone ``record``, claimed as due at ``due``.
+
+        Every write requires the record to be still due: a producer whose executor is
+        running has moved its next check past ``due`` (its lease), and then nothing is
+        decided, even on SQLite, where the claim does not lock the record.
+        """
         store = self.store
         message_id = record.message.id
         if record.tx_key is not None:
@@ -94,7 +118,7 @@ class CheckBack:
                 if outcome is LocalTransactionState.COMMIT
                 else RecordState.ROLLED_BACK
             )
-            store.transition(connection, message_id, to)
+            store.transition(connection, message_id, to, due=due)
             CHECK_BACKS.labels(self.group, f"marker-{outcome.value}").inc()
             log.info("check-back of %s answered by its marker: %s", message_id, outcome.value)
             return
@@ -102,25 +126,28 @@ class CheckBack:
         state = self._ask(record.message, count)
         CHECK_BACKS.labels(self.group, state.value).inc()
         if state is LocalTransactionState.COMMIT:
-            store.count_check(connection, record.seq, count)
-            store.transition(connection, message_id, RecordState.READY)
+            store.count_check(connection, record.seq, count, due=due)
+            store.transition(connection, message_id, RecordState.READY, due=due)
         elif state is LocalTransactionState.ROLLBACK:
-            store.count_check(connection, record.seq, count)
-            store.transition(connection, message_id, RecordState.ROLLED_BACK)
+            store.count_check(connection, record.seq, count, due=due)
+            store.transition(connection, message_id, RecordState.ROLLED_BACK, due=due)
         elif count >= self.policy.max_checks:
-            store.count_check(connection, record.seq, count)
+            store.count_check(connection, record.seq, count, due=due)
             to = _LIMIT_TO_STATE[self.policy.on_limit]
             store.transition(
                 connection,
                 message_id,
                 to,
                 error=f"check-back limit ({self.policy.max_checks}) reached",
+                due=due,
             )
             log.warning(
                 "message %s unresolved after %d check-backs: %s", message_id, count, to.value
             )
         else:
-            store.postpone_check(connection, record.seq, count, utcnow() + self.policy.interval)
+            store.postpone_check(
+                connection, record.seq, count, utcnow() + self.policy.interval, due=due
+            )
         log.debug("check-back %d of %s: %s", count, message_id, state.value)
 
     def _ask(self, message: Message, count: int) -> LocalTransactionState:

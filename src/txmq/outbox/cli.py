@@ -34,6 +34,10 @@ DatabaseOption = Annotated[
     typer.Option("--database", envvar=ENV_DATABASE_URL, help="SQLAlchemy URL of the outbox."),
 ]
 PrefixOption = Annotated[str, typer.Option(help="Table name prefix of the outbox tables.")]
+GroupsOption = Annotated[
+    list[str] | None,
+    typer.Option("--group", help="Only this producer group (repeatable; default: every group)."),
+]
 
 
 def _store(database: str | None, prefix: str) -> OutboxStore:
@@ -61,26 +65,33 @@ def _run(command: Callable[..., None]) -> Callable[..., None]:
 
 @app.command()
 @_run
-def status(database: DatabaseOption = None, prefix: PrefixOption = "txmq_") -> None:
-    """Count records per state."""
+def status(
+    group: GroupsOption = None, database: DatabaseOption = None, prefix: PrefixOption = "txmq_"
+) -> None:
+    """Count records per state, in all and per producer group."""
     store = _store(database, prefix)
-    counts = store.counts()
+    per_group = store.group_counts(group or None)
     typer.echo(f"outbox in {store.engine.url.render_as_string(hide_password=True)}")
     for state in RecordState:
-        typer.echo(f"  {state.value:<12} {counts.get(state.value, 0)}")
+        total = sum(counts.get(state.value, 0) for counts in per_group.values())
+        typer.echo(f"  {state.value:<12} {total}")
+    for name in sorted(set(per_group) | set(group or ())):
+        counts = per_group.get(name, {})
+        line = " ".join(f"{state.value}={counts.get(state.value, 0)}" for state in RecordState)
+        typer.echo(f"group {name}: {line}")
 
 
 @app.command(name="list")
 @_run
 def list_records(
     state: Annotated[RecordState, typer.Option(help="Which records.")] = RecordState.PARKED,
-    group: Annotated[str | None, typer.Option(help="Only this producer group.")] = None,
+    group: GroupsOption = None,
     limit: int = 50,
     database: DatabaseOption = None,
     prefix: PrefixOption = "txmq_",
 ) -> None:
     """List records in a state (default: PARKED), oldest first, with their last error."""
-    for record in _store(database, prefix).list(state, group=group, limit=limit):
+    for record in _store(database, prefix).list(state, groups=group or None, limit=limit):
         typer.echo(
             f"{record.message.id}  {record.producer_group}  {record.message.topic}  "
             f"checks={record.check_count}  attempts={record.publish_attempts}  "
@@ -147,20 +158,29 @@ def discard(
 @_run
 def purge(
     older_than_hours: Annotated[float, typer.Option(help="Age of SENT/ROLLED_BACK records.")] = 24,
+    group: GroupsOption = None,
     database: DatabaseOption = None,
     prefix: PrefixOption = "txmq_",
 ) -> None:
     """Delete finished (SENT, ROLLED_BACK) records older than the given age."""
-    purged = _store(database, prefix).purge(timedelta(hours=older_than_hours))
+    purged = _store(database, prefix).purge(timedelta(hours=older_than_hours), groups=group or None)
     typer.echo(f"purged {purged} records")
 
 
 @app.command()
 @_run
 def relay(
+    *,
     broker: Annotated[
         str | None, typer.Option(envvar=ENV_BROKER_URL, help="Broker URL to publish to.")
     ] = None,
+    group: Annotated[
+        list[str] | None,
+        typer.Option("--group", help="Relay this producer group's records (repeatable)."),
+    ] = None,
+    all_groups: Annotated[
+        bool, typer.Option("--all-groups", help="Relay the records of every producer group.")
+    ] = False,
     database: DatabaseOption = None,
     prefix: PrefixOption = "txmq_",
     batch_size: int = 1000,
@@ -168,22 +188,36 @@ def relay(
         str | None, typer.Option(help="Stable relay name (Kafka transactional.id).")
     ] = None,
 ) -> None:
-    """Run a relay until SIGINT/SIGTERM (exit 0).
+    """Run a relay of the given producer groups until SIGINT/SIGTERM (exit 0).
 
     Exits with status 1 and one line on stderr when a relay lane has died or hit an error
     that retrying cannot fix (a database refusing the connection, a configuration error);
     outages of the database or broker are waited out.
     """
+    if bool(group) == all_groups:
+        typer.echo(
+            "error: give the producer groups to relay with --group G (repeatable), or --all-groups",
+            err=True,
+        )
+        raise typer.Exit(code=2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     store = _store(database, prefix)
     # A relay without its tables would fail every pass: say so once, at the door.
     store.check_schema()
     adapter = connect(broker)
-    worker = Relay(adapter, store, batch_size=batch_size, instance_id=instance_id)
+    worker = Relay(
+        adapter,
+        store,
+        groups=group or None,
+        all_groups=all_groups,
+        batch_size=batch_size,
+        instance_id=instance_id,
+    )
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
-    typer.echo(f"relay {worker.instance_id} -> {adapter.settings.redacted_url()}")
+    served = ", ".join(worker.groups) if worker.groups is not None else "every group"
+    typer.echo(f"relay {worker.instance_id} ({served}) -> {adapter.settings.redacted_url()}")
     worker.start()
     try:
         while not stopped.wait(HEALTH_CHECK_INTERVAL):

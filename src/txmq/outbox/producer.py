@@ -18,12 +18,13 @@ import logging
 import queue
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from txmq.adapters import Adapter, connect
@@ -33,7 +34,7 @@ from txmq.errors import BrokerError, TransactionError, TxmqError
 from txmq.message import DEFAULT_MAX_BODY_BYTES, HEADER_PRODUCER_GROUP, Message, validate_name
 from txmq.outbox.checkback import CheckBack, CheckBackPolicy, Checker
 from txmq.outbox.relay import Relay
-from txmq.outbox.store import OutboxRecord, OutboxStore
+from txmq.outbox.store import OutboxRecord, OutboxStore, utcnow
 from txmq.outbox.tables import OutboxTables, make_outbox_tables
 from txmq.schema import metadata
 from txmq.states import LocalTransactionState, RecordState
@@ -68,9 +69,14 @@ class SendResult:
 
     Attributes:
         message_id: the message's id (also the outbox record's id).
-        local_state: what the local transaction answered (UNKNOWN: check-back will decide).
-        record_state: the record's state now: READY / SENT (will be / was delivered),
-            ROLLED_BACK, or PREPARED (waiting for check-back).
+        local_state: what the local transaction answered: COMMIT, ROLLBACK, or UNKNOWN (it
+            said so, or raised); always COMMIT from :meth:`Producer.send_in_local_transaction`.
+        record_state: the record's state when the call returned. READY: committed, the
+            relay will publish it; SENT: committed and already published (Kafka native half
+            messages, whose Kafka transaction committed); ROLLED_BACK: discarded; PREPARED:
+            UNKNOWN, check-back will decide. It differs from ``local_state`` only if an
+            operator decided the record while the executor ran (their decision stands; no
+            check-back decides a record whose executor runs).
     """
 
     message_id: str
@@ -183,23 +189,25 @@ class Producer(Closing):
         or a crash) leaves it PREPARED for the check-back, no earlier than ``immunity``
         (default: the check policy's) from now.
 
+        While the executor runs, no check-back decides the record: it is row-locked (or, on
+        SQLite, leased; see :attr:`CheckBackPolicy.executor_lease`).
+
         Raises:
             InvalidMessage / MessageTooLarge: before anything is written.
+            TransactionError: a check-back or an operator decided the half record before the
+                executor could start; the executor did not run.
             TxmqError: the half record could not be written (the executor did not run).
         """
         (message,) = self._checked((message,))
-        self.store.prepare(
-            message,
-            self.group,
-            immunity=self.check_policy.immunity if immunity is None else immunity,
-        )
+        immunity = self.check_policy.immunity if immunity is None else immunity
+        first_check = utcnow() + immunity
+        self.store.prepare(message, self.group, immunity=immunity)
         STAGED.labels(self.group, "half").inc()
         if self.kafka_native:
-            return self._send_kafka_native(message, executor, arg)
+            return self._send_kafka_native(message, executor, arg, first_check)
         with self.engine.begin() as connection:
-            # The row lock keeps check-backs away while the local transaction runs.
-            self.store.lock_prepared(connection, message.id)
-            state = self._execute(message, executor, arg)
+            self._hold(connection, message.id)
+            state = self._execute_held(message, executor, arg, first_check)
             if state is LocalTransactionState.UNKNOWN:
                 return SendResult(message.id, state, RecordState.PREPARED)
             to = (
@@ -210,12 +218,14 @@ class Producer(Closing):
             to = self.store.settle(connection, message.id, to)
         return SendResult(message.id, state, to)
 
-    def _send_kafka_native(self, message: Message, executor: Executor[A], arg: A) -> SendResult:
+    def _send_kafka_native(
+        self, message: Message, executor: Executor[A], arg: A, first_check: datetime
+    ) -> SendResult:
         transaction = self._acquire_transaction()
         reusable = True
         try:
             with self.engine.begin() as connection:
-                self.store.lock_prepared(connection, message.id)
+                self._hold(connection, message.id)
                 try:
                     transaction.begin()
                     transaction.produce([message])
@@ -224,7 +234,7 @@ class Producer(Closing):
                     # The executor still runs; on COMMIT the relay delivers the message.
                     log.warning("no Kafka transaction for %s; relaying", message.id, exc_info=True)
                     opened = reusable = False
-                state = self._execute(message, executor, arg)
+                state = self._execute_held(message, executor, arg, first_check)
                 if state is not LocalTransactionState.COMMIT:
                     if opened:
                         self._abort(transaction)
@@ -234,9 +244,9 @@ class Producer(Closing):
                 elif not opened:
                     to = RecordState.READY
                 else:
-                    # Marked SENT before the Kafka commit: if a check-back or an operator
-                    # decided the record first (before the row lock, or on SQLite, which does
-                    # not lock), their decision stands and the Kafka transaction is aborted.
+                    # Marked SENT before the Kafka commit: if an operator decided the record
+                    # while the executor ran, their decision stands and the Kafka
+                    # transaction is aborted.
                     to = self.store.settle(connection, message.id, RecordState.SENT)
                     if to is not RecordState.SENT:
                         self._abort(transaction)
@@ -329,23 +339,33 @@ class Producer(Closing):
     # -- check-back, relay, operators ------------------------------------------------------
 
     def check_back_once(self, limit: int = 50) -> int:
-        """Answer the due check-backs of this group once; return how many were looked at."""
+        """Answer the due check-backs of this group once; return how many were looked at.
+
+        Raises:
+            WorkerBusy: on SQLite, another check-back worker of the group is working.
+        """
         return self.checkback.run_once(limit)
 
     def relay(self, **options: Any) -> Relay:
-        """A :class:`Relay` for this producer's outbox and broker (``options``: see Relay)."""
+        """A :class:`Relay` of this producer's group (unless ``options`` name other groups),
+        outbox and broker (``options``: see Relay)."""
         if self.broker is None:
             raise TxmqError("this producer has no broker: pass broker=... to relay")
         options.setdefault("instance_id", self.instance_id)
+        if not options.get("all_groups"):
+            options.setdefault("groups", (self.group,))
         return Relay(self.broker, self.store, **options)
 
     def start(
         self, *, relay: bool = True, check_back_every: float = 1.0, **relay_options: Any
     ) -> Producer:
-        """Start the relay and the check-back loop in daemon threads (stop with :meth:`close`).
+        """Start the relay of this group and the check-back loop in daemon threads (stop with
+        :meth:`close`).
 
         Both survive database and broker outages and resume by themselves; :meth:`health`
-        tells whether one has died.
+        tells whether one has died. On SQLite, where one relay and one check-back worker of a
+        group work at a time, they stand by while those of another instance work, and take
+        over when that instance stops or its process dies.
         """
         self._learn_limit()
         if relay and self._relay is None:
@@ -353,7 +373,17 @@ class Producer(Closing):
         if not self._workers:
             self._stop.clear()
 
+            lock = self.checkback.lock
+            standing_by = False
+
             def check_back() -> bool:
+                nonlocal standing_by
+                if not lock.acquire():  # SQLite: another worker checks this group
+                    if not standing_by:
+                        log.info("check-back stands by: another worker holds %s", lock.description)
+                        standing_by = True
+                    return False
+                standing_by = False
                 return self.check_back_once() > 0
 
             worker = SupervisedLoop(
@@ -361,6 +391,7 @@ class Producer(Closing):
                 step=check_back,
                 stop=self._stop,
                 idle=lambda: self._stop.wait(check_back_every),
+                on_exit=lock.release,
             )
             self._workers.append(worker.start())
         return self
@@ -377,28 +408,40 @@ class Producer(Closing):
 
     def parked(self, limit: int = 100) -> list[OutboxRecord]:
         """PARKED records of this group, oldest first."""
-        return self.store.list(RecordState.PARKED, group=self.group, limit=limit)
+        return self.store.list(RecordState.PARKED, groups=(self.group,), limit=limit)
 
     def resume(self, message_id: str) -> None:
-        """Give a PARKED record a new round of check-backs (check count reset)."""
-        self.store.resolve(message_id, RecordState.PREPARED, reset_checks=True)
+        """Give a PARKED record of this group a new round of check-backs (check count reset).
+
+        Raises:
+            RecordNotFound: no PARKED record of this group has that id.
+        """
+        self.store.resolve(message_id, RecordState.PREPARED, reset_checks=True, group=self.group)
 
     def commit(self, message_id: str) -> None:
-        """Operator decision: a PARKED (or PREPARED) record committed; it will be published."""
+        """Operator decision: a PARKED (or PREPARED) record of this group committed; it will
+        be published. Raises :class:`RecordNotFound` as :meth:`resume` does."""
         self.store.resolve(
-            message_id, RecordState.READY, expected=(RecordState.PARKED, RecordState.PREPARED)
+            message_id,
+            RecordState.READY,
+            expected=(RecordState.PARKED, RecordState.PREPARED),
+            group=self.group,
         )
 
     def rollback(self, message_id: str) -> None:
-        """Operator decision: a PARKED (or PREPARED) record rolled back; it is discarded."""
+        """Operator decision: a PARKED (or PREPARED) record of this group rolled back; it is
+        discarded. Raises :class:`RecordNotFound` as :meth:`resume` does."""
         self.store.resolve(
-            message_id, RecordState.ROLLED_BACK, expected=(RecordState.PARKED, RecordState.PREPARED)
+            message_id,
+            RecordState.ROLLED_BACK,
+            expected=(RecordState.PARKED, RecordState.PREPARED),
+            group=self.group,
         )
 
     def failed(self, limit: int = 100) -> list[OutboxRecord]:
         """FAILED records of this group (the broker refused them for good), oldest first;
         ``last_error`` says why."""
-        return self.store.list(RecordState.FAILED, group=self.group, limit=limit)
+        return self.store.list(RecordState.FAILED, groups=(self.group,), limit=limit)
 
     def retry(self, message_id: str) -> None:
         """Operator decision: publish a FAILED record again (READY, publish attempts reset).
@@ -450,6 +493,66 @@ class Producer(Closing):
             message.check_size(self._stage_limit)
             checked.append(message)
         return checked
+
+    def _hold(self, connection: Connection, message_id: str) -> None:
+        """Keep check-backs away from a PREPARED record whose executor is about to run.
+
+        With row locks (PostgreSQL, MySQL) the lock taken in ``connection`` does, until that
+        transaction ends (or its connection dies with the producer). On SQLite the record is
+        leased (its next check moved past the lease) and :meth:`_execute_held` renews it.
+
+        Raises:
+            TransactionError: a check-back or an operator decided the record already.
+        """
+        if self.store.skip_locked:
+            held = self.store.lock_prepared(connection, message_id)
+        else:
+            held = self.store.lease_prepared(
+                message_id, utcnow() + self.check_policy.executor_lease
+            )
+        if not held:
+            state = self.store.get(message_id).state
+            raise TransactionError(
+                f"message {message_id} was decided ({state.value}) by a check-back or an "
+                "operator before its local transaction started; the executor did not run"
+            )
+
+    def _execute_held(
+        self, message: Message, executor: Executor[A], arg: A, first_check: datetime
+    ) -> LocalTransactionState:
+        """Run the executor of a record :meth:`_hold` holds, renewing a SQLite lease while it
+        runs; after UNKNOWN, check-back may come as first scheduled (``first_check``)."""
+        if self.store.skip_locked:
+            return self._execute(message, executor, arg)
+        with self._renewing_lease(message.id):
+            state = self._execute(message, executor, arg)
+        if state is LocalTransactionState.UNKNOWN:
+            try:
+                self.store.lease_prepared(message.id, first_check)
+            except Exception:  # the answer stands; check-back comes when the lease runs out
+                log.warning("could not end the lease of %s", message.id, exc_info=True)
+        return state
+
+    @contextmanager
+    def _renewing_lease(self, message_id: str) -> Iterator[None]:
+        lease = self.check_policy.executor_lease
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(lease.total_seconds() / 3):
+                try:
+                    if not self.store.lease_prepared(message_id, utcnow() + lease):
+                        return  # decided meanwhile (an operator): nothing left to keep away
+                except Exception:  # the lease still runs; the next renewal may succeed
+                    log.warning("could not renew the lease of %s", message_id, exc_info=True)
+
+        renewer = threading.Thread(target=renew, name="txmq-lease", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
 
     def _execute(self, message: Message, executor: Executor[A], arg: A) -> LocalTransactionState:
         try:

@@ -9,6 +9,10 @@ commit republishes those records with the same message ids (at-least-once).
 A relay runs ``concurrency`` lanes, each with its own database transaction and publisher
 connection, so that one lane claims and marks while another waits for the broker. The claim
 keeps same-key records in order across lanes and across relays.
+
+A relay publishes the records of the producer groups it is given, and no other group's:
+groups sharing an outbox table may publish to different brokers. On SQLite only one relay of
+a group works at a time (see :mod:`txmq.outbox.worker_lock`); the others stand by.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -24,14 +29,16 @@ from typing import Any
 from txmq.adapters.base import Adapter, Publisher, PublishOutcome
 from txmq.errors import (
     BrokerError,
+    ConfigurationError,
     DatabaseUnavailable,
     MessageTooLarge,
     PublishRefused,
     RecordsFailed,
 )
-from txmq.message import Message
+from txmq.message import Message, validate_name
 from txmq.outbox.store import ClaimedRecord, OutboxStore, utcnow
 from txmq.outbox.tables import NOTIFY_CHANNEL
+from txmq.outbox.worker_lock import WorkerLock
 from txmq.supervision import Health, SupervisedLoop, describe, health_of
 from txmq.telemetry import RELAY_BATCH_SECONDS, RELAY_FAILED, RELAY_FAILURES, RELAY_PUBLISHED
 
@@ -44,6 +51,9 @@ class Relay:
     Args:
         broker: the adapter to publish with.
         store: the outbox store (engine + tables).
+        groups: the producer groups whose records this relay publishes.
+        all_groups: publish the records of every producer group instead, found in the
+            table at each pass (exactly one of ``groups`` and ``all_groups`` must be given).
         batch_size: records per claim (one Kafka transaction, one confirm wait).
         concurrency: lanes working at once (one DB connection and one broker connection
             each); 1 on databases without ``SKIP LOCKED`` (SQLite).
@@ -61,6 +71,10 @@ class Relay:
             this broker's ``max_body_bytes``) goes FAILED when this many attempts to
             publish it (counting every attempt, refused or not) have been made; before that
             it is retried with backoff like any failed publish.
+
+    Raises:
+        ConfigurationError: neither or both of ``groups`` and ``all_groups``, or no group.
+        InvalidMessage: a group name is not valid.
     """
 
     def __init__(
@@ -68,6 +82,8 @@ class Relay:
         broker: Adapter,
         store: OutboxStore,
         *,
+        groups: Collection[str] | None = None,
+        all_groups: bool = False,
         batch_size: int = 1000,
         concurrency: int = 2,
         poll_interval: float = 1.0,
@@ -80,6 +96,19 @@ class Relay:
         if batch_size < 1 or concurrency < 1 or max_refused_attempts < 1:
             raise ValueError("batch_size, concurrency and max_refused_attempts must be at least 1")
         self.max_refused_attempts = max_refused_attempts
+        if isinstance(groups, str):
+            groups = [groups]  # one name, not its characters
+        if all_groups == (groups is not None) or (groups is not None and not groups):
+            raise ConfigurationError(
+                "a relay needs groups=[...] (the producer groups it publishes) "
+                "or all_groups=True, not both"
+            )
+        #: The producer groups relayed, in claim order; None: every group.
+        self.groups: tuple[str, ...] | None = (
+            None
+            if groups is None
+            else tuple(dict.fromkeys(validate_name(g, "producer group") for g in groups))
+        )
         self.broker = broker
         self.store = store
         self.batch_size = batch_size
@@ -92,12 +121,20 @@ class Relay:
             # Without SKIP LOCKED two lanes would claim the same records.
             log.info("%s cannot claim with SKIP LOCKED: one relay lane", store.dialect)
             concurrency = 1
+        self._worker_lock = WorkerLock(store, "relay", self.groups)
+        self._standing_by = False
         self._floor = _ClaimFloor()
         self._lanes = [_Lane(self, n) for n in range(concurrency)]
         self._stop = threading.Event()
         self._loops: list[SupervisedLoop] = []
         self._purge_lock = threading.Lock()
         self._last_purge = 0.0
+
+    @property
+    def active(self) -> bool:
+        """False while this relay stands by because another relay of its groups holds the
+        SQLite database; True otherwise (on other databases, always)."""
+        return self._worker_lock.held
 
     def connect(self) -> Relay:
         """Check the outbox tables, then open every lane's broker connection now (on Kafka:
@@ -118,13 +155,16 @@ class Relay:
         return self
 
     def run_once(self) -> int:
-        """Claim, publish and mark one batch on the first lane; return how many went SENT.
+        """Claim, publish and mark one batch of each relayed group on the first lane; return
+        how many went SENT.
 
         Raises:
             BrokerError: the broker is unreachable; nothing was marked, the claim is released.
             RecordsFailed: records of the batch went FAILED (the rest were marked as usual).
+            WorkerBusy: on SQLite, another relay of these groups is working.
         """
-        done = self._lanes[0].run_once()
+        with self._worker_lock.holding():
+            done = self._lanes[0].run_once()
         if done.failed:
             raise RecordsFailed(done.failed, done.sent)
         return done.sent
@@ -141,7 +181,12 @@ class Relay:
         Raises:
             BrokerError: the broker is unreachable.
             RecordsFailed: records went FAILED during the drain (after it finished).
+            WorkerBusy: on SQLite, another relay of these groups is working.
         """
+        with self._worker_lock.holding():
+            return self._drain(timeout)
+
+    def _drain(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
         total = _Pass()
         while True:
@@ -231,9 +276,11 @@ class Relay:
         notifications = _Notifications(self.store, self._stop)
 
         def step() -> bool:
-            sent = lane.run_once().sent
+            if not self._may_work():
+                return False  # stands by: waits like an idle lane, then asks again
+            done = lane.run_once()
             self._maybe_purge()
-            return sent >= self.batch_size
+            return done.full
 
         def on_error(exc: BaseException) -> None:
             if isinstance(exc, BrokerError):
@@ -245,6 +292,7 @@ class Relay:
         def on_exit() -> None:
             notifications.close()
             lane.drop_publisher()
+            self._worker_lock.release()
 
         return SupervisedLoop(
             name=f"txmq-relay-{lane.number}",
@@ -256,13 +304,30 @@ class Relay:
             max_backoff=self.max_backoff,
         )
 
+    def _may_work(self) -> bool:
+        """Take the SQLite relay lock if it is free; False: another relay holds it."""
+        if self._worker_lock.held:
+            return True
+        if self._worker_lock.acquire():
+            log.info("relay %s works: it holds %s", self.instance_id, self._worker_lock.description)
+            self._standing_by = False
+            return True
+        if not self._standing_by:
+            log.info(
+                "relay %s stands by: another relay holds %s",
+                self.instance_id,
+                self._worker_lock.description,
+            )
+            self._standing_by = True
+        return False
+
     def _maybe_purge(self) -> None:
         with self._purge_lock:
             now = time.monotonic()
             if now - self._last_purge < self.purge_interval:
                 return
             self._last_purge = now
-        purged = self.store.purge(self.retention)
+        purged = self.store.purge(self.retention, groups=self.groups)
         if purged:
             log.info("purged %d finished outbox records", purged)
 
@@ -357,28 +422,32 @@ class _ClaimFloor:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._floor = 0
-        self._last_full = -FULL_CLAIM_INTERVAL
+        # Per relayed group, each claimed through its own range of the READY index.
+        self._floor: dict[str, int] = {}
+        self._last_full: dict[str, float] = {}
 
-    def next(self) -> int:
-        """The sequence number the next claim starts above (0: from the start)."""
+    def next(self, group: str) -> int:
+        """The sequence number the next claim of ``group`` starts above (0: from the start)."""
         with self._lock:
             now = time.monotonic()
-            if self._floor and now - self._last_full < FULL_CLAIM_INTERVAL:
-                return self._floor
-            self._last_full = now
+            floor = self._floor.get(group, 0)
+            if floor and now - self._last_full.get(group, -FULL_CLAIM_INTERVAL) < (
+                FULL_CLAIM_INTERVAL
+            ):
+                return floor
+            self._last_full[group] = now
             return 0
 
-    def claimed(self, records: list[ClaimedRecord], *, full_batch: bool) -> None:
+    def claimed(self, group: str, records: list[ClaimedRecord], *, full_batch: bool) -> None:
         with self._lock:
             if full_batch:  # claims come in sequence order
-                self._floor = max(self._floor, records[-1].seq)
+                self._floor[group] = max(self._floor.get(group, 0), records[-1].seq)
             else:
-                self._floor = 0
+                self._floor[group] = 0
 
     def reset(self) -> None:
         with self._lock:
-            self._floor = 0
+            self._floor.clear()
 
 
 @dataclass(slots=True)
@@ -387,6 +456,8 @@ class _Pass:
 
     claimed: int = 0
     sent: int = 0
+    #: A claim came back with a whole batch: more may be waiting.
+    full: bool = False
     #: ``(message id, error)`` of the records that went FAILED.
     failed: list[tuple[str, str]] = field(default_factory=list)
     #: Records refused but still READY, to be tried again soon.
@@ -397,6 +468,7 @@ class _Pass:
     def add(self, other: _Pass) -> None:
         self.claimed += other.claimed
         self.sent += other.sent
+        self.full = self.full or other.full
         self.failed += other.failed
         self.refused = (self.refused - other.settled) | other.refused
         self.settled |= other.settled
@@ -468,28 +540,39 @@ class _Lane:
         return still
 
     def run_once(self) -> _Pass:
+        """One batch of each relayed group (:attr:`_Pass.full` if any batch was full)."""
+        done = _Pass()
         try:
-            return self._run_once()
+            for group in self.relay.groups or self._ready_groups():
+                done.add(self._run_once(group))
         except BaseException:
             self.relay._floor.reset()  # the batch went back to READY, below the floor
             raise
+        return done
 
-    def _run_once(self) -> _Pass:
+    def _ready_groups(self) -> list[str]:
+        store = self.relay.store
+        with store.engine.begin() as connection:
+            return store.ready_groups(connection)
+
+    def _run_once(self, group: str) -> _Pass:
+        """One batch of ``group``: claimed, published and marked."""
         relay, store = self.relay, self.relay.store
         started = time.perf_counter()
         done = _Pass()
         limit = relay.broker.publish_limit()  # asks the broker once, outside the transaction
         with store.engine.begin() as connection:
-            after = relay._floor.next()
-            claimed = store.claim_ready(connection, relay.batch_size, after=after)
+            after = relay._floor.next(group)
+            claimed = store.claim_ready(connection, relay.batch_size, group=group, after=after)
             if not claimed and after:
                 # Nothing above the floor: look from the start before calling it empty.
-                relay._floor.reset()
-                claimed = store.claim_ready(connection, relay.batch_size)
-            relay._floor.claimed(claimed, full_batch=len(claimed) == relay.batch_size)
+                claimed = store.claim_ready(connection, relay.batch_size, group=group)
+            full = len(claimed) == relay.batch_size
+            relay._floor.claimed(group, claimed, full_batch=full)
             if not claimed:
                 return done
             done.claimed = len(claimed)
+            done.full = full
             # A record staged under a larger limit than this broker's would fail every batch
             # it is in (publish raises MessageTooLarge): it fails alone, like a refused one.
             records, too_large = _split_too_large(claimed, limit)

@@ -8,7 +8,7 @@ MariaDB 10.6+ (``SKIP LOCKED``) and SQLite (one relay and one check-back worker 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
@@ -124,6 +124,8 @@ class OutboxStore:
         self.dialect = engine.dialect.name
         self.skip_locked = self.dialect in _SKIP_LOCKED_DIALECTS
         records = tables.records
+        # One producer group per claim, through the READY index on (group, seq): it reads
+        # only its batch, however large another group's backlog.
         self._claim = (
             select(
                 records.c.seq,
@@ -136,6 +138,7 @@ class OutboxStore:
             )
             .where(
                 records.c.state == bindparam("ready", RecordState.READY.value),
+                records.c.producer_group == bindparam("group"),
                 records.c.seq > bindparam("after"),
                 or_(records.c.check_after.is_(None), records.c.check_after <= bindparam("now")),
             )
@@ -306,8 +309,10 @@ class OutboxStore:
         *,
         expected: Iterable[RecordState] = (RecordState.PREPARED,),
         error: str | None = None,
+        due: datetime | None = None,
     ) -> bool:
-        """Move one record to ``to`` if it is in one of ``expected``; return whether it moved."""
+        """Move one record to ``to`` if it is in one of ``expected`` (and, with ``due``, if
+        its next check is due by then); return whether it moved."""
         records = self.tables.records
         values: dict[str, Any] = {"state": to.value, "updated_at": utcnow()}
         if to is RecordState.READY:
@@ -319,6 +324,7 @@ class OutboxStore:
             .where(
                 records.c.id == message_id,
                 records.c.state.in_([s.value for s in expected]),
+                *self._still_due(due),
             )
             .values(values)
         )
@@ -383,18 +389,43 @@ class OutboxStore:
 
     # -- relay ---------------------------------------------------------------------------
 
+    def ready_groups(self, connection: Connection) -> list[str]:
+        """The producer groups that have READY records, in name order.
+
+        One index probe per group (the smallest name above the last one found), not a scan
+        of the READY records.
+        """
+        records = self.tables.records
+        if self.dialect == "postgresql":
+            connection.exec_driver_sql(_INDEX_ACCESS_ONLY)
+        found: list[str] = []
+        while True:
+            # ORDER BY .. LIMIT 1, not min(): with stale statistics, min() was planned as an
+            # aggregate over every entry above the last name.
+            query = select(records.c.producer_group).where(
+                records.c.state == RecordState.READY.value
+            )
+            if found:
+                query = query.where(records.c.producer_group > found[-1])
+            group = connection.execute(query.order_by(records.c.producer_group).limit(1)).scalar()
+            if group is None:
+                return found
+            found.append(group)
+
     def claim_ready(
-        self, connection: Connection, limit: int, *, after: int = 0
+        self, connection: Connection, limit: int, *, group: str, after: int = 0
     ) -> list[ClaimedRecord]:
-        """Lock up to ``limit`` due READY records, oldest first, that may be published now.
+        """Lock up to ``limit`` due READY records of ``group``, oldest first, that may be
+        published now.
 
         ``after`` starts the search above that sequence number: records below it are not
         claimed (see :class:`~txmq.outbox.relay.Relay` for why and when it is used).
 
-        Order is kept per (topic, key), the scope in which brokers order messages (a Kafka
-        partition, a RabbitMQ queue): a keyed record is held back while an earlier READY
-        record of the same topic and key is not in the claimed set (another relay holds it,
-        or it is backing off after a failed publish).
+        Order is kept per producer group, topic and key (brokers order messages per topic
+        and key: a Kafka partition, a RabbitMQ queue): a keyed record is held back while an
+        earlier READY record of its group, topic and key is not in the claimed set (another
+        relay holds it, or it is backing off after a failed publish). Another group's record
+        never holds it back: that group may not be relayed at all.
         """
         records = self.tables.records
         if self.dialect == "postgresql":
@@ -403,7 +434,13 @@ class OutboxStore:
             connection,
             self._claim,
             self._claim_sql,
-            {"ready": RecordState.READY.value, "after": after, "now": utcnow(), "limit": limit},
+            {
+                "ready": RecordState.READY.value,
+                "group": group,
+                "after": after,
+                "now": utcnow(),
+                "limit": limit,
+            },
         )
         # Records of one producer mostly carry the same headers: each distinct text is
         # decoded once per batch, and its messages share the read-only mapping.
@@ -434,6 +471,7 @@ class OutboxStore:
                 # not scanned through every keyed record waiting.
                 records.c.topic.in_(topics),
                 records.c.key.in_(keyed),
+                records.c.producer_group == group,
                 records.c.seq <= max(claimed_seqs),
             )
             .order_by(records.c.seq)
@@ -507,16 +545,16 @@ class OutboxStore:
     # -- check-back ------------------------------------------------------------------------
 
     def claim_due_checks(
-        self, connection: Connection, group: str, limit: int
+        self, connection: Connection, group: str, limit: int, *, now: datetime
     ) -> list[OutboxRecord]:
-        """Lock PREPARED records of ``group`` whose check-back is due, oldest first."""
+        """Lock PREPARED records of ``group`` whose check-back is due at ``now``, oldest first."""
         records = self.tables.records
         query = (
             select(records)
             .where(
                 records.c.state == RecordState.PREPARED.value,
                 records.c.producer_group == group,
-                records.c.check_after <= utcnow(),
+                records.c.check_after <= now,
             )
             .order_by(records.c.check_after)
             .limit(limit)
@@ -526,20 +564,58 @@ class OutboxStore:
         return [self._record(row) for row in connection.execute(query)]
 
     def postpone_check(
-        self, connection: Connection, seq: int, check_count: int, next_check: datetime
+        self,
+        connection: Connection,
+        seq: int,
+        check_count: int,
+        next_check: datetime,
+        *,
+        due: datetime,
+    ) -> None:
+        """Count a check-back that answered UNKNOWN, if the record is still due by ``due``."""
+        records = self.tables.records
+        connection.execute(
+            update(records)
+            .where(records.c.seq == seq, *self._still_due(due))
+            .values(check_count=check_count, check_after=next_check, updated_at=utcnow())
+        )
+
+    def count_check(
+        self, connection: Connection, seq: int, check_count: int, *, due: datetime
     ) -> None:
         records = self.tables.records
         connection.execute(
             update(records)
-            .where(records.c.seq == seq)
-            .values(check_count=check_count, check_after=next_check, updated_at=utcnow())
+            .where(records.c.seq == seq, *self._still_due(due))
+            .values(check_count=check_count)
         )
 
-    def count_check(self, connection: Connection, seq: int, check_count: int) -> None:
+    def _still_due(self, due: datetime | None) -> list[ColumnElement[bool]]:
+        """The condition of a check-back's write: still PREPARED and due by ``due`` (no
+        executor has taken a lease on it since it was claimed)."""
+        if due is None:
+            return []
         records = self.tables.records
-        connection.execute(
-            update(records).where(records.c.seq == seq).values(check_count=check_count)
-        )
+        return [
+            records.c.state == RecordState.PREPARED.value,
+            records.c.check_after <= due,
+        ]
+
+    def lease_prepared(self, message_id: str, until: datetime) -> bool:
+        """Move a PREPARED record's next check-back to ``until``, in a transaction of its
+        own; return False if it is no longer PREPARED (someone decided it).
+
+        A running executor holds this lease and renews it, so that check-backs keep away
+        from its record; if its producer dies the lease runs out and check-back resolves it.
+        """
+        records = self.tables.records
+        with self.engine.begin() as connection:
+            moved = connection.execute(
+                update(records)
+                .where(records.c.id == message_id, records.c.state == RecordState.PREPARED.value)
+                .values(check_after=until)
+            ).rowcount
+        return bool(moved == 1)
 
     # -- operators -------------------------------------------------------------------------
 
@@ -555,24 +631,40 @@ class OutboxStore:
         self,
         state: RecordState,
         *,
-        group: str | None = None,
+        groups: Collection[str] | None = None,
         limit: int = 100,
     ) -> list[OutboxRecord]:
+        """Records in ``state`` of ``groups`` (None: of every group), oldest first."""
         records = self.tables.records
         query = select(records).where(records.c.state == state.value)
-        if group is not None:
-            query = query.where(records.c.producer_group == group)
+        if groups is not None:
+            query = query.where(records.c.producer_group.in_(groups))
         with self.engine.connect() as connection:
             rows = connection.execute(query.order_by(records.c.seq).limit(limit))
             return [self._record(row) for row in rows]
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, *, groups: Collection[str] | None = None) -> dict[str, int]:
+        """Records per state, of ``groups`` (None: of every group)."""
         records = self.tables.records
+        query = select(records.c.state, func.count()).group_by(records.c.state)
+        if groups is not None:
+            query = query.where(records.c.producer_group.in_(groups))
         with self.engine.connect() as connection:
-            rows = connection.execute(
-                select(records.c.state, func.count()).group_by(records.c.state)
-            )
-            return {state: count for state, count in rows}
+            return {state: count for state, count in connection.execute(query)}
+
+    def group_counts(self, groups: Collection[str] | None = None) -> dict[str, dict[str, int]]:
+        """Records per producer group and state, of ``groups`` (None: of every group)."""
+        records = self.tables.records
+        query = select(records.c.producer_group, records.c.state, func.count()).group_by(
+            records.c.producer_group, records.c.state
+        )
+        if groups is not None:
+            query = query.where(records.c.producer_group.in_(groups))
+        counts: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as connection:
+            for group, state, count in connection.execute(query):
+                counts.setdefault(group, {})[state] = count
+        return counts
 
     def resolve(
         self,
@@ -581,8 +673,10 @@ class OutboxStore:
         *,
         expected: Iterable[RecordState] = (RecordState.PARKED,),
         reset_checks: bool = False,
+        group: str | None = None,
     ) -> None:
-        """Operator decision on a record (e.g. PARKED -> READY); raise if not in ``expected``."""
+        """Operator decision on a record (e.g. PARKED -> READY); raise :class:`RecordNotFound`
+        if it is not in ``expected`` (or not of ``group``, when given)."""
         records = self.tables.records
         values: dict[str, Any] = {"state": to.value, "updated_at": utcnow()}
         if reset_checks:
@@ -590,15 +684,16 @@ class OutboxStore:
         elif to is RecordState.READY:
             values["check_after"] = None
         expected_values = [s.value for s in expected]
+        where = [records.c.id == message_id, records.c.state.in_(expected_values)]
+        if group is not None:
+            where.append(records.c.producer_group == group)
         with self.engine.begin() as connection:
-            moved = connection.execute(
-                update(records)
-                .where(records.c.id == message_id, records.c.state.in_(expected_values))
-                .values(values)
-            ).rowcount
+            moved = connection.execute(update(records).where(*where).values(values)).rowcount
             if not moved:
+                of_group = f" of group {group!r}" if group is not None else ""
                 raise RecordNotFound(
-                    f"no outbox record {message_id!r} in state {' or '.join(expected_values)}"
+                    f"no outbox record {message_id!r}{of_group} in state "
+                    f"{' or '.join(expected_values)}"
                 )
 
     def retry_failed(self, message_id: str) -> None:
@@ -630,20 +725,28 @@ class OutboxStore:
         if not deleted:
             raise RecordNotFound(f"no outbox record {message_id!r} in state FAILED")
 
-    def purge(self, older_than: timedelta, *, batch: int = 5000) -> int:
-        """Delete SENT and ROLLED_BACK records older than ``older_than``, and markers older
-        than that and :data:`MARKER_RETENTION` whose record is no longer PREPARED."""
+    def purge(
+        self,
+        older_than: timedelta,
+        *,
+        groups: Collection[str] | None = None,
+        batch: int = 5000,
+    ) -> int:
+        """Delete SENT and ROLLED_BACK records of ``groups`` (None: of every group) older than
+        ``older_than``, and markers older than that and :data:`MARKER_RETENTION` whose record
+        is no longer PREPARED (markers belong to no group: a marker outlives its record)."""
         records, markers = self.tables.records, self.tables.markers
         cutoff = utcnow() - older_than
         done = 0
         finished = [RecordState.SENT.value, RecordState.ROLLED_BACK.value]
         while True:
             with self.engine.begin() as connection:
-                victims = (
-                    select(records.c.seq)
-                    .where(records.c.state.in_(finished), records.c.updated_at < cutoff)
-                    .limit(batch)
+                victims = select(records.c.seq).where(
+                    records.c.state.in_(finished), records.c.updated_at < cutoff
                 )
+                if groups is not None:
+                    victims = victims.where(records.c.producer_group.in_(groups))
+                victims = victims.limit(batch)
                 seqs = list(connection.execute(victims).scalars())
                 if not seqs:
                     break

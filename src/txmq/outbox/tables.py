@@ -95,7 +95,8 @@ def make_outbox_tables(metadata: MetaData, *, prefix: str = "txmq_") -> OutboxTa
     ready = records.c.state == RecordState.READY.value
     prepared = records.c.state == RecordState.PREPARED.value
     finished = records.c.state.in_([RecordState.SENT.value, RecordState.ROLLED_BACK.value])
-    _partial_index(f"ix_{records_name}_ready", ready, records.c.seq)
+    # Relays claim per producer group: a backlog of a group nobody relays is never read.
+    _partial_index(f"ix_{records_name}_ready", ready, records.c.producer_group, records.c.seq)
     _partial_index(
         f"ix_{records_name}_ready_key",
         ready & records.c.key.is_not(None),
