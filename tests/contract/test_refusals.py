@@ -4,6 +4,7 @@ goes FAILED after bounded attempts, visible, resumable and discardable (issue 8,
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 import txmq
 from txmq.cli import app
 from txmq.outbox import Producer, Relay, make_outbox_tables
+from txmq.outbox.store import utcnow
 from txmq.states import RecordState
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
@@ -196,3 +198,42 @@ def test_a_message_too_large_for_its_kafka_topic_goes_failed_alone(
     (failed,) = producer.failed()
     assert failed.last_error is not None
     assert "MSG_SIZE_TOO_LARGE" in failed.last_error
+
+
+def test_a_record_behind_a_refused_one_of_its_key_is_not_failed_with_it(
+    kafka_url: str, engine: Engine, metadata: MetaData, prefix: str
+) -> None:
+    """Kafka refuses the whole request of a partition for one record too large for its
+    topic: a later record of the same key, held back while the refused one is tried
+    alone, was never refused itself. It is published once the refused one is FAILED."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = f"refusals.{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": kafka_url.removeprefix("kafka://")})
+    created = admin.create_topics(
+        [NewTopic(topic, 1, 1, config={"max.message.bytes": "100000"})], request_timeout=30
+    )
+    created[topic].result(timeout=30)
+    producer = Producer(
+        group="shop", engine=engine, tables=make_outbox_tables(metadata, prefix=prefix)
+    )
+    before = txmq.Message(topic, b"before", key="k")
+    big = txmq.Message(topic, b"x" * 200_000, key="k")
+    after = [txmq.Message(topic, f"after {n}".encode(), key="k") for n in range(2)]
+    with Session(engine) as session, session.begin():
+        producer.stage(session, before, big, *after)
+    with connected(kafka_url) as broker:
+        relay = Relay(broker, producer.store, max_refused_attempts=2, concurrency=1)
+        assert relay.run_once() == 1  # ``before``, published alone; the others are READY
+        held = [producer.store.get(message.id).seq for message in (big, *after)]
+        # Their second attempt is one claim: the refused record and the two behind it.
+        due = max(producer.store.retry_times(held))
+        time.sleep(max(0.0, (due - utcnow()).total_seconds()))
+        with pytest.raises(txmq.RecordsFailed) as raised:
+            relay.run_once()
+        assert [message_id for message_id, _ in raised.value.failed] == [big.id]
+        assert relay.drain(timeout=90) == len(after)
+        relay.stop()
+    assert [record.message.id for record in producer.failed()] == [big.id]
+    for message in (before, *after):
+        assert producer.store.get(message.id).state is RecordState.SENT

@@ -32,6 +32,7 @@ from txmq.errors import (
     ConfigurationError,
     DatabaseUnavailable,
     MessageTooLarge,
+    PublishError,
     PublishRefused,
     RecordsFailed,
 )
@@ -521,14 +522,19 @@ class _Lane:
         A broker refuses a whole produce request (Kafka: every message of a partition in the
         transaction) for one message too large for its topic; the innocent ones must not go
         FAILED with it. Records are tried in order, and none behind a still failing record
-        of its key, so per-key order holds. Appends what went through to ``sent``.
+        of its key, so per-key order holds; such a record was not refused itself, and is
+        tried again (without backoff) once the one ahead is published or FAILED. Appends
+        what went through to ``sent``.
         """
         still: list[tuple[ClaimedRecord, Exception | None]] = []
-        held: set[tuple[str, str]] = set()
+        held: dict[tuple[str, str], str] = {}
         for record, together in failed:
             key = _key(record)
             error = together
-            if _refused(together) and (key is None or key not in held):
+            if key is not None and key in held:
+                if _refused(together):
+                    error = PublishError(f"held behind {held[key]} of its key, which failed")
+            elif _refused(together):
                 (outcome,) = self._publish([record.message])
                 if outcome.ok:
                     sent.append(record.seq)
@@ -536,7 +542,7 @@ class _Lane:
                 error = outcome.error
             still.append((record, error))
             if key is not None:
-                held.add(key)
+                held.setdefault(key, record.message.id)
         return still
 
     def run_once(self) -> _Pass:
