@@ -416,3 +416,32 @@ def publish_raw(broker_url: str, topic: str, body: bytes, headers: dict[str, str
         producer = Producer({"bootstrap.servers": ",".join(settings.bootstrap_servers)})
         producer.produce(topic, body, headers=list(headers.items()))
         assert producer.flush(10) == 0
+
+
+@pytest.mark.parametrize("batch_size", [1, 5], ids=["per-message", "batch"])
+def test_a_handler_raising_a_txmq_configuration_error_fails_the_message_not_the_consumer(
+    env: Env, batch_size: int
+) -> None:
+    """Only txmq's own statements make a ConfigurationError fatal: one the handler raises
+    (say, from a producer given the wrong database) is that message's failure."""
+    consumer = env.consumer(retry=RetryPolicy.no_retry(), batch_size=batch_size)
+
+    @consumer.handler(env.topic)
+    def handler(message: Message, session: Session) -> None:
+        if message.body == b"misconfigured":
+            raise txmq.WrongDatabase("the handler's producer writes elsewhere")
+        env.record(message, session)
+
+    bad, good = Message(env.topic, b"misconfigured"), Message(env.topic, b"good")
+    with consumer:
+        consumer.start()
+        env.publish(bad, good)
+        wait_for(
+            lambda: consumer.stats.dead_lettered == 1 and consumer.stats.processed == 1,
+            what="the bad one dead-lettered and the good one applied",
+        )
+        assert consumer.healthy()
+    (letter,) = env.dead_letters().list(timeout=10)
+    assert letter.message.id == bad.id
+    assert letter.error_type == "txmq.errors.WrongDatabase"
+    assert env.applied_ids() == [good.id]

@@ -273,6 +273,9 @@ class Worker:
                     self._run_handler(item, session)
                 else:
                     entry = plan.inbox.lookup(connection, [item.key]).get(item.key)
+        except HandlerRaised as raised:
+            _raise_if_outage(raised.error)
+            self._failed(item, raised.error)
         except ConfigurationError:
             # txmq's own transaction cannot run (missing tables, an asyncio session): not
             # the message's fault, so it is neither retried nor dead-lettered. The worker
@@ -293,8 +296,11 @@ class Worker:
 
     def _run_handler(self, item: _Item, session: Session) -> None:
         started = time.perf_counter()
-        with consume_span(item.message, group=self.plan.group, system=self.plan.adapter.system):
-            item.route.handler(item.message, session)
+        try:
+            with consume_span(item.message, group=self.plan.group, system=self.plan.adapter.system):
+                item.route.handler(item.message, session)  # the span records what it raises
+        except Exception as exc:
+            raise HandlerRaised(exc) from exc
         self._handler_seconds.observe(time.perf_counter() - started)
 
     def _process_batch(self, items: list[_Item], settled: list[Delivery]) -> None:
@@ -317,10 +323,11 @@ class Worker:
         except ConfigurationError:
             raise  # as in _process_one
         except Exception as exc:
-            _raise_if_outage(exc)
+            error = exc.error if isinstance(exc, HandlerRaised) else exc
+            _raise_if_outage(error)
             log.info(
                 "%s: batch of %d failed (%s); redoing one by one",
-                *(self.name, len(items), error_text(exc)),
+                *(self.name, len(items), error_text(error)),
             )
             plan.stats.add("batch_fallbacks")
             for item in items:
@@ -448,6 +455,16 @@ class Worker:
         if self._publisher is None:
             self._publisher = self.plan.adapter.publisher()
         return self._publisher
+
+
+class HandlerRaised(Exception):
+    """What a handler raised, told apart from txmq's own statements around it: an error of
+    the handler is the message's failure (retried, then dead-lettered), whatever its type,
+    while a :class:`ConfigurationError` of txmq's own statements stops the worker."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 def _raise_if_outage(exc: Exception) -> None:
