@@ -110,3 +110,38 @@ def test_relay_stops_with_exit_0_on_a_signal(
     code, stderr = finish(process, 30.0)
     assert code == 0, stderr
     assert "error:" not in stderr
+
+
+def test_relay_exits_1_at_start_on_an_exchange_an_older_txmq_declared(
+    rabbitmq_url: str, database_url: str, outbox_prefix: str
+) -> None:
+    """A broker topology that retrying cannot mend is said once, at the door, instead of
+    being backed off by every lane forever."""
+    from txmq.adapters._rabbitmq_connection import open_blocking
+    from txmq.config import RabbitMQSettings, parse_broker_url
+
+    exchange = f"older{uuid.uuid4().hex[:8]}"
+    settings = parse_broker_url(rabbitmq_url)
+    assert isinstance(settings, RabbitMQSettings)
+    connection = open_blocking(settings, name="test raw channel")
+    channel = connection.channel()
+    channel.exchange_declare(exchange, exchange_type="topic", durable=True)  # no alternate
+    try:
+        separator = "&" if "?" in rabbitmq_url else "?"
+        started = time.monotonic()
+        process = launch_relay(
+            f"{rabbitmq_url}{separator}exchange={exchange}",
+            database_url,
+            "--prefix",
+            outbox_prefix,
+        )
+        code, stderr = finish(process, EXITS_WITHIN)
+        assert time.monotonic() - started < EXITS_WITHIN
+        assert code == 1, stderr
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, stderr
+        assert "unroutable=return" in errors[0]
+        assert "Traceback" not in stderr
+    finally:
+        channel.exchange_delete(exchange)
+        connection.close()

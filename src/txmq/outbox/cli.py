@@ -213,6 +213,13 @@ def relay(
         batch_size=batch_size,
         instance_id=instance_id,
     )
+    # What retrying cannot mend (a broker topology declared otherwise, a refused login)
+    # fails here, in one line, instead of being backed off forever by the lanes.
+    try:
+        worker.connect()
+    except TxmqError:
+        adapter.close()
+        raise
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
