@@ -112,7 +112,8 @@ class Worker:
         self._subscription: Subscription | None = None
         self._publisher: Publisher | None = None
         self._transactions = Transactions(plan.engine, plan.session_factory)
-        self._handler_seconds = CONSUME_SECONDS.labels(plan.group)
+        self._handler_ok_seconds = CONSUME_SECONDS.labels(plan.group, "ok")
+        self._handler_error_seconds = CONSUME_SECONDS.labels(plan.group, "error")
         # Kafka retry topics that are paused, with the time to resume them.
         self._paused: dict[str, float] = {}
 
@@ -293,9 +294,13 @@ class Worker:
 
     def _run_handler(self, item: _Item, session: Session) -> None:
         started = time.perf_counter()
-        with consume_span(item.message, group=self.plan.group, system=self.plan.adapter.system):
-            item.route.handler(item.message, session)
-        self._handler_seconds.observe(time.perf_counter() - started)
+        histogram = self._handler_error_seconds
+        try:
+            with consume_span(item.message, group=self.plan.group, system=self.plan.adapter.system):
+                item.route.handler(item.message, session)
+            histogram = self._handler_ok_seconds
+        finally:
+            histogram.observe(time.perf_counter() - started)
 
     def _process_batch(self, items: list[_Item], settled: list[Delivery]) -> None:
         plan = self.plan

@@ -174,6 +174,10 @@ class InMemoryBroker(Adapter):
             entries.clear()
             return count
 
+    def queue_depth(self, queue: str) -> int:
+        self._check_up()
+        return self.depth(queue)
+
     # -- test helpers -------------------------------------------------------------------
 
     def messages(self, queue: str) -> list[Message]:
