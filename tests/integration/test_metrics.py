@@ -101,12 +101,16 @@ def test_outbox_sampler_gauges_reflect_every_state(tables: OutboxTables, engine:
     assert gauge("PREPARED") == 2
     assert gauge("PARKED") == 1
     assert gauge("FAILED") == 1
-    assert gauge("SENT") == 0 and gauge("ROLLED_BACK") == 0
-    assert gauge("READY", of=other) == 2 and gauge("PREPARED", of=other) == 0
+    assert gauge("SENT") == 0
+    assert gauge("ROLLED_BACK") == 0
+    assert gauge("READY", of=other) == 2
+    assert gauge("PREPARED", of=other) == 0
     ready_age = gauge("READY", "txmq_outbox_oldest_age_seconds")
     prepared_age = gauge("PREPARED", "txmq_outbox_oldest_age_seconds")
-    assert ready_age is not None and 3600 <= ready_age < 3600 + 120
-    assert prepared_age is not None and 7200 <= prepared_age < 7200 + 120
+    assert ready_age is not None
+    assert 3600 <= ready_age < 3600 + 120
+    assert prepared_age is not None
+    assert 7200 <= prepared_age < 7200 + 120
     assert gauge("PREPARED", "txmq_outbox_oldest_age_seconds", of=other) == 0
     assert found[group].counts[RecordState.READY] == 3
 
@@ -119,7 +123,9 @@ def test_outbox_sampler_gauges_reflect_every_state(tables: OutboxTables, engine:
         ).scalars()
         store.mark_sent(connection, list(seqs))
     sampler.sample()
-    assert gauge("READY") == 0 and gauge("PREPARED") == 0 and gauge("ROLLED_BACK") == 2
+    assert gauge("READY") == 0
+    assert gauge("PREPARED") == 0
+    assert gauge("ROLLED_BACK") == 2
     assert gauge("SENT") == 3
     assert gauge("READY", "txmq_outbox_oldest_age_seconds") == 0
     assert gauge("PREPARED", "txmq_outbox_oldest_age_seconds") == 0
@@ -151,7 +157,8 @@ def test_the_oldest_age_queries_scan_no_table(
         )
         plan = "\n".join(connection.execute(text(f"EXPLAIN {statement}")).scalars())
     assert "Seq Scan" not in plan, plan
-    assert f"ix_{name}_ready" in plan and f"ix_{name}_prepared" in plan, plan
+    assert f"ix_{name}_ready" in plan, plan
+    assert f"ix_{name}_prepared" in plan, plan
     started = time.perf_counter()
     found = OutboxSampler(store=store, groups=[group]).sample()
     elapsed = time.perf_counter() - started
