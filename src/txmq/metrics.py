@@ -9,12 +9,15 @@ queries, and sets the gauges of :mod:`txmq.telemetry` (no-ops without prometheus
 * ``txmq_outbox_oldest_age_seconds{group, state}`` for ``READY`` and ``PREPARED``: the
   age since the oldest such record was staged, found through the partial indexes of those
   states, 0 when there is none;
-* ``txmq_dlq_depth{group, topic}``: the letters waiting in each dead-letter queue, where the
-  broker can tell (see :meth:`txmq.Adapter.queue_depth`).
+* ``txmq_dlq_depth{group, topic}`` (:class:`DeadLetterSampler`): the letters waiting in
+  each dead-letter queue, where the broker can tell (see :meth:`txmq.Adapter.queue_depth`);
+* ``txmq_consumer_lag{group, topic}`` (:class:`ConsumerLagSampler`): what each consumer
+  group has yet to take (see :meth:`txmq.Adapter.consumer_lag`).
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,7 +34,7 @@ from txmq.outbox.store import OutboxStore, utcnow
 from txmq.schema import as_schema_missing
 from txmq.states import RecordState
 from txmq.supervision import describe
-from txmq.telemetry import DLQ_DEPTH, OUTBOX_OLDEST_AGE, OUTBOX_RECORDS
+from txmq.telemetry import CONSUMER_LAG, DLQ_DEPTH, OUTBOX_OLDEST_AGE, OUTBOX_RECORDS, Metric
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,43 +110,74 @@ class OutboxSampler:
         return {group: GroupSample(counts[group], oldest[group]) for group in self.groups}
 
 
-class DeadLetterSampler:
-    """Samples the depth of dead-letter queues into ``txmq_dlq_depth{group, topic}``.
+class _BrokerSampler(abc.ABC):
+    """Samples one number per (group, topic) from the broker into a gauge."""
 
-    ``queues`` are the (consumer group, topic) pairs whose DLQ is measured. Where the broker
-    cannot tell a depth (:meth:`~txmq.Adapter.queue_depth` answers None), nothing is set.
-
-    Raises (constructor):
-        ConfigurationError: no pair.
-        InvalidMessage: an invalid group or topic name.
-    """
+    _gauge: Metric
+    _what: str
 
     def __init__(self, *, broker: Adapter, queues: Iterable[tuple[str, str]]) -> None:
         self.broker = broker
         self.queues = tuple(dict.fromkeys(queues))
         if not self.queues:
-            raise ConfigurationError("DeadLetterSampler needs at least one (group, topic)")
+            raise ConfigurationError(f"{type(self).__name__} needs at least one (group, topic)")
         for group, topic in self.queues:
             validate_name(group, "group")
             validate_name(topic, "topic")
 
     def sample(self) -> dict[tuple[str, str], int | None]:
-        """Ask the broker for each depth, set the gauges, and return the depths.
-
-        A DLQ that does not exist yet (no letter was ever sent) counts 0.
+        """Ask the broker for each (group, topic), set the gauges, and return the numbers
+        (None where the broker cannot tell; that gauge is not set).
 
         Raises:
             BrokerUnavailable: the broker cannot be reached (the gauges keep their last
                 values).
             BrokerError: the broker refused to tell.
         """
-        depths: dict[tuple[str, str], int | None] = {}
+        found: dict[tuple[str, str], int | None] = {}
         for group, topic in self.queues:
-            depth = self.broker.queue_depth(dead_letter_queue(group, topic))
-            depths[group, topic] = depth
-            if depth is not None:
-                DLQ_DEPTH.labels(group, topic).set(depth)
-        return depths
+            number = found[group, topic] = self._ask(group, topic)
+            if number is not None:
+                self._gauge.labels(group, topic).set(number)
+        return found
+
+    @abc.abstractmethod
+    def _ask(self, group: str, topic: str) -> int | None:
+        """The broker's number for (group, topic), or None when it cannot tell."""
+
+
+class DeadLetterSampler(_BrokerSampler):
+    """Samples the depth of the dead-letter queues of (consumer group, topic) pairs into
+    ``txmq_dlq_depth{group, topic}`` (see :meth:`txmq.Adapter.queue_depth`: on RabbitMQ the
+    messages ready in the queue, on Kafka the letters not replayed or purged). A DLQ that
+    does not exist yet counts 0.
+
+    Raises (constructor):
+        ConfigurationError: no pair.
+        InvalidMessage: an invalid group or topic name.
+    """
+
+    _gauge = DLQ_DEPTH
+
+    def _ask(self, group: str, topic: str) -> int | None:
+        return self.broker.queue_depth(dead_letter_queue(group, topic))
+
+
+class ConsumerLagSampler(_BrokerSampler):
+    """Samples how far (consumer group, topic) pairs are behind into
+    ``txmq_consumer_lag{group, topic}`` (see :meth:`txmq.Adapter.consumer_lag`: on Kafka the
+    records after the group's committed offsets, on RabbitMQ the messages ready in its work
+    queue; retry stages are not counted).
+
+    Raises (constructor):
+        ConfigurationError: no pair.
+        InvalidMessage: an invalid group or topic name.
+    """
+
+    _gauge = CONSUMER_LAG
+
+    def _ask(self, group: str, topic: str) -> int | None:
+        return self.broker.consumer_lag(group, topic)
 
 
 def oldest_staged(records: Table, group: str) -> Select[Any]:
@@ -189,4 +223,10 @@ def _database_error(exc: DBAPIError) -> Exception:
     return exc
 
 
-__all__ = ["DeadLetterSampler", "GroupSample", "OutboxSampler", "oldest_staged"]
+__all__ = [
+    "ConsumerLagSampler",
+    "DeadLetterSampler",
+    "GroupSample",
+    "OutboxSampler",
+    "oldest_staged",
+]

@@ -139,6 +139,13 @@ DLQ_DEPTH = _metric(
     "broker cannot tell).",
     ["group", "topic"],
 )
+CONSUMER_LAG = _metric(
+    "Gauge",
+    "txmq_consumer_lag",
+    "Messages of a topic a consumer group has yet to take: Kafka, records after its "
+    "committed offsets; RabbitMQ, messages ready in its work queue (sampled).",
+    ["group", "topic"],
+)
 READY = _metric(
     "Gauge",
     "txmq_ready",

@@ -20,7 +20,7 @@ import txmq
 from txmq.adapters.base import dead_letter_queue
 from txmq.consumer import Consumer, DeadLetters, RetryPolicy, make_inbox_table
 from txmq.message import Message
-from txmq.metrics import DeadLetterSampler, OutboxSampler, oldest_staged
+from txmq.metrics import ConsumerLagSampler, DeadLetterSampler, OutboxSampler, oldest_staged
 from txmq.outbox import Producer, make_outbox_tables
 from txmq.outbox.store import OutboxStore, utcnow
 from txmq.outbox.tables import OutboxTables
@@ -289,3 +289,33 @@ def test_dead_letter_depth_is_sampled(
     wait_for(lambda: depth() == 2, "a depth of 2 after one replay")
     assert REGISTRY.get_sample_value("txmq_dlq_depth", {"group": group, "topic": never}) == 0
     assert broker.queue_depth(dead_letter_queue(group, never)) == 0
+
+
+def test_consumer_lag_is_sampled(
+    consumer_env: tuple[txmq.Adapter, MetaData, str], engine: Engine
+) -> None:
+    broker, metadata, suffix = consumer_env
+    group, topic = f"g{suffix}", f"t{suffix}.evt"
+    sampler = ConsumerLagSampler(broker=broker, queues=[(group, topic)])
+    assert sampler.sample() == {(group, topic): 0}  # nothing declared yet
+    broker.declare([txmq.Topology(group, topic)])
+    with broker.publisher() as publisher:
+        assert all(o.ok for o in publisher.publish([Message(topic, b"x") for _ in range(4)]))
+
+    def lag() -> float | None:
+        sampler.sample()
+        return REGISTRY.get_sample_value("txmq_consumer_lag", {"group": group, "topic": topic})
+
+    wait_for(lambda: lag() == 4, "a lag of 4 before the group consumed anything")
+    consumer = Consumer(
+        broker=broker,
+        engine=engine,
+        group=group,
+        inbox=metadata.tables[f"inbox_{suffix}"],
+        poll_interval=0.2,
+    )
+    consumer.add_handler(topic, lambda message, session: None)
+    with consumer:
+        consumer.start()
+        wait_for(lambda: consumer.stats.processed == 4, "four messages processed")
+        wait_for(lambda: lag() == 0, "no lag once they are settled")

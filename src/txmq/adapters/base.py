@@ -354,6 +354,15 @@ class Adapter(abc.ABC):
         """
         return None
 
+    def consumer_lag(self, group: str, topic: str) -> int | None:
+        """How many messages of ``topic`` consumer group ``group`` has yet to take: 0 when
+        nothing of it exists yet, None when this broker cannot tell (the default).
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached.
+        """
+        return None
+
     @property
     def unroutable_queue(self) -> str | None:
         """The physical queue holding messages published while no queue was bound for their

@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Any
 from txmq.errors import MissingDependency
 
 try:
-    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+    from confluent_kafka import (
+        ConsumerGroupTopicPartitions,
+        KafkaError,
+        KafkaException,
+        TopicPartition,
+    )
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.admin._config import ConfigResource
     from confluent_kafka.admin._listoffsets import OffsetSpec
@@ -361,6 +366,35 @@ class KafkaAdapter(Adapter):
         with self._lock:
             self._depths[queue] = (offsets, depth)
         return depth
+
+    def consumer_lag(self, group: str, topic: str) -> int:
+        """Records of ``topic`` after the offsets ``group`` committed, summed over the
+        partitions (from the start of a partition where it committed none, as a consumer
+        would begin there); its retry topics are not counted. A metadata request, two
+        offset requests and one for the group's offsets.
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached.
+            TopologyError: the broker refused to list the offsets.
+        """
+        validate_name(group, "group")
+        validate_name(topic, "topic")
+        admin = self._admin()
+        metadata = self._metadata(admin, self._context.connect_timeout)
+        described = metadata.topics.get(topic)
+        if described is None or described.error is not None:
+            return 0
+        partitions = [TopicPartition(topic, p) for p in described.partitions]
+        earliest = self._offsets(admin, partitions, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+        latest = self._offsets(admin, partitions, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+        timeout = self._context.connect_timeout
+        request = ConsumerGroupTopicPartitions(group, partitions)
+        futures = admin.list_consumer_group_offsets([request], request_timeout=timeout)
+        answer = self._result(futures[group], f"list the offsets of group {group!r}", timeout)
+        committed = {tp.partition: tp.offset for tp in answer.topic_partitions if tp.offset >= 0}
+        return sum(
+            max(0, end - max(committed.get(p, 0), earliest.get(p, 0))) for p, end in latest.items()
+        )
 
     def close(self) -> None:
         """Release the shared admin client. Idempotent."""

@@ -30,7 +30,7 @@ from txmq.adapters._rabbitmq_unroutable import (
     reroute,
     unroutable_name,
 )
-from txmq.adapters.base import Adapter, Publisher, Subscription, Topology
+from txmq.adapters.base import Adapter, Publisher, Subscription, Topology, work_queue
 from txmq.config import BrokerSettings, RabbitMQSettings
 from txmq.errors import ConfigurationError, QueueNotFound
 from txmq.message import validate_name
@@ -176,6 +176,16 @@ class RabbitMQAdapter(Adapter):
         finally:
             close_quietly(connection)
         return int(frame.method.message_count)
+
+    def consumer_lag(self, group: str, topic: str) -> int:
+        """The messages ready in the group's work queue (see :meth:`queue_depth`; those in
+        its retry queues, waiting for their delay, are not counted).
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached.
+            BrokerError: the broker refused to tell.
+        """
+        return self.queue_depth(work_queue(group, topic))
 
 
 __all__ = ["RabbitMQAdapter"]
