@@ -88,7 +88,8 @@ RELAY_BATCH_SIZE = _metric(
 CHECK_BACKS = _metric(
     "Counter",
     "txmq_checkback",
-    "Check-backs of PREPARED half messages, by outcome.",
+    "Check-backs of PREPARED half messages, by outcome: COMMIT, ROLLBACK or UNKNOWN as the "
+    "checker answered, marker-COMMIT or marker-ROLLBACK for self-answering ones.",
     ["group", "outcome"],
 )
 STAGED = _metric(
