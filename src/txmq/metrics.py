@@ -1,11 +1,12 @@
 """Samplers that set the gauges an operator alerts on, from the database and the broker.
 
-A long-running process (``txmq worker``) calls :meth:`OutboxSampler.sample` and
-:meth:`DeadLetterSampler.sample` every few seconds; each sample is a handful of cheap
-queries, and sets the gauges of :mod:`txmq.telemetry` (no-ops without prometheus-client):
+A long-running process (``txmq worker``) calls the samplers' ``sample()`` every few
+seconds; each sets gauges of :mod:`txmq.telemetry` (no-ops without prometheus-client):
 
-* ``txmq_outbox_records{group, state}``: one ``GROUP BY`` over the group's records, every
-  :class:`~txmq.states.RecordState` set (0 when none);
+* ``txmq_outbox_records{group, state}``: one ``GROUP BY`` over the groups' records, every
+  :class:`~txmq.states.RecordState` set (0 when none). No index serves it: PostgreSQL
+  reads the table, SENT and ROLLED_BACK records included until they are purged (about
+  160 ms per million records), so keep the retention short or sample less often;
 * ``txmq_outbox_oldest_age_seconds{group, state}`` for ``READY`` and ``PREPARED``: the
   age since the oldest such record was staged, found through the partial indexes of those
   states, 0 when there is none;
