@@ -1,7 +1,8 @@
 """Metrics and tracing, both optional.
 
-* Prometheus (``pip install 'txmq[prometheus]'``): counters and histograms on the default
-  registry, named ``txmq_*`` in base units. Without prometheus-client they are no-ops.
+* Prometheus (``pip install 'txmq[prometheus]'``): counters, histograms and gauges on the
+  default registry, named ``txmq_*`` in base units (:data:`METRICS` lists them). The gauges
+  are set by the samplers of :mod:`txmq.metrics`. Without prometheus-client they are no-ops.
 * OpenTelemetry (``pip install 'txmq[otel]'``): the W3C ``traceparent`` of the current span is
   written into a message's headers when it is staged or sent, and consumers continue that
   trace; spans follow the messaging semantic conventions (``messaging.system``,
@@ -22,6 +23,7 @@ class Metric(Protocol):
     def labels(self, *values: str) -> Metric: ...
     def inc(self, amount: float = 1) -> None: ...
     def observe(self, amount: float) -> None: ...
+    def set(self, value: float) -> None: ...
 
 
 class _NoMetric:
@@ -34,14 +36,23 @@ class _NoMetric:
     def observe(self, amount: float) -> None:
         pass
 
+    def set(self, value: float) -> None:
+        pass
 
-def _metric(kind: str, name: str, documentation: str, labels: list[str]) -> Metric:
+
+#: Every metric txmq defines: its name (as defined; a Counter is exposed with ``_total``, a
+#: Histogram as ``_bucket``, ``_sum`` and ``_count``), to its kind and label names.
+METRICS: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+
+def _metric(kind: str, name: str, documentation: str, labels: list[str], **options: Any) -> Metric:
+    METRICS[name] = (kind, tuple(labels))
     try:
         import prometheus_client
     except ImportError:
         return _NoMetric()
     factory = getattr(prometheus_client, kind)
-    metric: Metric = factory(name, documentation, labels)
+    metric: Metric = factory(name, documentation, labels, **options)
     return metric
 
 
@@ -63,29 +74,84 @@ RELAY_FAILED = _metric(
 RELAY_BATCH_SECONDS = _metric(
     "Histogram",
     "txmq_relay_batch_duration_seconds",
-    "Claim, publish, confirm and mark of one relay batch.",
+    "Claim, publish, confirm and mark of one relay batch (batches that claimed nothing are "
+    "not observed).",
     ["system"],
+)
+RELAY_BATCH_SIZE = _metric(
+    "Histogram",
+    "txmq_relay_batch_size",
+    "Records claimed by one relay batch (batches that claimed nothing are not observed).",
+    ["system"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
 )
 CHECK_BACKS = _metric(
     "Counter",
     "txmq_checkback",
-    "Check-backs of PREPARED half messages, by outcome.",
+    "Check-backs of PREPARED half messages, by outcome: COMMIT, ROLLBACK or UNKNOWN as the "
+    "checker answered, marker-COMMIT or marker-ROLLBACK for self-answering ones.",
     ["group", "outcome"],
 )
 STAGED = _metric(
     "Counter", "txmq_outbox_staged", "Messages written to the outbox, by mode.", ["group", "mode"]
 )
+#: The ``outcome`` of ``txmq_consumed_total``: how a delivery was settled (the fields of
+#: ``Consumer.stats`` of the same names).
+CONSUMED_OUTCOMES = ("processed", "duplicates", "retried", "dead_lettered", "skipped")
+#: The ``event`` of ``txmq_consumer_events_total``: what a consumer did besides settling.
+CONSUMER_EVENTS_NAMES = ("compensations", "held", "batch_fallbacks")
 CONSUMED = _metric(
     "Counter",
     "txmq_consumed",
-    "Messages settled by consumers, by outcome (applied, duplicate, retried, dead).",
+    "Deliveries settled by consumers, by outcome (processed, duplicates, retried, "
+    "dead_lettered, skipped).",
     ["group", "outcome"],
+)
+CONSUMER_EVENTS = _metric(
+    "Counter",
+    "txmq_consumer_events",
+    "What consumers did besides settling, by event (compensations sent, retry deliveries "
+    "held until due, batches redone one by one).",
+    ["group", "event"],
 )
 CONSUME_SECONDS = _metric(
     "Histogram",
     "txmq_consume_duration_seconds",
-    "Time spent in the handler, per message.",
-    ["group"],
+    "Time spent in the handler, per run, by result (ok, or error when it raised).",
+    ["group", "result"],
+)
+OUTBOX_RECORDS = _metric(
+    "Gauge",
+    "txmq_outbox_records",
+    "Outbox records by producer group and state (sampled).",
+    ["group", "state"],
+)
+OUTBOX_OLDEST_AGE = _metric(
+    "Gauge",
+    "txmq_outbox_oldest_age_seconds",
+    "Age of the oldest READY and of the oldest PREPARED record, since it was staged; 0 when "
+    "there is none (sampled).",
+    ["group", "state"],
+)
+DLQ_DEPTH = _metric(
+    "Gauge",
+    "txmq_dlq_depth",
+    "Letters in the dead-letter queue of a group and topic (sampled; absent where the "
+    "broker cannot tell).",
+    ["group", "topic"],
+)
+CONSUMER_LAG = _metric(
+    "Gauge",
+    "txmq_consumer_lag",
+    "Messages of a topic a consumer group has yet to take: Kafka, records after its "
+    "committed offsets; RabbitMQ, messages ready in its work queue (sampled).",
+    ["group", "topic"],
+)
+READY = _metric(
+    "Gauge",
+    "txmq_ready",
+    "1 while the process's readiness check passes, else 0.",
+    ["process"],
 )
 
 

@@ -73,3 +73,32 @@ def test_consumer_counts_are_exported() -> None:
     stats.add("processed", 2)
     assert stats.snapshot().processed == 2
     assert REGISTRY.get_sample_value(name, labels) == before + 2
+
+
+def test_only_settled_deliveries_count_as_consumed() -> None:
+    """``txmq_consumed_total`` sums to the deliveries settled: compensations, held retries
+    and batch fallbacks are events of their own, not outcomes."""
+    from txmq.consumer.stats import ConsumerStats
+    from txmq.telemetry import CONSUMED_OUTCOMES, CONSUMER_EVENTS_NAMES
+
+    stats = ConsumerStats(group="events")
+    for name in CONSUMED_OUTCOMES + CONSUMER_EVENTS_NAMES:
+        stats.add(name)
+    for name in CONSUMED_OUTCOMES:
+        assert (
+            REGISTRY.get_sample_value("txmq_consumed_total", {"group": "events", "outcome": name})
+            == 1
+        )
+    for name in CONSUMER_EVENTS_NAMES:
+        assert (
+            REGISTRY.get_sample_value("txmq_consumed_total", {"group": "events", "outcome": name})
+            is None
+        )
+        assert (
+            REGISTRY.get_sample_value(
+                "txmq_consumer_events_total", {"group": "events", "event": name}
+            )
+            == 1
+        )
+    counted = {f for f in type(stats.snapshot()).__dataclass_fields__}
+    assert counted == set(CONSUMED_OUTCOMES + CONSUMER_EVENTS_NAMES)

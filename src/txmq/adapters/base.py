@@ -345,6 +345,24 @@ class Adapter(abc.ABC):
             BrokerUnavailable: the broker cannot be reached.
         """
 
+    def queue_depth(self, queue: str) -> int | None:
+        """How many messages wait in ``queue`` (a dead-letter queue, mostly): 0 when it does
+        not exist, None when this broker cannot tell (the default).
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached.
+        """
+        return None
+
+    def consumer_lag(self, group: str, topic: str) -> int | None:
+        """How many messages of ``topic`` consumer group ``group`` has yet to take: 0 when
+        nothing of it exists yet, None when this broker cannot tell (the default).
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached.
+        """
+        return None
+
     @property
     def unroutable_queue(self) -> str | None:
         """The physical queue holding messages published while no queue was bound for their

@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Any
 from txmq.errors import MissingDependency
 
 try:
-    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+    from confluent_kafka import (
+        ConsumerGroupTopicPartitions,
+        KafkaError,
+        KafkaException,
+        TopicPartition,
+    )
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.admin._config import ConfigResource
     from confluent_kafka.admin._listoffsets import OffsetSpec
@@ -71,6 +76,9 @@ _LIMIT_RETRY = 30.0
 #: reported by the error callback ends the wait.
 _PING_STEP = 0.5
 
+#: A topic's (earliest, latest) offsets, as ((partition, offset), ...) pairs.
+_Offsets = tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]
+
 
 class KafkaAdapter(Adapter):
     """Kafka, as txmq uses it. Build it with ``txmq.connect("kafka://host:9092")``.
@@ -95,6 +103,8 @@ class KafkaAdapter(Adapter):
         self._admin_client: AdminClient | None = None
         self._admin_events = ClientEvents(self._context, "admin client")
         self._lock = threading.Lock()
+        # queue_depth's last count per topic, with the (earliest, latest) offsets it was for.
+        self._depths: dict[str, tuple[_Offsets, int]] = {}
         self._limit_lock = threading.Lock()
         self._limit: int | None = None
         self._limit_asked = -_LIMIT_RETRY
@@ -320,6 +330,71 @@ class KafkaAdapter(Adapter):
         for future in futures.values():
             self._result(future, f"delete the records of {queue!r}", timeout)
         return listed
+
+    def queue_depth(self, queue: str) -> int:
+        """The letters of topic ``queue`` not settled by a marker (replayed or purged); 0
+        when the topic does not exist.
+
+        Kafka keeps no such count: it is found by reading the topic from its start (as
+        ``txmq dlq list`` does), and remembered with the topic's offsets, so that it is
+        read again only when the topic has changed (a new letter, a marker, a purge). Each
+        call otherwise costs a metadata and two offset requests.
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached, or the topic could not be read
+                to its end within ``publish_timeout``.
+            TopologyError: the broker refused to list the offsets.
+        """
+        validate_name(queue, "queue")
+        admin = self._admin()
+        metadata = self._metadata(admin, self._context.connect_timeout)
+        described = metadata.topics.get(queue)
+        if described is None or described.error is not None:
+            return 0
+        partitions = [TopicPartition(queue, p) for p in described.partitions]
+        earliest = self._offsets(admin, partitions, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+        latest = self._offsets(admin, partitions, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+        if all(latest[p] <= earliest.get(p, 0) for p in latest):
+            return 0
+        offsets = (tuple(sorted(earliest.items())), tuple(sorted(latest.items())))
+        with self._lock:
+            known = self._depths.get(queue)
+        if known is not None and known[0] == offsets:
+            return known[1]
+        with self.browse(queue) as browser:
+            depth = browser.letters_below(latest, self._context.publish_timeout)
+        with self._lock:
+            self._depths[queue] = (offsets, depth)
+        return depth
+
+    def consumer_lag(self, group: str, topic: str) -> int:
+        """Records of ``topic`` after the offsets ``group`` committed, summed over the
+        partitions (from the start of a partition where it committed none, as a consumer
+        would begin there); its retry topics are not counted. A metadata request, two
+        offset requests and one for the group's offsets.
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached.
+            TopologyError: the broker refused to list the offsets.
+        """
+        validate_name(group, "group")
+        validate_name(topic, "topic")
+        admin = self._admin()
+        metadata = self._metadata(admin, self._context.connect_timeout)
+        described = metadata.topics.get(topic)
+        if described is None or described.error is not None:
+            return 0
+        partitions = [TopicPartition(topic, p) for p in described.partitions]
+        earliest = self._offsets(admin, partitions, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+        latest = self._offsets(admin, partitions, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+        timeout = self._context.connect_timeout
+        request = ConsumerGroupTopicPartitions(group, partitions)
+        futures = admin.list_consumer_group_offsets([request], request_timeout=timeout)
+        answer = self._result(futures[group], f"list the offsets of group {group!r}", timeout)
+        committed = {tp.partition: tp.offset for tp in answer.topic_partitions if tp.offset >= 0}
+        return sum(
+            max(0, end - max(committed.get(p, 0), earliest.get(p, 0))) for p, end in latest.items()
+        )
 
     def close(self) -> None:
         """Release the shared admin client. Idempotent."""

@@ -30,9 +30,9 @@ from txmq.adapters._rabbitmq_unroutable import (
     reroute,
     unroutable_name,
 )
-from txmq.adapters.base import Adapter, Publisher, Subscription, Topology
+from txmq.adapters.base import Adapter, Publisher, Subscription, Topology, work_queue
 from txmq.config import BrokerSettings, RabbitMQSettings
-from txmq.errors import ConfigurationError
+from txmq.errors import ConfigurationError, QueueNotFound
 from txmq.message import validate_name
 
 _AMQP_ERRORS = (pika.exceptions.AMQPError, OSError)
@@ -154,6 +154,38 @@ class RabbitMQAdapter(Adapter):
         finally:
             close_quietly(connection)
         return int(frame.method.message_count)
+
+    def queue_depth(self, queue: str) -> int:
+        """The messages ready in ``queue`` (RabbitMQ's ``message_count`` of a passive
+        declare: those delivered and not yet acknowledged, e.g. held by a browser, are not
+        counted); 0 when the queue does not exist.
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached.
+            BrokerError: the broker refused to tell.
+        """
+        validate_name(queue, "queue")
+        connection = open_blocking(self.settings, name="txmq depth")
+        try:
+            frame = connection.channel().queue_declare(queue, passive=True)
+        except _AMQP_ERRORS as exc:
+            error = missing_or_refused(self.settings, exc, queue, f"measuring queue {queue!r}")
+            if isinstance(error, QueueNotFound):
+                return 0
+            raise error from exc
+        finally:
+            close_quietly(connection)
+        return int(frame.method.message_count)
+
+    def consumer_lag(self, group: str, topic: str) -> int:
+        """The messages ready in the group's work queue (see :meth:`queue_depth`; those in
+        its retry queues, waiting for their delay, are not counted).
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached.
+            BrokerError: the broker refused to tell.
+        """
+        return self.queue_depth(work_queue(group, topic))
 
 
 __all__ = ["RabbitMQAdapter"]

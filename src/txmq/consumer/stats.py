@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field, fields
 
-from txmq.telemetry import CONSUMED, Metric
+from txmq.telemetry import CONSUMED, CONSUMED_OUTCOMES, CONSUMER_EVENTS, Metric
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +37,10 @@ class StatsSnapshot:
 class ConsumerStats:
     """Thread-safe counters; :meth:`snapshot` reads them consistently.
 
-    Every count is also exported as ``txmq_consumed_total{group, outcome}`` when
-    prometheus-client is installed.
+    With prometheus-client installed, every count is also exported: how deliveries were
+    settled (``processed``, ``duplicates``, ``retried``, ``dead_lettered``, ``skipped``) as
+    ``txmq_consumed_total{group, outcome}``, the others (``compensations``, ``held``,
+    ``batch_fallbacks``) as ``txmq_consumer_events_total{group, event}``.
     """
 
     group: str = ""
@@ -46,7 +48,7 @@ class ConsumerStats:
     _counts: dict[str, int] = field(
         default_factory=lambda: {f.name: 0 for f in fields(StatsSnapshot)}
     )
-    #: ``CONSUMED`` per outcome, looked up once (a labels() lookup takes a lock of its own).
+    #: The metric child per count, looked up once (a labels() lookup takes a lock of its own).
     _metrics: dict[str, Metric] = field(default_factory=dict)
 
     def add(self, name: str, n: int = 1) -> None:
@@ -54,7 +56,8 @@ class ConsumerStats:
             self._counts[name] += n
             metric = self._metrics.get(name)
             if metric is None:
-                metric = self._metrics[name] = CONSUMED.labels(self.group, name)
+                family = CONSUMED if name in CONSUMED_OUTCOMES else CONSUMER_EVENTS
+                metric = self._metrics[name] = family.labels(self.group, name)
         if n:
             metric.inc(n)
 

@@ -112,7 +112,8 @@ class Worker:
         self._subscription: Subscription | None = None
         self._publisher: Publisher | None = None
         self._transactions = Transactions(plan.engine, plan.session_factory)
-        self._handler_seconds = CONSUME_SECONDS.labels(plan.group)
+        self._handler_ok_seconds = CONSUME_SECONDS.labels(plan.group, "ok")
+        self._handler_error_seconds = CONSUME_SECONDS.labels(plan.group, "error")
         # Kafka retry topics that are paused, with the time to resume them.
         self._paused: dict[str, float] = {}
 
@@ -296,12 +297,15 @@ class Worker:
 
     def _run_handler(self, item: _Item, session: Session) -> None:
         started = time.perf_counter()
+        histogram = self._handler_error_seconds
         try:
             with consume_span(item.message, group=self.plan.group, system=self.plan.adapter.system):
                 item.route.handler(item.message, session)  # the span records what it raises
+            histogram = self._handler_ok_seconds
         except Exception as exc:
             raise HandlerRaised(exc) from exc
-        self._handler_seconds.observe(time.perf_counter() - started)
+        finally:
+            histogram.observe(time.perf_counter() - started)
 
     def _process_batch(self, items: list[_Item], settled: list[Delivery]) -> None:
         plan = self.plan

@@ -41,7 +41,13 @@ from txmq.outbox.store import ClaimedRecord, OutboxStore, utcnow
 from txmq.outbox.tables import NOTIFY_CHANNEL
 from txmq.outbox.worker_lock import WorkerLock
 from txmq.supervision import Health, SupervisedLoop, describe, health_of
-from txmq.telemetry import RELAY_BATCH_SECONDS, RELAY_FAILED, RELAY_FAILURES, RELAY_PUBLISHED
+from txmq.telemetry import (
+    RELAY_BATCH_SECONDS,
+    RELAY_BATCH_SIZE,
+    RELAY_FAILED,
+    RELAY_FAILURES,
+    RELAY_PUBLISHED,
+)
 
 log = logging.getLogger("txmq.relay")
 
@@ -621,6 +627,7 @@ class _Lane:
         if done.failed:
             RELAY_FAILED.labels(system).inc(len(done.failed))
         RELAY_BATCH_SECONDS.labels(system).observe(time.perf_counter() - started)
+        RELAY_BATCH_SIZE.labels(system).observe(done.claimed)
         return done
 
 

@@ -34,6 +34,7 @@ from txmq.adapters.base import (
     QueueBrowser,
     Subscription,
     Topology,
+    work_queue,
 )
 from txmq.errors import BrokerUnavailable, MessageDecodeError, PublishError, QueueNotFound
 from txmq.message import DEFAULT_MAX_BODY_BYTES, Message
@@ -173,6 +174,14 @@ class InMemoryBroker(Adapter):
             count = len(entries)
             entries.clear()
             return count
+
+    def queue_depth(self, queue: str) -> int:
+        self._check_up()
+        return self.depth(queue)
+
+    def consumer_lag(self, group: str, topic: str) -> int:
+        """The messages waiting in the group's work queue, as on RabbitMQ."""
+        return self.queue_depth(work_queue(group, topic))
 
     # -- test helpers -------------------------------------------------------------------
 
