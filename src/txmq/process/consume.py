@@ -14,7 +14,7 @@ from txmq.consumer.runner import Consumer
 from txmq.errors import ConfigurationError
 from txmq.process.probes import Check
 from txmq.schema import missing_tables_raise_schema_missing
-from txmq.supervision import Health
+from txmq.supervision import Health, describe
 
 
 def load_consumer(target: str) -> Consumer:
@@ -23,7 +23,8 @@ def load_consumer(target: str) -> Consumer:
 
     Raises:
         ConfigurationError: malformed target, the module or name cannot be found or
-            imported, or it is not a Consumer (the import's own error is the cause).
+            imported, the factory raised, or it is not a Consumer (the original error is
+            the cause).
     """
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
@@ -41,7 +42,10 @@ def load_consumer(target: str) -> Consumer:
     except AttributeError:
         raise ConfigurationError(f"module {module_name!r} has no {attribute!r}") from None
     if not isinstance(value, Consumer) and callable(value):
-        value = value()
+        try:
+            value = value()
+        except Exception as exc:
+            raise ConfigurationError(f"{target}() raised {describe(exc)}") from exc
     if not isinstance(value, Consumer):
         raise ConfigurationError(
             f"{target} is a {type(value).__name__}, not a txmq Consumer "

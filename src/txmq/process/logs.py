@@ -20,6 +20,15 @@ from txmq.config import redact
 STRUCTURED_FIELDS = ("message_id", "group", "topic", "state", "attempt")
 #: Driver loggers kept at WARNING: at INFO they print a line per connection.
 DRIVER_LOGGERS = ("pika", "confluent_kafka")
+#: pika's loggers that report every failed connection attempt at ERROR, with a traceback:
+#: txmq reports these failures itself (once per kind of error, redacted), so an outage or
+#: a refused password does not print a screen per retry.
+CONNECTION_ATTEMPT_LOGGERS = (
+    "pika.adapters.blocking_connection",
+    "pika.adapters.utils.connection_workflow",
+    "pika.adapters.utils.io_services_utils",
+    "pika.connection",
+)
 
 
 class LogFormat(StrEnum):
@@ -80,3 +89,5 @@ def configure_logging(level: str = "INFO", fmt: LogFormat = LogFormat.TEXT) -> N
     root.setLevel(numeric)
     for name in DRIVER_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, numeric))
+    for name in CONNECTION_ATTEMPT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
