@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from txmq.adapters import Adapter
+from txmq.message import validate_name
 from txmq.outbox.checkback import CheckBack, CheckBackPolicy
 from txmq.outbox.relay import Relay
 from txmq.outbox.store import OutboxStore
@@ -34,6 +35,9 @@ class OutboxWorker:
         groups: the producer groups served.
         lanes, batch_size, retention, instance_id: see :class:`~txmq.Relay`.
         check_policy: when and how often PREPARED records are checked.
+
+    Raises:
+        InvalidMessage: a group name is not valid.
     """
 
     def __init__(
@@ -50,7 +54,7 @@ class OutboxWorker:
     ) -> None:
         self.adapter = adapter
         self.store = store
-        self.groups = tuple(dict.fromkeys(groups))
+        self.groups = tuple(dict.fromkeys(validate_name(g, "producer group") for g in groups))
         options: dict[str, Any] = {
             "concurrency": lanes,
             "batch_size": batch_size,
