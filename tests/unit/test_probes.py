@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import urllib.error
@@ -11,6 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
+from txmq.errors import MissingDependency
 from txmq.process.probes import ProbeServer, Readiness, liveness
 from txmq.supervision import Health, SupervisedLoop, health_of
 
@@ -119,3 +121,17 @@ def test_readyz_names_the_failing_check_and_recovers_by_itself() -> None:
         assert get(server.port, "/nowhere")[0] == 404
     finally:
         server.stop()
+
+
+def test_probes_without_prometheus_client_are_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import fails
+    with pytest.raises(MissingDependency, match=r"pip install 'txmq\[prometheus\]'"):
+        ProbeServer(
+            host="127.0.0.1",
+            port=0,
+            health=Health,
+            readiness=Readiness([]),
+            stall_timeout=60.0,
+        )

@@ -39,6 +39,9 @@ EXIT_CONFIGURATION = 2
 
 #: How often the process looks at its loops' health.
 WATCH_INTERVAL = 0.5
+#: Seconds between two rounds of readiness checks (each opens a database connection from
+#: the pool and a broker connection): ``/readyz`` answers from the last round.
+READINESS_INTERVAL = 2.0
 #: Longest wait between attempts to start while the database or broker is down.
 START_BACKOFF = 5.0
 #: Names of the broker drivers' exceptions for refused credentials (pika; librdkafka's
@@ -126,7 +129,7 @@ def run_service(service: Service, name: str, probes: ProbeOptions) -> int:
                 host=probes.host,
                 port=probes.port,
                 health=service.health,
-                readiness=Readiness(service.readiness_checks(), interval=1.0),
+                readiness=Readiness(service.readiness_checks(), interval=READINESS_INTERVAL),
                 stall_timeout=probes.stall_timeout,
             ).start()
             print(f"probes on http://{probes.host}:{server.port}", flush=True)
