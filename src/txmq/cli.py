@@ -9,6 +9,7 @@ import typer
 from txmq.config import ENV_BROKER_URL, ENV_DATABASE_URL
 from txmq.consumer.cli import dlq_app
 from txmq.outbox.cli import app as outbox_app
+from txmq.process.cli import consume, worker
 from txmq.schema_cli import app as schema_app
 from txmq.testing.provision.cli import app as brokers_app
 from txmq.unroutable import app as unroutable_app
@@ -24,6 +25,8 @@ app.add_typer(outbox_app, name="outbox")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(schema_app, name="schema")
 app.add_typer(unroutable_app, name="unroutable")
+app.command()(worker)
+app.command()(consume)
 
 
 @app.command()

@@ -288,6 +288,16 @@ class Consumer:
             return self.batch_size
         return max(DEFAULT_PREFETCH, self.batch_size)
 
+    def adapter(self) -> Adapter:
+        """The adapter this consumer works with; connected from its URL on first use (and
+        closed by :meth:`stop` then).
+
+        Raises:
+            InvalidURL: the broker URL is malformed.
+        """
+        with self._lock:
+            return self._connect()
+
     def _connect(self) -> Adapter:
         if self._adapter is None:
             if isinstance(self._broker, Adapter):

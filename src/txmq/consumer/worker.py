@@ -354,6 +354,13 @@ class Worker:
             log.warning(
                 "%s: message %s on %r failed for good at attempt %d: %s: %s",
                 *(self.name, item.message.id, item.message.topic, attempt, etype, etext),
+                extra={
+                    "message_id": item.message.id,
+                    "group": self.plan.group,
+                    "topic": item.message.topic,
+                    "state": "dead",
+                    "attempt": attempt,
+                },
             )
             entry = self._mark_dead(item, etype, etext)
             if entry is not None and not entry.dead:

@@ -120,7 +120,11 @@ class CheckBack:
             )
             store.transition(connection, message_id, to, due=due)
             CHECK_BACKS.labels(self.group, f"marker-{outcome.value}").inc()
-            log.info("check-back of %s answered by its marker: %s", message_id, outcome.value)
+            log.info(
+                "check-back of %s answered by its marker: %s",
+                *(message_id, outcome.value),
+                extra={"message_id": message_id, "group": self.group, "state": to.value},
+            )
             return
         count = record.check_count + 1
         state = self._ask(record.message, count)
@@ -142,7 +146,14 @@ class CheckBack:
                 due=due,
             )
             log.warning(
-                "message %s unresolved after %d check-backs: %s", message_id, count, to.value
+                "message %s unresolved after %d check-backs: %s",
+                *(message_id, count, to.value),
+                extra={
+                    "message_id": message_id,
+                    "group": self.group,
+                    "state": to.value,
+                    "attempt": count,
+                },
             )
         else:
             store.postpone_check(

@@ -608,6 +608,7 @@ class _Lane:
                     log.error(
                         "publish of %s refused for good after %d attempts, now FAILED: %s",
                         *(record.message.id, record.publish_attempts + 1, error),
+                        extra=_fields(record, "FAILED"),
                     )
                     continue
                 if _refused(error) or not any_refused:
@@ -617,7 +618,11 @@ class _Lane:
                 store.mark_failed(connection, record.seq, text, utcnow() + timedelta(seconds=delay))
                 if _refused(error):
                     done.refused.add(record.seq)
-                log.warning("publish of %s failed: %s", record.message.id, error)
+                log.warning(
+                    "publish of %s failed: %s",
+                    *(record.message.id, error),
+                    extra=_fields(record, "READY"),
+                )
             done.sent = len(sent)
             done.settled = {r.seq for r in claimed} - done.refused
         system = relay.broker.system
@@ -660,3 +665,13 @@ def _split_too_large(
         else:
             publishable.append(record)
     return publishable, too_large
+
+
+def _fields(record: ClaimedRecord, state: str) -> dict[str, object]:
+    """The structured log fields of a publish of ``record`` (``extra`` of its log lines)."""
+    return {
+        "message_id": record.message.id,
+        "topic": record.message.topic,
+        "state": state,
+        "attempt": record.publish_attempts + 1,
+    }
