@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Callable
 
 import pytest
+from prometheus_client import REGISTRY
 
 from txmq.errors import MissingDependency
 from txmq.process.probes import ProbeServer, Readiness, liveness
@@ -104,20 +105,28 @@ def test_readyz_names_the_failing_check_and_recovers_by_itself() -> None:
         host="127.0.0.1",
         port=0,
         health=Health,
-        readiness=Readiness([("database", database), ("broker", lambda: None)], interval=0.05),
+        readiness=Readiness(
+            [("database", database), ("broker", lambda: None)], interval=0.05, process="probed"
+        ),
         stall_timeout=60.0,
     ).start()
+
+    def ready_gauge() -> float | None:
+        return REGISTRY.get_sample_value("txmq_ready", {"process": "probed"})
+
     try:
         wait_for(lambda: get(server.port, "/readyz")[0] == 200)
+        wait_for(lambda: ready_gauge() == 1.0)
         down.set()
         wait_for(lambda: get(server.port, "/readyz")[0] == 503)
+        wait_for(lambda: ready_gauge() == 0.0)
         body = json.loads(get(server.port, "/readyz")[1])
         assert body["failing"] == {"database": "ConnectionError: connection refused"}
         down.clear()
         wait_for(lambda: get(server.port, "/readyz")[0] == 200)
         status, text = get(server.port, "/metrics")
         assert status == 200
-        assert "python_info" in text or "process_" in text or "txmq_" in text
+        assert 'txmq_ready{process="probed"} 1.0' in text
         assert get(server.port, "/nowhere")[0] == 404
     finally:
         server.stop()

@@ -86,6 +86,20 @@ class CheckBack:
         self.policy = policy
         #: On SQLite: the right to be the group's one check-back worker.
         self.lock = WorkerLock(store, "checkback", (group,))
+        self._standing_by = False
+
+    def loop_step(self) -> bool:
+        """One step of a background check-back loop: a pass once this worker holds the
+        group's lock (on SQLite; always elsewhere), else stand by. Returns whether records
+        were looked at (the loop then goes on without waiting). The loop releases
+        :attr:`lock` when it ends."""
+        if not self.lock.acquire():
+            if not self._standing_by:
+                log.info("check-back stands by: another worker holds %s", self.lock.description)
+                self._standing_by = True
+            return False
+        self._standing_by = False
+        return self.run_once() > 0
 
     def run_once(self, limit: int = 50) -> int:
         """Check every due record (up to ``limit``); return how many were looked at.

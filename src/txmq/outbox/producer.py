@@ -373,25 +373,12 @@ class Producer(Closing):
         if not self._workers:
             self._stop.clear()
 
-            lock = self.checkback.lock
-            standing_by = False
-
-            def check_back() -> bool:
-                nonlocal standing_by
-                if not lock.acquire():  # SQLite: another worker checks this group
-                    if not standing_by:
-                        log.info("check-back stands by: another worker holds %s", lock.description)
-                        standing_by = True
-                    return False
-                standing_by = False
-                return self.check_back_once() > 0
-
             worker = SupervisedLoop(
                 name="txmq-checkback",
-                step=check_back,
+                step=self.checkback.loop_step,
                 stop=self._stop,
                 idle=lambda: self._stop.wait(check_back_every),
-                on_exit=lock.release,
+                on_exit=self.checkback.lock.release,
             )
             self._workers.append(worker.start())
         return self

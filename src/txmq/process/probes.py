@@ -27,6 +27,7 @@ from typing import Any
 
 from txmq.errors import ConfigurationError, MissingDependency
 from txmq.supervision import Health, LoopState, describe
+from txmq.telemetry import READY
 
 log = logging.getLogger("txmq.probes")
 
@@ -61,12 +62,19 @@ class Readiness:
         checks: ``(name, check)`` pairs, run in order each round.
         interval: seconds between rounds.
         timeout: a round running longer than this counts as failed until it ends.
+        process: the ``process`` label of the ``txmq_ready`` gauge each round sets.
     """
 
     def __init__(
-        self, checks: Sequence[tuple[str, Check]], *, interval: float = 1.0, timeout: float = 10.0
+        self,
+        checks: Sequence[tuple[str, Check]],
+        *,
+        interval: float = 1.0,
+        timeout: float = 10.0,
+        process: str = "txmq",
     ) -> None:
         self._checks = list(checks)
+        self._ready_gauge = READY.labels(process)
         self._interval = interval
         self._timeout = timeout
         self._lock = threading.Lock()
@@ -110,6 +118,7 @@ class Readiness:
                 changed = self._failures is not None and self._failures.keys() != failures.keys()
                 self._failures = failures
                 self._round_started = time.monotonic()
+            self._ready_gauge.set(0.0 if failures else 1.0)
             if changed:
                 if failures:
                     log.warning(

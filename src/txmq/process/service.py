@@ -129,7 +129,9 @@ def run_service(service: Service, name: str, probes: ProbeOptions) -> int:
                 host=probes.host,
                 port=probes.port,
                 health=service.health,
-                readiness=Readiness(service.readiness_checks(), interval=READINESS_INTERVAL),
+                readiness=Readiness(
+                    service.readiness_checks(), interval=READINESS_INTERVAL, process=name
+                ),
                 stall_timeout=probes.stall_timeout,
             ).start()
             print(f"probes on http://{probes.host}:{server.port}", flush=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 from collections.abc import Sequence
@@ -61,11 +60,7 @@ class OutboxWorker:
             "retention": retention,
             "instance_id": instance_id,
         }
-        # Relays that can be scoped to producer groups take them; older ones relay every
-        # group of the outbox table.
-        if "groups" in inspect.signature(Relay).parameters:
-            options["groups"] = self.groups
-        self.relay = Relay(adapter, store, **options)
+        self.relay = Relay(adapter, store, groups=self.groups, **options)
         policy = check_policy or CheckBackPolicy()
         self._checkbacks = [CheckBack(store, group, None, policy) for group in self.groups]
         self._stop = threading.Event()
@@ -93,9 +88,10 @@ class OutboxWorker:
     def _supervised(self, checkback: CheckBack) -> SupervisedLoop:
         return SupervisedLoop(
             name=f"txmq-checkback-{checkback.group}",
-            step=lambda: checkback.run_once() > 0,
+            step=checkback.loop_step,
             stop=self._stop,
             idle=lambda: self._stop.wait(CHECK_BACK_EVERY),
+            on_exit=checkback.lock.release,
         )
 
     def stop(self) -> None:
