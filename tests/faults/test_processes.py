@@ -207,6 +207,9 @@ def test_worker_and_consumer_processes_survive_a_database_restart_and_stop_on_si
     metrics = {probe(process.port, "/metrics")[1] for process in processes}
     assert any("txmq_relay_published" in text for text in metrics)
     assert any("txmq_consumed" in text for text in metrics)
+    # The worker samples its groups' outbox gauges as soon as it starts.
+    sampled = f'txmq_outbox_records{{group="{producer_group}",state="READY"}}'
+    assert any(sampled in text for text in metrics)
 
     private_postgres.stop_server()
     for process in processes:

@@ -10,6 +10,7 @@ from typing import Any
 
 from txmq.adapters import Adapter
 from txmq.message import validate_name
+from txmq.metrics import OutboxSampler
 from txmq.outbox.checkback import CheckBack, CheckBackPolicy
 from txmq.outbox.relay import Relay
 from txmq.outbox.store import OutboxStore
@@ -20,6 +21,8 @@ log = logging.getLogger("txmq.worker")
 
 #: How long a check-back loop waits when no check-back was due.
 CHECK_BACK_EVERY = 1.0
+#: How often the outbox gauges (records per state, oldest READY/PREPARED age) are sampled.
+SAMPLE_EVERY = 15.0
 
 
 class OutboxWorker:
@@ -77,6 +80,7 @@ class OutboxWorker:
         self.adapter.ping()
         self._stop.clear()
         self._loops = [self._supervised(checkback) for checkback in self._checkbacks]
+        self._loops.append(self._sampling())
         for loop in self._loops:
             loop.start()
         self.relay.start()
@@ -92,6 +96,20 @@ class OutboxWorker:
             stop=self._stop,
             idle=lambda: self._stop.wait(CHECK_BACK_EVERY),
             on_exit=checkback.lock.release,
+        )
+
+    def _sampling(self) -> SupervisedLoop:
+        sampler = OutboxSampler(store=self.store, groups=self.groups)
+
+        def sample() -> bool:
+            sampler.sample()
+            return False  # then wait SAMPLE_EVERY
+
+        return SupervisedLoop(
+            name="txmq-outbox-sampler",
+            step=sample,
+            stop=self._stop,
+            idle=lambda: self._stop.wait(SAMPLE_EVERY),
         )
 
     def stop(self) -> None:
