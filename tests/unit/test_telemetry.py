@@ -1,9 +1,11 @@
-"""Trace context travels in message headers; relay and staging are counted."""
+"""Trace context travels in message headers, and is a no-op without OpenTelemetry; relay and
+staging are counted."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from opentelemetry import context, trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import REGISTRY
@@ -11,8 +13,9 @@ from sqlalchemy import MetaData, create_engine
 from sqlalchemy.orm import Session
 
 import txmq
-from txmq.telemetry import consume_span, with_trace_context
+from txmq import tracing
 from txmq.testing.fakes import InMemoryBroker
+from txmq.tracing import creating, message_span, publishing
 
 TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
 SPAN_ID = 0x00F067AA0BA902B7
@@ -25,19 +28,31 @@ def active_span() -> object:
     return context.attach(trace.set_span_in_context(span))
 
 
-def test_without_a_span_the_message_is_unchanged() -> None:
+def test_without_opentelemetry_nothing_is_traced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracing, "_OTEL", None)  # what the import cache holds without it
     message = txmq.Message("t", b"x")
-    assert with_trace_context(message) is message
+    token = active_span()
+    try:
+        with creating("stage", group="g", system="memory") as traced:
+            assert traced(message) is message
+        with (
+            publishing([message], system="memory"),
+            message_span("process", message, group="g", system="memory"),
+        ):
+            pass
+    finally:
+        context.detach(token)  # type: ignore[arg-type]
 
 
 def test_traceparent_is_injected_and_continued_by_the_consumer_span() -> None:
     token = active_span()
     try:
-        message = with_trace_context(txmq.Message("t", b"x"))
+        with creating("stage", group="g", system="memory") as traced:
+            message = traced(txmq.Message("t", b"x"))
     finally:
         context.detach(token)  # type: ignore[arg-type]
-    assert message.headers["traceparent"] == f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-01"
-    with consume_span(message, group="g", system="rabbitmq"):
+    assert message.headers["traceparent"].startswith(f"00-{TRACE_ID:032x}-")
+    with message_span("process", message, group="g", system="rabbitmq"):
         current = trace.get_current_span().get_span_context()
         assert current.trace_id == TRACE_ID
 

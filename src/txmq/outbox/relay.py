@@ -34,6 +34,7 @@ from txmq.outbox.store import ClaimedRecord, OutboxStore, utcnow
 from txmq.outbox.tables import NOTIFY_CHANNEL
 from txmq.supervision import Health, SupervisedLoop, describe, health_of
 from txmq.telemetry import RELAY_BATCH_SECONDS, RELAY_FAILED, RELAY_FAILURES, RELAY_PUBLISHED
+from txmq.tracing import publishing
 
 log = logging.getLogger("txmq.relay")
 
@@ -436,7 +437,8 @@ class _Lane:
 
     def _publish(self, messages: list[Message]) -> list[PublishOutcome]:
         try:
-            return self.publisher().publish(messages)
+            with publishing(messages, system=self.relay.broker.system):
+                return self.publisher().publish(messages)
         except BrokerError:
             self.drop_publisher()
             raise

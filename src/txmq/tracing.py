@@ -1,0 +1,181 @@
+"""OpenTelemetry spans for txmq's messaging operations (``pip install 'txmq[otel]'``).
+
+One trace per message: the span that stages (or sends) a message is the context the message
+carries (W3C ``traceparent`` / ``tracestate`` headers); the consumer's ``process`` span and
+the retry, dead-letter and compensation spans are its children. A relay batch serves many
+messages, so its ``publish`` span starts a trace of its own and links to each message's.
+Attributes follow the OpenTelemetry messaging semantic conventions.
+
+Without opentelemetry-api every helper here is a no-op that costs one function call; with
+the API but no SDK (no tracer provider), spans are the API's non-recording ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from txmq.message import Message
+
+#: The attribute holding txmq's delivery attempt (1 for a first delivery).
+ATTEMPT = "txmq.attempt"
+
+_UNSET: Any = object()
+_OTEL: Any = _UNSET
+
+
+def _otel() -> Any:
+    """``(propagate, trace, tracer)``, or None without opentelemetry-api (looked up once)."""
+    global _OTEL  # noqa: PLW0603 - a one-time import cache
+    if _OTEL is _UNSET:
+        try:
+            from opentelemetry import propagate, trace
+
+            _OTEL = (propagate, trace, trace.get_tracer("txmq"))
+        except ImportError:
+            _OTEL = None
+    return _OTEL
+
+
+def _unchanged(message: Message) -> Message:
+    return message
+
+
+def _base(system: str | None, operation_type: str, operation_name: str) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "messaging.operation.type": operation_type,
+        "messaging.operation.name": operation_name,
+    }
+    if system is not None:
+        attributes["messaging.system"] = system
+    return attributes
+
+
+def _fail(span: Any, trace: Any, exc: BaseException) -> None:
+    span.record_exception(exc)
+    span.set_attribute("error.type", type(exc).__qualname__)
+    span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+
+
+@contextlib.contextmanager
+def creating(
+    operation: str, *, group: str, system: str | None
+) -> Iterator[Callable[[Message], Message]]:
+    """Yield a function that gives a message its own PRODUCER span, named
+    ``<operation> <topic>``, and returns it carrying that span's context in its headers.
+
+    The spans are children of the current span and end when the block does (with an error
+    status if it raises). Without OpenTelemetry the function returns the message itself.
+    """
+    otel = _otel()
+    if otel is None:
+        yield _unchanged
+        return
+    propagate, trace, tracer = otel
+    spans: list[Any] = []
+
+    def traced(message: Message) -> Message:
+        attributes = _base(system, "create", operation)
+        attributes["messaging.destination.name"] = message.topic
+        attributes["messaging.message.id"] = message.id
+        attributes["messaging.producer.group.name"] = group  # txmq's producer group
+        span = tracer.start_span(
+            f"{operation} {message.topic}", kind=trace.SpanKind.PRODUCER, attributes=attributes
+        )
+        spans.append(span)
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        if not carrier or carrier.items() <= message.headers.items():
+            return message
+        return message.with_headers(**carrier)
+
+    try:
+        yield traced
+    except BaseException as exc:
+        for span in spans:
+            _fail(span, trace, exc)
+        raise
+    finally:
+        for span in spans:
+            span.end()
+
+
+@contextlib.contextmanager
+def publishing(messages: Sequence[Message], *, system: str) -> Iterator[None]:
+    """A PRODUCER span ``publish <topic>`` (``publish`` when the batch has several topics)
+    for one relay batch, linked to the context each message carries.
+
+    Links are only read from the headers when the span is recorded, so an unsampled or
+    absent tracer costs the relay nothing per message.
+    """
+    otel = _otel()
+    if otel is None:
+        yield
+        return
+    propagate, trace, tracer = otel
+    topics = {message.topic for message in messages}
+    attributes = _base(system, "send", "publish")
+    attributes["messaging.batch.message_count"] = len(messages)
+    name = "publish"
+    if len(topics) == 1:
+        (topic,) = topics
+        attributes["messaging.destination.name"] = topic
+        name = f"publish {topic}"
+    span = tracer.start_span(name, kind=trace.SpanKind.PRODUCER, attributes=attributes)
+    try:
+        if span.is_recording():
+            for message in messages:
+                if "traceparent" in message.headers:
+                    linked = trace.get_current_span(propagate.extract(message.headers))
+                    context = linked.get_span_context()
+                    if context.is_valid:
+                        span.add_link(context, {"messaging.message.id": message.id})
+        yield
+    except BaseException as exc:
+        _fail(span, trace, exc)
+        raise
+    finally:
+        span.end()
+
+
+@contextlib.contextmanager
+def message_span(
+    operation: str,
+    message: Message,
+    *,
+    group: str,
+    system: str,
+    destination: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Iterator[None]:
+    """A span, child of the context ``message`` carries, for what a consumer does with it:
+    ``process`` (CONSUMER span; ``destination`` defaults to its topic), or ``retry``,
+    ``dead_letter`` and ``compensate`` (PRODUCER spans sending a copy to ``destination``).
+
+    The span is current inside the block, and records an exception that leaves it.
+    """
+    otel = _otel()
+    if otel is None:
+        yield
+        return
+    propagate, trace, tracer = otel
+    processing = operation == "process"
+    span_attributes = _base(system, "process" if processing else "send", operation)
+    span_attributes["messaging.destination.name"] = destination or message.topic
+    span_attributes["messaging.message.id"] = message.id
+    span_attributes["messaging.consumer.group.name"] = group
+    if attributes:
+        span_attributes.update(attributes)
+    parent = propagate.extract(message.headers) if "traceparent" in message.headers else None
+    with tracer.start_as_current_span(
+        f"{operation} {destination or message.topic}",
+        context=parent,
+        kind=trace.SpanKind.CONSUMER if processing else trace.SpanKind.PRODUCER,
+        attributes=span_attributes,
+    ) as span:
+        try:
+            yield
+        except BaseException as exc:
+            span.set_attribute("error.type", type(exc).__qualname__)
+            raise
