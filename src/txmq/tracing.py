@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from txmq.adapters.base import PublishOutcome
 from txmq.message import Message
 
 #: The attribute holding txmq's delivery attempt (1 for a first delivery).
@@ -40,6 +41,10 @@ def _otel() -> Any:
 
 def _unchanged(message: Message) -> Message:
     return message
+
+
+def _ignore(outcomes: Sequence[PublishOutcome]) -> None:
+    pass
 
 
 def _base(system: str | None, operation_type: str, operation_name: str) -> dict[str, Any]:
@@ -102,36 +107,45 @@ def creating(
 
 
 @contextlib.contextmanager
-def publishing(messages: Sequence[Message], *, system: str) -> Iterator[None]:
+def publishing(
+    messages: Sequence[Message], *, system: str
+) -> Iterator[Callable[[Sequence[PublishOutcome]], None]]:
     """A PRODUCER span ``publish <topic>`` (``publish`` when the batch has several topics)
-    for one relay batch, linked to the context each message carries.
+    for one published batch, linked to the context each message carries.
 
-    Links are only read from the headers when the span is recorded, so an unsampled or
-    absent tracer costs the relay nothing per message.
+    Yields a function to call with the broker's outcomes: messages it did not confirm give
+    the span an error status and ``txmq.unconfirmed_count``. Messages are only looked at
+    when the span is recorded, so an absent or unsampled tracer costs nothing per message.
     """
     otel = _otel()
     if otel is None:
-        yield
+        yield _ignore
         return
     propagate, trace, tracer = otel
-    topics = {message.topic for message in messages}
     attributes = _base(system, "send", "publish")
     attributes["messaging.batch.message_count"] = len(messages)
-    name = "publish"
-    if len(topics) == 1:
-        (topic,) = topics
-        attributes["messaging.destination.name"] = topic
-        name = f"publish {topic}"
-    span = tracer.start_span(name, kind=trace.SpanKind.PRODUCER, attributes=attributes)
+    span = tracer.start_span("publish", kind=trace.SpanKind.PRODUCER, attributes=attributes)
+
+    def settled(outcomes: Sequence[PublishOutcome]) -> None:
+        unconfirmed = sum(outcome.error is not None for outcome in outcomes)
+        if unconfirmed and span.is_recording():
+            span.set_attribute("txmq.unconfirmed_count", unconfirmed)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, "not confirmed by the broker"))
+
     try:
         if span.is_recording():
+            topics = {message.topic for message in messages}
+            if len(topics) == 1:
+                (topic,) = topics
+                span.set_attribute("messaging.destination.name", topic)
+                span.update_name(f"publish {topic}")
             for message in messages:
                 if "traceparent" in message.headers:
                     linked = trace.get_current_span(propagate.extract(message.headers))
                     context = linked.get_span_context()
                     if context.is_valid:
                         span.add_link(context, {"messaging.message.id": message.id})
-        yield
+        yield settled
     except BaseException as exc:
         _fail(span, trace, exc)
         raise

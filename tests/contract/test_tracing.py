@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -19,6 +19,7 @@ from sqlalchemy import Engine, MetaData, Table, create_engine
 from sqlalchemy.orm import Session
 
 import txmq
+from txmq import tracing
 from txmq.adapters import Adapter
 from txmq.consumer import Compensation, Consumer, RetryPolicy, make_inbox_table
 from txmq.message import Message
@@ -30,13 +31,17 @@ pytestmark = [pytest.mark.broker, pytest.mark.database, pytest.mark.slow]
 WAIT = 60.0
 
 
-@pytest.fixture(scope="module")
-def exporter() -> InMemorySpanExporter:
-    """An in-memory exporter on the process's SDK tracer provider (installed once)."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
+@pytest.fixture
+def provider(monkeypatch: pytest.MonkeyPatch) -> TracerProvider:
+    """An SDK tracer provider that txmq traces with during the test (the process's global
+    provider is left alone: with a recording one, every message carries a traceparent)."""
+    sdk = TracerProvider()
+    monkeypatch.setattr(tracing, "_OTEL", (propagate, trace, sdk.get_tracer("txmq")))
+    return sdk
+
+
+@pytest.fixture
+def exporter(provider: TracerProvider) -> InMemorySpanExporter:
     memory = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(memory))
     return memory
@@ -130,7 +135,9 @@ def in_trace_of(parent: ReadableSpan, spans: Sequence[ReadableSpan]) -> None:
         assert span.parent.span_id == parent.context.span_id, span.name
 
 
-def test_a_message_is_one_trace_from_staging_to_processing(env: Env) -> None:
+def test_a_message_is_one_trace_from_staging_to_processing(
+    env: Env, provider: TracerProvider
+) -> None:
     system = env.adapter.system
     consumer = env.consumer(env.group)
     current: dict[str, trace.SpanContext] = {}
@@ -140,7 +147,7 @@ def test_a_message_is_one_trace_from_staging_to_processing(env: Env) -> None:
         current[message.id] = trace.get_current_span().get_span_context()
 
     staged, half, local = (Message(env.topic, b"%d" % i) for i in range(3))
-    tracer = trace.get_tracer("test")
+    tracer = provider.get_tracer("test")
     with tracer.start_as_current_span("checkout") as request:
         with Session(env.engine) as session, session.begin():
             env.producer.stage(session, staged)
@@ -233,3 +240,26 @@ def test_retry_dead_letter_and_compensation_are_spans_of_the_message_trace(env: 
     refunded = env.spans(f"process {compensation_topic}")
     assert len(refunded) == 1
     in_trace_of(created, [*failed, retried, dead, *compensation, *refunded])
+
+
+def test_a_half_message_sent_in_a_kafka_transaction_has_its_publish_span(env: Env) -> None:
+    """With ``kafka_native`` (Kafka only: RabbitMQ relays it), the message is produced in the
+    Kafka transaction, not by the relay; its publish span links to it all the same."""
+    native = Producer(
+        group=env.producer.group,
+        engine=env.engine,
+        broker=env.adapter,
+        tables=env.producer.tables,
+        kafka_native=True,
+    )
+    half = Message(env.topic, b"native")
+    try:
+        native.send_in_transaction(half, lambda m, a: LocalTransactionState.COMMIT, None)
+        relayed = native.relay().drain()
+    finally:
+        native.close()
+    assert relayed == (0 if env.adapter.system == "kafka" else 1)
+    created = env.one(f"send_in_transaction {env.topic}", half.id)
+    assert created.context is not None
+    published = [s for s in env.spans(f"publish {env.topic}") if links_to(s, created.context)]
+    assert len(published) == 1

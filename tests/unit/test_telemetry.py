@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 
 import txmq
 from txmq import tracing
+from txmq.adapters.base import PublishOutcome
+from txmq.errors import PublishError
 from txmq.testing.fakes import InMemoryBroker
 from txmq.tracing import creating, message_span, publishing
 
@@ -88,3 +90,37 @@ def test_consumer_counts_are_exported() -> None:
     stats.add("processed", 2)
     assert stats.snapshot().processed == 2
     assert REGISTRY.get_sample_value(name, labels) == before + 2
+
+
+def test_a_publish_span_links_each_message_and_shows_what_was_not_confirmed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry import propagate
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "_OTEL", (propagate, trace, provider.get_tracer("txmq")))
+    with creating("stage", group="g", system="memory") as traced:
+        messages = [traced(txmq.Message("t", b"%d" % i)) for i in range(3)]
+    with publishing(messages, system="memory") as settled:
+        settled(
+            [
+                PublishOutcome(messages[0].id),
+                PublishOutcome(messages[1].id, PublishError("nack")),
+                PublishOutcome(messages[2].id),
+            ]
+        )
+    created = [span for span in exporter.get_finished_spans() if span.name == "stage t"]
+    (published,) = [span for span in exporter.get_finished_spans() if span.name == "publish t"]
+    assert {link.context.span_id for link in published.links} == {
+        span.context.span_id for span in created if span.context is not None
+    }
+    assert len(created) == 3
+    assert published.status.status_code is trace.StatusCode.ERROR
+    assert published.attributes is not None
+    assert published.attributes["txmq.unconfirmed_count"] == 1
+    assert published.attributes["messaging.batch.message_count"] == 3

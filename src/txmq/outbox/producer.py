@@ -39,7 +39,7 @@ from txmq.schema import metadata
 from txmq.states import LocalTransactionState, RecordState
 from txmq.supervision import Health, SupervisedLoop, health_of
 from txmq.telemetry import STAGED
-from txmq.tracing import creating
+from txmq.tracing import creating, publishing
 
 log = logging.getLogger("txmq.producer")
 
@@ -221,7 +221,8 @@ class Producer(Closing):
                 self.store.lock_prepared(connection, message.id)
                 try:
                     transaction.begin()
-                    transaction.produce([message])
+                    with publishing([message], system="kafka"):
+                        transaction.produce([message])
                     opened = True
                 except BrokerError:
                     # The executor still runs; on COMMIT the relay delivers the message.

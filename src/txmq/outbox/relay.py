@@ -437,8 +437,10 @@ class _Lane:
 
     def _publish(self, messages: list[Message]) -> list[PublishOutcome]:
         try:
-            with publishing(messages, system=self.relay.broker.system):
-                return self.publisher().publish(messages)
+            with publishing(messages, system=self.relay.broker.system) as settled:
+                outcomes = self.publisher().publish(messages)
+                settled(outcomes)
+                return outcomes
         except BrokerError:
             self.drop_publisher()
             raise
