@@ -13,10 +13,12 @@ the API but no SDK (no tracer provider), spans are the API's non-recording ones.
 from __future__ import annotations
 
 import contextlib
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from txmq.adapters.base import PublishOutcome
+from txmq.config import redact
 from txmq.message import Message
 
 #: The attribute holding txmq's delivery attempt (1 for a first delivery).
@@ -58,9 +60,23 @@ def _base(system: str | None, operation_type: str, operation_name: str) -> dict[
 
 
 def _fail(span: Any, trace: Any, exc: BaseException) -> None:
-    span.record_exception(exc)
-    span.set_attribute("error.type", type(exc).__qualname__)
-    span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+    """Record ``exc`` on ``span`` with URL passwords and secrets redacted, as in logs."""
+    if not span.is_recording():
+        return
+    cls = type(exc)
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+    text = redact(str(exc))
+    span.record_exception(
+        exc,
+        attributes={
+            "exception.message": text,
+            "exception.stacktrace": redact("".join(traceback.format_exception(exc))),
+        },
+    )
+    span.set_attribute("error.type", name)
+    span.set_status(trace.Status(trace.StatusCode.ERROR, text))
 
 
 @contextlib.contextmanager
@@ -84,7 +100,7 @@ def creating(
         attributes = _base(system, "create", operation)
         attributes["messaging.destination.name"] = message.topic
         attributes["messaging.message.id"] = message.id
-        attributes["messaging.producer.group.name"] = group  # txmq's producer group
+        attributes["txmq.producer.group"] = group
         span = tracer.start_span(
             f"{operation} {message.topic}", kind=trace.SpanKind.PRODUCER, attributes=attributes
         )
@@ -187,9 +203,11 @@ def message_span(
         context=parent,
         kind=trace.SpanKind.CONSUMER if processing else trace.SpanKind.PRODUCER,
         attributes=span_attributes,
+        record_exception=False,
+        set_status_on_exception=False,
     ) as span:
         try:
             yield
         except BaseException as exc:
-            span.set_attribute("error.type", type(exc).__qualname__)
+            _fail(span, trace, exc)
             raise

@@ -172,6 +172,7 @@ def test_a_message_is_one_trace_from_staging_to_processing(
         assert created.attributes["messaging.operation.type"] == "create"
         assert created.attributes["messaging.operation.name"] == operation
         assert created.attributes["messaging.destination.name"] == env.topic
+        assert created.attributes["txmq.producer.group"] == env.producer.group
         assert created.context is not None
         (published,) = [
             s for s in env.spans(f"publish {env.topic}") if links_to(s, created.context)

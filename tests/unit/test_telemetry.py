@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from opentelemetry import context, trace
+from opentelemetry import context, propagate, trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import REGISTRY
 from sqlalchemy import MetaData, create_engine
@@ -92,18 +95,19 @@ def test_consumer_counts_are_exported() -> None:
     assert REGISTRY.get_sample_value(name, labels) == before + 2
 
 
-def test_a_publish_span_links_each_message_and_shows_what_was_not_confirmed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from opentelemetry import propagate
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    exporter = InMemorySpanExporter()
+@pytest.fixture
+def exporter(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
+    """What txmq traces during the test, on a private SDK provider."""
+    memory = InMemorySpanExporter()
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
     monkeypatch.setattr(tracing, "_OTEL", (propagate, trace, provider.get_tracer("txmq")))
+    return memory
+
+
+def test_a_publish_span_links_each_message_and_shows_what_was_not_confirmed(
+    exporter: InMemorySpanExporter,
+) -> None:
     with creating("stage", group="g", system="memory") as traced:
         messages = [traced(txmq.Message("t", b"%d" % i)) for i in range(3)]
     with publishing(messages, system="memory") as settled:
@@ -124,3 +128,23 @@ def test_a_publish_span_links_each_message_and_shows_what_was_not_confirmed(
     assert published.attributes is not None
     assert published.attributes["txmq.unconfirmed_count"] == 1
     assert published.attributes["messaging.batch.message_count"] == 3
+
+
+def test_a_failed_span_records_the_error_without_secrets(exporter: InMemorySpanExporter) -> None:
+    def stage_unreachable() -> None:
+        with creating("stage", group="g", system=None) as traced:
+            traced(txmq.Message("t", b"x"))
+            raise txmq.ConfigurationError("cannot reach postgresql://app:hunter2@db/orders")
+
+    with pytest.raises(txmq.ConfigurationError):
+        stage_unreachable()
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is trace.StatusCode.ERROR
+    assert span.attributes is not None
+    assert span.attributes["error.type"] == "txmq.errors.ConfigurationError"
+    assert "messaging.system" not in span.attributes
+    (event,) = span.events
+    assert event.name == "exception"
+    recorded = " ".join(str(value) for value in (event.attributes or {}).values())
+    assert "postgresql://app:***@db/orders" in recorded
+    assert "hunter2" not in recorded + str(span.status.description)
