@@ -13,6 +13,7 @@ the API but no SDK (no tracer provider), spans are the API's non-recording ones.
 from __future__ import annotations
 
 import contextlib
+import os
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -20,6 +21,10 @@ from typing import Any
 from txmq.adapters.base import PublishOutcome
 from txmq.config import redact
 from txmq.message import Message
+
+#: The SDK's default OTEL_SPAN_LINK_COUNT_LIMIT.
+_LINK_LIMIT = 128
+_TRACEPARENT_LENGTH = 55
 
 #: The attribute holding txmq's delivery attempt (1 for a first delivery).
 ATTEMPT = "txmq.attempt"
@@ -129,18 +134,31 @@ def publishing(
     """A PRODUCER span ``publish <topic>`` (``publish`` when the batch has several topics)
     for one published batch, linked to the context each message carries.
 
-    Yields a function to call with the broker's outcomes: messages it did not confirm give
-    the span an error status and ``txmq.unconfirmed_count``. Messages are only looked at
-    when the span is recorded, so an absent or unsampled tracer costs nothing per message.
+    At most ``OTEL_SPAN_LINK_COUNT_LIMIT`` (default 128, the SDK's limit) messages are
+    linked; ``txmq.unlinked_count`` says how many more carried a context. Yields a function to
+    call with the broker's outcomes: messages it did not confirm give the span an error
+    status and ``txmq.unconfirmed_count``. Without a tracer provider (the API alone) the
+    messages are not looked at, so the relay pays nothing per message.
     """
     otel = _otel()
     if otel is None:
         yield _ignore
         return
-    propagate, trace, tracer = otel
+    _, trace, tracer = otel
     attributes = _base(system, "send", "publish")
     attributes["messaging.batch.message_count"] = len(messages)
-    span = tracer.start_span("publish", kind=trace.SpanKind.PRODUCER, attributes=attributes)
+    name = "publish"
+    links: list[Any] = []
+    if _records(trace, tracer):
+        topics = {message.topic for message in messages}
+        if len(topics) == 1:
+            (topic,) = topics
+            attributes["messaging.destination.name"] = topic
+            name = f"publish {topic}"
+        links, unlinked = _links(trace, messages)
+        if unlinked:
+            attributes["txmq.unlinked_count"] = unlinked
+    span = tracer.start_span(name, kind=trace.SpanKind.PRODUCER, attributes=attributes, links=links)
 
     def settled(outcomes: Sequence[PublishOutcome]) -> None:
         unconfirmed = sum(outcome.error is not None for outcome in outcomes)
@@ -149,24 +167,60 @@ def publishing(
             span.set_status(trace.Status(trace.StatusCode.ERROR, "not confirmed by the broker"))
 
     try:
-        if span.is_recording():
-            topics = {message.topic for message in messages}
-            if len(topics) == 1:
-                (topic,) = topics
-                span.set_attribute("messaging.destination.name", topic)
-                span.update_name(f"publish {topic}")
-            for message in messages:
-                if "traceparent" in message.headers:
-                    linked = trace.get_current_span(propagate.extract(message.headers))
-                    context = linked.get_span_context()
-                    if context.is_valid:
-                        span.add_link(context, {"messaging.message.id": message.id})
         yield settled
     except BaseException as exc:
         _fail(span, trace, exc)
         raise
     finally:
         span.end()
+
+
+def _records(trace: Any, tracer: Any) -> bool:
+    """Whether spans may be recorded: an SDK tracer, or a proxy to a real provider."""
+    if not isinstance(tracer, (trace.ProxyTracer, trace.NoOpTracer)):
+        return True
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
+def _links(trace: Any, messages: Sequence[Message]) -> tuple[list[Any], int]:
+    """Links to the W3C contexts ``messages`` carry, up to the link limit; and how many
+    more there were.
+
+    The header is parsed here (per batch, not through the propagator's regular expressions):
+    link attributes and extraction would cost more than publishing the message.
+    """
+    try:
+        limit = int(os.environ.get("OTEL_SPAN_LINK_COUNT_LIMIT", _LINK_LIMIT))
+    except ValueError:
+        limit = _LINK_LIMIT
+    links: list[Any] = []
+    unlinked = 0
+    for message in messages:
+        if len(links) >= limit:
+            unlinked += "traceparent" in message.headers
+            continue
+        context = _carried(trace, message.headers.get("traceparent"))
+        if context is not None:
+            links.append(trace.Link(context))
+    return links, unlinked
+
+
+def _carried(trace: Any, traceparent: str | None) -> Any:
+    """The span context of a W3C ``traceparent`` (``00-<trace>-<span>-<flags>``), or None."""
+    if traceparent is None or len(traceparent) != _TRACEPARENT_LENGTH:
+        return None
+    try:
+        version, trace_id, span_id, flags = traceparent.split("-")
+        context = trace.SpanContext(
+            int(trace_id, 16),
+            int(span_id, 16),
+            is_remote=True,
+            trace_flags=trace.TraceFlags(int(flags, 16)),
+        )
+    except ValueError:
+        return None
+    return context if version == "00" and context.is_valid else None
 
 
 @contextlib.contextmanager

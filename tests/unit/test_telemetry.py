@@ -148,3 +148,23 @@ def test_a_failed_span_records_the_error_without_secrets(exporter: InMemorySpanE
     recorded = " ".join(str(value) for value in (event.attributes or {}).values())
     assert "postgresql://app:***@db/orders" in recorded
     assert "hunter2" not in recorded + str(span.status.description)
+
+
+def test_a_publish_span_links_no_more_than_the_link_limit(
+    exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_SPAN_LINK_COUNT_LIMIT", "2")
+    with creating("stage", group="g", system="memory") as traced:
+        messages = [traced(txmq.Message("t", b"%d" % i)) for i in range(3)]
+    untraced = txmq.Message("t", b"no context", headers={"traceparent": "00-garbage"})
+    with publishing([untraced, *messages], system="memory"):
+        pass
+    (published,) = [span for span in exporter.get_finished_spans() if span.name == "publish t"]
+    assert [link.context.span_id for link in published.links] == [
+        span.context.span_id
+        for span in exporter.get_finished_spans()[:2]
+        if span.context is not None
+    ]
+    assert published.attributes is not None
+    assert published.attributes["txmq.unlinked_count"] == 1
+    assert published.attributes["messaging.batch.message_count"] == 4
