@@ -24,6 +24,7 @@ from txmq.message import Message
 
 #: The SDK's default OTEL_SPAN_LINK_COUNT_LIMIT.
 _LINK_LIMIT = 128
+#: Length of a version 00 W3C traceparent.
 _TRACEPARENT_LENGTH = 55
 
 #: The attribute holding txmq's delivery attempt (1 for a first delivery).
@@ -161,8 +162,10 @@ def publishing(
     span = tracer.start_span(name, kind=trace.SpanKind.PRODUCER, attributes=attributes, links=links)
 
     def settled(outcomes: Sequence[PublishOutcome]) -> None:
+        if not span.is_recording():
+            return
         unconfirmed = sum(outcome.error is not None for outcome in outcomes)
-        if unconfirmed and span.is_recording():
+        if unconfirmed:
             span.set_attribute("txmq.unconfirmed_count", unconfirmed)
             span.set_status(trace.Status(trace.StatusCode.ERROR, "not confirmed by the broker"))
 
