@@ -1,22 +1,13 @@
-"""Metrics and tracing, both optional.
+"""Metrics, optional; tracing is :mod:`txmq.tracing`.
 
 * Prometheus (``pip install 'txmq[prometheus]'``): counters, histograms and gauges on the
   default registry, named ``txmq_*`` in base units (:data:`METRICS` lists them). The gauges
   are set by the samplers of :mod:`txmq.metrics`. Without prometheus-client they are no-ops.
-* OpenTelemetry (``pip install 'txmq[otel]'``): the W3C ``traceparent`` of the current span is
-  written into a message's headers when it is staged or sent, and consumers continue that
-  trace; spans follow the messaging semantic conventions (``messaging.system``,
-  ``messaging.destination.name``, ``messaging.message.id``, ``messaging.consumer.group.name``).
-  Without opentelemetry-api nothing is traced.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
-
-from txmq.message import Message
 
 
 class Metric(Protocol):
@@ -153,60 +144,3 @@ READY = _metric(
     "1 while the process's readiness check passes, else 0.",
     ["process"],
 )
-
-
-def _otel() -> Any:
-    """The ``opentelemetry`` API modules, or None when it is not installed (looked up once)."""
-    global _OTEL  # noqa: PLW0603 - a one-time import cache
-    if _OTEL is _UNSET:
-        try:
-            from opentelemetry import propagate, trace
-
-            _OTEL = (propagate, trace, trace.get_tracer("txmq"))
-        except ImportError:
-            _OTEL = None
-    return _OTEL
-
-
-_UNSET: Any = object()
-_OTEL: Any = _UNSET
-
-
-def with_trace_context(message: Message) -> Message:
-    """``message`` with the current span's ``traceparent`` (and ``tracestate``) in its headers.
-
-    Returns ``message`` itself when there is no active span or no OpenTelemetry.
-    """
-    otel = _otel()
-    if otel is None:
-        return message
-    carrier: dict[str, str] = {}
-    otel[0].inject(carrier)
-    if not carrier or carrier.items() <= message.headers.items():
-        return message
-    return message.with_headers(**carrier)
-
-
-@contextlib.contextmanager
-def consume_span(message: Message, *, group: str, system: str) -> Iterator[None]:
-    """A CONSUMER span for processing ``message``, child of the producer's trace."""
-    otel = _otel()
-    if otel is None:
-        yield
-        return
-    propagate, trace, tracer = otel
-    context = propagate.extract(message.headers) if "traceparent" in message.headers else None
-    attributes: Mapping[str, Any] = {
-        "messaging.system": system,
-        "messaging.operation.type": "process",
-        "messaging.destination.name": message.topic,
-        "messaging.message.id": message.id,
-        "messaging.consumer.group.name": group,
-    }
-    with tracer.start_as_current_span(
-        f"process {message.topic}",
-        context=context,
-        kind=trace.SpanKind.CONSUMER,
-        attributes=attributes,
-    ):
-        yield

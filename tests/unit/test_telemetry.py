@@ -1,18 +1,26 @@
-"""Trace context travels in message headers; relay and staging are counted."""
+"""Trace context travels in message headers, and is a no-op without OpenTelemetry; relay and
+staging are counted."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from opentelemetry import context, trace
+import pytest
+from opentelemetry import context, propagate, trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import REGISTRY
 from sqlalchemy import MetaData, create_engine
 from sqlalchemy.orm import Session
 
 import txmq
-from txmq.telemetry import consume_span, with_trace_context
+from txmq import tracing
+from txmq.adapters.base import PublishOutcome
+from txmq.errors import PublishError
 from txmq.testing.fakes import InMemoryBroker
+from txmq.tracing import creating, message_span, publishing
 
 TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
 SPAN_ID = 0x00F067AA0BA902B7
@@ -25,19 +33,31 @@ def active_span() -> object:
     return context.attach(trace.set_span_in_context(span))
 
 
-def test_without_a_span_the_message_is_unchanged() -> None:
+def test_without_opentelemetry_nothing_is_traced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracing, "_OTEL", None)  # what the import cache holds without it
     message = txmq.Message("t", b"x")
-    assert with_trace_context(message) is message
+    token = active_span()
+    try:
+        with creating("stage", group="g", system="memory") as traced:
+            assert traced(message) is message
+        with (
+            publishing([message], system="memory"),
+            message_span("process", message, group="g", system="memory"),
+        ):
+            pass
+    finally:
+        context.detach(token)  # type: ignore[arg-type]
 
 
 def test_traceparent_is_injected_and_continued_by_the_consumer_span() -> None:
     token = active_span()
     try:
-        message = with_trace_context(txmq.Message("t", b"x"))
+        with creating("stage", group="g", system="memory") as traced:
+            message = traced(txmq.Message("t", b"x"))
     finally:
         context.detach(token)  # type: ignore[arg-type]
-    assert message.headers["traceparent"] == f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-01"
-    with consume_span(message, group="g", system="rabbitmq"):
+    assert message.headers["traceparent"].startswith(f"00-{TRACE_ID:032x}-")
+    with message_span("process", message, group="g", system="rabbitmq"):
         current = trace.get_current_span().get_span_context()
         assert current.trace_id == TRACE_ID
 
@@ -102,3 +122,78 @@ def test_only_settled_deliveries_count_as_consumed() -> None:
         )
     counted = {f for f in type(stats.snapshot()).__dataclass_fields__}
     assert counted == set(CONSUMED_OUTCOMES + CONSUMER_EVENTS_NAMES)
+
+
+@pytest.fixture
+def exporter(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
+    """What txmq traces during the test, on a private SDK provider."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    monkeypatch.setattr(tracing, "_OTEL", (propagate, trace, provider.get_tracer("txmq")))
+    return memory
+
+
+def test_a_publish_span_links_each_message_and_shows_what_was_not_confirmed(
+    exporter: InMemorySpanExporter,
+) -> None:
+    with creating("stage", group="g", system="memory") as traced:
+        messages = [traced(txmq.Message("t", b"%d" % i)) for i in range(3)]
+    with publishing(messages, system="memory") as settled:
+        settled(
+            [
+                PublishOutcome(messages[0].id),
+                PublishOutcome(messages[1].id, PublishError("nack")),
+                PublishOutcome(messages[2].id),
+            ]
+        )
+    created = [span for span in exporter.get_finished_spans() if span.name == "stage t"]
+    (published,) = [span for span in exporter.get_finished_spans() if span.name == "publish t"]
+    assert {link.context.span_id for link in published.links} == {
+        span.context.span_id for span in created if span.context is not None
+    }
+    assert len(created) == 3
+    assert published.status.status_code is trace.StatusCode.ERROR
+    assert published.attributes is not None
+    assert published.attributes["txmq.unconfirmed_count"] == 1
+    assert published.attributes["messaging.batch.message_count"] == 3
+
+
+def test_a_failed_span_records_the_error_without_secrets(exporter: InMemorySpanExporter) -> None:
+    def stage_unreachable() -> None:
+        with creating("stage", group="g", system=None) as traced:
+            traced(txmq.Message("t", b"x"))
+            raise txmq.ConfigurationError("cannot reach postgresql://app:hunter2@db/orders")
+
+    with pytest.raises(txmq.ConfigurationError):
+        stage_unreachable()
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is trace.StatusCode.ERROR
+    assert span.attributes is not None
+    assert span.attributes["error.type"] == "txmq.errors.ConfigurationError"
+    assert "messaging.system" not in span.attributes
+    (event,) = span.events
+    assert event.name == "exception"
+    recorded = " ".join(str(value) for value in (event.attributes or {}).values())
+    assert "postgresql://app:***@db/orders" in recorded
+    assert "hunter2" not in recorded + str(span.status.description)
+
+
+def test_a_publish_span_links_no_more_than_the_link_limit(
+    exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_SPAN_LINK_COUNT_LIMIT", "2")
+    with creating("stage", group="g", system="memory") as traced:
+        messages = [traced(txmq.Message("t", b"%d" % i)) for i in range(3)]
+    untraced = txmq.Message("t", b"no context", headers={"traceparent": "00-garbage"})
+    with publishing([untraced, *messages], system="memory"):
+        pass
+    (published,) = [span for span in exporter.get_finished_spans() if span.name == "publish t"]
+    assert [link.context.span_id for link in published.links] == [
+        span.context.span_id
+        for span in exporter.get_finished_spans()[:2]
+        if span.context is not None
+    ]
+    assert published.attributes is not None
+    assert published.attributes["txmq.unlinked_count"] == 1
+    assert published.attributes["messaging.batch.message_count"] == 4

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -56,7 +57,8 @@ from txmq.errors import (
 )
 from txmq.message import HEADER_ATTEMPT, HEADER_DUE_AT, Message
 from txmq.supervision import SupervisedLoop, describe
-from txmq.telemetry import CONSUME_SECONDS, consume_span
+from txmq.telemetry import CONSUME_SECONDS
+from txmq.tracing import ATTEMPT, message_span
 
 log = logging.getLogger("txmq.consumer")
 
@@ -299,7 +301,7 @@ class Worker:
         started = time.perf_counter()
         histogram = self._handler_error_seconds
         try:
-            with consume_span(item.message, group=self.plan.group, system=self.plan.adapter.system):
+            with self._span("process", item.message, attempt=parse_attempt(item.message.headers)):
                 item.route.handler(item.message, session)  # the span records what it raises
             histogram = self._handler_ok_seconds
         except Exception as exc:
@@ -382,7 +384,9 @@ class Worker:
         )
         log.debug("%s: retrying %s (attempt %d failed: %s)", self.name, copy.id, attempt, etype)
         topology = item.route.topology
-        self._send(retry_queue(topology.group, topology.topic, stage), copy)
+        queue = retry_queue(topology.group, topology.topic, stage)
+        with self._span("retry", copy, destination=queue, attempt=attempt, error=etype):
+            self._send(queue, copy)
         self.plan.stats.add("retried")
 
     def _mark_dead(self, item: _Item, etype: str, etext: str) -> InboxEntry | None:
@@ -410,7 +414,8 @@ class Worker:
         if item.route.compensate:
             event = compensation_event(item.message, topology.group, etype, etext)
             if event is not None:
-                compensation_id = self._compensate(event)
+                with self._span("compensate", event, destination=event.topic, error=etype):
+                    compensation_id = self._compensate(event)
         copy = dead_letter_copy(
             item.message,
             group=topology.group,
@@ -420,8 +425,34 @@ class Worker:
             now=time.time(),
             compensation_id=compensation_id,
         )
-        self._send(topology.dead_letter_queue, copy)
+        queue = topology.dead_letter_queue
+        with self._span("dead_letter", copy, destination=queue, attempt=attempt, error=etype):
+            self._send(queue, copy)
         self.plan.stats.add("dead_lettered")
+
+    def _span(
+        self,
+        operation: str,
+        message: Message,
+        *,
+        destination: str | None = None,
+        attempt: int | None = None,
+        error: str | None = None,
+    ) -> AbstractContextManager[None]:
+        """The trace span of ``operation`` on ``message`` (see :func:`message_span`)."""
+        attributes: dict[str, str | int] = {}
+        if attempt is not None:
+            attributes[ATTEMPT] = attempt
+        if error is not None:
+            attributes["txmq.error.type"] = error
+        return message_span(
+            operation,
+            message,
+            group=self.plan.group,
+            system=self.plan.adapter.system,
+            destination=destination,
+            attributes=attributes,
+        )
 
     def _compensate(self, event: Message) -> str:
         """Publish the compensation event; raise if the broker did not confirm it.

@@ -39,7 +39,8 @@ from txmq.outbox.tables import OutboxTables, make_outbox_tables
 from txmq.schema import metadata
 from txmq.states import LocalTransactionState, RecordState
 from txmq.supervision import Health, SupervisedLoop, health_of
-from txmq.telemetry import STAGED, with_trace_context
+from txmq.telemetry import STAGED
+from txmq.tracing import creating, publishing
 
 log = logging.getLogger("txmq.producer")
 
@@ -166,10 +167,11 @@ class Producer(Closing):
                 directly), or an asyncio-bound session used outside ``run_sync``.
             InvalidMessage / MessageTooLarge: a message cannot be sent as given.
         """
-        checked = self._checked(messages)
-        with outside_run_sync_is_an_error("stage()"):
-            connection = self.store.check_session(session)
-            self.store.stage(connection, checked, self.group)
+        with creating("stage", group=self.group, system=self._system) as traced:
+            checked = self._checked(messages, traced)
+            with outside_run_sync_is_an_error("stage()"):
+                connection = self.store.check_session(session)
+                self.store.stage(connection, checked, self.group)
         STAGED.labels(self.group, "outbox").inc(len(checked))
 
     # -- half-message mode -------------------------------------------------------------
@@ -198,10 +200,11 @@ class Producer(Closing):
                 executor could start; the executor did not run.
             TxmqError: the half record could not be written (the executor did not run).
         """
-        (message,) = self._checked((message,))
         immunity = self.check_policy.immunity if immunity is None else immunity
         first_check = utcnow() + immunity
-        self.store.prepare(message, self.group, immunity=immunity)
+        with creating("send_in_transaction", group=self.group, system=self._system) as traced:
+            (message,) = self._checked((message,), traced)
+            self.store.prepare(message, self.group, immunity=immunity)
         STAGED.labels(self.group, "half").inc()
         if self.kafka_native:
             return self._send_kafka_native(message, executor, arg, first_check)
@@ -228,7 +231,8 @@ class Producer(Closing):
                 self._hold(connection, message.id)
                 try:
                     transaction.begin()
-                    transaction.produce([message])
+                    with publishing([message], system="kafka"):
+                        transaction.produce([message])
                     opened = True
                 except BrokerError:
                     # The executor still runs; on COMMIT the relay delivers the message.
@@ -291,14 +295,15 @@ class Producer(Closing):
             TransactionError: a check-back had already rolled the message back before the
                 local transaction could start (it then did nothing).
         """
-        (message,) = self._checked((message,))
         tx_key = message.id
-        self.store.prepare(
-            message,
-            self.group,
-            immunity=self.check_policy.immunity if immunity is None else immunity,
-            tx_key=tx_key,
-        )
+        with creating("send_in_local_transaction", group=self.group, system=self._system) as traced:
+            (message,) = self._checked((message,), traced)
+            self.store.prepare(
+                message,
+                self.group,
+                immunity=self.check_policy.immunity if immunity is None else immunity,
+                tx_key=tx_key,
+            )
         STAGED.labels(self.group, "local").inc()
         try:
             with Session(self.engine) as session, session.begin():
@@ -469,12 +474,24 @@ class Producer(Closing):
         if self.broker is not None:
             self._stage_limit = min(self.max_body_bytes, self.broker.publish_limit())
 
-    def _checked(self, messages: Sequence[Message]) -> list[Message]:
+    @property
+    def _system(self) -> str | None:
+        return None if self.broker is None else self.broker.system
+
+    def _checked(
+        self, messages: Sequence[Message], traced: Callable[[Message], Message]
+    ) -> list[Message]:
+        """``messages`` given their trace context (``traced``) and group header, checked.
+
+        Raises:
+            TypeError: one is not a :class:`Message`.
+            InvalidMessage / MessageTooLarge: one cannot be sent as given.
+        """
         checked = []
         for given in messages:
             if not isinstance(given, Message):
                 raise TypeError(f"expected txmq.Message, not {type(given).__name__}")
-            message = with_trace_context(given)
+            message = traced(given)
             if message.headers.get(HEADER_PRODUCER_GROUP) != self.group:
                 message = message.with_headers(**{HEADER_PRODUCER_GROUP: self.group})
             message.check_size(self._stage_limit)

@@ -48,6 +48,7 @@ from txmq.telemetry import (
     RELAY_FAILURES,
     RELAY_PUBLISHED,
 )
+from txmq.tracing import publishing
 
 log = logging.getLogger("txmq.relay")
 
@@ -515,7 +516,10 @@ class _Lane:
 
     def _publish(self, messages: list[Message]) -> list[PublishOutcome]:
         try:
-            return self.publisher().publish(messages)
+            with publishing(messages, system=self.relay.broker.system) as settled:
+                outcomes = self.publisher().publish(messages)
+                settled(outcomes)
+                return outcomes
         except BrokerError:
             self.drop_publisher()
             raise
