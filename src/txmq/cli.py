@@ -20,6 +20,31 @@ app = typer.Typer(
     # A traceback's local variables may hold URLs with passwords: never print them.
     pretty_exceptions_show_locals=False,
 )
+
+
+def _print_version(requested: bool) -> None:
+    if requested:
+        from importlib.metadata import version
+
+        typer.echo(f"txmq {version('txmq')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print txmq's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """txmq: transactional messages on RabbitMQ and Kafka."""
+
+
 app.add_typer(brokers_app, name="brokers")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(dlq_app, name="dlq")

@@ -1,4 +1,5 @@
-"""``txmq schema create``: create txmq's tables in a database, where they do not exist yet."""
+"""``txmq schema create|check``: create txmq's tables where they do not exist yet, or compare
+the database with them."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ from txmq.errors import TxmqError
 from txmq.outbox.tables import make_outbox_tables
 from txmq.schema import create_schema
 
-app = typer.Typer(help="Create txmq's tables.", no_args_is_help=True)
+app = typer.Typer(help="Create txmq's tables, or check them.", no_args_is_help=True)
+
+#: ``txmq schema check``'s exit code when the database cannot be reached or inspected
+#: (1 means it was, and differs).
+EXIT_UNCHECKED = 2
 
 
 @app.command()
@@ -38,3 +43,38 @@ def create(
         typer.echo(f"error: {redact(str(exc)).splitlines()[0]}", err=True)
         raise typer.Exit(code=1) from None
     typer.echo(f"txmq's tables exist in {engine.url.render_as_string(hide_password=True)}")
+
+
+@app.command()
+def check(
+    database: Annotated[
+        str | None,
+        typer.Option("--database", envvar=ENV_DATABASE_URL, help="SQLAlchemy URL."),
+    ] = None,
+    prefix: Annotated[str, typer.Option(help="Table name prefix of the outbox tables.")] = "txmq_",
+    inbox: Annotated[str, typer.Option(help="Name of the inbox table.")] = DEFAULT_INBOX_TABLE,
+) -> None:
+    """Compare the database with txmq's tables, indexes and NOTIFY trigger; print each
+    difference. Exit 0: they match; 1: they differ; 2: the database cannot be inspected."""
+    from txmq.schema_check import schema_differences
+
+    metadata = MetaData()
+    try:
+        engine = open_engine(database_url(database))
+        differences = schema_differences(
+            engine, [make_outbox_tables(metadata, prefix=prefix), make_inbox_table(metadata, inbox)]
+        )
+    except (TxmqError, SQLAlchemyError) as exc:
+        typer.echo(f"error: {redact(str(exc)).splitlines()[0]}", err=True)
+        raise typer.Exit(code=EXIT_UNCHECKED) from None
+    where = engine.url.render_as_string(hide_password=True)
+    for line in differences:
+        typer.echo(line)
+    if differences:
+        typer.echo(
+            f"{len(differences)} difference(s) from txmq's schema in {where}; "
+            "`txmq schema create` adds missing tables (not indexes or triggers of existing ones)",
+            err=True,
+        )
+        raise typer.Exit(code=1)
+    typer.echo(f"txmq's schema matches in {where}")

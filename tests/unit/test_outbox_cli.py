@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -119,7 +120,10 @@ def test_status_list_and_purge_per_group(producer: txmq.Producer, database: str)
     assert "READY        1" in output
     assert "group billing" not in output
 
-    assert outbox("list", "--group", "orders", database=database) == (0, "")
+    assert outbox("list", "--group", "orders", database=database) == (
+        0,
+        "no PARKED records in group orders\n",
+    )
     code, output = outbox("list", "--group", "orders", "--group", "billing", database=database)
     assert [line.split()[0] for line in output.splitlines()] == [parked]
 
@@ -144,3 +148,48 @@ def test_relay_needs_its_groups(database: str) -> None:
             "error: give the producer groups to relay with --group G (repeatable), "
             "or --all-groups\n"
         )
+
+
+def test_list_prints_json_lines_and_takes_the_state_in_any_case(
+    producer: txmq.Producer, database: str
+) -> None:
+    parked = park(producer, b"a")
+    result = runner.invoke(
+        app, ["outbox", "list", "--state", "parked", "--json", "--database", database]
+    )
+    assert result.exit_code == 0
+    [line] = result.stdout.splitlines()
+    record = json.loads(line)
+    assert {k: record[k] for k in ("id", "group", "topic", "state", "check_count")} == {
+        "id": parked,
+        "group": "orders",
+        "topic": "t",
+        "state": "PARKED",
+        "check_count": 1,
+    }
+    assert record["created_at"].endswith("+00:00")
+
+
+def test_an_empty_listing_says_so_on_stderr(producer: txmq.Producer, database: str) -> None:
+    park(producer, b"a")
+    for options in (["--state", "failed"], ["--state", "Failed", "--json"]):
+        result = runner.invoke(app, ["outbox", "list", *options, "--database", database])
+        assert (result.exit_code, result.stdout) == (0, "")
+        assert result.stderr == "no FAILED records\n"
+
+
+def test_status_json_counts_every_state_per_group(producer: txmq.Producer, database: str) -> None:
+    with Session(producer.engine) as session, session.begin():
+        producer.stage(session, txmq.Message("t", b"ready"))
+    park(producer, b"a")
+    result = runner.invoke(app, ["outbox", "status", "--json", "--database", database])
+    assert result.exit_code == 0
+    status = json.loads(result.stdout)
+    expected = {state.value: 0 for state in RecordState} | {"READY": 1, "PARKED": 1}
+    assert status == {"database": database, "states": expected, "groups": {"orders": expected}}
+
+
+def test_status_of_an_empty_outbox_says_so(producer: txmq.Producer, database: str) -> None:
+    code, output = outbox("status", database=database)
+    assert code == 0
+    assert output.splitlines()[-1] == "no records"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import signal
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import typer
@@ -19,7 +20,7 @@ from txmq.config import ENV_BROKER_URL, ENV_DATABASE_URL, database_url, redact
 from txmq.database import open_engine
 from txmq.errors import TxmqError
 from txmq.outbox.relay import Relay
-from txmq.outbox.store import OutboxStore
+from txmq.outbox.store import OutboxRecord, OutboxStore
 from txmq.outbox.tables import make_outbox_tables
 from txmq.states import RecordState
 from txmq.supervision import describe
@@ -38,6 +39,7 @@ GroupsOption = Annotated[
     list[str] | None,
     typer.Option("--group", help="Only this producer group (repeatable; default: every group)."),
 ]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
 def _store(database: str | None, prefix: str) -> OutboxStore:
@@ -66,38 +68,89 @@ def _run(command: Callable[..., None]) -> Callable[..., None]:
 @app.command()
 @_run
 def status(
-    group: GroupsOption = None, database: DatabaseOption = None, prefix: PrefixOption = "txmq_"
+    group: GroupsOption = None,
+    database: DatabaseOption = None,
+    prefix: PrefixOption = "txmq_",
+    as_json: JsonOption = False,
 ) -> None:
-    """Count records per state, in all and per producer group."""
+    """Count records per state, in all and per producer group.
+
+    ``--json`` prints one object: ``database`` (password hidden), ``states`` (state to
+    count, every state) and ``groups`` (group to state to count).
+    """
     store = _store(database, prefix)
-    per_group = store.group_counts(group or None)
-    typer.echo(f"outbox in {store.engine.url.render_as_string(hide_password=True)}")
-    for state in RecordState:
-        total = sum(counts.get(state.value, 0) for counts in per_group.values())
-        typer.echo(f"  {state.value:<12} {total}")
-    for name in sorted(set(per_group) | set(group or ())):
-        counts = per_group.get(name, {})
-        line = " ".join(f"{state.value}={counts.get(state.value, 0)}" for state in RecordState)
-        typer.echo(f"group {name}: {line}")
+    found = store.group_counts(group or None)
+    per_group = {
+        name: {state.value: found.get(name, {}).get(state.value, 0) for state in RecordState}
+        for name in sorted(set(found) | set(group or ()))
+    }
+    totals = {
+        state.value: sum(counts[state.value] for counts in per_group.values())
+        for state in RecordState
+    }
+    where = store.engine.url.render_as_string(hide_password=True)
+    if as_json:
+        typer.echo(json.dumps({"database": where, "states": totals, "groups": per_group}))
+        return
+    typer.echo(f"outbox in {where}")
+    for state, total in totals.items():
+        typer.echo(f"  {state:<12} {total}")
+    for name, counts in per_group.items():
+        typer.echo(f"group {name}: " + " ".join(f"{s}={n}" for s, n in counts.items()))
+    if not per_group:
+        typer.echo("no records")
 
 
 @app.command(name="list")
 @_run
 def list_records(
-    state: Annotated[RecordState, typer.Option(help="Which records.")] = RecordState.PARKED,
+    *,
+    state: Annotated[
+        RecordState, typer.Option(case_sensitive=False, help="Which records.")
+    ] = RecordState.PARKED,
     group: GroupsOption = None,
     limit: int = 50,
     database: DatabaseOption = None,
     prefix: PrefixOption = "txmq_",
+    as_json: JsonOption = False,
 ) -> None:
-    """List records in a state (default: PARKED), oldest first, with their last error."""
-    for record in _store(database, prefix).list(state, groups=group or None, limit=limit):
-        typer.echo(
-            f"{record.message.id}  {record.producer_group}  {record.message.topic}  "
-            f"checks={record.check_count}  attempts={record.publish_attempts}  "
-            f"created={record.created_at:%Y-%m-%d %H:%M:%S}  "
-            f"{record.last_error or ''}".rstrip()
-        )
+    """List records in a state (default: PARKED), oldest first, with their last error.
+
+    ``--json`` prints one object per line. An empty listing says so on stderr.
+    """
+    records = _store(database, prefix).list(state, groups=group or None, limit=limit)
+    for record in records:
+        if as_json:
+            typer.echo(json.dumps(_record_as_dict(record)))
+        else:
+            typer.echo(
+                f"{record.message.id}  {record.producer_group}  {record.message.topic}  "
+                f"checks={record.check_count}  attempts={record.publish_attempts}  "
+                f"created={record.created_at:%Y-%m-%d %H:%M:%S}  "
+                f"{record.last_error or ''}".rstrip()
+            )
+    if not records:
+        among = f" in group {', '.join(group)}" if group else ""
+        typer.echo(f"no {state.value} records{among}", err=True)
+
+
+def _record_as_dict(record: OutboxRecord) -> dict[str, Any]:
+    def when(moment: datetime | None) -> str | None:
+        return None if moment is None else moment.isoformat()
+
+    return {
+        "id": record.message.id,
+        "group": record.producer_group,
+        "topic": record.message.topic,
+        "key": record.message.key,
+        "state": record.state.value,
+        "check_count": record.check_count,
+        "publish_attempts": record.publish_attempts,
+        "check_after": when(record.check_after),
+        "created_at": when(record.created_at),
+        "updated_at": when(record.updated_at),
+        "last_error": record.last_error,
+    }
 
 
 def _decide(message_id: str, to: RecordState, database: str | None, prefix: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import sys
 from typing import Annotated
@@ -13,6 +14,7 @@ from txmq.config import redact
 from txmq.errors import MissingDependency
 from txmq.testing.provision import engine, lifecycle
 from txmq.testing.provision.common import BROKERS, Broker, ProvisionError
+from txmq.testing.provision.state import Running
 
 app = typer.Typer(
     help="Start, stop and list RabbitMQ, Kafka and PostgreSQL for tests.",
@@ -104,7 +106,11 @@ def down(
 
 
 @app.command()
-def status() -> None:
+def status(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per broker and line.")
+    ] = False,
+) -> None:
     """Say what 'up' started, where it runs, and whether it is still up.
 
     Exits 0 when at least one broker is recorded and all recorded ones run, else 1.
@@ -114,9 +120,12 @@ def status() -> None:
     except (ProvisionError, MissingDependency) as exc:
         raise _fail(exc) from exc
     if not found:
-        typer.echo("no brokers started by 'txmq brokers up'")
+        typer.echo("no brokers started by 'txmq brokers up'", err=as_json)
         raise typer.Exit(1)
     for record, running in found:
+        if as_json:
+            typer.echo(json.dumps(_as_dict(record, running=running)))
+            continue
         if record.mode == "container":
             where = f"container {(record.container_id or '')[:12]} ({record.image})"
         else:
@@ -125,6 +134,19 @@ def status() -> None:
         typer.echo(f"{record.broker:<9} {state_text:<11} {redact(record.url):<45} {where}")
     if not all(running for _, running in found):
         raise typer.Exit(1)
+
+
+def _as_dict(record: Running, *, running: bool) -> dict[str, object]:
+    return {
+        "broker": record.broker,
+        "running": running,
+        "mode": record.mode,
+        "url": redact(record.url),
+        "container_id": record.container_id,
+        "image": record.image,
+        "pgids": list(record.pgids),
+        "run_dir": record.run_dir,
+    }
 
 
 @app.command("engine")
