@@ -1,10 +1,21 @@
 """The ``txmq`` pytest plugin: real brokers for tests, only when a test asks for one.
 
-Fixtures (all session-scoped):
+Session-scoped fixtures:
 
 - ``rabbitmq_url`` / ``kafka_url``: broker URLs (``rabbitmq://...``, ``kafka://...``).
 - ``database_url``: a PostgreSQL SQLAlchemy URL (``postgresql+psycopg://...``).
 - ``broker_url``: parametrized over both brokers, ids ``rabbitmq`` and ``kafka``.
+
+Function-scoped fixtures, each test getting its own:
+
+- ``txmq_database``: the URL of a new PostgreSQL database on ``database_url``'s server,
+  with txmq's tables (outbox, marker, inbox, NOTIFY trigger); dropped after the test.
+- ``txmq_engine``: an SQLAlchemy ``Engine`` on ``txmq_database``, disposed after the test.
+- ``txmq_sqlite_engine``: an ``Engine`` on a SQLite file in ``tmp_path``, tables created.
+- ``txmq_memory_url``: ``memory://<unique name>``, an empty in-process broker for
+  ``txmq.connect`` (or ``--broker``), forgotten after the test.
+- ``txmq_unique``: ``txmq_unique("orders")`` returns a new valid topic/group name such as
+  ``orders-1f3a9c2e7b4d``, so tests sharing a broker never meet.
 
 Each broker is resolved once per session, in this order (``--txmq-brokers=auto``):
 
@@ -23,12 +34,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Generator, Iterator
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import pytest
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from txmq.testing.provision import Broker, RequestedMode, Running
 
 MODE_OPTION = "--txmq-brokers"
@@ -154,6 +169,60 @@ def database_url(txmq_brokers: BrokerSupply) -> str:
 def broker_url(request: pytest.FixtureRequest, txmq_brokers: BrokerSupply) -> str:
     """Each broker in turn (test ids ``[rabbitmq]`` and ``[kafka]``)."""
     return txmq_brokers.url(cast("Broker", request.param))
+
+
+@pytest.fixture
+def txmq_database(database_url: str) -> Iterator[str]:
+    """URL of a new PostgreSQL database with txmq's tables, dropped after the test."""
+    from txmq.testing.databases import fresh_postgres_database
+
+    with fresh_postgres_database(database_url) as url:
+        yield url
+
+
+@pytest.fixture
+def txmq_engine(txmq_database: str) -> Iterator[Engine]:
+    """An ``Engine`` on :func:`txmq_database`'s fresh database, disposed after the test."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(txmq_database)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def txmq_sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    """An ``Engine`` on ``tmp_path/txmq.db`` with txmq's tables, disposed after the test."""
+    from txmq.testing.databases import sqlite_engine
+
+    engine = sqlite_engine(tmp_path / "txmq.db")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def txmq_unique() -> Callable[[str], str]:
+    """``txmq_unique(prefix)``: a topic or group name no other test uses, ``<prefix>-<hex>``.
+
+    Raises (when called):
+        InvalidMessage: the name would not be a valid topic/group name.
+    """
+    from txmq.message import validate_name
+
+    def unique(prefix: str = "txmq") -> str:
+        return validate_name(f"{prefix}-{uuid.uuid4().hex[:12]}", "name")
+
+    return unique
+
+
+@pytest.fixture
+def txmq_memory_url(txmq_unique: Callable[[str], str]) -> Iterator[str]:
+    """``memory://<unique>``: an empty in-process broker for this test only."""
+    from txmq.testing.fakes import forget_memory_broker
+
+    name = txmq_unique("test")
+    yield f"memory://{name}"
+    forget_memory_broker(name)
 
 
 _BROKER_FIXTURES = frozenset({"rabbitmq_url", "kafka_url", "database_url", "broker_url"})
