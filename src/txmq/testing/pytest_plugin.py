@@ -28,6 +28,11 @@ What the plugin starts it stops at the end of the session, on ports chosen free 
 sessions never collide. ``--txmq-brokers=env|container|process`` (or ``$TXMQ_TEST_BROKERS``)
 restricts resolution to that one way. A broker that cannot be had skips the test with the
 reason, or fails it when ``TXMQ_REQUIRE_BROKERS=1`` (CI sets it).
+
+The report header says, per broker, where it will come from (``$TXMQ_TEST_*_URL``, a
+``txmq brokers up`` state file, or a container/process started when a test asks), and the
+terminal summary says which brokers the session used and where each came from. Passwords
+in the URLs shown are replaced by ``***``.
 """
 
 from __future__ import annotations
@@ -81,9 +86,47 @@ def _required() -> bool:
     return truthy(os.environ.get(REQUIRE_ENV))
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def _described(record: Running) -> str:
+    """How ``record``'s broker runs: its container or its process groups."""
+    if record.mode == "container":
+        return f"container {(record.container_id or '?')[:12]}"
+    return f"process group(s) {', '.join(map(str, record.pgids)) or '?'}"
+
+
+def _planned_source(broker: Broker, mode: RequestedMode) -> str:
+    """Where :meth:`BrokerSupply.url` will look for ``broker`` first, without starting or
+    probing anything (the header is printed for every session, brokers needed or not)."""
+    from txmq.config import redact
+    from txmq.testing import provision
+    from txmq.testing.provision import state
+
+    variable = provision.URL_ENV[broker]
+    if mode in ("auto", "env") and os.environ.get(variable):
+        return f"{redact(os.environ[variable])} (from ${variable})"
+    if mode == "env":
+        return f"none ({variable} is not set)"
+    if mode == "auto":
+        try:
+            record = state.load().get(broker)
+        except provision.ProvisionError as exc:
+            return f"unknown: {redact(str(exc))}"
+        if record is not None:
+            return (
+                f"{redact(record.url)} (from `txmq brokers up`: {_described(record)}, "
+                f"state file {state.state_path()}; reused if it still runs)"
+            )
+    how = "a container or processes" if mode == "auto" else f"a {mode}"
+    return f"{how} started for this session when a test asks"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from txmq.testing import provision
+
+    mode = _mode(config)
     required = "failing" if _required() else "skipping"
-    return f"txmq brokers: {_mode(config)} ({required} tests whose broker is missing)"
+    return [f"txmq brokers: {mode} ({required} tests whose broker is missing)"] + [
+        f"  {broker}: {_planned_source(broker, mode)}" for broker in provision.BROKERS
+    ]
 
 
 class BrokerSupply:
@@ -95,6 +138,8 @@ class BrokerSupply:
         self._urls: dict[Broker, str] = {}
         self._failures: dict[Broker, str] = {}
         self._started: list[Running] = []
+        #: Where each resolved broker came from, for the terminal summary.
+        self.sources: dict[Broker, str] = {}
 
     def url(self, broker: Broker) -> str:
         """The broker's URL, or skip/fail the asking test with the reason it is missing."""
@@ -113,20 +158,35 @@ class BrokerSupply:
 
     def _resolve(self, broker: Broker) -> str:
         from txmq.testing import provision
+        from txmq.testing.provision import state
         from txmq.testing.provision.common import ProvisionError
 
         variable = provision.URL_ENV[broker]
         if self._mode in ("auto", "env") and os.environ.get(variable):
+            self.sources[broker] = f"${variable}"
             return os.environ[variable]
         if self._mode == "env":
             raise ProvisionError(f"{variable} is not set (--txmq-brokers=env)")
         if self._mode == "auto":
             for record, running in provision.status():
                 if record.broker == broker and running:
+                    self.sources[broker] = (
+                        f"`txmq brokers up`: {_described(record)}, state file {state.state_path()}"
+                    )
                     return record.url
         record = provision.start(broker, self._mode, provision.Ports.free())
         self._started.append(record)
+        self.sources[broker] = f"started for this session: {_described(record)}"
         return record.url
+
+    def used(self) -> list[str]:
+        """One line per broker the session used: its URL (redacted) and where it came from."""
+        from txmq.config import redact
+
+        return [
+            f"{broker}: {redact(self._urls[broker])} ({self.sources[broker]})"
+            for broker in self._urls
+        ]
 
     def close(self) -> None:
         from txmq.testing import provision
@@ -139,12 +199,26 @@ class BrokerSupply:
                 log.exception("could not stop the test %s (%s)", record.broker, record.mode)
 
 
+_SUPPLY = pytest.StashKey[BrokerSupply]()
+
+
 @pytest.fixture(scope="session")
 def txmq_brokers(request: pytest.FixtureRequest) -> Iterator[BrokerSupply]:
     """The session's :class:`BrokerSupply`; use the URL fixtures instead."""
     supply = BrokerSupply(_mode(request.config), required=_required())
+    request.config.stash[_SUPPLY] = supply
     yield supply
     supply.close()
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    supply = config.stash.get(_SUPPLY, None)
+    if supply is not None and supply.used():
+        terminalreporter.write_sep("-", "txmq brokers used")
+        for line in supply.used():
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
