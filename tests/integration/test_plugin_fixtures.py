@@ -103,3 +103,16 @@ def test_each_test_gets_its_own_database_dropped_afterwards_even_if_left_open(
             assert list(left) == []
     finally:
         server.dispose()
+
+
+def test_a_database_that_cannot_be_created_says_why_without_the_password() -> None:
+    from txmq.testing.databases import fresh_postgres_database
+    from txmq.testing.provision import ProvisionError
+
+    with (
+        pytest.raises(ProvisionError, match="cannot create a test database on") as caught,
+        fresh_postgres_database("postgresql+psycopg://u:s3cret@127.0.0.1:1/postgres"),
+    ):
+        pass
+    assert "s3cret" not in str(caught.value)
+    assert "postgresql+psycopg://u:***@127.0.0.1:1/postgres" in str(caught.value)

@@ -9,8 +9,11 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
+from txmq.config import redact
 from txmq.schema import create_schema
+from txmq.testing.provision.common import ProvisionError
 
 #: Every database :func:`fresh_postgres_database` creates is named ``<prefix><hex>``.
 DATABASE_PREFIX = "txmq_test_"
@@ -22,15 +25,24 @@ def fresh_postgres_database(server_url: str) -> Iterator[str]:
     tables (outbox, marker, inbox and the relays' NOTIFY trigger); yield its URL; drop it.
 
     The drop closes connections still open on it, e.g. those of a relay the test left
-    running. Raises whatever SQLAlchemy raises when the server is unreachable or the user
-    may not create databases.
+    running.
+
+    Raises:
+        ProvisionError: the server is unreachable or the user may not create databases
+            (the URL in the message is redacted).
     """
     server = make_url(server_url)
     name = f"{DATABASE_PREFIX}{uuid.uuid4().hex[:16]}"
     admin = create_engine(server, isolation_level="AUTOCOMMIT", pool_size=1)
     try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        try:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        except DBAPIError as exc:
+            raise ProvisionError(
+                f"cannot create a test database on {redact(server_url)} (its user needs "
+                f"CREATEDB): {redact(str(exc.orig))}"
+            ) from None
         url = server.set(database=name).render_as_string(hide_password=False)
         try:
             engine = create_engine(url, pool_size=1)
