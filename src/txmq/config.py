@@ -6,6 +6,7 @@ Accepted forms::
     amqp://user:pass@host:5672/%2F            (same as rabbitmq://)
     amqps://user:pass@host:5671/vhost         (TLS)
     kafka://h1:9092,h2:9092?security.protocol=SASL_SSL&sasl.username=u&sasl.password=p
+    memory://name?retry_mode=consume          (in-process broker for tests)
 
 ``TXMQ_BROKER_URL`` is used when no URL is given. Settings never show a secret in their
 ``repr`` or in :meth:`redacted_url`.
@@ -29,6 +30,8 @@ ENV_DATABASE_URL = "TXMQ_DATABASE_URL"
 
 RABBITMQ_SCHEMES = frozenset({"rabbitmq", "amqp", "amqps", "rabbitmqs"})
 KAFKA_SCHEMES = frozenset({"kafka"})
+MEMORY_SCHEMES = frozenset({"memory"})
+_MEMORY_NAME = re.compile(r"[A-Za-z0-9._-]*")
 
 #: Query options whose values are secrets and must never be printed.
 SECRET_OPTIONS = frozenset(
@@ -118,7 +121,26 @@ class KafkaSettings:
         return f"KafkaSettings({self.redacted_url()!r})"
 
 
-BrokerSettings = RabbitMQSettings | KafkaSettings
+@dataclass(frozen=True, slots=True)
+class MemorySettings:
+    """Which in-process broker (:class:`txmq.testing.fakes.InMemoryBroker`) to use.
+
+    Every adapter connected with the same ``name`` in one process shares one broker;
+    ``memory://`` is the broker named ``""``. Built by :func:`parse_broker_url`.
+    """
+
+    name: str = ""
+    retry_mode: Literal["ttl", "consume"] = "ttl"
+    unroutable: Literal["hold", "return"] = "hold"
+    common: CommonSettings = field(default_factory=CommonSettings)
+
+    system: Literal["memory"] = "memory"
+
+    def redacted_url(self) -> str:
+        return f"memory://{self.name}"
+
+
+BrokerSettings = RabbitMQSettings | KafkaSettings | MemorySettings
 
 
 def _pop_common(query: dict[str, str], url: str) -> CommonSettings:
@@ -221,6 +243,32 @@ def _parse_kafka(url: str) -> KafkaSettings:
     )
 
 
+def _parse_memory(url: str) -> MemorySettings:
+    rest = url.split("://", 1)[1]
+    name, _, query_text = rest.partition("?")
+    name = name.rstrip("/")
+    if not _MEMORY_NAME.fullmatch(name):
+        raise InvalidURL(
+            f"a memory broker's name has only letters, digits, '.', '_' and '-': {redact(url)}"
+        )
+    query = dict(parse_qsl(query_text, keep_blank_values=True))
+    common = _pop_common(query, url)
+    retry_mode = query.pop("retry_mode", "ttl")
+    unroutable = query.pop("unroutable", "hold")
+    if query:
+        raise InvalidURL(f"unknown option(s) {sorted(query)} in broker URL {redact(url)}")
+    if retry_mode not in ("ttl", "consume"):
+        raise InvalidURL(f"retry_mode must be ttl or consume, not {retry_mode!r}")
+    if unroutable not in ("hold", "return"):
+        raise InvalidURL(f"unroutable must be hold or return, not {unroutable!r}")
+    return MemorySettings(
+        name=name,
+        retry_mode=retry_mode,  # type: ignore[arg-type]  # checked above
+        unroutable=unroutable,  # type: ignore[arg-type]  # checked above
+        common=common,
+    )
+
+
 def parse_broker_url(url: str | None = None) -> BrokerSettings:
     """Parse a broker URL (or ``$TXMQ_BROKER_URL``) into settings.
 
@@ -243,14 +291,16 @@ def parse_broker_url(url: str | None = None) -> BrokerSettings:
     scheme, sep, _ = url.partition("://")
     if not sep:
         raise InvalidURL(
-            f"broker URL needs a scheme (rabbitmq://, amqp://, kafka://): {redact(url)}"
+            f"broker URL needs a scheme (rabbitmq://, amqp://, kafka://, memory://): {redact(url)}"
         )
     scheme = scheme.lower()
     if scheme in RABBITMQ_SCHEMES:
         return _parse_rabbitmq(url, scheme)
     if scheme in KAFKA_SCHEMES:
         return _parse_kafka(url)
-    known = ", ".join(sorted(RABBITMQ_SCHEMES | KAFKA_SCHEMES))
+    if scheme in MEMORY_SCHEMES:
+        return _parse_memory(url)
+    known = ", ".join(sorted(RABBITMQ_SCHEMES | KAFKA_SCHEMES | MEMORY_SCHEMES))
     raise InvalidURL(f"unknown broker URL scheme {scheme!r} (known: {known}): {redact(url)}")
 
 
@@ -269,6 +319,7 @@ __all__ = [
     "CommonSettings",
     "ConfigurationError",
     "KafkaSettings",
+    "MemorySettings",
     "RabbitMQSettings",
     "database_url",
     "parse_broker_url",

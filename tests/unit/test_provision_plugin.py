@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from txmq.testing import provision
+from txmq.testing.provision import state
 from txmq.testing.provision.state import Running
 
 pytest_plugins = ["pytester"]
@@ -133,3 +134,96 @@ def test_report_header_names_the_mode(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_plain(): pass")
     result = pytester.runpytest("--txmq-brokers=process")
     result.stdout.fnmatch_lines(["txmq brokers: process (skipping tests whose broker is missing)"])
+
+
+@pytest.fixture
+def state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> str:
+    directory = str(tmp_path_factory.mktemp("txmq-state"))
+    monkeypatch.setenv("TXMQ_STATE_DIR", directory)
+    return directory
+
+
+def test_report_header_says_where_each_broker_will_come_from_without_secrets(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, state_dir: str
+) -> None:
+    monkeypatch.setenv("TXMQ_TEST_RABBITMQ_URL", "rabbitmq://guest:s3cret@127.0.0.1:1/")
+    state.save(
+        {
+            "postgres": Running(
+                broker="postgres",
+                mode="container",
+                url="postgresql+psycopg://postgres:s3cret@127.0.0.1:3/postgres",
+                container_id="0123456789abcdef",
+            )
+        }
+    )
+    pytester.makepyfile("def test_plain(): pass")
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines(
+        [
+            "txmq brokers: auto (skipping tests whose broker is missing)",
+            "  rabbitmq: rabbitmq://guest:***@127.0.0.1:1/ (from $TXMQ_TEST_RABBITMQ_URL)",
+            "  kafka: a container or processes started for this session when a test asks",
+            "  postgres: postgresql+psycopg://postgres:***@127.0.0.1:3/postgres (from `txmq "
+            f"brokers up`: container 0123456789ab, state file {state_dir}/state.json; "
+            "reused if it still runs)",
+        ]
+    )
+    assert "s3cret" not in result.stdout.str()
+
+
+def test_report_header_in_env_mode_names_the_missing_variables(
+    pytester: pytest.Pytester, state_dir: str
+) -> None:
+    pytester.makepyfile("def test_plain(): pass")
+    result = pytester.runpytest("--txmq-brokers=env")
+    result.stdout.fnmatch_lines(["  kafka: none (TXMQ_TEST_KAFKA_URL is not set)"])
+
+
+def test_terminal_summary_says_which_brokers_were_used_and_from_where(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, state_dir: str
+) -> None:
+    """A broker reused from another session's state file is named, not silently used."""
+    monkeypatch.setenv("TXMQ_TEST_KAFKA_URL", "kafka://127.0.0.1:2")
+    reused = Running(
+        broker="postgres", mode="process", url="postgres://u:s3cret@127.0.0.1:3/db", pgids=(42,)
+    )
+    monkeypatch.setattr(provision, "status", lambda: [(reused, True)])
+    monkeypatch.setattr(
+        provision,
+        "start",
+        lambda broker, mode, ports: Running(
+            broker=broker,
+            mode="container",
+            url="rabbitmq://g:s3cret@127.0.0.1:4/",
+            container_id="c1",
+        ),
+    )
+    monkeypatch.setattr(provision, "stop", lambda record: None)
+    pytester.makepyfile(
+        """
+        def test_uses_all(kafka_url, database_url, rabbitmq_url):
+            pass
+
+        def test_plain():
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*- txmq brokers used -*",
+            "kafka: kafka://127.0.0.1:2 ($TXMQ_TEST_KAFKA_URL)",
+            "postgres: postgres://u:***@127.0.0.1:3/db (`txmq brokers up`: process group(s) 42, "
+            f"state file {state_dir}/state.json)",
+            "rabbitmq: rabbitmq://g:***@127.0.0.1:4/ (started for this session: container c1)",
+        ]
+    )
+    assert "s3cret" not in result.stdout.str()
+
+
+def test_no_summary_when_no_broker_was_used(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_plain(): pass")
+    result = pytester.runpytest()
+    assert "txmq brokers used" not in result.stdout.str()

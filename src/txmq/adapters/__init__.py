@@ -1,6 +1,7 @@
 """Broker adapters, chosen by URL scheme.
 
-The registry maps a settings ``system`` to ``"module:Class"``; the module is imported only
+The registry maps a settings ``system`` to ``"module:factory"`` (a class or a function
+taking the settings); the module is imported only
 when that broker is used, so ``pip install 'txmq[kafka]'`` users never need pika and the other
 way round.
 """
@@ -8,6 +9,7 @@ way round.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 from txmq.adapters.base import (
     Adapter,
@@ -26,6 +28,7 @@ from txmq.config import BrokerSettings, parse_broker_url
 ADAPTERS: dict[str, str] = {
     "rabbitmq": "txmq.adapters.rabbitmq:RabbitMQAdapter",
     "kafka": "txmq.adapters.kafka:KafkaAdapter",
+    "memory": "txmq.testing.fakes:memory_broker",
 }
 
 
@@ -35,16 +38,20 @@ def adapter_for(settings: BrokerSettings) -> Adapter:
     Raises:
         MissingDependency: the broker's driver is not installed.
     """
-    module_name, _, class_name = ADAPTERS[settings.system].partition(":")
-    cls: type[Adapter] = getattr(importlib.import_module(module_name), class_name)
-    return cls(settings)
+    module_name, _, factory_name = ADAPTERS[settings.system].partition(":")
+    factory: Callable[[BrokerSettings], Adapter] = getattr(
+        importlib.import_module(module_name), factory_name
+    )
+    return factory(settings)
 
 
 def connect(url: str | None = None, *, check: bool = True) -> Adapter:
     """Return the adapter for a broker URL (or ``$TXMQ_BROKER_URL``).
 
     Args:
-        url: ``rabbitmq://``, ``amqp://``, ``amqps://`` or ``kafka://`` URL.
+        url: ``rabbitmq://``, ``amqp://``, ``amqps://`` or ``kafka://`` URL, or
+            ``memory://name`` for the in-process :class:`~txmq.testing.fakes.InMemoryBroker`
+            of that name (one per name and process, shared by every ``connect`` of it).
         check: connect once now (bounded by ``connect_timeout``) so a wrong host or password
             fails here rather than at the first publish.
 

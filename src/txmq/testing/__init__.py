@@ -3,5 +3,9 @@
 - :mod:`txmq.testing.provision` starts RabbitMQ, Kafka and PostgreSQL as containers or as
   plain processes (``txmq brokers up``) and stops them again.
 - :mod:`txmq.testing.pytest_plugin` (registered as the ``txmq`` pytest plugin) offers the
-  session fixtures ``rabbitmq_url``, ``kafka_url``, ``database_url`` and ``broker_url``.
+  session fixtures ``rabbitmq_url``, ``kafka_url``, ``database_url`` and ``broker_url``,
+  and per test ``txmq_database``, ``txmq_engine``, ``txmq_sqlite_engine``,
+  ``txmq_memory_url`` and ``txmq_unique``.
+- :mod:`txmq.testing.fakes` has :class:`~txmq.testing.fakes.InMemoryBroker`, also reachable
+  as ``txmq.connect("memory://name")``.
 """

@@ -14,6 +14,12 @@ A message for a topic no queue is bound for is held, as the real brokers do, in
 ``unroutable="return"`` makes such a publish fail instead (RabbitMQ's ``?unroutable=return``).
 
 Everything is thread-safe; there is no persistence.
+
+``txmq.connect("memory://name")`` (or ``--broker memory://name``) gives the broker of that
+name, created at its first use and shared by every connection to it in the process, so that a
+producer, a relay and a consumer built from the same URL see the same queues. Options:
+``retry_mode=ttl|consume``, ``unroutable=hold|return`` and ``max_body_bytes``; they are fixed
+when the broker is created. :func:`forget_memory_broker` drops a named broker.
 """
 
 from __future__ import annotations
@@ -36,7 +42,14 @@ from txmq.adapters.base import (
     Topology,
     work_queue,
 )
-from txmq.errors import BrokerUnavailable, MessageDecodeError, PublishError, QueueNotFound
+from txmq.config import BrokerSettings, CommonSettings, MemorySettings
+from txmq.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    MessageDecodeError,
+    PublishError,
+    QueueNotFound,
+)
 from txmq.message import DEFAULT_MAX_BODY_BYTES, Message
 
 #: The queue holding messages published while no queue was bound for their topic.
@@ -66,14 +79,24 @@ class InMemoryBroker(Adapter):
 
     system = "memory"
     competing_consumers = True
+    settings: MemorySettings
 
     def __init__(
         self,
         *,
         retry_mode: Literal["ttl", "consume"] = "ttl",
         unroutable: Literal["hold", "return"] = "hold",
+        name: str = "",
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
-        # No settings: nothing to connect to.
+        super().__init__(
+            MemorySettings(
+                name=name,
+                retry_mode=retry_mode,
+                unroutable=unroutable,
+                common=CommonSettings(max_body_bytes=max_body_bytes),
+            )
+        )
         self.retry_mode = retry_mode
         self.unroutable = unroutable
         self._cond = threading.Condition()
@@ -87,11 +110,7 @@ class InMemoryBroker(Adapter):
         self.down = False
 
     def __repr__(self) -> str:
-        return f"InMemoryBroker(retry_mode={self.retry_mode!r})"
-
-    @property
-    def max_body_bytes(self) -> int:
-        return DEFAULT_MAX_BODY_BYTES
+        return f"InMemoryBroker({self.settings.redacted_url()!r}, retry_mode={self.retry_mode!r})"
 
     # -- adapter protocol ---------------------------------------------------------------
 
@@ -239,6 +258,48 @@ class InMemoryBroker(Adapter):
                 due = entries[0].visible_at
                 next_due = due if next_due is None else min(next_due, due)
         return next_due
+
+
+_named_lock = threading.Lock()
+_named: dict[str, InMemoryBroker] = {}
+
+
+def memory_broker(settings: BrokerSettings) -> InMemoryBroker:
+    """The process's broker named ``settings.name``, created at its first use
+    (what ``txmq.connect("memory://name")`` returns).
+
+    Raises:
+        ConfigurationError: ``settings`` are not memory settings, or the broker of that name
+            was created with other options.
+    """
+    if not isinstance(settings, MemorySettings):
+        raise ConfigurationError(f"an in-memory broker needs memory:// settings, not {settings!r}")
+    with _named_lock:
+        broker = _named.get(settings.name)
+        if broker is None:
+            broker = _named[settings.name] = InMemoryBroker(
+                retry_mode=settings.retry_mode,
+                unroutable=settings.unroutable,
+                name=settings.name,
+                max_body_bytes=settings.common.max_body_bytes,
+            )
+        elif (broker.settings.retry_mode, broker.settings.unroutable, broker.max_body_bytes) != (
+            settings.retry_mode,
+            settings.unroutable,
+            settings.common.max_body_bytes,
+        ):
+            raise ConfigurationError(
+                f"{settings.redacted_url()} already exists with retry_mode="
+                f"{broker.settings.retry_mode}, unroutable={broker.settings.unroutable}, "
+                f"max_body_bytes={broker.max_body_bytes}"
+            )
+        return broker
+
+
+def forget_memory_broker(name: str) -> None:
+    """Drop the broker named ``name`` (its messages too); the next ``memory://name`` is new."""
+    with _named_lock:
+        _named.pop(name, None)
 
 
 class _Browser(QueueBrowser):

@@ -1,0 +1,65 @@
+"""Throwaway databases with txmq's tables, for the pytest plugin's database fixtures."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+from txmq.config import redact
+from txmq.schema import create_schema
+from txmq.testing.provision.common import ProvisionError
+
+#: Every database :func:`fresh_postgres_database` creates is named ``<prefix><hex>``.
+DATABASE_PREFIX = "txmq_test_"
+
+
+@contextmanager
+def fresh_postgres_database(server_url: str) -> Iterator[str]:
+    """Create a new database on ``server_url``'s PostgreSQL server, with txmq's default
+    tables (outbox, marker, inbox and the relays' NOTIFY trigger); yield its URL; drop it.
+
+    The drop closes connections still open on it, e.g. those of a relay the test left
+    running.
+
+    Raises:
+        ProvisionError: the server is unreachable or the user may not create databases
+            (the URL in the message is redacted).
+    """
+    server = make_url(server_url)
+    name = f"{DATABASE_PREFIX}{uuid.uuid4().hex[:16]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT", pool_size=1)
+    try:
+        try:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        except DBAPIError as exc:
+            raise ProvisionError(
+                f"cannot create a test database on {redact(server_url)} (its user needs "
+                f"CREATEDB): {redact(str(exc.orig))}"
+            ) from None
+        url = server.set(database=name).render_as_string(hide_password=False)
+        try:
+            engine = create_engine(url, pool_size=1)
+            try:
+                create_schema(engine)
+            finally:
+                engine.dispose()
+            yield url
+        finally:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.dispose()
+
+
+def sqlite_engine(path: Path) -> Engine:
+    """An engine on a SQLite file at ``path``, with txmq's default tables created."""
+    engine = create_engine(f"sqlite:///{path}")
+    create_schema(engine)
+    return engine
