@@ -223,7 +223,9 @@ def test_a_record_behind_a_refused_one_of_its_key_is_not_failed_with_it(
     with Session(engine) as session, session.begin():
         producer.stage(session, before, big, *after)
     with connected(kafka_url) as broker:
-        relay = Relay(broker, producer.store, max_refused_attempts=2, concurrency=1)
+        relay = Relay(
+            broker, producer.store, groups=[producer.group], max_refused_attempts=2, concurrency=1
+        )
         assert relay.run_once() == 1  # ``before``, published alone; the others are READY
         held = [producer.store.get(message.id).seq for message in (big, *after)]
         # Their second attempt is one claim: the refused record and the two behind it.
