@@ -8,6 +8,7 @@ import typer
 
 from txmq.config import ENV_BROKER_URL, ENV_DATABASE_URL
 from txmq.consumer.cli import dlq_app
+from txmq.doctor import doctor
 from txmq.outbox.cli import app as outbox_app
 from txmq.process.cli import consume, worker
 from txmq.schema_cli import app as schema_app
@@ -52,6 +53,7 @@ app.add_typer(schema_app, name="schema")
 app.add_typer(unroutable_app, name="unroutable")
 app.command()(worker)
 app.command()(consume)
+app.command()(doctor)
 
 
 @app.command()
