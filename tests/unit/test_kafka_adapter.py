@@ -469,3 +469,48 @@ def test_close_tries_its_synchronous_commit_once(
     monkeypatch.setattr(consumer, "commit", no_coordinator)
     subscription.close()
     assert consumer.commits == [("async", {P: 5}), ("sync", {})]
+
+
+class _ListOffsetsAdmin:
+    """An admin client whose ``list_offsets`` fails ``failures`` times with ``code``."""
+
+    def __init__(self, code: int, failures: int) -> None:
+        self.code, self.failures, self.calls = code, failures, 0
+
+    def list_offsets(self, wanted: dict[Any, Any], request_timeout: float) -> dict[Any, Any]:
+        import concurrent.futures
+
+        self.calls += 1
+        futures: dict[Any, Any] = {}
+        for tp in wanted:
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            if self.calls <= self.failures:
+                future.set_exception(KafkaException(KafkaError(self.code)))
+            else:
+                future.set_result(type("Listed", (), {"offset": 7})())
+            futures[tp] = future
+        return futures
+
+
+def test_offsets_of_a_partition_without_a_leader_yet_are_asked_again() -> None:
+    """Seen in CI: the DLQ depth sampled right after a consumer declared the topic failed
+    with NOT_LEADER_FOR_PARTITION, an error Kafka says to retry."""
+    from confluent_kafka.admin import OffsetSpec
+
+    adapter = KafkaAdapter(parse_broker_url("kafka://127.0.0.1:1?publish_timeout=5"))  # type: ignore[arg-type]
+    admin = _ListOffsetsAdmin(KafkaError.NOT_LEADER_FOR_PARTITION, failures=2)
+    offsets = adapter._offsets(admin, [TopicPartition("t", 0)], OffsetSpec.latest())  # type: ignore[arg-type, no-untyped-call]
+    assert offsets == {0: 7}
+    assert admin.calls == 3
+
+
+def test_offsets_are_not_asked_again_after_an_error_retrying_cannot_fix() -> None:
+    from confluent_kafka.admin import OffsetSpec
+
+    from txmq.errors import TopologyError
+
+    adapter = KafkaAdapter(parse_broker_url("kafka://127.0.0.1:1"))  # type: ignore[arg-type]
+    admin = _ListOffsetsAdmin(KafkaError.TOPIC_AUTHORIZATION_FAILED, failures=1)
+    with pytest.raises(TopologyError, match="TOPIC_AUTHORIZATION_FAILED"):
+        adapter._offsets(admin, [TopicPartition("t", 0)], OffsetSpec.latest())  # type: ignore[arg-type, no-untyped-call]
+    assert admin.calls == 1

@@ -65,6 +65,8 @@ __all__ = [
 
 #: How often to look again while waiting for a broker or for new topics.
 _RECHECK_INTERVAL = 0.1
+#: What a partition answers in the moment after it was created, before its leader is known.
+_NO_LEADER_YET = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
 #: What a record adds to its body and headers on the wire (record and batch framing, key,
 #: txmq's id / topic / key headers), kept free below the broker's and producer's limits.
 _RECORD_OVERHEAD = 2048
@@ -440,11 +442,22 @@ class KafkaAdapter(Adapter):
         self, admin: AdminClient, partitions: list[TopicPartition], spec: OffsetSpec
     ) -> dict[int, int]:
         timeout = self._context.connect_timeout
-        futures = admin.list_offsets({tp: spec for tp in partitions}, request_timeout=timeout)
-        return {
-            tp.partition: self._result(future, "list offsets", timeout).offset
-            for tp, future in futures.items()
-        }
+        deadline = time.monotonic() + self._context.publish_timeout
+        while True:
+            futures = admin.list_offsets({tp: spec for tp in partitions}, request_timeout=timeout)
+            try:
+                return {
+                    tp.partition: self._result(future, "list offsets", timeout).offset
+                    for tp, future in futures.items()
+                }
+            except TopologyError as exc:
+                # A partition just created has no leader for a moment (NOT_LEADER_FOR_PARTITION,
+                # LEADER_NOT_AVAILABLE): Kafka says to ask again.
+                error = error_of(exc.__cause__) if exc.__cause__ is not None else None
+                again = error is not None and (error.retriable() or error.code() in _NO_LEADER_YET)
+                if not again or time.monotonic() >= deadline:
+                    raise
+            time.sleep(_RECHECK_INTERVAL)
 
     def _result(self, future: concurrent.futures.Future[Any], what: str, timeout: float) -> Any:
         try:
