@@ -348,14 +348,10 @@ class KafkaAdapter(Adapter):
             TopologyError: the broker refused to list the offsets.
         """
         validate_name(queue, "queue")
-        admin = self._admin()
-        metadata = self._metadata(admin, self._context.connect_timeout)
-        described = metadata.topics.get(queue)
-        if described is None or described.error is not None:
+        bounds = self._bounds(self._admin(), queue)
+        if bounds is None:
             return 0
-        partitions = [TopicPartition(queue, p) for p in described.partitions]
-        earliest = self._offsets(admin, partitions, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
-        latest = self._offsets(admin, partitions, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+        _, earliest, latest = bounds
         if all(latest[p] <= earliest.get(p, 0) for p in latest):
             return 0
         offsets = (tuple(sorted(earliest.items())), tuple(sorted(latest.items())))
@@ -382,13 +378,10 @@ class KafkaAdapter(Adapter):
         validate_name(group, "group")
         validate_name(topic, "topic")
         admin = self._admin()
-        metadata = self._metadata(admin, self._context.connect_timeout)
-        described = metadata.topics.get(topic)
-        if described is None or described.error is not None:
+        bounds = self._bounds(admin, topic)
+        if bounds is None:
             return 0
-        partitions = [TopicPartition(topic, p) for p in described.partitions]
-        earliest = self._offsets(admin, partitions, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
-        latest = self._offsets(admin, partitions, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+        partitions, earliest, latest = bounds
         timeout = self._context.connect_timeout
         request = ConsumerGroupTopicPartitions(group, partitions)
         futures = admin.list_consumer_group_offsets([request], request_timeout=timeout)
@@ -437,6 +430,20 @@ class KafkaAdapter(Adapter):
                     f"({self._context.publish_timeout:g} s)"
                 )
             time.sleep(_RECHECK_INTERVAL)
+
+    def _bounds(
+        self, admin: AdminClient, topic: str
+    ) -> tuple[list[TopicPartition], dict[int, int], dict[int, int]] | None:
+        """The partitions of ``topic`` with their earliest and latest offsets; None when there
+        is no such topic."""
+        metadata = self._metadata(admin, self._context.connect_timeout)
+        described = metadata.topics.get(topic)
+        if described is None or described.error is not None:
+            return None
+        partitions = [TopicPartition(topic, p) for p in described.partitions]
+        earliest = self._offsets(admin, partitions, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+        latest = self._offsets(admin, partitions, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+        return partitions, earliest, latest
 
     def _offsets(
         self, admin: AdminClient, partitions: list[TopicPartition], spec: OffsetSpec
