@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 import txmq
 from txmq.adapters import Adapter, Topology
-from txmq.adapters._rabbitmq_connection import open_blocking
+from txmq.adapters.rabbitmq.connection import open_blocking
 from txmq.consumer import Consumer, make_inbox_table
 from txmq.message import Message
 

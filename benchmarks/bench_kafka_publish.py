@@ -30,7 +30,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 import txmq
-from txmq.adapters.kafka import KafkaAdapter
+from txmq.adapters.kafka.adapter import KafkaAdapter
 from txmq.message import Message
 
 _KEYS = 16

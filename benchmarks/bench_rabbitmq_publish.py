@@ -22,9 +22,9 @@ import pika
 
 import txmq
 from txmq import Message, Topology
-from txmq.adapters._rabbitmq_connection import connection_parameters, open_blocking
-from txmq.adapters._rabbitmq_wire import PERSISTENT, encode_headers
-from txmq.adapters.rabbitmq import RabbitMQAdapter
+from txmq.adapters.rabbitmq.adapter import RabbitMQAdapter
+from txmq.adapters.rabbitmq.connection import connection_parameters, open_blocking
+from txmq.adapters.rabbitmq.wire import PERSISTENT, encode_headers
 
 
 def raw_pika(adapter: RabbitMQAdapter, messages: list[Message], window: int) -> float:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import logging
 
 from txmq.adapters import Adapter, Delivery, PublishOutcome, Topology, connect
-from txmq.config import KafkaSettings, RabbitMQSettings, parse_broker_url, redact
+from txmq.adapters.kafka.settings import KafkaSettings
+from txmq.adapters.rabbitmq.settings import RabbitMQSettings
+from txmq.adapters.registry import parse_broker_url
+from txmq.config import redact
 from txmq.consumer import (
     Compensation,
     Consumer,

@@ -27,7 +27,8 @@ from typing import Any
 from sqlalchemy import Select, Table, func, select
 from sqlalchemy.exc import DBAPIError
 
-from txmq.adapters.base import Adapter, dead_letter_queue
+from txmq.adapters.base import Adapter
+from txmq.adapters.names import dead_letter_queue
 from txmq.database_errors import is_outage, refusal
 from txmq.errors import ConfigurationError, DatabaseUnavailable
 from txmq.message import validate_name

@@ -399,7 +399,7 @@ def publish_raw(broker_url: str, topic: str, body: bytes, headers: dict[str, str
     if settings.system == "rabbitmq":
         import pika
 
-        from txmq.adapters._rabbitmq_connection import open_blocking
+        from txmq.adapters.rabbitmq.connection import open_blocking
 
         connection = open_blocking(settings, name="test legacy publisher")
         try:

@@ -160,8 +160,8 @@ def test_held_messages_are_listed_and_rerouted_by_the_cli(
     topology = txmq.Topology(f"late{uuid.uuid4().hex[:6]}", topic)
     if holds:
         # Bound by hand (raw pika), so that only the CLI re-routes it.
-        from txmq.adapters._rabbitmq_connection import open_blocking
-        from txmq.adapters.rabbitmq import RabbitMQAdapter
+        from txmq.adapters.rabbitmq.adapter import RabbitMQAdapter
+        from txmq.adapters.rabbitmq.connection import open_blocking
 
         assert isinstance(broker, RabbitMQAdapter)
         connection = open_blocking(broker.settings, name="test raw channel")

@@ -117,8 +117,9 @@ def test_relay_exits_1_at_start_on_an_exchange_an_older_txmq_declared(
 ) -> None:
     """A broker topology that retrying cannot mend is said once, at the door, instead of
     being backed off by every lane forever."""
-    from txmq.adapters._rabbitmq_connection import open_blocking
-    from txmq.config import RabbitMQSettings, parse_broker_url
+    from txmq.adapters.rabbitmq.connection import open_blocking
+    from txmq.adapters.rabbitmq.settings import RabbitMQSettings
+    from txmq.adapters.registry import parse_broker_url
 
     exchange = f"older{uuid.uuid4().hex[:8]}"
     settings = parse_broker_url(rabbitmq_url)

@@ -119,8 +119,9 @@ def test_a_stopped_broker_and_refused_credentials_are_told_apart(
 def test_an_exchange_an_older_txmq_declared_is_a_topology_problem(
     rabbitmq_url: str, database_url: str, prefix: str
 ) -> None:
-    from txmq.adapters._rabbitmq_connection import open_blocking
-    from txmq.config import RabbitMQSettings, parse_broker_url
+    from txmq.adapters.rabbitmq.connection import open_blocking
+    from txmq.adapters.rabbitmq.settings import RabbitMQSettings
+    from txmq.adapters.registry import parse_broker_url
 
     exchange = f"older{uuid.uuid4().hex[:8]}"
     settings = parse_broker_url(rabbitmq_url)

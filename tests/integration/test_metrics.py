@@ -17,7 +17,7 @@ from sqlalchemy import Engine, MetaData, create_engine, select, text, update
 from sqlalchemy.orm import Session
 
 import txmq
-from txmq.adapters.base import dead_letter_queue
+from txmq.adapters.names import dead_letter_queue
 from txmq.consumer import Consumer, DeadLetters, RetryPolicy, make_inbox_table
 from txmq.message import Message
 from txmq.metrics import ConsumerLagSampler, DeadLetterSampler, OutboxSampler, oldest_staged

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from txmq.config import RabbitMQSettings, parse_broker_url
+from txmq.adapters.rabbitmq.settings import RabbitMQSettings
+from txmq.adapters.registry import parse_broker_url
 from txmq.testing import provision
 from txmq.testing.provision import engine
 from txmq.testing.provision.common import BROKERS, Ports, truthy
@@ -33,7 +34,7 @@ def _unavailable(reason: str) -> None:
 
 
 def _round_trip_rabbitmq(url: str) -> None:
-    from txmq.adapters._rabbitmq_connection import open_blocking
+    from txmq.adapters.rabbitmq.connection import open_blocking
 
     parsed = parse_broker_url(url)
     assert isinstance(parsed, RabbitMQSettings)

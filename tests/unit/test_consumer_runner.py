@@ -15,7 +15,8 @@ from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, create_
 from sqlalchemy.orm import Session
 
 from txmq import create_schema
-from txmq.adapters.base import Publisher, PublishOutcome, Topology, dead_letter_queue, work_queue
+from txmq.adapters.base import Publisher, PublishOutcome, Topology
+from txmq.adapters.names import dead_letter_queue, work_queue
 from txmq.consumer import Consumer, DeadLetters, Reject, RetryPolicy, attempt_of
 from txmq.consumer.tables import make_inbox_table
 from txmq.errors import PublishError

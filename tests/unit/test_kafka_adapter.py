@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from txmq.adapters import _kafka_subscription
-from txmq.adapters._kafka_client import ClientEvents, KafkaContext, _LibrdkafkaLog
-from txmq.adapters._kafka_offsets import OffsetTracker, Position
-from txmq.adapters._kafka_subscription import KafkaSubscription, _prefetch_config
-from txmq.adapters._kafka_wire import decode_message, decode_record, encode_headers, encode_key
 from txmq.adapters.base import Topology
-from txmq.adapters.kafka import KafkaAdapter
-from txmq.config import KafkaSettings, parse_broker_url
+from txmq.adapters.kafka import subscription as kafka_subscription
+from txmq.adapters.kafka.adapter import KafkaAdapter
+from txmq.adapters.kafka.client import ClientEvents, KafkaContext, LibrdkafkaLog
+from txmq.adapters.kafka.offsets import OffsetTracker, Position
+from txmq.adapters.kafka.settings import KafkaSettings
+from txmq.adapters.kafka.subscription import KafkaSubscription, prefetch_config
+from txmq.adapters.kafka.wire import decode_message, decode_record, encode_headers, encode_key
+from txmq.adapters.registry import parse_broker_url
 from txmq.errors import MessageDecodeError, MissingDependency
 from txmq.message import Message
 
@@ -292,7 +293,7 @@ def test_librdkafka_log_lines_are_scrubbed_and_transport_noise_demoted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="txmq")
-    log = _LibrdkafkaLog(KafkaContext(settings()).scrub)
+    log = LibrdkafkaLog(KafkaContext(settings()).scrub)
     log.log(logging.ERROR, "%s [%s] %s", "FAIL", "rdkafka#producer-1", "refused")
     log.log(logging.ERROR, "%s [%s] %s", "SASL", "rdkafka#producer-1", "bad pw hunter2")
     log.log(logging.INFO, "%s [%s] %s", "INIT", "rdkafka#producer-1", "hello")
@@ -304,15 +305,15 @@ def test_librdkafka_log_lines_are_scrubbed_and_transport_noise_demoted(
 
 
 def test_prefetch_sizes_the_fetch_buffer() -> None:
-    assert _prefetch_config(100) == {
+    assert prefetch_config(100) == {
         "queued.min.messages": 100,
         "queued.max.messages.kbytes": 1600,
         # librdkafka's default (1 s) pauses a small buffer's refill: ~7k msg/s at most.
         "fetch.queue.backoff.ms": 10,
     }
-    assert _prefetch_config(0)["queued.min.messages"] == 1
-    assert _prefetch_config(1)["queued.max.messages.kbytes"] == 1024
-    assert _prefetch_config(1_000_000)["queued.max.messages.kbytes"] == 65_536
+    assert prefetch_config(0)["queued.min.messages"] == 1
+    assert prefetch_config(1)["queued.max.messages.kbytes"] == 1024
+    assert prefetch_config(1_000_000)["queued.max.messages.kbytes"] == 65_536
 
 
 def test_adapter_repr_and_sources_need_no_broker() -> None:
@@ -330,9 +331,9 @@ def test_adapter_repr_and_sources_need_no_broker() -> None:
 
 def test_missing_confluent_kafka_asks_for_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "confluent_kafka", None)
-    monkeypatch.delitem(sys.modules, "txmq.adapters.kafka")
+    monkeypatch.delitem(sys.modules, "txmq.adapters.kafka.adapter")
     with pytest.raises(MissingDependency, match=r"pip install 'txmq\[kafka\]'"):
-        importlib.import_module("txmq.adapters.kafka")
+        importlib.import_module("txmq.adapters.kafka.adapter")
 
 
 # --- subscription commits, against a stand-in for confluent-kafka's Consumer -----------
@@ -399,7 +400,7 @@ class _FakeConsumer:
 
 @pytest.fixture
 def fake_subscription(monkeypatch: pytest.MonkeyPatch) -> tuple[KafkaSubscription, _FakeConsumer]:
-    monkeypatch.setattr(_kafka_subscription, "Consumer", _FakeConsumer)
+    monkeypatch.setattr(kafka_subscription, "Consumer", _FakeConsumer)
     subscription = KafkaSubscription(
         KafkaContext(settings("kafka://127.0.0.1:9092")), "g", ["orders"], prefetch=10
     )
@@ -415,7 +416,7 @@ def test_acks_are_committed_asynchronously_at_most_once_per_interval(
     fake_subscription: tuple[KafkaSubscription, _FakeConsumer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     subscription, consumer = fake_subscription
-    monkeypatch.setattr(_kafka_subscription, "_COMMIT_INTERVAL", 3600.0)
+    monkeypatch.setattr(kafka_subscription, "COMMIT_INTERVAL", 3600.0)
     deliveries = subscription.poll(0, max_messages=100)
     assert len(deliveries) == 100
     for delivery in deliveries[:50]:
@@ -429,7 +430,7 @@ def test_a_failed_asynchronous_commit_is_sent_again(
     fake_subscription: tuple[KafkaSubscription, _FakeConsumer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     subscription, consumer = fake_subscription
-    monkeypatch.setattr(_kafka_subscription, "_COMMIT_INTERVAL", 0.0)
+    monkeypatch.setattr(kafka_subscription, "COMMIT_INTERVAL", 0.0)
     deliveries = subscription.poll(0, max_messages=100)
     subscription.ack(deliveries[:3])
     subscription.ack([])  # nothing new: nothing sent
@@ -443,7 +444,7 @@ def test_a_revoked_partition_is_committed_synchronously(
     fake_subscription: tuple[KafkaSubscription, _FakeConsumer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     subscription, consumer = fake_subscription
-    monkeypatch.setattr(_kafka_subscription, "_COMMIT_INTERVAL", 0.0)
+    monkeypatch.setattr(kafka_subscription, "COMMIT_INTERVAL", 0.0)
     deliveries = subscription.poll(0, max_messages=100)
     subscription.ack(deliveries[:2])
     consumer.callbacks["on_revoke"](consumer, consumer.assigned)
@@ -459,7 +460,7 @@ def test_close_tries_its_synchronous_commit_once(
     # Without a coordinator a synchronous commit fails only after session.timeout.ms (10 s);
     # the revocation inside Consumer.close() must not wait that long a second time.
     subscription, consumer = fake_subscription
-    monkeypatch.setattr(_kafka_subscription, "_COMMIT_INTERVAL", 3600.0)
+    monkeypatch.setattr(kafka_subscription, "COMMIT_INTERVAL", 3600.0)
     subscription.ack(subscription.poll(0, max_messages=5))
 
     def no_coordinator(*, offsets: list[TopicPartition], asynchronous: bool) -> None:

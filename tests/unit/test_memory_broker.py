@@ -12,7 +12,8 @@ import pytest
 
 import txmq
 from txmq.adapters.base import Topology
-from txmq.config import MemorySettings, parse_broker_url
+from txmq.adapters.memory.settings import MemorySettings
+from txmq.adapters.registry import parse_broker_url
 from txmq.errors import ConfigurationError, InvalidURL
 from txmq.message import Message
 from txmq.testing.fakes import InMemoryBroker, forget_memory_broker

@@ -10,18 +10,19 @@ import sys
 
 import pytest
 
-from txmq.adapters._rabbitmq_connection import connection_parameters, describe
-from txmq.adapters._rabbitmq_publisher import _Batch, _outgoing
-from txmq.adapters._rabbitmq_wire import (
+from txmq.adapters.base import Topology
+from txmq.adapters.rabbitmq.adapter import RabbitMQAdapter
+from txmq.adapters.rabbitmq.connection import connection_parameters, describe
+from txmq.adapters.rabbitmq.publisher import Batch, outgoing
+from txmq.adapters.rabbitmq.settings import RabbitMQSettings
+from txmq.adapters.rabbitmq.wire import (
     PERSISTENT,
     decode_delivery,
     decode_message,
     encode_headers,
     settlement_plan,
 )
-from txmq.adapters.base import Topology
-from txmq.adapters.rabbitmq import RabbitMQAdapter
-from txmq.config import RabbitMQSettings, parse_broker_url
+from txmq.adapters.registry import parse_broker_url
 from txmq.errors import ConfigurationError, MessageDecodeError, MissingDependency, PublishError
 from txmq.message import Message
 
@@ -58,7 +59,7 @@ def test_encode_omits_key_header_without_key() -> None:
 
 def test_outgoing_is_persistent_with_message_id() -> None:
     message = Message("t", b"body", headers={"h": "v"})
-    item = _outgoing("txmq", "t", message)
+    item = outgoing("txmq", "t", message)
     assert item.properties.delivery_mode == PERSISTENT
     assert item.properties.message_id == message.id
     assert item.properties.headers["h"] == "v"
@@ -204,8 +205,8 @@ def test_settlement_plan(outstanding: list[int], tags: list[int], plan: list[tup
 # --- publish batches ------------------------------------------------------------------
 
 
-def batch_of(count: int) -> _Batch:
-    return _Batch([_outgoing("txmq", "t", Message("t", b"")) for _ in range(count)])
+def batch_of(count: int) -> Batch:
+    return Batch([outgoing("txmq", "t", Message("t", b"")) for _ in range(count)])
 
 
 def test_batch_completes_when_every_message_is_settled() -> None:
@@ -312,10 +313,8 @@ def test_quorum_retry_queues_dead_letter_at_least_once() -> None:
 
 def test_missing_pika_asks_for_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(sys.modules):
-        if name == "pika" or name.startswith(
-            ("pika.", "txmq.adapters._rabbitmq", "txmq.adapters.rabbitmq")
-        ):
+        if name == "pika" or name.startswith(("pika.", "txmq.adapters.rabbitmq")):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "pika", None)
     with pytest.raises(MissingDependency, match=r"pip install 'txmq\[rabbitmq\]'"):
-        importlib.import_module("txmq.adapters.rabbitmq")
+        importlib.import_module("txmq.adapters.rabbitmq.adapter")

@@ -1,15 +1,11 @@
-"""Broker adapters, chosen by URL scheme.
+"""Broker adapters, chosen by URL scheme (see :mod:`txmq.adapters.registry`).
 
-The registry maps a settings ``system`` to ``"module:factory"`` (a class or a function
-taking the settings); the module is imported only
-when that broker is used, so ``pip install 'txmq[kafka]'`` users never need pika and the other
-way round.
+Each broker is a package of its own (``rabbitmq/``, ``kafka/``, ``memory/``) with its
+settings, connection, publisher, subscription and wire format; everything above this
+package talks to brokers only through the protocol in :mod:`txmq.adapters.base`.
 """
 
 from __future__ import annotations
-
-import importlib
-from collections.abc import Callable
 
 from txmq.adapters.base import (
     Adapter,
@@ -19,30 +15,9 @@ from txmq.adapters.base import (
     QueueBrowser,
     Subscription,
     Topology,
-    dead_letter_queue,
-    retry_queue,
-    work_queue,
 )
-from txmq.config import BrokerSettings, parse_broker_url
-
-ADAPTERS: dict[str, str] = {
-    "rabbitmq": "txmq.adapters.rabbitmq:RabbitMQAdapter",
-    "kafka": "txmq.adapters.kafka:KafkaAdapter",
-    "memory": "txmq.testing.fakes:memory_broker",
-}
-
-
-def adapter_for(settings: BrokerSettings) -> Adapter:
-    """Build the adapter for ``settings``.
-
-    Raises:
-        MissingDependency: the broker's driver is not installed.
-    """
-    module_name, _, factory_name = ADAPTERS[settings.system].partition(":")
-    factory: Callable[[BrokerSettings], Adapter] = getattr(
-        importlib.import_module(module_name), factory_name
-    )
-    return factory(settings)
+from txmq.adapters.names import dead_letter_queue, retry_queue, work_queue
+from txmq.adapters.registry import adapter_for, parse_broker_url
 
 
 def connect(url: str | None = None, *, check: bool = True) -> Adapter:
@@ -50,8 +25,8 @@ def connect(url: str | None = None, *, check: bool = True) -> Adapter:
 
     Args:
         url: ``rabbitmq://``, ``amqp://``, ``amqps://`` or ``kafka://`` URL, or
-            ``memory://name`` for the in-process :class:`~txmq.testing.fakes.InMemoryBroker`
-            of that name (one per name and process, shared by every ``connect`` of it).
+            ``memory://name`` for the in-process broker of that name (one per name and
+            process, shared by every ``connect`` of it).
         check: connect once now (bounded by ``connect_timeout``) so a wrong host or password
             fails here rather than at the first publish.
 
@@ -70,7 +45,6 @@ def connect(url: str | None = None, *, check: bool = True) -> Adapter:
 
 
 __all__ = [
-    "ADAPTERS",
     "Adapter",
     "Delivery",
     "PublishOutcome",
@@ -81,6 +55,7 @@ __all__ = [
     "adapter_for",
     "connect",
     "dead_letter_queue",
+    "parse_broker_url",
     "retry_queue",
     "work_queue",
 ]

@@ -8,12 +8,7 @@ Threading: an :class:`Adapter` holds settings and is safe to share. Each
 :class:`Publisher` and :class:`Subscription` owns its own connection and must be used from
 one thread at a time (the pika discipline: one connection per thread).
 
-Physical names (DESIGN.md section 5), for group ``g`` and topic ``t``:
-
-* work queue (RabbitMQ queue bound to the deployment exchange with routing key ``t``) ``g.t``;
-  on Kafka the group reads topic ``t`` itself;
-* retry stage ``n`` (1-based): ``g.t.retry.n``;
-* dead-letter queue: ``g.t.dlq``.
+Physical names of queues and topics are in :mod:`txmq.adapters.names`.
 """
 
 from __future__ import annotations
@@ -21,47 +16,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
+from txmq.adapters.names import dead_letter_queue, retry_queue, work_queue
+from txmq.lifecycle import Closing
 from txmq.message import Message, validate_name
 
 if TYPE_CHECKING:
     from txmq.config import BrokerSettings
-
-
-def work_queue(group: str, topic: str) -> str:
-    """RabbitMQ queue of ``group`` for ``topic``."""
-    return f"{group}.{topic}"
-
-
-def retry_queue(group: str, topic: str, stage: int) -> str:
-    """Queue/topic holding messages waiting for retry ``stage`` (1-based)."""
-    return f"{group}.{topic}.retry.{stage}"
-
-
-def dead_letter_queue(group: str, topic: str) -> str:
-    """Queue/topic of messages of ``group`` that failed for good."""
-    return f"{group}.{topic}.dlq"
-
-
-class Closing(abc.ABC):
-    """Something to :meth:`close` when done; ``with`` closes it."""
-
-    @abc.abstractmethod
-    def close(self) -> None:
-        """Release what it holds. Idempotent."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ the other groups acknowledge it without processing it.
 A replayed or purged letter is listed no more, and replayed again only when asked
 (``include_replayed``): RabbitMQ acknowledges it out of the queue; on Kafka, whose DLQ
 topic is a log, a marker record after the letter in its partition settles it (see
-:mod:`txmq.adapters._kafka_browser` for why a marker rather than a committed offset).
+:mod:`txmq.adapters.kafka.browser` for why a marker rather than a committed offset).
 
 A message whose failure already sent a compensation event (``x-txmq-compensation-id``)
 is not replayed unless forced: its effect was undone at the producer, and applying it now
@@ -34,7 +34,6 @@ from txmq.adapters import (
     dead_letter_queue,
     work_queue,
 )
-from txmq.adapters.base import Closing
 from txmq.consumer.envelopes import replay_copy
 from txmq.consumer.headers import (
     HEADER_COMPENSATION_ID,
@@ -45,6 +44,7 @@ from txmq.consumer.headers import (
     replay_generation,
 )
 from txmq.errors import QueueNotFound
+from txmq.lifecycle import Closing
 from txmq.message import (
     HEADER_ERROR_MESSAGE,
     HEADER_ERROR_TYPE,

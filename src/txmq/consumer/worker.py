@@ -31,9 +31,8 @@ from txmq.adapters.base import (
     Publisher,
     Subscription,
     Topology,
-    dead_letter_queue,
-    retry_queue,
 )
+from txmq.adapters.names import dead_letter_queue, retry_queue
 from txmq.consumer.compensation import compensation_event
 from txmq.consumer.envelopes import dead_letter_copy, raw_dead_letter, retry_copy
 from txmq.consumer.headers import (

@@ -28,9 +28,9 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from txmq.adapters import Adapter, connect
-from txmq.adapters.base import Closing
 from txmq.database import outside_run_sync_is_an_error
 from txmq.errors import BrokerError, TransactionError, TxmqError
+from txmq.lifecycle import Closing
 from txmq.message import DEFAULT_MAX_BODY_BYTES, HEADER_PRODUCER_GROUP, Message, validate_name
 from txmq.outbox.checkback import CheckBack, CheckBackPolicy, Checker
 from txmq.outbox.relay import Relay

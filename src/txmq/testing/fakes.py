@@ -40,9 +40,10 @@ from txmq.adapters.base import (
     QueueBrowser,
     Subscription,
     Topology,
-    work_queue,
 )
-from txmq.config import BrokerSettings, CommonSettings, MemorySettings
+from txmq.adapters.memory.settings import MemorySettings
+from txmq.adapters.names import work_queue
+from txmq.config import BrokerSettings, CommonSettings
 from txmq.errors import (
     BrokerUnavailable,
     ConfigurationError,

@@ -14,8 +14,9 @@ from confluent_kafka.admin import AdminClient
 
 import txmq
 from txmq.adapters.base import Delivery, Subscription, Topology
-from txmq.adapters.kafka import KafkaAdapter
-from txmq.config import KafkaSettings, parse_broker_url
+from txmq.adapters.kafka.adapter import KafkaAdapter
+from txmq.adapters.kafka.settings import KafkaSettings
+from txmq.adapters.registry import parse_broker_url
 
 pytestmark = pytest.mark.broker
 

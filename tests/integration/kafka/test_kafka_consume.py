@@ -10,7 +10,7 @@ from confluent_kafka.admin import AdminClient
 
 import txmq
 from txmq.adapters.base import Delivery, Topology
-from txmq.adapters.kafka import KafkaAdapter, KafkaSubscription
+from txmq.adapters.kafka.adapter import KafkaAdapter, KafkaSubscription
 from txmq.errors import BrokerUnavailable, MessageDecodeError, QueueNotFound, TopologyError
 from txmq.message import Message
 

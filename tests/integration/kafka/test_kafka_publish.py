@@ -11,7 +11,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 import txmq
 from txmq.adapters.base import Delivery, Subscription, Topology
-from txmq.adapters.kafka import KafkaAdapter, KafkaTransactionalPublisher
+from txmq.adapters.kafka.adapter import KafkaAdapter, KafkaTransactionalPublisher
 from txmq.errors import BrokerUnavailable, MessageTooLarge, PublishError
 from txmq.message import Message
 

@@ -14,10 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 import txmq
-from txmq.adapters._rabbitmq_connection import open_blocking
 from txmq.adapters.base import Topology
-from txmq.adapters.rabbitmq import RabbitMQAdapter
-from txmq.config import parse_broker_url
+from txmq.adapters.rabbitmq.adapter import RabbitMQAdapter
+from txmq.adapters.rabbitmq.connection import open_blocking
+from txmq.adapters.registry import parse_broker_url
 
 
 def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:

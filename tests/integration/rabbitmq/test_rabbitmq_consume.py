@@ -12,7 +12,7 @@ import pytest
 
 from txmq import BrokerError, BrokerUnavailable, Delivery, Message, Topology, TopologyError
 from txmq.adapters.base import Subscription
-from txmq.adapters.rabbitmq import RabbitMQAdapter
+from txmq.adapters.rabbitmq.adapter import RabbitMQAdapter
 
 pytestmark = pytest.mark.broker
 

@@ -21,7 +21,7 @@ from txmq import (
     TopologyError,
     unroutable,
 )
-from txmq.adapters.rabbitmq import RabbitMQAdapter
+from txmq.adapters.rabbitmq.adapter import RabbitMQAdapter
 
 pytestmark = pytest.mark.broker
 

@@ -10,7 +10,7 @@ import pytest
 
 import txmq
 from txmq import Message, Topology, TopologyError
-from txmq.adapters.rabbitmq import RabbitMQAdapter
+from txmq.adapters.rabbitmq.adapter import RabbitMQAdapter
 
 pytestmark = pytest.mark.broker
 

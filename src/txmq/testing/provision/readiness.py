@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from txmq.config import KafkaSettings, RabbitMQSettings, parse_broker_url
+from txmq.adapters.kafka.settings import KafkaSettings
+from txmq.adapters.rabbitmq.settings import RabbitMQSettings
+from txmq.adapters.registry import parse_broker_url
 from txmq.testing.provision.common import Broker, ProvisionError
 
 #: Called between attempts; returns why the broker cannot come up any more (it died), or None.

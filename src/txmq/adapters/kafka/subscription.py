@@ -1,7 +1,7 @@
 """Consuming from Kafka with manual, per-message acknowledgement.
 
 A Kafka group remembers one offset per partition, so acknowledging single messages is
-built here: :class:`~txmq.adapters._kafka_offsets.OffsetTracker` works out, per
+built here: :class:`~txmq.adapters.kafka.offsets.OffsetTracker` works out, per
 partition, the offset just past the longest run of finished messages, and that is what
 gets committed. Nothing is committed automatically (``enable.auto.commit=false``), and
 only committed transactions are read (``isolation.level=read_committed``), so half
@@ -22,10 +22,10 @@ from confluent_kafka import (
 )
 from confluent_kafka import Message as Record
 
-from txmq.adapters._kafka_client import ClientEvents, KafkaContext, logger
-from txmq.adapters._kafka_offsets import OffsetTracker, PartitionKey, Position
-from txmq.adapters._kafka_wire import decode_record
 from txmq.adapters.base import Delivery, Subscription
+from txmq.adapters.kafka.client import ClientEvents, KafkaContext, logger
+from txmq.adapters.kafka.offsets import OffsetTracker, PartitionKey, Position
+from txmq.adapters.kafka.wire import decode_record
 from txmq.errors import BrokerUnavailable
 
 #: Rebalancing: ``cooperative-sticky`` moves only the partitions that change owner, so a
@@ -48,7 +48,7 @@ CONSUMER_REQUIRED: dict[str, Any] = {
     "auto.offset.reset": "earliest",
 }
 #: Seconds between asynchronous offset commits: acknowledgements in between are coalesced.
-_COMMIT_INTERVAL = 0.1
+COMMIT_INTERVAL = 0.1
 #: Fetch budget per prefetched message, and the bounds of the whole fetch buffer.
 _KBYTES_PER_PREFETCH = 16
 _MIN_QUEUE_KBYTES, _MAX_QUEUE_KBYTES = 1024, 65_536
@@ -58,7 +58,7 @@ _MIN_QUEUE_KBYTES, _MAX_QUEUE_KBYTES = 1024, 65_536
 _REFILL_BACKOFF_MS = 10
 
 
-def _prefetch_config(prefetch: int) -> dict[str, Any]:
+def prefetch_config(prefetch: int) -> dict[str, Any]:
     """librdkafka's fetch buffer, sized from a RabbitMQ-style ``prefetch``.
 
     librdkafka fetches ahead into a local queue: it keeps fetching while a partition has
@@ -124,7 +124,7 @@ class KafkaSubscription(Subscription):
         self._next_commit = 0.0  # time.monotonic() from which an asynchronous commit may go
         config = context.config(
             self._events,
-            defaults={**_CONSUMER_DEFAULTS, **_prefetch_config(prefetch)},
+            defaults={**_CONSUMER_DEFAULTS, **prefetch_config(prefetch)},
             required={**CONSUMER_REQUIRED, "group.id": group, "on_commit": self._on_commit},
         )
         self._cooperative = config["partition.assignment.strategy"] == "cooperative-sticky"
@@ -292,7 +292,7 @@ class KafkaSubscription(Subscription):
         points = self._tracker.commit_points()
         if not points:
             return
-        self._next_commit = now + _COMMIT_INTERVAL
+        self._next_commit = now + COMMIT_INTERVAL
         try:
             consumer.commit(offsets=_topic_partitions(points), asynchronous=True)
         except KafkaException as exc:

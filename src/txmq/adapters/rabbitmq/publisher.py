@@ -18,7 +18,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from txmq.adapters._rabbitmq_connection import (
+from txmq.adapters.base import Publisher, PublishOutcome
+from txmq.adapters.rabbitmq.connection import (
     PRECONDITION_FAILED,
     connection_parameters,
     describe,
@@ -26,14 +27,13 @@ from txmq.adapters._rabbitmq_connection import (
     reply_code,
     unavailable,
 )
-from txmq.adapters._rabbitmq_unroutable import (
+from txmq.adapters.rabbitmq.settings import RabbitMQSettings
+from txmq.adapters.rabbitmq.unroutable import (
     exchange_arguments,
     exchange_hint,
     holding_declarations,
 )
-from txmq.adapters._rabbitmq_wire import PERSISTENT, encode_headers
-from txmq.adapters.base import Publisher, PublishOutcome
-from txmq.config import RabbitMQSettings
+from txmq.adapters.rabbitmq.wire import PERSISTENT, encode_headers
 from txmq.errors import BrokerError, BrokerUnavailable, PublishError, TopologyError
 from txmq.message import Message, validate_name
 
@@ -56,7 +56,7 @@ class _Outgoing(NamedTuple):  # a tuple: built once per message on the hot path
     properties: Any
 
 
-class _Batch:
+class Batch:
     """One publish call: its messages and what became of each.
 
     Settled from the IO thread, abandoned from the caller's thread on timeout; ``lock``
@@ -127,14 +127,14 @@ class _Link:
         self._settings = settings
         self._lock = threading.Lock()
         self._dead = False  # guarded by _lock
-        self._batches: set[_Batch] = set()  # guarded by _lock: submitted, not yet finished
+        self._batches: set[Batch] = set()  # guarded by _lock: submitted, not yet finished
         self._ready = threading.Event()
         self._failure: Exception | None = None  # why the link could not be opened
         self._channel: Any = None
         # Delivery tags on a confirm-mode channel count publishes from 1.
         self._next_tag = 1
         self._oldest_unconfirmed = 1
-        self._pending: dict[int, tuple[_Batch, int]] = {}
+        self._pending: dict[int, tuple[Batch, int]] = {}
         # basic.return arrives before the basic.ack of the same publish; remember why the
         # message came back, by (message id, exchange, routing key), until its ack settles it.
         self._returned: dict[tuple[str, str, str], str] = {}
@@ -172,7 +172,7 @@ class _Link:
             self.close()
             raise self._failure
 
-    def submit(self, batch: _Batch) -> bool:
+    def submit(self, batch: Batch) -> bool:
         """Hand ``batch`` to the IO thread; ``False`` if the link is already dead."""
         with self._lock:
             if self._dead:
@@ -181,7 +181,7 @@ class _Link:
         self._connection.ioloop.add_callback_threadsafe(functools.partial(self._send, batch, 0))
         return True
 
-    def forget(self, batch: _Batch) -> None:
+    def forget(self, batch: Batch) -> None:
         with self._lock:
             self._batches.discard(batch)
 
@@ -285,7 +285,7 @@ class _Link:
         if not (self._connection.is_closing or self._connection.is_closed):
             self._connection.close()
 
-    def _send(self, batch: _Batch, start: int) -> None:
+    def _send(self, batch: Batch, start: int) -> None:
         if batch.closed:  # the caller gave up on it: what is unsent stays unsent
             return
         publish = self._channel.basic_publish
@@ -386,7 +386,7 @@ class RabbitMQPublisher(Publisher):
         limit = self._settings.common.max_body_bytes
         for _, _, message in targets:
             message.check_size(limit)
-        batch = _Batch([_outgoing(*target) for target in targets])
+        batch = Batch([outgoing(*target) for target in targets])
         link = self._live_link()
         if not link.submit(batch):
             # Lost between the check and the hand-off, before anything was sent.
@@ -425,7 +425,7 @@ class RabbitMQPublisher(Publisher):
         return link
 
 
-def _outgoing(exchange: str, routing_key: str, message: Message) -> _Outgoing:
+def outgoing(exchange: str, routing_key: str, message: Message) -> _Outgoing:
     properties = pika.BasicProperties(
         message_id=message.id,
         delivery_mode=PERSISTENT,

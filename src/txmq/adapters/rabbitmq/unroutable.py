@@ -19,8 +19,8 @@ import logging
 from collections.abc import Collection
 from typing import Any
 
-from txmq.adapters._rabbitmq_connection import channel_error, close_quietly, open_blocking, pika
-from txmq.config import RabbitMQSettings
+from txmq.adapters.rabbitmq.connection import channel_error, close_quietly, open_blocking, pika
+from txmq.adapters.rabbitmq.settings import RabbitMQSettings
 
 log = logging.getLogger("txmq.rabbitmq")
 

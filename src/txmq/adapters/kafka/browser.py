@@ -35,10 +35,10 @@ from confluent_kafka import (
 )
 from confluent_kafka import Message as Record
 
-from txmq.adapters._kafka_client import ClientEvents, KafkaContext
-from txmq.adapters._kafka_subscription import CONSUMER_REQUIRED
-from txmq.adapters._kafka_wire import decode_record
 from txmq.adapters.base import Delivery, QueueBrowser
+from txmq.adapters.kafka.client import ClientEvents, KafkaContext
+from txmq.adapters.kafka.subscription import CONSUMER_REQUIRED
+from txmq.adapters.kafka.wire import decode_record
 from txmq.errors import BrokerUnavailable, PublishError, QueueNotFound
 
 #: Header of a settlement marker: the offset (decimal) of the record it settles.

@@ -14,16 +14,16 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from txmq.adapters._rabbitmq_connection import (
+from txmq.adapters.base import Delivery, Subscription
+from txmq.adapters.rabbitmq.connection import (
     channel_error,
     close_quietly,
     open_blocking,
     pika,
     unavailable,
 )
-from txmq.adapters._rabbitmq_wire import decode_frame, settlement_plan
-from txmq.adapters.base import Delivery, Subscription
-from txmq.config import RabbitMQSettings
+from txmq.adapters.rabbitmq.settings import RabbitMQSettings
+from txmq.adapters.rabbitmq.wire import decode_frame, settlement_plan
 from txmq.errors import BrokerError, BrokerUnavailable, ConfigurationError
 
 #: Largest prefetch count AMQP can express (a 16-bit field; 0 would mean unlimited).

@@ -15,23 +15,25 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from txmq.adapters._rabbitmq_browser import RabbitMQBrowser, missing_or_refused
-from txmq.adapters._rabbitmq_connection import (
+from txmq.adapters.base import Adapter, Publisher, Subscription, Topology
+from txmq.adapters.names import work_queue
+from txmq.adapters.rabbitmq.browser import RabbitMQBrowser, missing_or_refused
+from txmq.adapters.rabbitmq.connection import (
     channel_error,
     close_quietly,
     open_blocking,
     pika,
 )
-from txmq.adapters._rabbitmq_publisher import RabbitMQPublisher
-from txmq.adapters._rabbitmq_subscription import RabbitMQSubscription
-from txmq.adapters._rabbitmq_unroutable import (
+from txmq.adapters.rabbitmq.publisher import RabbitMQPublisher
+from txmq.adapters.rabbitmq.settings import RabbitMQSettings
+from txmq.adapters.rabbitmq.subscription import RabbitMQSubscription
+from txmq.adapters.rabbitmq.unroutable import (
     declare_exchanges,
     exchange_hint,
     reroute,
     unroutable_name,
 )
-from txmq.adapters.base import Adapter, Publisher, Subscription, Topology, work_queue
-from txmq.config import BrokerSettings, RabbitMQSettings
+from txmq.config import BrokerSettings
 from txmq.errors import ConfigurationError, QueueNotFound
 from txmq.message import validate_name
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from txmq.adapters._kafka_client import (
+from txmq.adapters.base import Publisher, PublishOutcome
+from txmq.adapters.kafka.client import (
     ClientEvents,
     KafkaContext,
     error_of,
@@ -26,8 +27,7 @@ from txmq.adapters._kafka_client import (
     logger,
     remaining,
 )
-from txmq.adapters._kafka_wire import encode_headers, encode_key
-from txmq.adapters.base import Publisher, PublishOutcome
+from txmq.adapters.kafka.wire import encode_headers, encode_key
 from txmq.errors import BrokerUnavailable, PublishError, PublishRefused
 from txmq.message import Message, validate_name
 

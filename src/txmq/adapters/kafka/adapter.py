@@ -38,18 +38,18 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "the Kafka adapter needs confluent-kafka: pip install 'txmq[kafka]'"
     ) from exc
 
-from txmq.adapters._kafka_browser import KafkaBrowser
-from txmq.adapters._kafka_client import (
+from txmq.adapters.base import Adapter, Topology
+from txmq.adapters.kafka.browser import KafkaBrowser
+from txmq.adapters.kafka.client import (
     ClientEvents,
     KafkaContext,
     error_of,
     is_unreachable,
     logger,
 )
-from txmq.adapters._kafka_publisher import KafkaPublisher, KafkaTransactionalPublisher
-from txmq.adapters._kafka_subscription import KafkaSubscription
-from txmq.adapters.base import Adapter, Topology
-from txmq.config import KafkaSettings
+from txmq.adapters.kafka.publisher import KafkaPublisher, KafkaTransactionalPublisher
+from txmq.adapters.kafka.settings import KafkaSettings
+from txmq.adapters.kafka.subscription import KafkaSubscription
 from txmq.errors import BrokerUnavailable, ConfigurationError, QueueNotFound, TopologyError
 from txmq.message import validate_name
 

@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
 
-from txmq.config import SECRET_OPTIONS, KafkaSettings, redact
+from txmq.adapters.kafka.settings import KafkaSettings
+from txmq.config import SECRET_OPTIONS, redact
 from txmq.errors import ConfigurationError
 
 logger = logging.getLogger("txmq.adapters.kafka")
@@ -145,7 +146,7 @@ class KafkaContext:
             **self.settings.options,
             **(required or {}),
             "error_cb": events.on_error,
-            "logger": _LibrdkafkaLog(self.scrub),
+            "logger": LibrdkafkaLog(self.scrub),
         }
 
 
@@ -190,7 +191,7 @@ class ClientEvents:
             logger.warning("Kafka %s: %s", self._client, text)
 
 
-class _LibrdkafkaLog:
+class LibrdkafkaLog:
     """The ``logger`` confluent-kafka forwards librdkafka's log lines to.
 
     confluent-kafka calls ``log(level, "%s [%s] %s", facility, client_name, line)``.

@@ -12,7 +12,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from txmq.adapters._rabbitmq_connection import (
+from txmq.adapters.base import Delivery, QueueBrowser
+from txmq.adapters.rabbitmq.connection import (
     NOT_FOUND,
     channel_error,
     close_quietly,
@@ -22,9 +23,8 @@ from txmq.adapters._rabbitmq_connection import (
     reply_code,
     unavailable,
 )
-from txmq.adapters._rabbitmq_wire import decode_frame, settlement_plan
-from txmq.adapters.base import Delivery, QueueBrowser
-from txmq.config import RabbitMQSettings
+from txmq.adapters.rabbitmq.settings import RabbitMQSettings
+from txmq.adapters.rabbitmq.wire import decode_frame, settlement_plan
 from txmq.errors import BrokerError, QueueNotFound, TopologyError
 
 _AMQP_ERRORS = (pika.exceptions.AMQPError, OSError)

@@ -11,7 +11,8 @@ import contextlib
 import ssl
 from typing import Any
 
-from txmq.config import RabbitMQSettings, redact
+from txmq.adapters.rabbitmq.settings import RabbitMQSettings
+from txmq.config import redact
 from txmq.errors import BrokerUnavailable, MissingDependency, TopologyError
 
 try:

@@ -1,0 +1,1 @@
+"""The in-process ``memory://`` broker, for fast tests without a broker."""
