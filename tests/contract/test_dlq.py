@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 import txmq
 from txmq.adapters import Adapter, Topology
-from txmq.consumer import DeadLetters, cli
+from txmq.cli import dlq as cli
+from txmq.consumer import DeadLetters
 from txmq.consumer.envelopes import dead_letter_copy
 from txmq.errors import QueueNotFound
 from txmq.message import Message

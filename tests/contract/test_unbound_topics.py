@@ -145,7 +145,7 @@ def test_held_messages_are_listed_and_rerouted_by_the_cli(
     nothing outside the topic itself, and says so."""
     from typer.testing import CliRunner
 
-    from txmq.cli import app
+    from txmq.cli.root import app
 
     topic = f"audit.{uuid.uuid4().hex[:10]}"
     message = txmq.Message(topic, b"held")
