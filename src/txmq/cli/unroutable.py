@@ -3,6 +3,7 @@ topic (see :mod:`txmq.unroutable`)."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
@@ -10,6 +11,7 @@ import typer
 from txmq.adapters import Adapter, connect
 from txmq.config import ENV_BROKER_URL, redact
 from txmq.errors import TxmqError
+from txmq.message import Message
 from txmq.unroutable import held, reroute
 
 app = typer.Typer(
@@ -30,8 +32,16 @@ def _connect(url: str | None) -> Adapter:
 
 
 @app.command(name="list")
-def list_held(broker: BrokerOption = None, limit: int = 100) -> None:
-    """List held messages: id, topic, key, size."""
+def list_held(
+    broker: BrokerOption = None,
+    limit: int = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List held messages: id, topic, key, size.
+
+    ``--json`` prints one object per line (``id``, ``topic``, ``key``, ``size``,
+    ``headers``) and the count on stderr. Kafka holds none (a topic keeps its messages).
+    """
     adapter = _connect(broker)
     try:
         messages = held(adapter, limit=limit)
@@ -41,8 +51,21 @@ def list_held(broker: BrokerOption = None, limit: int = 100) -> None:
     finally:
         adapter.close()
     for message in messages:
-        typer.echo(f"{message.id}  {message.topic}  key={message.key}  {len(message.body)} B")
-    typer.echo(f"{len(messages)} message(s) held")
+        if as_json:
+            typer.echo(json.dumps(_as_dict(message)))
+        else:
+            typer.echo(f"{message.id}  {message.topic}  key={message.key}  {len(message.body)} B")
+    typer.echo(f"{len(messages)} message(s) held", err=as_json)
+
+
+def _as_dict(message: Message) -> dict[str, object]:
+    return {
+        "id": message.id,
+        "topic": message.topic,
+        "key": message.key,
+        "size": len(message.body),
+        "headers": dict(message.headers),
+    }
 
 
 @app.command(name="reroute")
