@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 import txmq
-from txmq.cli import app
+from txmq.cli.root import app
 from txmq.outbox import Producer, Relay, make_outbox_tables
 from txmq.outbox.store import utcnow
 from txmq.states import RecordState

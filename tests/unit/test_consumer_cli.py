@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from txmq.adapters import Topology
-from txmq.consumer import cli
+from txmq.cli import dlq as cli
 from txmq.consumer.envelopes import dead_letter_copy
 from txmq.errors import BrokerUnavailable
 from txmq.message import Message

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 import txmq
-from txmq.cli import app
+from txmq.cli.root import app
 from txmq.outbox import CheckBackPolicy
 from txmq.states import LocalTransactionState, RecordState
 from txmq.testing.fakes import InMemoryBroker

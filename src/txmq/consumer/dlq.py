@@ -22,12 +22,13 @@ would apply it after all.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from txmq.adapters import (
     Adapter,
     Delivery,
+    PublishOutcome,
     QueueBrowser,
     Topology,
     connect,
@@ -53,6 +54,9 @@ from txmq.message import (
     Message,
     validate_name,
 )
+
+#: Replay copies published per round trip: the unit in which ``replay(progress=)`` advances.
+REPLAY_CHUNK = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +189,7 @@ class DeadLetters(Closing):
         include_replayed: bool = False,
         limit: int = 1000,
         timeout: float = 30.0,
+        progress: Callable[[int, int], None] | None = None,
     ) -> ReplayResult:
         """Send parked messages back to the group and remove them from the DLQ.
 
@@ -200,6 +205,8 @@ class DeadLetters(Closing):
                 (RabbitMQ: no effect, a replayed letter has left the queue).
             limit: the most letters read in one call.
             timeout: the longest the reading may take.
+            progress: called with the copies confirmed so far and how many are sent, once
+                the letters are read and after every :data:`REPLAY_CHUNK` copies.
 
         Returns:
             the ids replayed, the ids skipped because compensated, the ids not found.
@@ -223,8 +230,16 @@ class DeadLetters(Closing):
             if not chosen:
                 return result
             copies = [self._copy(d) for d in chosen]
+            outcomes: list[PublishOutcome] = []
             with self._adapter.publisher() as publisher:
-                outcomes = publisher.send_to_queue(self._destination(), copies)
+                destination = self._destination()
+                for start in range(0, len(copies), REPLAY_CHUNK):
+                    if progress is not None:
+                        progress(start, len(copies))
+                    chunk = copies[start : start + REPLAY_CHUNK]
+                    outcomes += publisher.send_to_queue(destination, chunk)
+            if progress is not None:
+                progress(len(copies), len(copies))
             sent = [d for d, outcome in zip(chosen, outcomes, strict=True) if outcome.ok]
             browser.remove(sent)
             for outcome in outcomes:
