@@ -919,11 +919,3 @@ def run(
         print()
         print("\n".join(report_lines(runs, name)))
     return 0 if runs and all(broker_run.passed for broker_run in runs) else 1
-
-
-def main(broker_url: str | None = None, database_url: str | None = None) -> bool:
-    """Run the demo on one broker (None: the provisioned ones); True if every check passed.
-
-    What today's ``txmq demo`` command calls; it goes once the command calls :func:`run`.
-    """
-    return run(None if broker_url is None else [broker_url], database_url) == 0
