@@ -47,12 +47,10 @@ class Consumer:
     The handler sees the attempt number as ``message.headers["x-txmq-attempt"]`` (``"1"`` on
     the first delivery; :func:`txmq.consumer.attempt_of` parses it).
 
-    RabbitMQ: a worker answers the connection's heartbeats only between handlers, so a
-    handler (or a batch) running longer than the heartbeat timeout (URL option
-    ``heartbeat``, 60 s by default) loses the connection. Its commit stands, but the ack is
-    lost: the message is delivered again and skipped by the inbox, and a failed attempt is
-    run (and retried) again, so retry copies pile up. Give handlers that can run that long a
-    larger ``heartbeat`` (``rabbitmq://...?heartbeat=600``), or ``0`` to turn heartbeats off.
+    RabbitMQ: each worker's connection is driven by an IO thread of its subscription, which
+    answers heartbeats while handlers run, so a handler (or a batch) may take longer than
+    the heartbeat timeout (URL option ``heartbeat``, 60 s by default) without losing the
+    connection or its messages.
 
     Args:
         broker: an adapter (not closed by the consumer) or a broker URL (the consumer
