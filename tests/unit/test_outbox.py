@@ -25,9 +25,9 @@ from sqlalchemy.orm import Session
 import txmq
 from txmq import unroutable
 from txmq.adapters.base import Publisher, PublishOutcome
+from txmq.adapters.memory.adapter import InMemoryBroker
 from txmq.outbox import CheckBackPolicy, Producer, Relay, make_outbox_tables
 from txmq.states import CheckLimitPolicy, LocalTransactionState, RecordState
-from txmq.testing.fakes import InMemoryBroker
 
 COMMIT, ROLLBACK, UNKNOWN = (
     LocalTransactionState.COMMIT,
@@ -603,16 +603,16 @@ def test_relay_connect_opens_every_lane_before_the_first_batch(
 ) -> None:
     """``connect()`` is where a relay pays for its broker connections (on Kafka,
     ``init_transactions``) and where an unreachable broker shows."""
-    from txmq.testing import fakes
+    from txmq.adapters.memory import adapter as memory
 
     connected: list[object] = []
-    original = fakes._Publisher.connect
+    original = memory._Publisher.connect
 
-    def recording_connect(self: fakes._Publisher) -> None:
+    def recording_connect(self: memory._Publisher) -> None:
         original(self)
         connected.append(self)
 
-    monkeypatch.setattr(fakes._Publisher, "connect", recording_connect)
+    monkeypatch.setattr(memory._Publisher, "connect", recording_connect)
     relay = make_producer(engine, metadata, broker).relay()
     assert relay.connect() is relay
     assert len(connected) == 1  # SQLite: one lane
