@@ -11,6 +11,10 @@ The order of effects is what makes processing effectively-once:
 
 A crash between any two steps leads to a redelivery that the inbox turns into a no-op
 (or a repeated forward, which the replay generation and compensation ids deduplicate).
+
+What is not the group's to handle yet, or at all (a retry that is not due, another
+group's DLQ replay), never comes out of the subscription: the adapter withholds it and
+the worker only counts it (:meth:`~txmq.adapters.base.Subscription.withheld`).
 """
 
 from __future__ import annotations
