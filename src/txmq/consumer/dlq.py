@@ -6,9 +6,10 @@ gives it a new inbox key (``id#replay-n``): the inbox does not swallow it as a d
 the failed original, but does deduplicate a replay that happens twice (a crash between
 the republish and the DLQ acknowledgement repeats the same generation).
 
-Where a replay goes: on RabbitMQ straight into the group's work queue; on Kafka, where a
-group reads the shared topic, into the topic with ``x-txmq-target-group`` set, so that
-the other groups acknowledge it without processing it.
+Where a replay goes is the adapter's answer (:meth:`Adapter.replay_destination`): on
+RabbitMQ straight into the group's work queue; on Kafka, where a group reads the shared
+topic, into the topic. Either way it carries ``x-txmq-target-group``, so that where other
+groups read it too their subscriptions acknowledge it without handing it out.
 
 A replayed or purged letter is listed no more, and replayed again only when asked
 (``include_replayed``): RabbitMQ acknowledges it out of the queue; on Kafka, whose DLQ
@@ -30,10 +31,8 @@ from txmq.adapters import (
     Delivery,
     PublishOutcome,
     QueueBrowser,
-    Topology,
     connect,
     dead_letter_queue,
-    work_queue,
 )
 from txmq.consumer.envelopes import replay_copy
 from txmq.consumer.headers import (
@@ -232,7 +231,7 @@ class DeadLetters(Closing):
             copies = [self._copy(d) for d in chosen]
             outcomes: list[PublishOutcome] = []
             with self._adapter.publisher() as publisher:
-                destination = self._destination()
+                destination = self._adapter.replay_destination(self.group, self.topic)
                 for start in range(0, len(copies), REPLAY_CHUNK):
                     if progress is not None:
                         progress(start, len(copies))
@@ -275,12 +274,6 @@ class DeadLetters(Closing):
         assert delivery.message is not None  # checked by _chosen
         copy = replay_copy(delivery.message)
         return copy.with_headers(**{HEADER_TARGET_GROUP: self.group})
-
-    def _destination(self) -> str:
-        """The group's own work queue where it has one (RabbitMQ); else the topic (Kafka)."""
-        own = work_queue(self.group, self.topic)
-        sources = self._adapter.sources_for([Topology(self.group, self.topic)])
-        return own if own in sources else self.topic
 
     def purge(self) -> int:
         """Delete every parked message (replayed ones included); return how many were listed.

@@ -245,12 +245,10 @@ class Consumer:
                 raise ConfigurationError("consumer already started")
             adapter = self._connect()
             routes: dict[str, Route] = {}
-            retry_sources: set[str] = set()
             for topic in self._handlers:
                 route = self._route(topic)
                 for source in adapter.sources_for([route.topology]):
                     routes[source] = route
-                retry_sources.update(route.topology.retry_queues())
             if self._declare:
                 adapter.declare(self.topologies())
             self._stop.clear()
@@ -258,7 +256,6 @@ class Consumer:
                 adapter=adapter,
                 group=self.group,
                 routes=routes,
-                retry_sources=frozenset(retry_sources),
                 inbox=Inbox(self.inbox_table, self.group),
                 engine=self.engine,
                 session_factory=self._session_factory,
@@ -282,7 +279,7 @@ class Consumer:
         """The prefetch each worker subscribes with on ``adapter`` (see ``prefetch``)."""
         if self.prefetch is not None:
             return self.prefetch
-        if adapter.competing_consumers and self.concurrency > 1:
+        if adapter.capabilities.competing_consumers and self.concurrency > 1:
             return self.batch_size
         return max(DEFAULT_PREFETCH, self.batch_size)
 
