@@ -301,7 +301,7 @@ def test_graceful_stop_loses_and_doubles_nothing(env: Env, mode: str) -> None:
         handled.release()
 
     messages = [Message(env.topic, str(i).encode(), key=f"k{i % 5}") for i in range(60)]
-    first = env.consumer(concurrency=2, prefetch=20, **batch)
+    first = env.consumer(concurrency=2, prefetch=20, **batch)  # type: ignore[arg-type]
     first.add_handler(env.topic, slow)
     first.start()
     env.publish(*messages)
@@ -310,7 +310,7 @@ def test_graceful_stop_loses_and_doubles_nothing(env: Env, mode: str) -> None:
     assert first.stop(timeout=30)
     done_first = len(env.applied_ids())
     assert 15 <= done_first < 60
-    second = env.consumer(concurrency=2, prefetch=20, **batch)
+    second = env.consumer(concurrency=2, prefetch=20, **batch)  # type: ignore[arg-type]
     second.add_handler(env.topic, slow)
     with second:
         second.start()
@@ -377,7 +377,10 @@ def committed_offsets(broker_url: str, group: str, topic: str) -> list[int]:
     from confluent_kafka import Consumer as KafkaConsumer
     from confluent_kafka import TopicPartition
 
+    from txmq.adapters.kafka.settings import KafkaSettings
+
     settings = txmq.parse_broker_url(broker_url)
+    assert isinstance(settings, KafkaSettings)
     # Asks the group coordinator without joining the group.
     reader = KafkaConsumer(
         {"bootstrap.servers": ",".join(settings.bootstrap_servers), "group.id": group}

@@ -360,7 +360,7 @@ def test_two_relays_and_two_check_backs_publish_once_in_key_order(
         for _ in range(2)
     ]
     for worker in (*relays, *checkers):
-        worker.start()
+        worker.start()  # type: ignore[attr-defined]
     try:
         received = receive(broker, "cart", topic, 620, timeout=90)
     finally:

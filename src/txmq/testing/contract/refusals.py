@@ -175,7 +175,7 @@ def test_a_message_too_large_for_its_kafka_topic_goes_failed_alone(
     """A topic's own max.message.bytes (below the broker's) is not known at stage: Kafka
     refuses the whole produce request of that partition, and the relay finds out which
     record it refused; the others in the same transaction and partition are published."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     topic = f"refusals.{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": broker_url.removeprefix("kafka://")})
@@ -211,7 +211,7 @@ def test_a_record_behind_a_refused_one_of_its_key_is_not_failed_with_it(
     """Kafka refuses the whole request of a partition for one record too large for its
     topic: a later record of the same key, held back while the refused one is tried
     alone, was never refused itself. It is published once the refused one is FAILED."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     topic = f"refusals.{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": broker_url.removeprefix("kafka://")})
