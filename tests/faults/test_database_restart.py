@@ -24,6 +24,7 @@ import txmq
 from txmq.consumer import Consumer, make_inbox_table
 from txmq.outbox import CheckBackPolicy, Producer, make_outbox_tables
 from txmq.states import LocalTransactionState, RecordState
+from txmq.testing import wait_for
 from txmq.testing.provision.processes import RestartablePostgres
 
 pytestmark = [pytest.mark.broker, pytest.mark.database, pytest.mark.slow]
@@ -37,14 +38,6 @@ DOWNTIME = 2.5
 #: Longest time from "the database is back" to "a message committed then has been applied".
 #: The contract is 5 s; the bound leaves room for a loaded, shared machine.
 RESUMES_WITHIN = 20.0
-
-
-def wait_for(condition: Callable[[], bool], *, timeout: float = WAIT, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass

@@ -4,17 +4,17 @@ SIGTERM, with nothing lost."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, 
 from sqlalchemy.orm import Session
 
 import txmq
+from txmq import testing
 from txmq.consumer import make_inbox_table
 from txmq.outbox import Producer, make_outbox_tables
 from txmq.testing import provision
@@ -72,12 +73,8 @@ CONSUMER_MODULE = textwrap.dedent(
 )
 
 
-def wait_for(condition: Callable[[], bool], *, what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
+# These waits are on whole processes: longer than the default.
+wait_for = functools.partial(testing.wait_for, timeout=WAIT)
 
 
 def probe(port: int, path: str) -> tuple[int, str]:

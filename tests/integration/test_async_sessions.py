@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import txmq
 from txmq.consumer import Consumer, DeadLetters, RetryPolicy, make_inbox_table
 from txmq.outbox import Producer, make_outbox_tables
+from txmq.testing import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
 
@@ -89,13 +90,6 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
     yield Database(engine, async_url, metadata, prefix)
     metadata.drop_all(engine)
     engine.dispose()
-
-
-@pytest.fixture
-def broker(broker_url: str) -> Iterator[txmq.Adapter]:
-    adapter = txmq.connect(broker_url)
-    yield adapter
-    adapter.close()
 
 
 def run_async(database: Database, work: Callable[[AsyncSession], object]) -> None:
@@ -230,14 +224,6 @@ def test_txmq_refuses_an_asyncio_engine_for_its_own_statements(database: Databas
         asyncio.run(async_engine.dispose())
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("factory_kind", ["AsyncSession", "Session on AsyncEngine.sync_engine"])
 def test_consumer_with_an_asyncio_session_factory_keeps_the_message(
@@ -288,7 +274,7 @@ def test_consumer_with_an_asyncio_session_factory_keeps_the_message(
             with broker.publisher() as publisher:
                 assert all(o.ok for o in publisher.publish([message]))
             # A fatal error: the worker stops and says why; the message stays unacknowledged.
-            wait_for(lambda: not refusing.healthy(), "the consumer to stop on the error")
+            wait_for(lambda: not refusing.healthy(), what="the consumer to stop on the error")
         assert made
         assert applied == []
         assert (refusing.stats.retried, refusing.stats.dead_lettered) == (0, 0)
@@ -298,7 +284,7 @@ def test_consumer_with_an_asyncio_session_factory_keeps_the_message(
         working = consumer()
         with working:
             working.start()
-            wait_for(lambda: message.id in applied, "the message to be applied")
+            wait_for(lambda: message.id in applied, what="the message to be applied")
         with DeadLetters(broker, group=group, topic=topic) as dead_letters:
             assert dead_letters.list() == []
     finally:

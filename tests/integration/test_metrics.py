@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -25,22 +25,13 @@ from txmq.outbox import Producer, make_outbox_tables
 from txmq.outbox.store import OutboxStore, utcnow
 from txmq.outbox.tables import OutboxTables
 from txmq.states import RecordState
+from txmq.testing import wait_for
 
 pytestmark = [pytest.mark.database]
-
-WAIT = 60.0
 
 
 def value(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -240,7 +231,7 @@ def test_consumer_counts_outcomes_and_times_failing_handler_runs(
         consumer.start()
         with broker.publisher() as publisher:
             assert all(o.ok for o in publisher.publish([Message(topic, b"x")]))
-        wait_for(lambda: consumer.stats.processed == 1, "the second attempt")
+        wait_for(lambda: consumer.stats.processed == 1, what="the second attempt")
     assert value("txmq_consumed_total", group=group, outcome="processed") == 1
     assert value("txmq_consumed_total", group=group, outcome="retried") == 1
     assert value("txmq_consumed_total", group=group, outcome="dead_lettered") == 0
@@ -275,18 +266,18 @@ def test_dead_letter_depth_is_sampled(
         with broker.publisher() as publisher:
             outcomes = publisher.publish([Message(topic, str(i).encode()) for i in range(3)])
         assert all(o.ok for o in outcomes)
-        wait_for(lambda: consumer.stats.dead_lettered == 3, "three letters")
+        wait_for(lambda: consumer.stats.dead_lettered == 3, what="three letters")
 
     def depth() -> float | None:
         sampler.sample()
         return REGISTRY.get_sample_value("txmq_dlq_depth", {"group": group, "topic": topic})
 
-    wait_for(lambda: depth() == 3, "a depth of 3")  # RabbitMQ counts a confirmed letter soon
+    wait_for(lambda: depth() == 3, what="a depth of 3")  # RabbitMQ counts a confirmed letter soon
     assert sampler.sample()[group, topic] == 3  # Kafka: the remembered count
     with DeadLetters(broker, group=group, topic=topic) as letters:
         first = letters.list(timeout=10)[0]
         assert letters.replay([first.message.id]).replayed == [first.message.id]
-    wait_for(lambda: depth() == 2, "a depth of 2 after one replay")
+    wait_for(lambda: depth() == 2, what="a depth of 2 after one replay")
     assert REGISTRY.get_sample_value("txmq_dlq_depth", {"group": group, "topic": never}) == 0
     assert broker.queue_depth(dead_letter_queue(group, never)) == 0
 
@@ -306,7 +297,7 @@ def test_consumer_lag_is_sampled(
         sampler.sample()
         return REGISTRY.get_sample_value("txmq_consumer_lag", {"group": group, "topic": topic})
 
-    wait_for(lambda: lag() == 4, "a lag of 4 before the group consumed anything")
+    wait_for(lambda: lag() == 4, what="a lag of 4 before the group consumed anything")
     consumer = Consumer(
         broker=broker,
         engine=engine,
@@ -317,5 +308,5 @@ def test_consumer_lag_is_sampled(
     consumer.add_handler(topic, lambda message, session: None)
     with consumer:
         consumer.start()
-        wait_for(lambda: consumer.stats.processed == 4, "four messages processed")
-        wait_for(lambda: lag() == 0, "no lag once they are settled")
+        wait_for(lambda: consumer.stats.processed == 4, what="four messages processed")
+        wait_for(lambda: lag() == 0, what="no lag once they are settled")

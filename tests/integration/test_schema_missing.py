@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +23,7 @@ import txmq
 from txmq.consumer import Consumer, RetryPolicy, make_inbox_table
 from txmq.outbox import CheckBackPolicy, Producer, make_outbox_tables
 from txmq.states import LocalTransactionState
+from txmq.testing import wait_for
 
 pytestmark = pytest.mark.database
 
@@ -68,13 +68,6 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Schemaless]:
     yield Schemaless(url, engine, orders, prefix)
     metadata.drop_all(engine)
     engine.dispose()
-
-
-@pytest.fixture
-def broker(broker_url: str) -> Iterator[txmq.Adapter]:
-    adapter = txmq.connect(broker_url)
-    yield adapter
-    adapter.close()
 
 
 def assert_schema_missing(error: pytest.ExceptionInfo[txmq.SchemaMissing], table: str) -> None:
@@ -150,14 +143,6 @@ def test_purge_inbox_raises_schema_missing(db: Schemaless) -> None:
     assert_schema_missing(error, f"{db.prefix}inbox")
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.mark.broker
 @pytest.mark.slow
 def test_consumer_without_its_inbox_keeps_the_message(db: Schemaless, broker: txmq.Adapter) -> None:
@@ -190,7 +175,7 @@ def test_consumer_without_its_inbox_keeps_the_message(db: Schemaless, broker: tx
             refusing.start()
             with broker.publisher() as publisher:
                 assert all(o.ok for o in publisher.publish([message]))
-            wait_for(lambda: stopped_on_schema_missing(refusing), "a stop on SchemaMissing")
+            wait_for(lambda: stopped_on_schema_missing(refusing), what="a stop on SchemaMissing")
             assert not refusing.healthy()
         assert applied == []
         assert (refusing.stats.retried, refusing.stats.dead_lettered) == (0, 0)
@@ -198,7 +183,7 @@ def test_consumer_without_its_inbox_keeps_the_message(db: Schemaless, broker: tx
         working = consumer()
         with working:
             working.start()
-            wait_for(lambda: message.id in applied, "the message to be applied")
+            wait_for(lambda: message.id in applied, what="the message to be applied")
         with txmq.DeadLetters(broker, group=group, topic=topic) as dead_letters:
             assert dead_letters.list() == []
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ from txmq.consumer import Consumer, DeadLetters, Reject, RetryPolicy, attempt_of
 from txmq.consumer.tables import make_inbox_table
 from txmq.errors import PublishError
 from txmq.message import Message
+from txmq.testing import wait_for
 
 GROUP = "g"
 TOPIC = "orders.created"
@@ -36,14 +37,6 @@ applied = Table(
     Column("attempt", Integer, nullable=False),
 )
 inbox = make_inbox_table(metadata)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
 
 
 @pytest.fixture

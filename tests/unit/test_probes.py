@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 
 import pytest
 from prometheus_client import REGISTRY
@@ -16,6 +14,7 @@ from prometheus_client import REGISTRY
 from txmq.errors import MissingDependency
 from txmq.process.probes import ProbeServer, Readiness, liveness
 from txmq.supervision import Health, SupervisedLoop, health_of
+from txmq.testing import wait_for
 
 pytest.importorskip("prometheus_client")
 
@@ -26,13 +25,6 @@ def get(port: int, path: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 class Boom(BaseException):

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,20 +20,13 @@ from txmq.errors import ConfigurationError, DatabaseRefused
 from txmq.outbox import Producer, make_outbox_tables
 from txmq.outbox.relay import _Lane
 from txmq.supervision import LoopState, SupervisedLoop
+from txmq.testing import wait_for
 
 WAIT = 30.0
 
 
 class Crash(BaseException):
     """What no loop catches as a transient error: it escapes the step."""
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -55,13 +47,13 @@ def test_a_transient_error_backs_off_and_recovers(stop: threading.Event) -> None
 
     loop = SupervisedLoop(name="flaky", step=step, stop=stop, idle=lambda: stop.wait(0.01))
     loop.start()
-    wait_for(lambda: loop.health().state is LoopState.BACKING_OFF, "backing off")
+    wait_for(lambda: loop.health().state is LoopState.BACKING_OFF, what="backing off")
     backing_off = loop.health()
     assert backing_off.healthy
     assert backing_off.alive
     assert backing_off.last_error is not None
     assert "server closed the connection" in backing_off.last_error
-    wait_for(lambda: len(calls) > 4, "the loop to resume")
+    wait_for(lambda: len(calls) > 4, what="the loop to resume")
     recovered = loop.health()
     assert recovered.state in (LoopState.RUNNING, LoopState.IDLE)
     assert recovered.last_error is None
@@ -148,7 +140,7 @@ def test_a_dead_relay_lane_makes_producer_and_relay_unhealthy(
     producer = Producer(group="orders", engine=engine, broker=InMemoryBroker(), tables=tables)
     producer.start()
     try:
-        wait_for(lambda: producer.health().loops != (), "the loops to start")
+        wait_for(lambda: producer.health().loops != (), what="the loops to start")
         assert producer.healthy()
         assert {loop.name for loop in producer.health().loops} == {
             "txmq-checkback",
@@ -161,7 +153,7 @@ def test_a_dead_relay_lane_makes_producer_and_relay_unhealthy(
         monkeypatch.setattr(_Lane, "run_once", crash)
         with Session(engine) as session, session.begin():  # wakes nothing on SQLite; polled
             producer.stage(session, txmq.Message("t", b"x"))
-        wait_for(lambda: not producer.healthy(), "the producer to be unhealthy")
+        wait_for(lambda: not producer.healthy(), what="the producer to be unhealthy")
         (dead,) = producer.health().dead
         assert dead.name == "txmq-relay-0"
         assert isinstance(dead.fatal, Crash)
@@ -188,7 +180,7 @@ def test_a_dead_consumer_worker_makes_the_consumer_unhealthy(
         assert consumer.healthy()
         with broker.publisher() as publisher:
             publisher.publish([txmq.Message("t", b"x")])
-        wait_for(lambda: not consumer.healthy(), "the consumer to be unhealthy")
+        wait_for(lambda: not consumer.healthy(), what="the consumer to be unhealthy")
         (dead,) = consumer.health().dead
         assert dead.name == "txmq-consumer-g-0"
         assert isinstance(dead.fatal, Crash)

@@ -4,7 +4,8 @@ Session-scoped fixtures:
 
 - ``rabbitmq_url`` / ``kafka_url``: broker URLs (``rabbitmq://...``, ``kafka://...``).
 - ``database_url``: a PostgreSQL SQLAlchemy URL (``postgresql+psycopg://...``).
-- ``broker_url``: parametrized over both brokers, ids ``rabbitmq`` and ``kafka``.
+- ``broker_url``: parametrized over both brokers, ids ``rabbitmq`` and ``kafka``; a test
+  parametrized with ``memory`` (the contract suites) gets a ``memory://`` broker instead.
 
 Function-scoped fixtures, each test getting its own:
 
@@ -37,6 +38,7 @@ in the URLs shown are replaced by ``***``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
@@ -240,9 +242,17 @@ def database_url(txmq_brokers: BrokerSupply) -> str:
 
 
 @pytest.fixture(scope="session", params=["rabbitmq", "kafka"])
-def broker_url(request: pytest.FixtureRequest, txmq_brokers: BrokerSupply) -> str:
-    """Each broker in turn (test ids ``[rabbitmq]`` and ``[kafka]``)."""
-    return txmq_brokers.url(cast("Broker", request.param))
+def broker_url(request: pytest.FixtureRequest, txmq_brokers: BrokerSupply) -> Iterator[str]:
+    """Each broker in turn (test ids ``[rabbitmq]`` and ``[kafka]``).
+
+    Parametrized with ``"memory"`` too (the contract suites of :mod:`txmq.testing.contract`
+    are), it gives a ``memory://`` broker of the session's own, which needs no server.
+    """
+    if request.param == "memory":
+        with _memory_broker("session") as url:
+            yield url
+    else:
+        yield txmq_brokers.url(cast("Broker", request.param))
 
 
 @pytest.fixture
@@ -289,14 +299,21 @@ def txmq_unique() -> Callable[[str], str]:
     return unique
 
 
-@pytest.fixture
-def txmq_memory_url(txmq_unique: Callable[[str], str]) -> Iterator[str]:
-    """``memory://<unique>``: an empty in-process broker for this test only."""
+@contextlib.contextmanager
+def _memory_broker(prefix: str) -> Iterator[str]:
+    """``memory://<prefix>-<hex>``, a new in-process broker, forgotten afterwards."""
     from txmq.adapters.memory.adapter import forget_memory_broker
 
-    name = txmq_unique("test")
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
     yield f"memory://{name}"
     forget_memory_broker(name)
+
+
+@pytest.fixture
+def txmq_memory_url() -> Iterator[str]:
+    """``memory://<unique>``: an empty in-process broker for this test only."""
+    with _memory_broker("test") as url:
+        yield url
 
 
 _BROKER_FIXTURES = frozenset({"rabbitmq_url", "kafka_url", "database_url", "broker_url"})

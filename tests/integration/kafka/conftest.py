@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,14 +31,6 @@ def _silent() -> Any:
     return type("Silent", (), {"log": lambda *_: None})()
 
 
-def _wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.02)
-
-
 def _drain(
     subscription: Subscription,
     count: int,
@@ -61,22 +52,10 @@ def _drain(
 
 
 @pytest.fixture
-def wait_until() -> Callable[..., None]:
-    """``wait_until(condition, timeout=20)``: poll ``condition`` until true, else fail."""
-    return _wait_until
-
-
-@pytest.fixture
 def drain() -> Callable[..., list[Delivery]]:
     """``drain(subscription, count, timeout=30, ack=True, stop=None)``: poll until ``count``
     deliveries (or ``stop(received)``), acking them unless ``ack=False``."""
     return _drain
-
-
-@pytest.fixture
-def unique() -> Callable[[str], str]:
-    suffix = uuid.uuid4().hex[:10]
-    return lambda prefix: f"{prefix}-{suffix}"
 
 
 @pytest.fixture

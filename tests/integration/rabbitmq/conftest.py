@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -18,20 +16,6 @@ from txmq.adapters.base import Topology
 from txmq.adapters.rabbitmq.adapter import RabbitMQAdapter
 from txmq.adapters.rabbitmq.connection import open_blocking
 from txmq.adapters.registry import parse_broker_url
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.01)
-
-
-@pytest.fixture
-def wait_until() -> Callable[..., None]:
-    """``wait_until(condition, timeout=10)``: poll ``condition`` until true, else fail."""
-    return _wait_until
 
 
 @pytest.fixture
@@ -46,12 +30,6 @@ def connect_with(rabbitmq_url: str) -> Callable[..., RabbitMQAdapter]:
         return broker
 
     return connect
-
-
-@pytest.fixture
-def unique() -> Callable[[str], str]:
-    suffix = uuid.uuid4().hex[:10]
-    return lambda prefix: f"{prefix}-{suffix}"
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
-from collections.abc import Callable
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, func, select
@@ -15,16 +13,9 @@ import txmq
 from txmq.adapters import Topology
 from txmq.consumer import Consumer, make_inbox_table
 from txmq.message import Message
+from txmq.testing import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.database, pytest.mark.slow]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_a_slow_message_does_not_hold_back_fast_ones_with_three_workers(

@@ -1,8 +1,8 @@
-"""DLQ tooling contract on RabbitMQ and Kafka (``broker_url``): what is listed, what is replayed.
+"""DLQ tooling contract on every adapter (``broker_url``): what is listed, what is replayed.
 
 Letters are parked straight into each test's own DLQ (as a consumer would park them), so
 every test sees exactly its letters. Where a replay went is read back from the group's
-destination: the work queue on RabbitMQ, the topic on Kafka.
+destination: the work queue on RabbitMQ and memory, the topic on Kafka.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from txmq.consumer import DeadLetters
 from txmq.consumer.envelopes import dead_letter_copy
 from txmq.errors import QueueNotFound
 from txmq.message import Message
+from txmq.testing.contract.features import Features, requires
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -36,6 +37,7 @@ class Parked:
     adapter: Adapter
     url: str
     topology: Topology
+    features: Features
 
     @property
     def group(self) -> str:
@@ -75,7 +77,8 @@ class Parked:
 
     def sent_back(self) -> list[str]:
         """Ids of the replay copies that reached the group, in any order, with repeats."""
-        destination = self.topology.work_queue if self.adapter.system == "rabbitmq" else self.topic
+        replays_to_work_queue = self.features.replays_to_work_queue
+        destination = self.topology.work_queue if replays_to_work_queue else self.topic
         deliveries = self.adapter.read_queue(destination, limit=1000, timeout=15)
         return sorted(d.message.id for d in deliveries if d.message is not None)
 
@@ -88,13 +91,13 @@ class Parked:
 
 
 @pytest.fixture
-def parked(broker_url: str) -> Iterator[Parked]:
+def parked(broker_url: str, txmq_features: Features) -> Iterator[Parked]:
     suffix = uuid.uuid4().hex[:10]
     adapter = txmq.connect(broker_url)
     topology = Topology(f"g{suffix}", f"t{suffix}.evt")
     adapter.declare([topology])
     try:
-        yield Parked(adapter, broker_url, topology)
+        yield Parked(adapter, broker_url, topology, txmq_features)
     finally:
         adapter.close()
 
@@ -130,7 +133,7 @@ def test_replayed_letters_are_replayed_again_only_when_asked(parked: Parked) -> 
     with parked.dead_letters() as dlq:
         dlq.replay([a.id], timeout=15)
         asked = dlq.replay([a.id], include_replayed=True, timeout=15)
-    if parked.adapter.system == "kafka":
+    if parked.features.dead_letters_stay_after_replay:
         # The log keeps a replayed letter; asked for, it is listed and sent again.
         assert parked.listed(include_replayed=True) == ids([a, b])
         assert asked.replayed == [a.id]
@@ -273,6 +276,7 @@ def test_cli_an_empty_json_listing_says_so_on_stderr(parked: Parked) -> None:
     assert err.strip() == f"0 message(s) in {parked.topology.dead_letter_queue}"
 
 
+@requires("across_processes")  # the command runs in a process of its own
 def test_cli_replay_draws_its_progress_on_a_terminal_only(parked: Parked) -> None:
     """stderr on a pseudo-terminal gets the bar; stdout, a pipe, only the replayed ids."""
     import os

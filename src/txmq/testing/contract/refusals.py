@@ -19,6 +19,7 @@ from txmq.cli.root import app
 from txmq.outbox import Producer, Relay, make_outbox_tables
 from txmq.outbox.store import utcnow
 from txmq.states import RecordState
+from txmq.testing.contract.features import requires
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
 
@@ -61,14 +62,14 @@ def topic(broker_url: str) -> str:
     return f"refusals.{uuid.uuid4().hex[:8]}"
 
 
-def test_stage_refuses_a_body_larger_than_kafkas_limit(
-    kafka_url: str, engine: Engine, metadata: MetaData, prefix: str
+def test_stage_refuses_a_body_larger_than_the_brokers_limit(
+    broker_url: str, engine: Engine, metadata: MetaData, prefix: str
 ) -> None:
-    """Kafka's message.max.bytes (1 MB here) is learned when the producer is made: a 5 MB
-    message is refused before the business transaction commits, whatever the producer's
-    own max_body_bytes."""
+    """The broker's limit (Kafka's message.max.bytes, 1 MB here, or the URL's max_body_bytes)
+    is learned when the producer is made: a 5 MB message is refused before the business
+    transaction commits, whatever the producer's own max_body_bytes."""
     orders = metadata.tables[f"{prefix}orders"]
-    with connected(kafka_url) as broker:
+    with connected(broker_url) as broker:
         producer = Producer(
             group="shop",
             engine=engine,
@@ -91,11 +92,13 @@ def test_stage_refuses_a_body_larger_than_kafkas_limit(
     assert producer.store.counts() == {}
 
 
-def test_kafka_reports_the_refused_message_of_a_transaction_as_refused(kafka_url: str) -> None:
+@requires(protocol="kafka")  # the error is the broker's own (MSG_SIZE_TOO_LARGE)
+def test_kafka_reports_the_refused_message_of_a_transaction_as_refused(broker_url: str) -> None:
     """The relay's transactional publisher: the refused message is PublishRefused, the
     others of its aborted transaction are plain failures (tried again at once)."""
     topic = f"refusals.{uuid.uuid4().hex[:8]}"
-    with connected(f"{kafka_url}?max_body_bytes=6000000") as broker:
+    sep = "&" if "?" in broker_url else "?"
+    with connected(f"{broker_url}{sep}max_body_bytes=6000000") as broker:
         broker.declare([txmq.Topology("g", topic)])
         messages = [txmq.Message(topic, b"a"), txmq.Message(topic, FIVE_MB)]
         with broker.publisher(identity=f"refusals-{uuid.uuid4().hex[:8]}") as publisher:
@@ -165,16 +168,17 @@ def test_a_record_the_broker_refuses_goes_failed_and_can_be_retried_or_discarded
         relay.stop()
 
 
+@requires(protocol="kafka")  # the topic is made with confluent-kafka's admin client
 def test_a_message_too_large_for_its_kafka_topic_goes_failed_alone(
-    kafka_url: str, engine: Engine, metadata: MetaData, prefix: str
+    broker_url: str, engine: Engine, metadata: MetaData, prefix: str
 ) -> None:
     """A topic's own max.message.bytes (below the broker's) is not known at stage: Kafka
     refuses the whole produce request of that partition, and the relay finds out which
     record it refused; the others in the same transaction and partition are published."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     topic = f"refusals.{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": kafka_url.removeprefix("kafka://")})
+    admin = AdminClient({"bootstrap.servers": broker_url.removeprefix("kafka://")})
     created = admin.create_topics(
         [NewTopic(topic, 1, 1, config={"max.message.bytes": "100000"})], request_timeout=30
     )
@@ -186,7 +190,7 @@ def test_a_message_too_large_for_its_kafka_topic_goes_failed_alone(
     small = [txmq.Message(topic, f"{n}".encode()) for n in range(5)]
     with Session(engine) as session, session.begin():
         producer.stage(session, small[0], small[1], big, *small[2:])
-    with connected(kafka_url) as broker:
+    with connected(broker_url) as broker:
         relay = Relay(
             broker, producer.store, groups=[producer.group], max_refused_attempts=2, concurrency=1
         )
@@ -200,16 +204,17 @@ def test_a_message_too_large_for_its_kafka_topic_goes_failed_alone(
     assert "MSG_SIZE_TOO_LARGE" in failed.last_error
 
 
+@requires(protocol="kafka")  # the topic is made with confluent-kafka's admin client
 def test_a_record_behind_a_refused_one_of_its_key_is_not_failed_with_it(
-    kafka_url: str, engine: Engine, metadata: MetaData, prefix: str
+    broker_url: str, engine: Engine, metadata: MetaData, prefix: str
 ) -> None:
     """Kafka refuses the whole request of a partition for one record too large for its
     topic: a later record of the same key, held back while the refused one is tried
     alone, was never refused itself. It is published once the refused one is FAILED."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     topic = f"refusals.{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": kafka_url.removeprefix("kafka://")})
+    admin = AdminClient({"bootstrap.servers": broker_url.removeprefix("kafka://")})
     created = admin.create_topics(
         [NewTopic(topic, 1, 1, config={"max.message.bytes": "100000"})], request_timeout=30
     )
@@ -222,7 +227,7 @@ def test_a_record_behind_a_refused_one_of_its_key_is_not_failed_with_it(
     after = [txmq.Message(topic, f"after {n}".encode(), key="k") for n in range(2)]
     with Session(engine) as session, session.begin():
         producer.stage(session, before, big, *after)
-    with connected(kafka_url) as broker:
+    with connected(broker_url) as broker:
         relay = Relay(
             broker, producer.store, groups=[producer.group], max_refused_attempts=2, concurrency=1
         )

@@ -1,4 +1,4 @@
-"""The transactional producer, written once and run against real RabbitMQ and Kafka.
+"""The transactional producer, written once and run on every adapter (memory, RabbitMQ, Kafka).
 
 A message is published if and only if its local transaction committed.
 """
@@ -11,7 +11,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,9 +20,10 @@ from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, 
 from sqlalchemy.orm import Session
 
 import txmq
-from txmq.message import HEADER_PRODUCER_GROUP
 from txmq.outbox import CheckBackPolicy, Producer, make_outbox_tables
 from txmq.states import LocalTransactionState, RecordState
+from txmq.testing import wait_for
+from txmq.testing.contract.features import Features, requires
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
 
@@ -214,6 +215,7 @@ def test_self_answering_local_transaction(
     assert nothing_more(broker, "cart", topic)
 
 
+@requires("across_processes")
 def test_producer_killed_after_local_commit_is_resolved_by_another_instance(
     engine: Engine,
     metadata: MetaData,
@@ -222,6 +224,7 @@ def test_producer_killed_after_local_commit_is_resolved_by_another_instance(
     broker_url: str,
     database_url: str,
     topic: str,
+    txmq_features: Features,
 ) -> None:
     """SIGKILL after the local commit, before the broker commit: another process of the
     group answers the check-back from the business data; delivered exactly once."""
@@ -229,10 +232,10 @@ def test_producer_killed_after_local_commit_is_resolved_by_another_instance(
     orders = metadata.tables[f"{prefix}orders"]
     group = f"orders-{prefix.strip('_')}"
     producer_url = broker_url
-    if broker.system == "kafka":
+    if txmq_features.abandon_url_options:
         # The killed producer's Kafka transaction stays open (stalling read_committed readers
         # of its partition) until the broker times it out; keep that short for the test.
-        producer_url += ("&" if "?" in broker_url else "?") + "transaction.timeout.ms=5000"
+        producer_url += ("&" if "?" in broker_url else "?") + txmq_features.abandon_url_options
     script = textwrap.dedent(
         f"""
         import os, signal
@@ -274,6 +277,7 @@ def test_producer_killed_after_local_commit_is_resolved_by_another_instance(
     assert nothing_more(broker, "cart", topic)
 
 
+@requires("across_processes")
 def test_relay_killed_between_confirm_and_mark_republishes_with_the_same_id(
     engine: Engine,
     metadata: MetaData,
@@ -356,7 +360,7 @@ def test_two_relays_and_two_check_backs_publish_once_in_key_order(
         for _ in range(2)
     ]
     for worker in (*relays, *checkers):
-        worker.start()
+        worker.start()  # type: ignore[attr-defined]
     try:
         received = receive(broker, "cart", topic, 620, timeout=90)
     finally:
@@ -374,12 +378,13 @@ def test_two_relays_and_two_check_backs_publish_once_in_key_order(
     assert nothing_more(broker, "cart", topic)
 
 
-def test_kafka_half_message_is_invisible_until_committed(
-    engine: Engine, metadata: MetaData, prefix: str, kafka_url: str, topic: str
+@requires("native_transactions")
+def test_a_native_half_message_is_invisible_until_committed(
+    engine: Engine, metadata: MetaData, prefix: str, broker_url: str, topic: str
 ) -> None:
     """While the executor runs, the message sits in an open Kafka transaction: a
     read_committed consumer does not see it; after ROLLBACK it never does."""
-    broker = txmq.connect(kafka_url)
+    broker = txmq.connect(broker_url)
     try:
         declare(broker, topic, "cart")
         producer = producer_for(engine, metadata, prefix, broker)
@@ -399,48 +404,6 @@ def test_kafka_half_message_is_invisible_until_committed(
         producer.close()
     finally:
         broker.close()
-
-
-def test_groups_sharing_an_outbox_each_reach_only_their_own_broker(
-    engine: Engine, metadata: MetaData, prefix: str, rabbitmq_url: str, kafka_url: str, topic: str
-) -> None:
-    """Group A publishes to RabbitMQ, group B to Kafka, from one outbox table, both relays
-    running: each message arrives on its own group's broker only, marked SENT there."""
-    rabbitmq, kafka = txmq.connect(rabbitmq_url), txmq.connect(kafka_url)
-    tables = make_outbox_tables(metadata, prefix=prefix)
-    producers = {
-        broker.system: Producer(
-            group=f"{broker.system}-{prefix.strip('_')}",
-            engine=engine,
-            broker=broker,
-            tables=tables,
-        )
-        for broker in (rabbitmq, kafka)
-    }
-    try:
-        for broker in (rabbitmq, kafka):
-            declare(broker, topic, "cart")
-        staged: dict[str, list[str]] = {}
-        with Session(engine) as session, session.begin():
-            for system, producer in producers.items():
-                messages = [txmq.Message(topic, f"{system} {i}".encode()) for i in range(5)]
-                producer.stage(session, *messages)
-                staged[system] = [m.id for m in messages]
-        for producer in producers.values():
-            producer.start()
-        for broker in (rabbitmq, kafka):
-            received = receive(broker, "cart", topic, 5)
-            assert sorted(m.id for m in received) == sorted(staged[broker.system])
-            group = producers[broker.system].group
-            assert {m.headers[HEADER_PRODUCER_GROUP] for m in received} == {group}
-            assert nothing_more(broker, "cart", topic)
-        for system, producer in producers.items():
-            assert {producer.store.get(i).state for i in staged[system]} == {RecordState.SENT}
-    finally:
-        for producer in producers.values():
-            producer.close()
-        rabbitmq.close()
-        kafka.close()
 
 
 def test_a_relay_leaves_another_groups_records_ready(
@@ -467,21 +430,9 @@ def test_a_relay_leaves_another_groups_records_ready(
 
 
 @pytest.fixture
-def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+def sqlite_engine(txmq_sqlite_engine: Engine) -> Engine:
     """An outbox in a SQLite file (with the default tables), as an embedded app has it."""
-    engine = create_engine(f"sqlite:///{tmp_path / 'app.db'}")
-    txmq.create_schema(engine)
-    yield engine
-    engine.dispose()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    return txmq_sqlite_engine
 
 
 def test_producers_sharing_a_sqlite_file_publish_and_check_each_record_once(
@@ -524,6 +475,7 @@ def test_producers_sharing_a_sqlite_file_publish_and_check_each_record_once(
             producer.close()
 
 
+@requires("across_processes")
 def test_a_sqlite_relay_in_another_process_excludes_this_one_until_it_is_killed(
     sqlite_engine: Engine, broker: txmq.Adapter, broker_url: str, topic: str
 ) -> None:
@@ -632,17 +584,22 @@ def test_a_check_back_never_decides_a_record_whose_executor_runs(
     producer.close()
 
 
+@requires("across_processes")
 def test_a_producer_killed_mid_executor_is_resolved_by_check_back(
-    outbox: tuple[Engine, str], broker: txmq.Adapter, broker_url: str, topic: str
+    outbox: tuple[Engine, str],
+    broker: txmq.Adapter,
+    broker_url: str,
+    topic: str,
+    txmq_features: Features,
 ) -> None:
     """The SQLite lease (here 1 s) runs out with its producer; PostgreSQL's row lock ends
     with its connection: another instance's check-back then decides the record."""
     engine, prefix = outbox
     declare(broker, topic, "cart")
     producer_url = broker_url
-    if broker.system == "kafka":
+    if txmq_features.abandon_url_options:
         # The killed producer's Kafka transaction stays open until the broker times it out.
-        producer_url += ("&" if "?" in broker_url else "?") + "transaction.timeout.ms=5000"
+        producer_url += ("&" if "?" in broker_url else "?") + txmq_features.abandon_url_options
     database = engine.url.render_as_string(hide_password=False)
     script = textwrap.dedent(
         f"""

@@ -1,4 +1,4 @@
-"""Consumer contract: the same scenarios on RabbitMQ and Kafka (``broker_url``), PostgreSQL.
+"""Consumer contract: the same scenarios on every adapter (``broker_url``), PostgreSQL.
 
 Every test uses its own group, topic and tables, so it can run next to anyone else's.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -37,18 +37,12 @@ from txmq.consumer import (
     make_inbox_table,
 )
 from txmq.message import Message
+from txmq.testing import wait_for
+from txmq.testing.contract.features import Features, requires
 
 pytestmark = [pytest.mark.broker, pytest.mark.database, pytest.mark.slow]
 
 WAIT = 60.0
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or 'condition'}")
-        time.sleep(0.02)
 
 
 @dataclass
@@ -184,7 +178,10 @@ def test_two_instances_share_the_attempt_count(env: Env) -> None:
     assert {letter.attempts for letter in letters} == {3}
 
 
-def test_poison_and_undecodable_messages_go_to_the_dlq_at_once(env: Env, broker_url: str) -> None:
+@requires("raw_publish")
+def test_poison_and_undecodable_messages_go_to_the_dlq_at_once(
+    env: Env, broker_url: str, txmq_features: Features
+) -> None:
     consumer = env.consumer(retry=RetryPolicy(delays=(30,), non_retryable=(ValueError,)))
 
     @consumer.handler(env.topic)
@@ -196,7 +193,7 @@ def test_poison_and_undecodable_messages_go_to_the_dlq_at_once(env: Env, broker_
     poison, good = Message(env.topic, b"poison"), Message(env.topic, b"good")
     with consumer:
         consumer.start()
-        publish_raw(broker_url, env.topic, b"\x00not txmq", {"origin": "legacy"})
+        publish_raw(txmq_features, broker_url, env.topic, b"\x00not txmq", {"origin": "legacy"})
         env.publish(poison)
         wait_for(lambda: consumer.stats.dead_lettered == 2, what="both dead-lettered")
         env.publish(good)
@@ -304,7 +301,7 @@ def test_graceful_stop_loses_and_doubles_nothing(env: Env, mode: str) -> None:
         handled.release()
 
     messages = [Message(env.topic, str(i).encode(), key=f"k{i % 5}") for i in range(60)]
-    first = env.consumer(concurrency=2, prefetch=20, **batch)
+    first = env.consumer(concurrency=2, prefetch=20, **batch)  # type: ignore[arg-type]
     first.add_handler(env.topic, slow)
     first.start()
     env.publish(*messages)
@@ -313,7 +310,7 @@ def test_graceful_stop_loses_and_doubles_nothing(env: Env, mode: str) -> None:
     assert first.stop(timeout=30)
     done_first = len(env.applied_ids())
     assert 15 <= done_first < 60
-    second = env.consumer(concurrency=2, prefetch=20, **batch)
+    second = env.consumer(concurrency=2, prefetch=20, **batch)  # type: ignore[arg-type]
     second.add_handler(env.topic, slow)
     with second:
         second.start()
@@ -341,7 +338,7 @@ def test_batch_mode_isolates_a_poison_message(env: Env) -> None:
     assert sorted(env.applied_ids()) == sorted(m.id for m in messages if m.body == b"ok")
 
 
-@pytest.mark.parametrize("broker_url", ["kafka"], indirect=True)  # Kafka offsets only
+@requires(protocol="kafka")  # Kafka offsets, read with confluent-kafka
 def test_kafka_a_slow_message_holds_the_committed_offset(env: Env, broker_url: str) -> None:
     """Messages after a slow one may finish first (here: other groups' DLQ replays, settled
     without a handler); the group's committed offset still stops at the slow one."""
@@ -380,7 +377,10 @@ def committed_offsets(broker_url: str, group: str, topic: str) -> list[int]:
     from confluent_kafka import Consumer as KafkaConsumer
     from confluent_kafka import TopicPartition
 
+    from txmq.adapters.kafka.settings import KafkaSettings
+
     settings = txmq.parse_broker_url(broker_url)
+    assert isinstance(settings, KafkaSettings)
     # Asks the group coordinator without joining the group.
     reader = KafkaConsumer(
         {"bootstrap.servers": ",".join(settings.bootstrap_servers), "group.id": group}
@@ -393,29 +393,12 @@ def committed_offsets(broker_url: str, group: str, topic: str) -> list[int]:
     return [tp.offset for tp in found if tp.offset >= 0]
 
 
-def publish_raw(broker_url: str, topic: str, body: bytes, headers: dict[str, str]) -> None:
+def publish_raw(
+    features: Features, broker_url: str, topic: str, body: bytes, headers: dict[str, str]
+) -> None:
     """Publish something that is not a txmq message (no id), the way a legacy app would."""
-    settings = txmq.parse_broker_url(broker_url)
-    if settings.system == "rabbitmq":
-        import pika
-
-        from txmq.adapters.rabbitmq.connection import open_blocking
-
-        connection = open_blocking(settings, name="test legacy publisher")
-        try:
-            channel = connection.channel()
-            channel.confirm_delivery()
-            channel.basic_publish(
-                settings.exchange, topic, body, pika.BasicProperties(headers=headers)
-            )
-        finally:
-            connection.close()
-    else:
-        from confluent_kafka import Producer
-
-        producer = Producer({"bootstrap.servers": ",".join(settings.bootstrap_servers)})
-        producer.produce(topic, body, headers=list(headers.items()))
-        assert producer.flush(10) == 0
+    assert features.raw_publish is not None, "the test requires raw_publish"
+    features.raw_publish(broker_url, topic, body, headers)
 
 
 @pytest.mark.parametrize("batch_size", [1, 5], ids=["per-message", "batch"])
