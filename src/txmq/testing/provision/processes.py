@@ -22,7 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from txmq.testing.provision import kafka_dist, launch
-from txmq.testing.provision.common import LOOPBACK, Broker, Ports, ProvisionError, url_for
+from txmq.testing.provision.common import (
+    LOOPBACK,
+    Broker,
+    Ports,
+    ProvisionError,
+    process_start_time,
+    url_for,
+)
 from txmq.testing.provision.readiness import tcp_open, wait_ready
 from txmq.testing.provision.state import Running
 
@@ -71,15 +78,6 @@ def _groups(owner: pwd.struct_passwd | None) -> list[int] | None:
 def _base_env() -> dict[str, str]:
     keep = ("PATH", "LANG", "LC_ALL", "JAVA_HOME", "TZ")
     return {k: os.environ[k] for k in keep if k in os.environ}
-
-
-def _start_time(pid: int) -> int:
-    """The kernel's start time of ``pid`` (0 where ``/proc`` does not exist)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return -1 if Path("/proc/self").exists() else 0
-    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def _group_alive(pgid: int) -> bool:
@@ -194,7 +192,7 @@ def _record(
         mode="process",
         url=url_for(broker, ports),
         pgids=tuple(processes),
-        start_times=tuple(_start_time(pid) for pid in processes),
+        start_times=tuple(process_start_time(pid) for pid in processes),
         run_dir=str(run_dir),
         log=str(log),
     )
@@ -348,7 +346,7 @@ def start(broker: Broker, ports: Ports, *, timeout: float = 180.0) -> Running:
 
 def alive(record: Running) -> bool:
     return bool(record.pgids) and all(
-        _start_time(pgid) == started and _group_alive(pgid)
+        process_start_time(pgid) == started and _group_alive(pgid)
         for pgid, started in zip(record.pgids, record.start_times, strict=True)
     )
 
@@ -359,7 +357,7 @@ def stop(record: Running, *, timeout: float = STOP_TIMEOUT, keep_data: bool = Fa
     ours = [
         pgid
         for pgid, started in zip(record.pgids, record.start_times, strict=True)
-        if _start_time(pgid) == started
+        if process_start_time(pgid) == started
     ]
     for pgid in ours:
         with contextlib.suppress(ProcessLookupError):
