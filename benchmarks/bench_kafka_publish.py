@@ -119,9 +119,9 @@ def raw_idempotent(bootstrap: str, topic: str, batches: list[list[Message]]) -> 
 
 
 def txmq_publish(
-    adapter: KafkaAdapter, batches: list[list[Message]], transactional_id: str | None
+    adapter: KafkaAdapter, batches: list[list[Message]], identity: str | None
 ) -> tuple[float, float]:
-    with adapter.publisher(transactional_id=transactional_id) as publisher:
+    with adapter.publisher(identity=identity) as publisher:
         publisher.publish(batches[0][:1])  # connect (and init transactions) before timing
         clock = _Clock()
         for batch in batches:

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 import txmq
 from txmq.adapters import Adapter, Topology
-from txmq.consumer import DeadLetters, cli
+from txmq.cli import dlq as cli
+from txmq.consumer import DeadLetters
 from txmq.consumer.envelopes import dead_letter_copy
 from txmq.errors import QueueNotFound
 from txmq.message import Message
@@ -78,11 +79,11 @@ class Parked:
         deliveries = self.adapter.read_queue(destination, limit=1000, timeout=15)
         return sorted(d.message.id for d in deliveries if d.message is not None)
 
+    def options(self) -> list[str]:
+        return ["--group", self.group, "--topic", self.topic, "--broker", self.url]
+
     def cli(self, *args: str) -> tuple[int, str, str]:
-        result = runner.invoke(
-            cli.dlq_app,
-            [*args, "--group", self.group, "--topic", self.topic, "--broker", self.url],
-        )
+        result = runner.invoke(cli.dlq_app, [*args, *self.options()])
         return result.exit_code, result.stdout, result.stderr
 
 
@@ -240,3 +241,71 @@ def test_cli_on_a_missing_dlq_prints_one_line_and_fails(
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
     assert line.startswith(f"error: no dead-letter queue '{group}.t.evt.dlq'")
+
+
+def test_replay_reports_its_progress_chunk_by_chunk(
+    parked: Parked, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("txmq.consumer.dlq.REPLAY_CHUNK", 2)
+    letters = parked.park(5)
+    reported: list[tuple[int, int]] = []
+    with parked.dead_letters() as dlq:
+        result = dlq.replay(timeout=15, progress=lambda done, total: reported.append((done, total)))
+    assert result.replayed == ids(letters)
+    assert reported == [(0, 5), (2, 5), (4, 5), (5, 5)]
+    assert parked.sent_back() == sorted(ids(letters))  # each exactly once
+
+
+def test_cli_show_json_is_the_same_object_on_one_line(parked: Parked) -> None:
+    [letter] = parked.park(1)
+    code, indented, err = parked.cli("show", letter.id)
+    assert code == 0, err
+    code, out, err = parked.cli("show", letter.id, "--json")
+    assert code == 0, err
+    [line] = out.splitlines()
+    assert json.loads(line) == json.loads(indented)
+    assert json.loads(line)["id"] == letter.id
+
+
+def test_cli_an_empty_json_listing_says_so_on_stderr(parked: Parked) -> None:
+    code, out, err = parked.cli("list", "--json")
+    assert (code, out) == (0, "")
+    assert err.strip() == f"0 message(s) in {parked.topology.dead_letter_queue}"
+
+
+def test_cli_replay_draws_its_progress_on_a_terminal_only(parked: Parked) -> None:
+    """stderr on a pseudo-terminal gets the bar; stdout, a pipe, only the replayed ids."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    letters = parked.park(3)
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "txmq.cli", "dlq", "replay", "--all", *parked.options()],
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
+        )
+        os.close(terminal)
+        drawn = b""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([controller], [], [], deadline - time.monotonic())
+            try:
+                chunk = os.read(controller, 4096) if readable else b""
+            except OSError:  # the terminal closed: the process has exited
+                break
+            if not chunk:
+                break
+            drawn += chunk
+        out, _ = process.communicate(timeout=60)
+    finally:
+        os.close(controller)
+    assert process.returncode == 0, drawn
+    assert out == "".join(f"replayed {m.id}\n" for m in letters)
+    assert f"replaying {parked.topology.dead_letter_queue}".encode() in drawn
+    assert b"3 replayed" in drawn

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 import txmq
-from txmq.cli import app
+from txmq.cli.root import app
 from txmq.outbox import Producer, Relay, make_outbox_tables
 from txmq.outbox.store import utcnow
 from txmq.states import RecordState
@@ -98,7 +98,7 @@ def test_kafka_reports_the_refused_message_of_a_transaction_as_refused(kafka_url
     with connected(f"{kafka_url}?max_body_bytes=6000000") as broker:
         broker.declare([txmq.Topology("g", topic)])
         messages = [txmq.Message(topic, b"a"), txmq.Message(topic, FIVE_MB)]
-        with broker.publisher(transactional_id=f"refusals-{uuid.uuid4().hex[:8]}") as publisher:
+        with broker.publisher(identity=f"refusals-{uuid.uuid4().hex[:8]}") as publisher:
             small, big = publisher.publish(messages, timeout=20)
     assert isinstance(big.error, txmq.PublishRefused)
     assert "MSG_SIZE_TOO_LARGE" in str(big.error)

@@ -5,6 +5,7 @@ started for the topic receives it; an undeliverable compensation is held the sam
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -145,7 +146,7 @@ def test_held_messages_are_listed_and_rerouted_by_the_cli(
     nothing outside the topic itself, and says so."""
     from typer.testing import CliRunner
 
-    from txmq.cli import app
+    from txmq.cli.root import app
 
     topic = f"audit.{uuid.uuid4().hex[:10]}"
     message = txmq.Message(topic, b"held")
@@ -183,3 +184,35 @@ def test_held_messages_are_listed_and_rerouted_by_the_cli(
         rerouted = runner.invoke(app, ["unroutable", "reroute", "--broker", broker_url])
         assert rerouted.exit_code == 0, rerouted.output
         assert "re-routed 0 message(s)" in rerouted.output
+
+
+def test_held_messages_are_listed_as_json_lines(broker_url: str, broker: txmq.Adapter) -> None:
+    """One object per held message on stdout, the count on stderr; Kafka holds none and
+    says so. The message is re-routed afterwards by a group declared for its topic."""
+    from typer.testing import CliRunner
+
+    from txmq.cli.root import app
+
+    topic = f"audit.{uuid.uuid4().hex[:10]}"
+    message = txmq.Message(topic, b"held", key="k1")
+    with broker.publisher() as publisher:
+        (outcome,) = publisher.publish([message])
+    assert outcome.ok, outcome.error
+    listed = CliRunner().invoke(
+        app, ["unroutable", "list", "--broker", broker_url, "--limit", "100000", "--json"]
+    )
+    assert listed.exit_code == 0, listed.output
+    found = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert listed.stderr == f"{len(found)} message(s) held\n"
+    ours = [entry for entry in found if entry["id"] == message.id]
+    if broker.unroutable_queue is None:
+        assert (found, listed.stderr) == ([], "0 message(s) held\n")
+        return
+    broker.declare([txmq.Topology(f"late{uuid.uuid4().hex[:6]}", topic)])
+    [entry] = ours
+    assert {k: entry[k] for k in ("topic", "key", "size")} == {
+        "topic": topic,
+        "key": "k1",
+        "size": 4,
+    }
+    assert isinstance(entry["headers"], dict)

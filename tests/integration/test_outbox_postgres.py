@@ -28,10 +28,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import txmq
+from txmq.adapters.memory.adapter import InMemoryBroker
 from txmq.outbox import CheckBackPolicy, Producer, make_outbox_tables
 from txmq.outbox.store import utcnow
 from txmq.states import LocalTransactionState, RecordState
-from txmq.testing.fakes import InMemoryBroker
 
 pytestmark = pytest.mark.database
 

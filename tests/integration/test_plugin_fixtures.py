@@ -10,8 +10,8 @@ from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.orm import Session
 
 import txmq
+from txmq.adapters.memory.adapter import InMemoryBroker
 from txmq.outbox import Producer
-from txmq.testing.fakes import InMemoryBroker
 
 pytest_plugins = ["pytester"]
 

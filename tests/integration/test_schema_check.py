@@ -13,7 +13,7 @@ from sqlalchemy import Engine, MetaData, create_engine, text
 from typer.testing import CliRunner
 
 import txmq
-from txmq.cli import app
+from txmq.cli.root import app
 from txmq.consumer import make_inbox_table
 from txmq.outbox import make_outbox_tables
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from txmq.cli import app
+from txmq.cli.root import app
 from txmq.testing.provision import lifecycle
 from txmq.testing.provision.state import Running
 

@@ -6,7 +6,7 @@ from importlib.metadata import version
 
 from typer.testing import CliRunner
 
-from txmq.cli import app
+from txmq.cli.root import app
 
 
 def test_version_prints_the_package_version() -> None:

@@ -6,11 +6,11 @@ import pytest
 from typer.testing import CliRunner
 
 from txmq.adapters import Topology
-from txmq.consumer import cli
+from txmq.adapters.memory.adapter import InMemoryBroker
+from txmq.cli import dlq as cli
 from txmq.consumer.envelopes import dead_letter_copy
 from txmq.errors import BrokerUnavailable
 from txmq.message import Message
-from txmq.testing.fakes import InMemoryBroker
 
 runner = CliRunner()
 

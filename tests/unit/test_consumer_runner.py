@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,12 @@ from sqlalchemy.orm import Session
 
 from txmq import create_schema
 from txmq.adapters.base import Publisher, PublishOutcome, Topology
+from txmq.adapters.memory.adapter import InMemoryBroker
 from txmq.adapters.names import dead_letter_queue, work_queue
 from txmq.consumer import Consumer, DeadLetters, Reject, RetryPolicy, attempt_of
 from txmq.consumer.tables import make_inbox_table
 from txmq.errors import PublishError
 from txmq.message import Message
-from txmq.testing.fakes import InMemoryBroker
 
 GROUP = "g"
 TOPIC = "orders.created"
@@ -488,7 +489,10 @@ def test_each_message_is_acknowledged_as_soon_as_it_is_settled(engine: Engine) -
 
 
 class _PartitionedBroker(InMemoryBroker):
-    competing_consumers = False  # like Kafka: each subscription owns its partitions
+    def __init__(self) -> None:
+        super().__init__()
+        # Like Kafka: each subscription owns its partitions.
+        self.capabilities = replace(self.capabilities, competing_consumers=False)
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,11 @@ import pytest
 
 import txmq
 from txmq.adapters.base import Topology
+from txmq.adapters.memory.adapter import InMemoryBroker, forget_memory_broker
 from txmq.adapters.memory.settings import MemorySettings
 from txmq.adapters.registry import parse_broker_url
 from txmq.errors import ConfigurationError, InvalidURL
 from txmq.message import Message
-from txmq.testing.fakes import InMemoryBroker, forget_memory_broker
 
 
 @pytest.fixture

@@ -71,6 +71,15 @@ def test_outbox_status_without_psycopg_names_the_postgres_extra() -> None:
     ]
 
 
+@pytest.mark.parametrize("args", [["--help"], ["outbox", "status"], ["brokers", "status"]])
+def test_the_command_line_without_typer_names_the_cli_extra(args: list[str]) -> None:
+    done = txmq_without("typer", *args)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines() == [
+        "txmq: the command line needs typer: pip install 'txmq[cli]'"
+    ]
+
+
 def test_open_engine_names_the_module_of_a_driver_without_an_extra(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

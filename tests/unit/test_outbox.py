@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,10 +25,10 @@ from sqlalchemy.orm import Session
 
 import txmq
 from txmq import unroutable
-from txmq.adapters.base import Publisher, PublishOutcome
+from txmq.adapters.base import Publisher, PublishOutcome, Transaction
+from txmq.adapters.memory.adapter import InMemoryBroker
 from txmq.outbox import CheckBackPolicy, Producer, Relay, make_outbox_tables
 from txmq.states import CheckLimitPolicy, LocalTransactionState, RecordState
-from txmq.testing.fakes import InMemoryBroker
 
 COMMIT, ROLLBACK, UNKNOWN = (
     LocalTransactionState.COMMIT,
@@ -376,8 +377,8 @@ class SmallBroker(InMemoryBroker):
 
     max_body_bytes = 100  # type: ignore[assignment]
 
-    def publisher(self, *, transactional_id: str | None = None) -> Publisher:
-        publisher = super().publisher(transactional_id=transactional_id)
+    def publisher(self, *, identity: str | None = None) -> Publisher:
+        publisher = super().publisher(identity=identity)
         publish = publisher.publish
 
         def checked(
@@ -514,7 +515,7 @@ def test_a_decision_taken_while_the_executor_ran_stands(
     assert producer.relay().drain() == 0
 
 
-class FakeKafkaTransaction:
+class FakeKafkaTransaction(Transaction):
     """The explicit transaction of a transactional Kafka publisher, in memory."""
 
     def __init__(self) -> None:
@@ -548,12 +549,11 @@ class KafkaLikeBroker(InMemoryBroker):
 
     def __init__(self) -> None:
         super().__init__()
-        self.transaction = FakeKafkaTransaction()
+        self.capabilities = replace(self.capabilities, native_transactions=True)
+        self.kafka_transaction = FakeKafkaTransaction()
 
-    def publisher(self, *, transactional_id: str | None = None) -> Publisher:
-        if transactional_id is not None and transactional_id.startswith("txmq-orders-"):
-            return self.transaction  # type: ignore[return-value]
-        return super().publisher(transactional_id=transactional_id)
+    def transaction(self, identity: str) -> Transaction | None:
+        return self.kafka_transaction if identity.startswith("orders-") else None
 
 
 def test_kafka_half_message_decided_while_the_executor_ran_is_not_committed_to_kafka(
@@ -568,7 +568,7 @@ def test_kafka_half_message_decided_while_the_executor_ran_is_not_committed_to_k
 
     committed = producer.send_in_transaction(txmq.Message("t", b"yes"), lambda m, a: COMMIT, None)
     assert committed.record_state is RecordState.SENT
-    assert [m.id for m in broker.transaction.committed] == [committed.message_id]
+    assert [m.id for m in broker.kafka_transaction.committed] == [committed.message_id]
 
     def executor(message: txmq.Message, arg: None) -> LocalTransactionState:
         producer.rollback(message.id)
@@ -576,11 +576,11 @@ def test_kafka_half_message_decided_while_the_executor_ran_is_not_committed_to_k
 
     result = producer.send_in_transaction(txmq.Message("t", b"no"), executor, None)
     assert result.record_state is RecordState.ROLLED_BACK
-    assert [m.id for m in broker.transaction.committed] == [committed.message_id]
+    assert [m.id for m in broker.kafka_transaction.committed] == [committed.message_id]
     assert producer.store.get(result.message_id).state is RecordState.ROLLED_BACK
 
     # A Kafka commit of unknown outcome: the relay publishes the message (same id).
-    broker.transaction.commit_fails = True
+    broker.kafka_transaction.commit_fails = True
     unknown = producer.send_in_transaction(txmq.Message("t", b"maybe"), lambda m, a: COMMIT, None)
     assert unknown.record_state is RecordState.READY
     assert producer.store.get(unknown.message_id).state is RecordState.READY
@@ -603,16 +603,16 @@ def test_relay_connect_opens_every_lane_before_the_first_batch(
 ) -> None:
     """``connect()`` is where a relay pays for its broker connections (on Kafka,
     ``init_transactions``) and where an unreachable broker shows."""
-    from txmq.testing import fakes
+    from txmq.adapters.memory import adapter as memory
 
     connected: list[object] = []
-    original = fakes._Publisher.connect
+    original = memory._Publisher.connect
 
-    def recording_connect(self: fakes._Publisher) -> None:
+    def recording_connect(self: memory._Publisher) -> None:
         original(self)
         connected.append(self)
 
-    monkeypatch.setattr(fakes._Publisher, "connect", recording_connect)
+    monkeypatch.setattr(memory._Publisher, "connect", recording_connect)
     relay = make_producer(engine, metadata, broker).relay()
     assert relay.connect() is relay
     assert len(connected) == 1  # SQLite: one lane

@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 import txmq
-from txmq.cli import app
+from txmq.adapters.memory.adapter import InMemoryBroker
+from txmq.cli.root import app
 from txmq.outbox import CheckBackPolicy
 from txmq.states import LocalTransactionState, RecordState
-from txmq.testing.fakes import InMemoryBroker
 
 runner = CliRunner()
 

@@ -15,12 +15,12 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 import txmq
+from txmq.adapters.memory.adapter import InMemoryBroker
 from txmq.consumer import Consumer, make_inbox_table
 from txmq.errors import ConfigurationError, DatabaseRefused
 from txmq.outbox import Producer, make_outbox_tables
 from txmq.outbox.relay import _Lane
 from txmq.supervision import LoopState, SupervisedLoop
-from txmq.testing.fakes import InMemoryBroker
 
 WAIT = 30.0
 

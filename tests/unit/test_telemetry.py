@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 import txmq
 from txmq import tracing
 from txmq.adapters.base import PublishOutcome
+from txmq.adapters.memory.adapter import InMemoryBroker
 from txmq.errors import PublishError
-from txmq.testing.fakes import InMemoryBroker
 from txmq.tracing import creating, message_span, publishing
 
 TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C

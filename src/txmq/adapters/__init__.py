@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from txmq.adapters.base import (
     Adapter,
+    Capabilities,
     Delivery,
     Publisher,
     PublishOutcome,
     QueueBrowser,
     Subscription,
     Topology,
+    Transaction,
+    Withheld,
 )
 from txmq.adapters.names import dead_letter_queue, retry_queue, work_queue
 from txmq.adapters.registry import adapter_for, parse_broker_url
@@ -46,12 +49,15 @@ def connect(url: str | None = None, *, check: bool = True) -> Adapter:
 
 __all__ = [
     "Adapter",
+    "Capabilities",
     "Delivery",
     "PublishOutcome",
     "Publisher",
     "QueueBrowser",
     "Subscription",
     "Topology",
+    "Transaction",
+    "Withheld",
     "adapter_for",
     "connect",
     "dead_letter_queue",

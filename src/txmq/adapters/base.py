@@ -8,6 +8,13 @@ Threading: an :class:`Adapter` holds settings and is safe to share. Each
 :class:`Publisher` and :class:`Subscription` owns its own connection and must be used from
 one thread at a time (the pika discipline: one connection per thread).
 
+What differs between brokers is stated, not asked: each adapter declares its
+:class:`Capabilities` (native transactions, how retry delays are kept, where DLQ replays
+go, whether consumers compete for a queue), offers its broker's transactions through
+:meth:`Adapter.transaction`, and its subscriptions keep delivery details (withholding a
+retry that is not due yet, dropping another group's replay) to themselves. No code above
+this package compares broker names.
+
 Physical names of queues and topics are in :mod:`txmq.adapters.names`.
 """
 
@@ -16,14 +23,59 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from txmq.adapters.names import dead_letter_queue, retry_queue, work_queue
+from txmq.errors import ConfigurationError
 from txmq.lifecycle import Closing
 from txmq.message import Message, validate_name
 
 if TYPE_CHECKING:
     from txmq.config import BrokerSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a broker does itself, so that the layers above ask the adapter, not its name.
+
+    Attributes:
+        native_transactions: the broker publishes several messages atomically under a
+            producer identity that fences older instances of it (Kafka transactions).
+            :meth:`Adapter.transaction` then gives a :class:`Transaction`, the producer
+            produces half messages inside one while the local transaction runs
+            (``Producer(kafka_native=True)``), and each relay batch is one transaction.
+            Without it, every message is confirmed on its own (RabbitMQ confirms).
+        retry_delays: how a retry stage's delay is kept. ``"queue_ttl"``: the broker
+            holds the message in the retry queue for the stage's delay, then moves it back
+            into the work queue (RabbitMQ's TTL and dead-lettering); retry queues are not
+            consumed. ``"due_time"``: retry queues are consumed like any source, and the
+            subscription withholds a message until its ``x-txmq-due-at`` (Kafka's retry
+            topics; see :mod:`txmq.adapters.due_time`).
+        replays_to: where a DLQ replay is sent (:meth:`Adapter.replay_destination`).
+            ``"work_queue"``: the group's own work queue, read by that group only.
+            ``"topic"``: the logical topic, which every group reads; the replay names its
+            group in ``x-txmq-target-group`` and the other groups' subscriptions
+            acknowledge it unseen (Kafka, where a group reads the topic itself).
+        competing_consumers: the subscriptions of one group compete for the messages of a
+            queue, each holding up to its prefetch (RabbitMQ), rather than each owning
+            partitions (Kafka). What one subscription holds, no other can run meanwhile.
+    """
+
+    native_transactions: bool = False
+    retry_delays: Literal["queue_ttl", "due_time"] = "queue_ttl"
+    replays_to: Literal["work_queue", "topic"] = "work_queue"
+    competing_consumers: bool = False
+
+
+def validate_identity(identity: object) -> str:
+    """Return a publisher's ``identity`` (see :meth:`Adapter.publisher`) if it is usable.
+
+    Raises:
+        ConfigurationError: it is not a non-empty str.
+    """
+    if not isinstance(identity, str) or not identity:
+        raise ConfigurationError(f"a publisher's identity must be a non-empty str: {identity!r}")
+    return identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +164,8 @@ class Publisher(Closing):
 
     RabbitMQ: persistent messages, publisher confirms pipelined across the batch, unroutable
     (``mandatory`` returned) messages reported as failures. Kafka: idempotent producer with
-    ``acks=all``; with a ``transactional_id`` each batch is one Kafka transaction, so either
-    every outcome is ok or none is.
+    ``acks=all``; opened with an ``identity`` (see :meth:`Adapter.publisher`) each batch is
+    one Kafka transaction, so either every outcome is ok or none is.
     """
 
     @abc.abstractmethod
@@ -136,8 +188,9 @@ class Publisher(Closing):
     def connect(self) -> None:
         """Open the connection now rather than at the first publish (no-op when open).
 
-        On Kafka with a ``transactional_id`` this runs ``init_transactions``, which fences
-        an older producer with the same id.
+        Where batches are transactions (an ``identity`` on a broker with native
+        transactions) this also initialises them, which fences an older publisher of the
+        same identity (Kafka's ``init_transactions``).
 
         Raises:
             BrokerUnavailable: the broker cannot be reached.
@@ -148,11 +201,78 @@ class Publisher(Closing):
         """Release the connection. Idempotent."""
 
 
+class Transaction(Closing):
+    """One broker transaction of a producer, opened and settled by hand (half messages).
+
+    Messages produced inside an open transaction are invisible to consumers until
+    :meth:`commit`, and never seen if it is aborted. One transaction is open at a time;
+    after commit or abort the same object opens the next one. Get it from
+    :meth:`Adapter.transaction` (only where :attr:`Capabilities.native_transactions`).
+    """
+
+    @abc.abstractmethod
+    def begin(self) -> None:
+        """Open a transaction.
+
+        Raises:
+            PublishError: a transaction is already open, or the producer failed.
+            BrokerUnavailable: transactions could not be initialised in time.
+        """
+
+    @abc.abstractmethod
+    def produce(self, messages: Sequence[Message]) -> None:
+        """Produce ``messages`` inside the open transaction (invisible until commit).
+
+        Raises:
+            MessageTooLarge: a message is too large; nothing was produced.
+            PublishError: no transaction is open, or producing failed (then aborted).
+        """
+
+    @abc.abstractmethod
+    def commit(self, timeout: float | None = None) -> None:
+        """Commit the open transaction: its messages become visible, all together.
+
+        Raises:
+            PublishError: the transaction was NOT committed.
+            BrokerUnavailable: the outcome is UNKNOWN (it may or may not be committed).
+        """
+
+    @abc.abstractmethod
+    def abort(self, timeout: float | None = None) -> None:
+        """Abort the open transaction, if any: its messages are never seen.
+
+        Raises:
+            BrokerUnavailable: the broker did not confirm the abort in time (the messages
+                stay invisible all the same).
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Abort an open transaction and release the connection. Idempotent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Withheld:
+    """Deliveries a subscription kept from its caller (see :meth:`Subscription.withheld`).
+
+    Attributes:
+        held: given back to the broker because they are not due yet (a retry read before
+            its delay has passed: ``"due_time"`` retry delays).
+        skipped: addressed to another group (a DLQ replay sent to the shared topic:
+            ``"topic"`` replays), acknowledged without being handed out.
+    """
+
+    held: int = 0
+    skipped: int = 0
+
+
 class Subscription(Closing):
     """A consumer group's manual-ack stream over one or more queues/topics.
 
     Messages are acknowledged only by :meth:`ack`; a message not acked before the
-    subscription's connection dies is redelivered (to this group).
+    subscription's connection dies is redelivered (to this group). What is not the
+    caller's to handle never comes out of :meth:`poll`: a retry that is not due yet, a
+    replay for another group (see :class:`Capabilities`); :meth:`withheld` counts them.
     """
 
     @abc.abstractmethod
@@ -176,10 +296,17 @@ class Subscription(Closing):
         """Stop consuming; unacked deliveries will be redelivered. Idempotent."""
 
     def pause(self, sources: Iterable[str]) -> None:
-        """Stop fetching from ``sources`` until :meth:`resume` (Kafka retry topics)."""
+        """Stop fetching from ``sources`` until :meth:`resume` (retry topics not due yet)."""
 
     def resume(self, sources: Iterable[str]) -> None:
         """Fetch from ``sources`` again."""
+
+    def withheld(self) -> Withheld:
+        """How many deliveries :meth:`poll` kept back since the last call (then reset to 0).
+
+        A subscription that hands out everything it reads keeps nothing back: the default.
+        """
+        return Withheld()
 
 
 class QueueBrowser(Closing):
@@ -213,12 +340,11 @@ class QueueBrowser(Closing):
 class Adapter(abc.ABC):
     """One broker, as txmq uses it. Build it with :func:`txmq.connect`."""
 
-    #: OpenTelemetry ``messaging.system`` value: ``"rabbitmq"`` or ``"kafka"``.
+    #: OpenTelemetry ``messaging.system`` value: ``"rabbitmq"``, ``"kafka"``, ``"memory"``.
+    #: A label for telemetry and logs; nothing decides by it.
     system: str
-    #: Whether the subscriptions of one group compete for the messages of a queue, each
-    #: holding up to its prefetch (RabbitMQ), rather than each owning partitions (Kafka).
-    #: What one subscription holds, no other can run meanwhile.
-    competing_consumers: bool = False
+    #: What this broker does itself (see :class:`Capabilities`).
+    capabilities: Capabilities = Capabilities()
 
     def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings
@@ -256,8 +382,41 @@ class Adapter(abc.ABC):
         """
 
     @abc.abstractmethod
-    def publisher(self, *, transactional_id: str | None = None) -> Publisher:
-        """Open a publisher; with ``transactional_id`` (Kafka), batches are transactions."""
+    def publisher(self, *, identity: str | None = None) -> Publisher:
+        """Open a publisher.
+
+        Args:
+            identity: a name of this publisher that stays the same across restarts and
+                is unique among live publishers (e.g. ``relay-<instance>-<lane>``). With
+                :attr:`Capabilities.native_transactions` each batch is then one broker
+                transaction under that identity, and a restarted publisher fences the
+                one it replaces (Kafka: ``transactional.id = txmq-<identity>``).
+                Elsewhere it changes nothing.
+
+        Raises:
+            ConfigurationError: ``identity`` is empty.
+        """
+
+    def transaction(self, identity: str) -> Transaction | None:
+        """A transaction to produce half messages in, or ``None`` where the broker has no
+        native transactions (the default).
+
+        Args:
+            identity: as for :meth:`publisher`: stable across restarts of its owner
+                (e.g. ``<producer group>-<instance>-<n>``) so that a restarted producer
+                fences its predecessor's open transaction.
+
+        Raises:
+            ConfigurationError: ``identity`` is empty.
+        """
+        return None
+
+    def replay_destination(self, group: str, topic: str) -> str:
+        """The physical queue/topic a DLQ replay of ``group``'s ``topic`` is sent to: the
+        group's work queue, or the topic itself (:attr:`Capabilities.replays_to`)."""
+        if self.capabilities.replays_to == "work_queue":
+            return work_queue(group, topic)
+        return topic
 
     @abc.abstractmethod
     def subscribe(self, group: str, sources: Sequence[str], *, prefetch: int = 100) -> Subscription:

@@ -24,3 +24,10 @@ def retry_queue(group: str, topic: str, stage: int) -> str:
 def dead_letter_queue(group: str, topic: str) -> str:
     """Queue/topic of messages of ``group`` that failed for good."""
     return f"{group}.{topic}.dlq"
+
+
+def is_retry_queue(group: str, name: str) -> bool:
+    """Whether ``name`` is one of ``group``'s retry stages, ``retry_queue(group, t, n)``."""
+    head, marker, stage = name.rpartition(".retry.")
+    prefix = f"{group}."
+    return bool(marker) and stage.isdigit() and head.startswith(prefix) and len(head) > len(prefix)

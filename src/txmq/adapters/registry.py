@@ -73,7 +73,7 @@ for _builtin in (
         "memory",
         frozenset({"memory"}),
         "txmq.adapters.memory.settings:parse_url",
-        "txmq.testing.fakes:memory_broker",
+        "txmq.adapters.memory.adapter:memory_broker",
     ),
 ):
     register(_builtin)

@@ -6,9 +6,10 @@ gives it a new inbox key (``id#replay-n``): the inbox does not swallow it as a d
 the failed original, but does deduplicate a replay that happens twice (a crash between
 the republish and the DLQ acknowledgement repeats the same generation).
 
-Where a replay goes: on RabbitMQ straight into the group's work queue; on Kafka, where a
-group reads the shared topic, into the topic with ``x-txmq-target-group`` set, so that
-the other groups acknowledge it without processing it.
+Where a replay goes is the adapter's answer (:meth:`Adapter.replay_destination`): on
+RabbitMQ straight into the group's work queue; on Kafka, where a group reads the shared
+topic, into the topic. Either way it carries ``x-txmq-target-group``, so that where other
+groups read it too their subscriptions acknowledge it without handing it out.
 
 A replayed or purged letter is listed no more, and replayed again only when asked
 (``include_replayed``): RabbitMQ acknowledges it out of the queue; on Kafka, whose DLQ
@@ -22,17 +23,16 @@ would apply it after all.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from txmq.adapters import (
     Adapter,
     Delivery,
+    PublishOutcome,
     QueueBrowser,
-    Topology,
     connect,
     dead_letter_queue,
-    work_queue,
 )
 from txmq.consumer.envelopes import replay_copy
 from txmq.consumer.headers import (
@@ -53,6 +53,9 @@ from txmq.message import (
     Message,
     validate_name,
 )
+
+#: Replay copies published per round trip: the unit in which ``replay(progress=)`` advances.
+REPLAY_CHUNK = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +188,7 @@ class DeadLetters(Closing):
         include_replayed: bool = False,
         limit: int = 1000,
         timeout: float = 30.0,
+        progress: Callable[[int, int], None] | None = None,
     ) -> ReplayResult:
         """Send parked messages back to the group and remove them from the DLQ.
 
@@ -200,6 +204,8 @@ class DeadLetters(Closing):
                 (RabbitMQ: no effect, a replayed letter has left the queue).
             limit: the most letters read in one call.
             timeout: the longest the reading may take.
+            progress: called with the copies confirmed so far and how many are sent, once
+                the letters are read and after every :data:`REPLAY_CHUNK` copies.
 
         Returns:
             the ids replayed, the ids skipped because compensated, the ids not found.
@@ -223,8 +229,16 @@ class DeadLetters(Closing):
             if not chosen:
                 return result
             copies = [self._copy(d) for d in chosen]
+            outcomes: list[PublishOutcome] = []
             with self._adapter.publisher() as publisher:
-                outcomes = publisher.send_to_queue(self._destination(), copies)
+                destination = self._adapter.replay_destination(self.group, self.topic)
+                for start in range(0, len(copies), REPLAY_CHUNK):
+                    if progress is not None:
+                        progress(start, len(copies))
+                    chunk = copies[start : start + REPLAY_CHUNK]
+                    outcomes += publisher.send_to_queue(destination, chunk)
+            if progress is not None:
+                progress(len(copies), len(copies))
             sent = [d for d, outcome in zip(chosen, outcomes, strict=True) if outcome.ok]
             browser.remove(sent)
             for outcome in outcomes:
@@ -260,12 +274,6 @@ class DeadLetters(Closing):
         assert delivery.message is not None  # checked by _chosen
         copy = replay_copy(delivery.message)
         return copy.with_headers(**{HEADER_TARGET_GROUP: self.group})
-
-    def _destination(self) -> str:
-        """The group's own work queue where it has one (RabbitMQ); else the topic (Kafka)."""
-        own = work_queue(self.group, self.topic)
-        sources = self._adapter.sources_for([Topology(self.group, self.topic)])
-        return own if own in sources else self.topic
 
     def purge(self) -> int:
         """Delete every parked message (replayed ones included); return how many were listed.

@@ -47,12 +47,10 @@ class Consumer:
     The handler sees the attempt number as ``message.headers["x-txmq-attempt"]`` (``"1"`` on
     the first delivery; :func:`txmq.consumer.attempt_of` parses it).
 
-    RabbitMQ: a worker answers the connection's heartbeats only between handlers, so a
-    handler (or a batch) running longer than the heartbeat timeout (URL option
-    ``heartbeat``, 60 s by default) loses the connection. Its commit stands, but the ack is
-    lost: the message is delivered again and skipped by the inbox, and a failed attempt is
-    run (and retried) again, so retry copies pile up. Give handlers that can run that long a
-    larger ``heartbeat`` (``rabbitmq://...?heartbeat=600``), or ``0`` to turn heartbeats off.
+    RabbitMQ: each worker's connection is driven by an IO thread of its subscription, which
+    answers heartbeats while handlers run, so a handler (or a batch) may take longer than
+    the heartbeat timeout (URL option ``heartbeat``, 60 s by default) without losing the
+    connection or its messages.
 
     Args:
         broker: an adapter (not closed by the consumer) or a broker URL (the consumer
@@ -247,12 +245,10 @@ class Consumer:
                 raise ConfigurationError("consumer already started")
             adapter = self._connect()
             routes: dict[str, Route] = {}
-            retry_sources: set[str] = set()
             for topic in self._handlers:
                 route = self._route(topic)
                 for source in adapter.sources_for([route.topology]):
                     routes[source] = route
-                retry_sources.update(route.topology.retry_queues())
             if self._declare:
                 adapter.declare(self.topologies())
             self._stop.clear()
@@ -260,7 +256,6 @@ class Consumer:
                 adapter=adapter,
                 group=self.group,
                 routes=routes,
-                retry_sources=frozenset(retry_sources),
                 inbox=Inbox(self.inbox_table, self.group),
                 engine=self.engine,
                 session_factory=self._session_factory,
@@ -284,7 +279,7 @@ class Consumer:
         """The prefetch each worker subscribes with on ``adapter`` (see ``prefetch``)."""
         if self.prefetch is not None:
             return self.prefetch
-        if adapter.competing_consumers and self.concurrency > 1:
+        if adapter.capabilities.competing_consumers and self.concurrency > 1:
             return self.batch_size
         return max(DEFAULT_PREFETCH, self.batch_size)
 

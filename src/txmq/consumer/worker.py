@@ -11,6 +11,10 @@ The order of effects is what makes processing effectively-once:
 
 A crash between any two steps leads to a redelivery that the inbox turns into a no-op
 (or a repeated forward, which the replay generation and compensation ids deduplicate).
+
+What is not the group's to handle yet, or at all (a retry that is not due, another
+group's DLQ replay), never comes out of the subscription: the adapter withholds it and
+the worker only counts it (:meth:`~txmq.adapters.base.Subscription.withheld`).
 """
 
 from __future__ import annotations
@@ -36,12 +40,10 @@ from txmq.adapters.names import dead_letter_queue, retry_queue
 from txmq.consumer.compensation import compensation_event
 from txmq.consumer.envelopes import dead_letter_copy, raw_dead_letter, retry_copy
 from txmq.consumer.headers import (
-    HEADER_TARGET_GROUP,
     error_text,
     error_type,
     inbox_key,
     parse_attempt,
-    parse_timestamp,
 )
 from txmq.consumer.inbox import Inbox, InboxEntry
 from txmq.consumer.policy import RetryPolicy
@@ -54,7 +56,7 @@ from txmq.errors import (
     DatabaseUnavailable,
     TxmqError,
 )
-from txmq.message import HEADER_ATTEMPT, HEADER_DUE_AT, Message
+from txmq.message import HEADER_ATTEMPT, Message
 from txmq.supervision import SupervisedLoop, describe
 from txmq.telemetry import CONSUME_SECONDS
 from txmq.tracing import ATTEMPT, message_span
@@ -84,7 +86,6 @@ class Plan:
     adapter: Adapter
     group: str
     routes: Mapping[str, Route]
-    retry_sources: frozenset[str]
     inbox: Inbox
     engine: Engine
     session_factory: Callable[[], Session] | None
@@ -115,8 +116,6 @@ class Worker:
         self._transactions = Transactions(plan.engine, plan.session_factory)
         self._handler_ok_seconds = CONSUME_SECONDS.labels(plan.group, "ok")
         self._handler_error_seconds = CONSUME_SECONDS.labels(plan.group, "error")
-        # Kafka retry topics that are paused, with the time to resume them.
-        self._paused: dict[str, float] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -140,8 +139,14 @@ class Worker:
                 plan.group, list(plan.routes), prefetch=plan.prefetch
             )
         subscription = self._subscription
-        timeout = self._resume_due(subscription)
-        deliveries = subscription.poll(timeout, max(plan.batch_size, min(plan.prefetch, 100)))
+        deliveries = subscription.poll(
+            plan.poll_interval, max(plan.batch_size, min(plan.prefetch, 100))
+        )
+        withheld = subscription.withheld()
+        if withheld.held:
+            plan.stats.add("held", withheld.held)
+        if withheld.skipped:
+            plan.stats.add("skipped", withheld.skipped)
         if deliveries:
             self._handle(subscription, deliveries)
         return bool(deliveries)
@@ -154,20 +159,7 @@ class Worker:
                 except TxmqError as exc:
                     log.debug("%s: error while closing: %s", self.name, exc)
         self._subscription = self._publisher = None
-        self._paused.clear()
         self._transactions.close()
-
-    def _resume_due(self, subscription: Subscription) -> float:
-        """Resume paused sources that are due; return how long the next poll may wait."""
-        now = time.time()
-        due = [source for source, at in self._paused.items() if at <= now]
-        if due:
-            subscription.resume(due)
-            for source in due:
-                del self._paused[source]
-        if not self._paused:
-            return self.plan.poll_interval
-        return max(0.01, min(self.plan.poll_interval, min(self._paused.values()) - now))
 
     # -- one polled batch ---------------------------------------------------------------
 
@@ -202,7 +194,8 @@ class Worker:
     def _triage(
         self, subscription: Subscription, deliveries: Sequence[Delivery], settled: list[Delivery]
     ) -> list[_Item]:
-        """Give back what is not due, dead-letter what is undecodable, return the rest."""
+        """Give back what came from an unexpected source, dead-letter what is undecodable,
+        return the rest."""
         held: list[Delivery] = []
         items: list[_Item] = []
         now = time.time()
@@ -211,17 +204,8 @@ class Worker:
             if route is None:
                 log.error("%s: delivery from unexpected source %r", self.name, delivery.source)
                 held.append(delivery)
-            elif self._hold(subscription, delivery, now):
-                held.append(delivery)
             elif delivery.message is None:
                 self._dead_letter_raw(delivery, route, now)
-                settled.append(delivery)
-            elif (
-                delivery.message.headers.get(HEADER_TARGET_GROUP, self.plan.group)
-                != self.plan.group
-            ):
-                # Another group's DLQ replay, sent through the shared Kafka topic.
-                self.plan.stats.add("skipped")
                 settled.append(delivery)
             else:
                 message = delivery.message
@@ -243,24 +227,6 @@ class Worker:
             self._process_batch(items[start : start + size], settled)
             subscription.ack(settled)  # one ack (multiple-ack / one commit) per batch
             settled.clear()
-
-    def _hold(self, subscription: Subscription, delivery: Delivery, now: float) -> bool:
-        """Kafka retry topics are read at once: give back a message that is not due yet.
-
-        The source is paused until the message is due; later messages of the same source
-        in this poll are given back too (they are due later still: one delay per stage).
-        """
-        if delivery.source not in self.plan.retry_sources:
-            return False
-        if delivery.source in self._paused:
-            return True
-        headers = delivery.message.headers if delivery.message else delivery.raw_headers
-        due = parse_timestamp(headers.get(HEADER_DUE_AT))
-        if due is None or due <= now:
-            return False
-        self._paused[delivery.source] = due
-        subscription.pause([delivery.source])
-        return True
 
     # -- processing ---------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from txmq.adapters import Adapter, connect
+from txmq.adapters.base import Transaction
 from txmq.database import outside_run_sync_is_an_error
 from txmq.errors import BrokerError, TransactionError, TxmqError
 from txmq.lifecycle import Closing
@@ -52,16 +53,6 @@ class Executor(Protocol[A_contra]):
     """Runs the local transaction of a half message and says how it ended."""
 
     def __call__(self, message: Message, arg: A_contra, /) -> LocalTransactionState: ...
-
-
-class KafkaTransaction(Protocol):
-    """The explicit transaction control of a transactional Kafka publisher."""
-
-    def begin(self) -> None: ...
-    def produce(self, messages: Sequence[Message]) -> None: ...
-    def commit(self, timeout: float | None = None) -> None: ...
-    def abort(self, timeout: float | None = None) -> None: ...
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +86,14 @@ class Producer(Closing):
         checker: answers check-backs of :meth:`send_in_transaction` records.
         check_policy: immunity, interval, limit and what happens at the limit.
         tables: the outbox tables on your ``MetaData`` (default: on :data:`txmq.metadata`).
-        kafka_native: on Kafka, produce half messages inside an open Kafka transaction while
-            the executor runs (DESIGN.md section 5); otherwise they go through the relay.
-        instance_id: stable name of this instance (Kafka ``transactional.id`` prefix).
+        kafka_native: where the broker has native transactions (Kafka; see
+            :class:`~txmq.adapters.base.Capabilities`), produce half messages inside an
+            open broker transaction while the executor runs; otherwise, or with False,
+            they go through the relay. True here only where the broker can.
+        instance_id: stable name of this instance; with native transactions the
+            transactions of half messages are named by it (Kafka:
+            ``transactional.id = txmq-<group>-<instance_id>-<n>``), so that a restarted
+            instance fences the transactions its predecessor left open.
         max_body_bytes: largest message (body + headers) :meth:`stage` accepts; default
             the broker URL's ``max_body_bytes``. Lowered to the broker's own limit where
             the adapter can learn it (Kafka's ``message.max.bytes``, asked once here,
@@ -132,7 +128,9 @@ class Producer(Closing):
         self.check_policy = check_policy or CheckBackPolicy()
         self.checkback = CheckBack(self.store, self.group, checker, self.check_policy)
         self.kafka_native = (
-            kafka_native and self.broker is not None and self.broker.system == "kafka"
+            kafka_native
+            and self.broker is not None
+            and self.broker.capabilities.native_transactions
         )
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
         if max_body_bytes is not None:
@@ -143,7 +141,7 @@ class Producer(Closing):
             self.max_body_bytes = DEFAULT_MAX_BODY_BYTES
         self._stage_limit = self.max_body_bytes
         self._learn_limit()
-        self._transactions: queue.SimpleQueue[KafkaTransaction] = queue.SimpleQueue()
+        self._transactions: queue.SimpleQueue[Transaction] = queue.SimpleQueue()
         self._transaction_count = 0
         self._transaction_lock = threading.Lock()
         self._relay: Relay | None = None
@@ -206,8 +204,9 @@ class Producer(Closing):
             (message,) = self._checked((message,), traced)
             self.store.prepare(message, self.group, immunity=immunity)
         STAGED.labels(self.group, "half").inc()
-        if self.kafka_native:
-            return self._send_kafka_native(message, executor, arg, first_check)
+        transaction = self._acquire_transaction() if self.kafka_native else None
+        if transaction is not None:
+            return self._send_native(transaction, message, executor, arg, first_check)
         with self.engine.begin() as connection:
             self._hold(connection, message.id)
             state = self._execute_held(message, executor, arg, first_check)
@@ -221,22 +220,29 @@ class Producer(Closing):
             to = self.store.settle(connection, message.id, to)
         return SendResult(message.id, state, to)
 
-    def _send_kafka_native(
-        self, message: Message, executor: Executor[A], arg: A, first_check: datetime
+    def _send_native(
+        self,
+        transaction: Transaction,
+        message: Message,
+        executor: Executor[A],
+        arg: A,
+        first_check: datetime,
     ) -> SendResult:
-        transaction = self._acquire_transaction()
+        """The half message produced in a broker transaction while the executor runs."""
+        assert self.broker is not None  # the transaction came from it
+        system = self.broker.system
         reusable = True
         try:
             with self.engine.begin() as connection:
                 self._hold(connection, message.id)
                 try:
                     transaction.begin()
-                    with publishing([message], system="kafka"):
+                    with publishing([message], system=system):
                         transaction.produce([message])
                     opened = True
                 except BrokerError:
                     # The executor still runs; on COMMIT the relay delivers the message.
-                    log.warning("no Kafka transaction for %s; relaying", message.id, exc_info=True)
+                    log.warning("no broker transaction for %s; relaying", message.id, exc_info=True)
                     opened = reusable = False
                 state = self._execute_held(message, executor, arg, first_check)
                 if state is not LocalTransactionState.COMMIT:
@@ -262,7 +268,9 @@ class Producer(Closing):
                         # Kafka "just threw": whether it committed is unknown. The local
                         # transaction did commit, so the relay publishes it (again, same id).
                         log.warning(
-                            "Kafka commit of %s failed; relaying", message.id, exc_info=True
+                            "broker transaction commit of %s failed; relaying",
+                            message.id,
+                            exc_info=True,
                         )
                         reusable = False
                         self.store.transition(
@@ -565,7 +573,9 @@ class Producer(Closing):
             log.exception("local transaction of %s raised: UNKNOWN", message.id)
             return LocalTransactionState.UNKNOWN
 
-    def _acquire_transaction(self) -> KafkaTransaction:
+    def _acquire_transaction(self) -> Transaction | None:
+        """A free broker transaction of this producer, or a new one (``None`` where the
+        broker offers none)."""
         try:
             return self._transactions.get_nowait()
         except queue.Empty:
@@ -574,14 +584,11 @@ class Producer(Closing):
         with self._transaction_lock:
             self._transaction_count += 1
             number = self._transaction_count
-        publisher: Any = self.broker.publisher(
-            transactional_id=f"txmq-{self.group}-{self.instance_id}-{number}"
-        )
-        return publisher  # type: ignore[no-any-return]
+        return self.broker.transaction(f"{self.group}-{self.instance_id}-{number}")
 
-    def _abort(self, transaction: KafkaTransaction) -> None:
+    def _abort(self, transaction: Transaction) -> None:
         try:
             transaction.abort()
         except BrokerError:
             # An unaborted transaction is aborted by the broker at its timeout; nothing reads it.
-            log.warning("Kafka abort failed", exc_info=True)
+            log.warning("broker transaction abort failed", exc_info=True)

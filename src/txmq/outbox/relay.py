@@ -497,13 +497,10 @@ class _Lane:
 
     def publisher(self) -> Publisher:
         if self._publisher is None:
-            broker = self.relay.broker
-            transactional_id = (
-                f"txmq-relay-{self.relay.instance_id}-{self.number}"
-                if broker.system == "kafka"
-                else None
-            )
-            self._publisher = broker.publisher(transactional_id=transactional_id)
+            # A stable identity per lane: where batches are broker transactions, a
+            # restarted relay fences the lane it replaces.
+            identity = f"relay-{self.relay.instance_id}-{self.number}"
+            self._publisher = self.relay.broker.publisher(identity=identity)
         return self._publisher
 
     def drop_publisher(self) -> None:

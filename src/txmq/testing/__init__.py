@@ -6,6 +6,6 @@
   session fixtures ``rabbitmq_url``, ``kafka_url``, ``database_url`` and ``broker_url``,
   and per test ``txmq_database``, ``txmq_engine``, ``txmq_sqlite_engine``,
   ``txmq_memory_url`` and ``txmq_unique``.
-- :mod:`txmq.testing.fakes` has :class:`~txmq.testing.fakes.InMemoryBroker`, also reachable
-  as ``txmq.connect("memory://name")``.
+- The in-process broker for fast tests is the ``memory://`` adapter,
+  :class:`~txmq.adapters.memory.adapter.InMemoryBroker` (``txmq.connect("memory://name")``).
 """

@@ -292,7 +292,7 @@ def txmq_unique() -> Callable[[str], str]:
 @pytest.fixture
 def txmq_memory_url(txmq_unique: Callable[[str], str]) -> Iterator[str]:
     """``memory://<unique>``: an empty in-process broker for this test only."""
-    from txmq.testing.fakes import forget_memory_broker
+    from txmq.adapters.memory.adapter import forget_memory_broker
 
     name = txmq_unique("test")
     yield f"memory://{name}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -11,8 +12,9 @@ from confluent_kafka.admin import AdminClient
 import txmq
 from txmq.adapters.base import Delivery, Topology
 from txmq.adapters.kafka.adapter import KafkaAdapter, KafkaSubscription
+from txmq.consumer.headers import HEADER_TARGET_GROUP
 from txmq.errors import BrokerUnavailable, MessageDecodeError, QueueNotFound, TopologyError
-from txmq.message import Message
+from txmq.message import HEADER_DUE_AT, Message
 
 pytestmark = pytest.mark.broker
 
@@ -256,3 +258,41 @@ def test_closed_subscription_refuses_to_poll(adapter: KafkaAdapter, declared: De
     subscription.close()
     with pytest.raises(BrokerUnavailable):
         subscription.poll(0.1)
+
+
+def test_the_subscription_withholds_retries_not_due_and_drops_other_groups_replays(
+    adapter: KafkaAdapter,
+    declared: Declared,
+    drain: Drain,
+    wait_until: WaitUntil,
+    committed_offsets: Callable[[str, str], dict[int, int]],
+) -> None:
+    """What the consumer worker no longer does: the Kafka subscription itself gives back a
+    retry that is not due (pausing its retry topic) and acknowledges a DLQ replay sent to
+    the shared topic for another group; ``withheld()`` counts both."""
+    topology = declared(retry_delays=(1.0,))
+    retry_topic = topology.retry_queues()[0]
+    not_due = Message(topology.topic, b"later", headers={HEADER_DUE_AT: f"{time.time() + 3600}"})
+    # One key, one partition: offsets 0-2.
+    theirs = Message(topology.topic, b"theirs", key="k", headers={HEADER_TARGET_GROUP: "another"})
+    ours = Message(topology.topic, b"ours", key="k", headers={HEADER_TARGET_GROUP: topology.group})
+    fresh = Message(topology.topic, b"fresh", key="k")
+    with adapter.publisher() as publisher:
+        assert publisher.send_to_queue(retry_topic, [not_due])[0].ok
+    _publish(adapter, [theirs, ours, fresh])
+    held = skipped = 0
+    with _subscribe(adapter, topology.group, adapter.sources_for([topology])) as subscription:
+        got = drain(subscription, 2)
+
+        def counted() -> bool:
+            nonlocal held, skipped
+            got.extend(subscription.poll(0.2))
+            withheld = subscription.withheld()
+            held, skipped = held + withheld.held, skipped + withheld.skipped
+            return held >= 1 and skipped == 1
+
+        wait_until(counted)
+    assert sorted(_ids(got)) == sorted([ours.id, fresh.id])
+    # The other group's replay was acknowledged: the commit made at close passes it.
+    assert list(committed_offsets(topology.group, topology.topic).values()) == [3]
+    assert committed_offsets(topology.group, retry_topic) == {}

@@ -35,7 +35,7 @@ def with_option(url: str, option: str) -> str:
 
 
 def _transactional(adapter: KafkaAdapter, tid: str) -> KafkaTransactionalPublisher:
-    publisher = adapter.publisher(transactional_id=tid)
+    publisher = adapter.publisher(identity=tid)
     assert isinstance(publisher, KafkaTransactionalPublisher)
     return publisher
 
@@ -151,7 +151,7 @@ def test_oversized_batch_is_refused_whole(adapter: KafkaAdapter, declared: Decla
     batch = [Message(topology.topic, b"small"), Message(topology.topic, b"x" * (limit + 1))]
     with adapter.publisher() as publisher, pytest.raises(MessageTooLarge):
         publisher.publish(batch)
-    with adapter.publisher(transactional_id=f"{topology.group}-tx") as publisher:
+    with adapter.publisher(identity=f"{topology.group}-tx") as publisher:
         with pytest.raises(MessageTooLarge):
             publisher.publish(batch)
         # The oversized attempt left no transaction open: the publisher still works.
@@ -214,7 +214,7 @@ def test_unreachable_broker_fails_fast_without_secrets(caplog: pytest.LogCapture
     assert isinstance(broker, KafkaAdapter)
     started = time.monotonic()
     with (
-        broker.publisher(transactional_id="unreachable") as publisher,
+        broker.publisher(identity="unreachable") as publisher,
         pytest.raises(BrokerUnavailable) as caught_publish,
     ):
         publisher.publish([Message("t", b"")])

@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "the Kafka adapter needs confluent-kafka: pip install 'txmq[kafka]'"
     ) from exc
 
-from txmq.adapters.base import Adapter, Topology
+from txmq.adapters.base import Adapter, Capabilities, Topology, validate_identity
 from txmq.adapters.kafka.browser import KafkaBrowser
 from txmq.adapters.kafka.client import (
     ClientEvents,
@@ -95,6 +95,14 @@ class KafkaAdapter(Adapter):
     """
 
     system = "kafka"
+    #: Transactions; retry topics read at once and withheld until due by the subscription;
+    #: a group reads the topic itself, so a replay goes there for the other groups to drop.
+    capabilities = Capabilities(
+        native_transactions=True,
+        retry_delays="due_time",
+        replays_to="topic",
+        competing_consumers=False,
+    )
     settings: KafkaSettings
 
     def __init__(self, settings: KafkaSettings) -> None:
@@ -256,16 +264,27 @@ class KafkaAdapter(Adapter):
 
     # -- clients ------------------------------------------------------------------------
 
-    def publisher(self, *, transactional_id: str | None = None) -> KafkaPublisher:
-        """Open a publisher; with ``transactional_id`` each batch is one Kafka transaction.
+    def publisher(self, *, identity: str | None = None) -> KafkaPublisher:
+        """Open a publisher; with an ``identity`` each batch is one Kafka transaction, with
+        ``transactional.id = txmq-<identity>``.
 
         The producer connects lazily, at the first publish.
+
+        Raises:
+            ConfigurationError: ``identity`` is empty.
         """
-        if transactional_id is None:
+        if identity is None:
             return KafkaPublisher(self._context)
-        if not transactional_id:
-            raise ConfigurationError("transactional_id must be a non-empty str")
-        return KafkaTransactionalPublisher(self._context, transactional_id)
+        return KafkaTransactionalPublisher(self._context, _transactional_id(identity))
+
+    def transaction(self, identity: str) -> KafkaTransactionalPublisher:
+        """A transactional producer with ``transactional.id = txmq-<identity>``, for half
+        messages (see :class:`KafkaTransactionalPublisher`); it connects at first use.
+
+        Raises:
+            ConfigurationError: ``identity`` is empty.
+        """
+        return KafkaTransactionalPublisher(self._context, _transactional_id(identity))
 
     def subscribe(
         self, group: str, sources: Sequence[str], *, prefetch: int = 100
@@ -479,6 +498,12 @@ class KafkaAdapter(Adapter):
             if is_unreachable(error):
                 raise BrokerUnavailable(text) from exc
             raise TopologyError(text) from exc
+
+
+def _transactional_id(identity: str) -> str:
+    """The ``transactional.id`` of a publisher's identity. Keep it as it is: a relay or
+    producer of an earlier release with the same identity is fenced only by the same id."""
+    return f"txmq-{validate_identity(identity)}"
 
 
 def _usable(metadata: ClusterMetadata, name: str) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from txmq.adapters.base import Publisher, PublishOutcome
+from txmq.adapters.base import Publisher, PublishOutcome, Transaction
 from txmq.adapters.kafka.client import (
     ClientEvents,
     KafkaContext,
@@ -266,7 +266,7 @@ class _MessageRefused(PublishError):
         self.message_ids = frozenset(message_ids)
 
 
-class KafkaTransactionalPublisher(KafkaPublisher):
+class KafkaTransactionalPublisher(KafkaPublisher, Transaction):
     """A producer with a ``transactional.id``: each batch is one Kafka transaction.
 
     :meth:`publish` and :meth:`send_to_queue` run begin - produce all - commit: either
@@ -288,8 +288,9 @@ class KafkaTransactionalPublisher(KafkaPublisher):
     (aborted, fenced) and :class:`BrokerUnavailable` when its outcome is *unknown*; the
     caller must treat the latter as unknown (e.g. leave the half record for check-back).
 
-    Build it with ``KafkaAdapter.publisher(transactional_id=...)``; the id must be
-    stable across restarts of the same relay instance and unique among live instances.
+    Build it with ``KafkaAdapter.publisher(identity=...)`` (a relay lane) or
+    ``KafkaAdapter.transaction(identity)`` (a producer's half messages); the identity must
+    be stable across restarts of the same instance and unique among live instances.
     """
 
     def __init__(self, context: KafkaContext, transactional_id: str) -> None:

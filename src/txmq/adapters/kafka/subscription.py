@@ -6,6 +6,12 @@ partition, the offset just past the longest run of finished messages, and that i
 gets committed. Nothing is committed automatically (``enable.auto.commit=false``), and
 only committed transactions are read (``isolation.level=read_committed``), so half
 messages and aborted relay batches are never delivered.
+
+The subscription also keeps two Kafka details from its caller: a retry topic is read at
+once, so a retry that is not due yet is given back and its topic paused until then
+(:class:`~txmq.adapters.due_time.DueTimeGate`); and a group reads the topic itself, where
+DLQ replays of every group arrive, so a replay addressed to another group
+(``x-txmq-target-group``) is acknowledged without being handed out.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from confluent_kafka import (
 )
 from confluent_kafka import Message as Record
 
-from txmq.adapters.base import Delivery, Subscription
+from txmq.adapters.base import Delivery, Subscription, Withheld
+from txmq.adapters.due_time import DueTimeGate
 from txmq.adapters.kafka.client import ClientEvents, KafkaContext, logger
 from txmq.adapters.kafka.offsets import OffsetTracker, PartitionKey, Position
 from txmq.adapters.kafka.wire import decode_record
+from txmq.consumer.headers import HEADER_TARGET_GROUP
 from txmq.errors import BrokerUnavailable
 
 #: Rebalancing: ``cooperative-sticky`` moves only the partitions that change owner, so a
@@ -100,9 +108,11 @@ class KafkaSubscription(Subscription):
       redelivery of finished messages, never that an unfinished one is skipped.
     * :meth:`release` seeks the partition back to the lowest released offset: that
       message and every later one of its partition are delivered again.
-    * :meth:`pause` / :meth:`resume` stop and restart fetching from topics (retry topics
-      whose next message is not due yet). Messages already returned by :meth:`poll` are
-      not taken back by pausing: :meth:`release` them.
+    * :meth:`pause` / :meth:`resume` stop and restart fetching from topics. Messages
+      already returned by :meth:`poll` are not taken back by pausing: :meth:`release` them.
+    * :meth:`poll` hands out neither a retry that is not due yet (it is released and its
+      retry topic paused until due; the poll waits no longer than that) nor a DLQ replay
+      addressed to another group (acknowledged); :meth:`withheld` counts both.
     * On a rebalance, and on :meth:`close`, what is finished is committed synchronously
       before partitions are given up; deliveries of revoked partitions can no longer be
       acknowledged (their next owner gets them again).
@@ -120,6 +130,8 @@ class KafkaSubscription(Subscription):
         self._events = ClientEvents(context, f"consumer of group {group!r}")
         self._tracker = OffsetTracker()
         self._paused: set[str] = set()
+        self._gate = DueTimeGate(group, sources)
+        self._skipped = 0
         self._closed = False
         self._next_commit = 0.0  # time.monotonic() from which an asynchronous commit may go
         config = context.config(
@@ -146,6 +158,7 @@ class KafkaSubscription(Subscription):
                 (the subscription reconnects by itself and may be polled again).
         """
         consumer = self._open_consumer()
+        timeout = self._gate.open(self, timeout)
         self._commit_soon(consumer)
         try:
             records = _fetch(consumer, max_messages, timeout)
@@ -161,7 +174,7 @@ class KafkaSubscription(Subscription):
             )
         if not deliveries and self._events.brokers_down:
             self._check_reachable(consumer, timeout)
-        return deliveries
+        return self._others_dropped(self._gate.admit(self, deliveries))
 
     def ack(self, deliveries: Iterable[Delivery]) -> None:
         """Mark ``deliveries`` done; what that makes committable is committed asynchronously.
@@ -216,6 +229,12 @@ class KafkaSubscription(Subscription):
         if partitions:
             self._open_consumer().resume(partitions)
 
+    def withheld(self) -> Withheld:
+        """Retries given back as not due, and other groups' replays acknowledged, since the
+        last call."""
+        skipped, self._skipped = self._skipped, 0
+        return Withheld(held=self._gate.take_held(), skipped=skipped)
+
     def assignment(self) -> list[tuple[str, int]]:
         """The ``(topic, partition)`` pairs this member currently owns, sorted."""
         return sorted((tp.topic, tp.partition) for tp in self._open_consumer().assignment())
@@ -268,6 +287,22 @@ class KafkaSubscription(Subscription):
             token=position,
             redelivered=redelivered,
         )
+
+    def _others_dropped(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Acknowledge the DLQ replays of other groups (they share the topic); return the rest."""
+        ours: list[Delivery] = []
+        theirs: list[Delivery] = []
+        for delivery in deliveries:
+            target = (
+                None
+                if delivery.message is None
+                else delivery.message.headers.get(HEADER_TARGET_GROUP)
+            )
+            (ours if target is None or target == self.group else theirs).append(delivery)
+        if theirs:
+            self._skipped += len(theirs)
+            self.ack(theirs)
+        return ours
 
     def _check_reachable(self, consumer: Consumer, timeout: float) -> None:
         """After librdkafka said every broker is down: raise unless a broker answers now."""

@@ -1,1 +1,2 @@
-"""The in-process ``memory://`` broker, for fast tests without a broker."""
+"""The in-process ``memory://`` broker, for fast tests without a broker: ``settings`` parses
+its URLs, ``adapter`` is :class:`~txmq.adapters.memory.adapter.InMemoryBroker`."""

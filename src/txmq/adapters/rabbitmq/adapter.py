@@ -15,7 +15,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from txmq.adapters.base import Adapter, Publisher, Subscription, Topology
+from txmq.adapters.base import (
+    Adapter,
+    Capabilities,
+    Publisher,
+    Subscription,
+    Topology,
+    validate_identity,
+)
 from txmq.adapters.names import work_queue
 from txmq.adapters.rabbitmq.browser import RabbitMQBrowser, missing_or_refused
 from txmq.adapters.rabbitmq.connection import (
@@ -48,7 +55,9 @@ class RabbitMQAdapter(Adapter):
     """
 
     system = "rabbitmq"
-    competing_consumers = True
+    #: Confirms per message, no transactions; retry queues delay by TTL and dead-letter
+    #: back into the work queue; each group has its own work queue, where replays go.
+    capabilities = Capabilities(competing_consumers=True)
     settings: RabbitMQSettings
 
     def __init__(self, settings: BrokerSettings) -> None:
@@ -125,8 +134,15 @@ class RabbitMQAdapter(Adapter):
         queues.append((topology.dead_letter_queue, queue_type))
         return queues
 
-    def publisher(self, *, transactional_id: str | None = None) -> Publisher:
-        """A publisher; ``transactional_id`` is a Kafka notion and is ignored here."""
+    def publisher(self, *, identity: str | None = None) -> Publisher:
+        """A publisher with its own connection; ``identity`` changes nothing here (every
+        message is confirmed on its own, there are no transactions to fence).
+
+        Raises:
+            ConfigurationError: ``identity`` is empty.
+        """
+        if identity is not None:
+            validate_identity(identity)
         return RabbitMQPublisher(self.settings)
 
     def subscribe(self, group: str, sources: Sequence[str], *, prefetch: int = 100) -> Subscription:

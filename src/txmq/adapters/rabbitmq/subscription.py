@@ -1,17 +1,24 @@
-"""RabbitMQ manual-ack subscription over a ``BlockingConnection``.
+"""RabbitMQ manual-ack subscription whose connection is driven by an IO thread it owns.
 
-The broker pushes up to ``prefetch`` unacknowledged messages; they wait in a local buffer
-until :meth:`RabbitMQSubscription.poll` hands them out. Heartbeats are answered only while
-pika runs, i.e. inside :meth:`poll`, :meth:`ack` and :meth:`release`, so a consumer must call
-them at least once per heartbeat interval.
+pika's ``BlockingConnection`` answers heartbeats only while some thread runs its event loop.
+If the caller's thread ran it (between handlers), a handler longer than the heartbeat
+timeout would lose the connection and, with it, every unacknowledged message. So the
+connection belongs to one IO thread that runs the event loop all the time: it answers
+heartbeats, puts what the broker pushes (up to ``prefetch`` unacknowledged messages) into a
+buffer that :meth:`RabbitMQSubscription.poll` empties, and performs the acks and rejects that
+the caller's thread hands it with ``add_callback_threadsafe``, the one thread-safe call of a
+``BlockingConnection``. The caller waits until its settlement is written to the socket.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from txmq.adapters.base import Delivery, Subscription
@@ -26,15 +33,45 @@ from txmq.adapters.rabbitmq.settings import RabbitMQSettings
 from txmq.adapters.rabbitmq.wire import decode_frame, settlement_plan
 from txmq.errors import BrokerError, BrokerUnavailable, ConfigurationError
 
+log = logging.getLogger("txmq.rabbitmq")
+
 #: Largest prefetch count AMQP can express (a 16-bit field; 0 would mean unlimited).
 MAX_PREFETCH = 65535
+#: Longest turn of the IO thread's event loop: how soon it sees a closed channel. Stop
+#: requests, settlements and frames wake it at once.
+_TURN = 0.5
+#: Seconds allowed, on top of the connect timeout, for the IO thread to write a settlement
+#: or to finish closing the connection.
+_GRACE = 1.0
+
+_AMQP_ERRORS = (pika.exceptions.AMQPError, OSError)
+
+
+class _Settlement:
+    """Acks (or requeueing rejects) of some delivery tags, handed to the IO thread."""
+
+    __slots__ = ("done", "error", "requeue", "tags")
+
+    def __init__(self, tags: list[int], *, requeue: bool) -> None:
+        self.tags = tags
+        self.requeue = requeue
+        self.done = threading.Event()
+        self.error: BrokerUnavailable | None = None
+
+    def finish(self, error: BrokerUnavailable | None = None) -> None:
+        self.error = error
+        self.done.set()
 
 
 class RabbitMQSubscription(Subscription):
     """Consumes ``sources`` (queue names) with manual acks; see :class:`Subscription`.
 
     ``prefetch`` bounds the unacknowledged messages of each source queue (RabbitMQ applies
-    ``basic.qos`` per consumer).
+    ``basic.qos`` per consumer). Heartbeats are answered however long the caller takes
+    between calls. :meth:`ack` and :meth:`release` return once the broker's socket has taken
+    the settlement. A lost connection makes :meth:`poll`, :meth:`ack` and :meth:`release`
+    raise :class:`BrokerUnavailable` (the undelivered and unacked messages go back to their
+    queues); the subscription does not reconnect.
 
     Raises (when opened):
         BrokerUnavailable: the broker cannot be reached.
@@ -47,12 +84,19 @@ class RabbitMQSubscription(Subscription):
         if not 0 < prefetch <= MAX_PREFETCH:
             raise ConfigurationError(f"prefetch must be between 1 and {MAX_PREFETCH}")
         self._settings = settings
+        self._closed = False  # the caller's thread only
+        # Shared between the caller's thread and the IO thread, guarded by _lock.
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._buffer: deque[Delivery] = deque()
-        # Delivery tags received and not settled yet, oldest first (a dict keeps order).
-        self._outstanding: dict[int, None] = {}
-        self._closed = False
-        self._sources: dict[str, str] = {}  # consumer tag -> queue
         self._cancelled: list[str] = []  # queues whose consumer the broker cancelled
+        self._lost: BrokerUnavailable | None = None  # why the IO thread stopped
+        self._pending: set[_Settlement] = set()  # handed over, not yet taken up
+        self._stopping = threading.Event()
+        # The IO thread's own, once it runs. Delivery tags received and not settled yet,
+        # oldest first (a dict keeps order).
+        self._outstanding: dict[int, None] = {}
+        self._sources: dict[str, str] = {}  # consumer tag -> queue
         self._connection = open_blocking(settings, name=f"txmq consumer {group}")
         source = ""
         try:
@@ -64,83 +108,193 @@ class RabbitMQSubscription(Subscription):
                     source, functools.partial(self._on_message, source), auto_ack=False
                 )
                 self._sources[tag] = source
-        except (pika.exceptions.AMQPError, OSError) as exc:
+        except _AMQP_ERRORS as exc:
             close_quietly(self._connection)
             raise channel_error(settings, exc, f"consuming from queue {source!r}") from exc
+        # From here on only the IO thread touches the connection and the channel.
+        self._thread = threading.Thread(
+            target=self._run, name=f"txmq consumer {group} io", daemon=True
+        )
+        self._thread.start()
+
+    # --- caller's thread -------------------------------------------------------------
 
     def poll(self, timeout: float, max_messages: int = 100) -> list[Delivery]:
         self._check_open()
         deadline = time.monotonic() + timeout
-        try:
-            # Take in what has already arrived (and answer heartbeats) even when the
-            # buffer is not empty.
-            self._connection.process_data_events(time_limit=0)
-            while not (self._buffer or self._cancelled):
+        with self._arrived:
+            while not (self._buffer or self._cancelled or self._lost):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self._connection.process_data_events(time_limit=remaining)
-        except (pika.exceptions.AMQPError, OSError) as exc:
-            raise unavailable(self._settings, exc, "consuming") from exc
-        if self._cancelled and not self._buffer:
-            # Without this the subscription would just go quiet.
-            raise BrokerUnavailable(
-                f"RabbitMQ at {self._settings.redacted_url()} cancelled consuming from "
-                f"{', '.join(map(repr, self._cancelled))} (queue deleted or moved?)"
-            )
-        count = min(max_messages, len(self._buffer))
-        return [self._buffer.popleft() for _ in range(count)]
+                self._arrived.wait(remaining)
+            if self._lost is not None:
+                # What is buffered can no longer be acknowledged: it is redelivered.
+                raise _again(self._lost)
+            if self._cancelled and not self._buffer:
+                # Without this the subscription would just go quiet.
+                raise BrokerUnavailable(
+                    f"RabbitMQ at {self._settings.redacted_url()} cancelled consuming from "
+                    f"{', '.join(map(repr, self._cancelled))} (queue deleted or moved?)"
+                )
+            count = min(max_messages, len(self._buffer))
+            return [self._buffer.popleft() for _ in range(count)]
 
     def ack(self, deliveries: Iterable[Delivery]) -> None:
-        self._settle(deliveries, self._channel.basic_ack, "acknowledging")
+        """Acknowledge ``deliveries`` (see :class:`Subscription`); returns once the acks are
+        written to the connection's socket.
+
+        Raises:
+            BrokerUnavailable: the connection is lost, or the acks could not be written
+                within the connect timeout (the messages may then be redelivered).
+            BrokerError: the subscription is closed.
+        """
+        self._settle(deliveries, requeue=False)
 
     def release(self, deliveries: Iterable[Delivery]) -> None:
-        self._settle(
-            deliveries,
-            functools.partial(self._channel.basic_nack, requeue=True),
-            "releasing",
-        )
+        """Give ``deliveries`` back to their queues; returns once the rejects are written.
+
+        Raises:
+            BrokerUnavailable: the connection is lost (the messages go back anyway).
+            BrokerError: the subscription is closed.
+        """
+        self._settle(deliveries, requeue=True)
 
     def close(self) -> None:
+        """Stop the IO thread, which closes the connection: unsettled messages, buffered
+        ones included, go back to their queues. Waits for it at most the connect timeout
+        (plus a second). Idempotent."""
         if self._closed:
             return
         self._closed = True
-        # Unsettled messages, buffered ones included, go back to their queues when the
-        # channel closes.
-        self._buffer.clear()
-        self._outstanding.clear()
-        close_quietly(self._connection)
+        self._stopping.set()
+        self._wake()
+        bound = self._settings.common.connect_timeout + _GRACE
+        self._thread.join(bound)
+        if self._thread.is_alive():
+            log.warning(
+                "the IO thread of a RabbitMQ subscription to %s did not stop within %g s; "
+                "leaving it to finish by itself",
+                self._settings.redacted_url(),
+                bound,
+            )
+        with self._lock:
+            self._buffer.clear()
 
     def _check_open(self) -> None:
         if self._closed:
             raise BrokerError("the subscription is closed")
 
+    def _settle(self, deliveries: Iterable[Delivery], *, requeue: bool) -> None:
+        self._check_open()
+        tags = [d.token for d in deliveries]
+        if not tags:
+            return
+        settlement = _Settlement(tags, requeue=requeue)
+        with self._lock:
+            if self._lost is not None:
+                raise _again(self._lost)
+            self._pending.add(settlement)
+        # Closed under us: the IO thread fails what is pending as it stops.
+        with contextlib.suppress(pika.exceptions.ConnectionWrongStateError):
+            self._connection.add_callback_threadsafe(functools.partial(self._apply, settlement))
+        bound = self._settings.common.connect_timeout + _GRACE
+        if not settlement.done.wait(bound):
+            doing = "releasing" if requeue else "acknowledging"
+            raise BrokerUnavailable(
+                f"RabbitMQ at {self._settings.redacted_url()}: {doing} {len(tags)} "
+                f"message(s) was not written within {bound:g} s"
+            )
+        if settlement.error is not None:
+            raise _again(settlement.error)
+
+    def _wake(self) -> None:
+        """Have the IO thread's event loop return now."""
+        with contextlib.suppress(pika.exceptions.ConnectionWrongStateError):
+            self._connection.add_callback_threadsafe(_nothing)
+
+    # --- IO thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        reason: BrokerUnavailable | None = None
+        try:
+            while not self._stopping.is_set():
+                self._connection.process_data_events(time_limit=_TURN)
+                if self._channel.is_closed:
+                    reason = BrokerUnavailable(
+                        f"RabbitMQ at {self._settings.redacted_url()} closed the consumer channel"
+                    )
+                    break
+        except _AMQP_ERRORS as exc:
+            reason = unavailable(self._settings, exc, "consuming")
+            reason.__cause__ = exc
+        except Exception as exc:  # a bug must not leave poll() waiting forever
+            log.exception("the IO thread of a RabbitMQ subscription failed")
+            reason = BrokerUnavailable(f"the RabbitMQ subscription's IO thread failed: {exc!r}")
+            reason.__cause__ = exc
+        finally:
+            if reason is None:
+                reason = BrokerUnavailable("the subscription is closed")
+            self._lose(reason)
+            close_quietly(self._connection)
+
+    def _lose(self, reason: BrokerUnavailable) -> None:
+        """Fail what is pending, and every later call, with ``reason``."""
+        with self._arrived:
+            self._lost = reason
+            pending, self._pending = self._pending, set()
+            self._arrived.notify_all()
+        for settlement in pending:
+            settlement.finish(reason)
+
     def _on_cancel(self, frame: Any) -> None:
-        self._cancelled.append(self._sources.get(frame.method.consumer_tag, "?"))
+        with self._arrived:
+            self._cancelled.append(self._sources.get(frame.method.consumer_tag, "?"))
+            self._arrived.notify_all()
 
     def _on_message(
         self, source: str, _channel: Any, method: Any, properties: Any, body: bytes
     ) -> None:
         tag = method.delivery_tag
         self._outstanding[tag] = None
-        self._buffer.append(decode_frame(source, tag, method, properties, body))
+        delivery = decode_frame(source, tag, method, properties, body)
+        with self._arrived:
+            self._buffer.append(delivery)
+            self._arrived.notify()
 
-    def _settle(
-        self,
-        deliveries: Iterable[Delivery],
-        send: Callable[..., None],
-        doing: str,
-    ) -> None:
-        self._check_open()
+    def _apply(self, settlement: _Settlement) -> None:
+        with self._lock:
+            if settlement not in self._pending:
+                return  # already failed
+            self._pending.discard(settlement)
         outstanding = self._outstanding
         # A tag settled twice (or not ours) would make the broker close the channel.
-        tags = {d.token for d in deliveries if d.token in outstanding}
-        if not tags:
-            return
+        tags = {tag for tag in settlement.tags if tag in outstanding}
+        channel = self._channel
         try:
             for tag, multiple in settlement_plan(outstanding, tags):
-                send(delivery_tag=tag, multiple=multiple)
-        except (pika.exceptions.AMQPError, OSError) as exc:
-            raise unavailable(self._settings, exc, doing) from exc
+                if settlement.requeue:
+                    channel.basic_nack(delivery_tag=tag, multiple=multiple, requeue=True)
+                else:
+                    channel.basic_ack(delivery_tag=tag, multiple=multiple)
+        except _AMQP_ERRORS as exc:
+            doing = "releasing" if settlement.requeue else "acknowledging"
+            error = unavailable(self._settings, exc, doing)
+            error.__cause__ = exc
+            settlement.finish(error)
+            raise  # the connection or channel is gone: the IO loop ends
         for tag in tags:
             del outstanding[tag]
+        settlement.finish()
+
+
+def _nothing() -> None:
+    """A callback that only wakes the IO thread's event loop."""
+
+
+def _again(error: BrokerUnavailable) -> BrokerUnavailable:
+    """A fresh copy of ``error`` to raise in the caller's thread (one exception object
+    raised repeatedly would pile up tracebacks)."""
+    copy = BrokerUnavailable(str(error))
+    copy.__cause__ = error.__cause__
+    return copy

@@ -1,4 +1,8 @@
-"""``txmq brokers up|down|status|engine``: test brokers from the command line."""
+"""``txmq brokers up|down|status|engine``: test brokers from the command line.
+
+The root command imports this module only when ``txmq brokers`` runs (it loads the
+provisioning, and through it docker and testcontainers); the group's help is the root's.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +20,7 @@ from txmq.testing.provision import engine, lifecycle
 from txmq.testing.provision.common import BROKERS, Broker, ProvisionError
 from txmq.testing.provision.state import Running
 
-app = typer.Typer(
-    help="Start, stop and list RabbitMQ, Kafka and PostgreSQL for tests.",
-    no_args_is_help=True,
-)
+app = typer.Typer(no_args_is_help=True)
 
 
 class ModeChoice(enum.StrEnum):

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from txmq.cli.progress import progress
 from txmq.config import ENV_BROKER_URL, redact
 from txmq.consumer.dlq import DeadLetter, DeadLetters
 from txmq.errors import TxmqError
@@ -86,7 +87,11 @@ def list_letters(
     as_json: JsonOption = False,
     include_replayed: IncludeReplayedOption = False,
 ) -> None:
-    """List parked messages, oldest first (they stay in the DLQ; replayed ones are not listed)."""
+    """List parked messages, oldest first (they stay in the DLQ; replayed ones are not listed).
+
+    ``--json`` prints one object per line. How many were listed goes to stderr, also when
+    none were.
+    """
     with _dead_letters(broker, group, topic) as dlq:
         letters = dlq.list(limit=limit, include_replayed=include_replayed)
     for letter in letters:
@@ -98,8 +103,7 @@ def list_letters(
                 f"last={_when(letter.last_failure_at)}  {letter.error_type}: "
                 f"{letter.error_message}"
             )
-    if not as_json:
-        typer.echo(f"{len(letters)} message(s) in {dlq.queue}", err=True)
+    typer.echo(f"{len(letters)} message(s) in {dlq.queue}", err=True)
 
 
 @dlq_app.command()
@@ -111,14 +115,17 @@ def show(
     broker: BrokerOption = None,
     limit: LimitOption = 1000,
     include_replayed: IncludeReplayedOption = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The JSON object on one line, not indented.")
+    ] = False,
 ) -> None:
-    """Show one parked message: headers, body and why it failed."""
+    """Show one parked message as a JSON object: headers, body and why it failed."""
     with _dead_letters(broker, group, topic) as dlq:
         letter = dlq.show(message_id, limit=limit, include_replayed=include_replayed)
     if letter is None:
         typer.echo(f"no message {message_id} among the first {limit} of {dlq.queue}", err=True)
         raise typer.Exit(code=1)
-    typer.echo(json.dumps(_as_dict(letter, body=True), indent=2))
+    typer.echo(json.dumps(_as_dict(letter, body=True), indent=None if as_json else 2))
 
 
 @dlq_app.command()
@@ -153,12 +160,16 @@ def replay(
     if message_ids and replay_all:
         typer.echo("give either --id or --all, not both", err=True)
         raise typer.Exit(code=2)
-    with _dead_letters(broker, group, topic) as dlq:
+    with (
+        _dead_letters(broker, group, topic) as dlq,
+        progress(f"replaying {dlq.queue}") as advance,
+    ):
         result = dlq.replay(
             None if replay_all else message_ids,
             force=force,
             include_replayed=include_replayed,
             limit=limit,
+            progress=advance,
         )
     for message_id in result.replayed:
         typer.echo(f"replayed {message_id}")
@@ -185,6 +196,6 @@ def purge(
     """Delete every parked message of the group's DLQ for the topic (replayed ones too)."""
     if not yes:
         typer.confirm(f"delete every message of {group}.{topic}.dlq?", abort=True)
-    with _dead_letters(broker, group, topic) as dlq:
+    with _dead_letters(broker, group, topic) as dlq, progress(f"purging {dlq.queue}"):
         count = dlq.purge()
     typer.echo(f"purged {count} message(s) from {dlq.queue}")

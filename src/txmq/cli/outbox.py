@@ -16,6 +16,7 @@ from sqlalchemy import MetaData
 from sqlalchemy.exc import SQLAlchemyError
 
 from txmq.adapters import connect
+from txmq.cli.progress import progress
 from txmq.config import ENV_BROKER_URL, ENV_DATABASE_URL, database_url, redact
 from txmq.database import open_engine
 from txmq.errors import TxmqError
@@ -216,7 +217,9 @@ def purge(
     prefix: PrefixOption = "txmq_",
 ) -> None:
     """Delete finished (SENT, ROLLED_BACK) records older than the given age."""
-    purged = _store(database, prefix).purge(timedelta(hours=older_than_hours), groups=group or None)
+    store = _store(database, prefix)
+    with progress("purging finished outbox records"):
+        purged = store.purge(timedelta(hours=older_than_hours), groups=group or None)
     typer.echo(f"purged {purged} records")
 
 

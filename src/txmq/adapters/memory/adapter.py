@@ -1,13 +1,18 @@
-"""An in-memory broker behind the adapter protocol, for fast unit tests of consumers.
+"""The ``memory://`` adapter: a broker in a dict, behind the adapter protocol, for fast tests.
 
 :class:`InMemoryBroker` keeps the semantics the consumer depends on: queues per
 ``(group, topic)``, manual ack, redelivery of unacked messages when a subscription closes,
-release (requeue at the front), a dead-letter queue, and retry stages in one of two styles:
+release (requeue at the front), a dead-letter queue, and retry stages kept in one of the
+two ways of :attr:`~txmq.adapters.base.Capabilities.retry_delays`:
 
-* ``retry_mode="ttl"`` (RabbitMQ): retry queues are not consumed; a message becomes
-  visible in the work queue again when its stage delay has passed;
-* ``retry_mode="consume"`` (Kafka): retry queues are consumed directly, at once; the
-  consumer has to honour ``x-txmq-due-at`` itself (release + pause/resume).
+* ``retry_mode="ttl"`` (like RabbitMQ, ``"queue_ttl"``): retry queues are not consumed; a
+  message becomes visible in the work queue again when its stage delay has passed;
+* ``retry_mode="consume"`` (like Kafka's retry topics, ``"due_time"``): retry queues are
+  consumed directly, and the subscription withholds a message until its
+  ``x-txmq-due-at`` (:class:`~txmq.adapters.due_time.DueTimeGate`, as on Kafka).
+
+Either way a DLQ replay goes into the group's own work queue, and there are no native
+transactions.
 
 A message for a topic no queue is bound for is held, as the real brokers do, in
 :data:`UNROUTABLE`, and routed when a queue for its topic is declared;
@@ -34,13 +39,17 @@ from typing import Literal
 
 from txmq.adapters.base import (
     Adapter,
+    Capabilities,
     Delivery,
     Publisher,
     PublishOutcome,
     QueueBrowser,
     Subscription,
     Topology,
+    Withheld,
+    validate_identity,
 )
+from txmq.adapters.due_time import DueTimeGate
 from txmq.adapters.memory.settings import MemorySettings
 from txmq.adapters.names import work_queue
 from txmq.config import BrokerSettings, CommonSettings
@@ -67,8 +76,8 @@ class _Entry:
 
 
 class InMemoryBroker(Adapter):
-    """A broker in a dict. ``InMemoryBroker()`` behaves like RabbitMQ, ``retry_mode="consume"``
-    like Kafka's retry topics.
+    """A broker in a dict. ``InMemoryBroker()`` keeps retry delays like RabbitMQ,
+    ``retry_mode="consume"`` like Kafka's retry topics (see :attr:`capabilities`).
 
     Example:
         >>> broker = InMemoryBroker()
@@ -79,7 +88,6 @@ class InMemoryBroker(Adapter):
     """
 
     system = "memory"
-    competing_consumers = True
     settings: MemorySettings
 
     def __init__(
@@ -100,6 +108,10 @@ class InMemoryBroker(Adapter):
         )
         self.retry_mode = retry_mode
         self.unroutable = unroutable
+        self.capabilities = Capabilities(
+            retry_delays="queue_ttl" if retry_mode == "ttl" else "due_time",
+            competing_consumers=True,
+        )
         self._cond = threading.Condition()
         self._queues: dict[str, deque[_Entry]] = {UNROUTABLE: deque()}
         self._bindings: dict[str, set[str]] = {}
@@ -155,7 +167,15 @@ class InMemoryBroker(Adapter):
             self._cond.notify_all()
         return moved
 
-    def publisher(self, *, transactional_id: str | None = None) -> Publisher:
+    def publisher(self, *, identity: str | None = None) -> Publisher:
+        """A publisher; ``identity`` changes nothing (no native transactions).
+
+        Raises:
+            ConfigurationError: ``identity`` is empty.
+            BrokerUnavailable: the broker is :attr:`down`.
+        """
+        if identity is not None:
+            validate_identity(identity)
         self._check_up()
         return _Publisher(self)
 
@@ -165,13 +185,13 @@ class InMemoryBroker(Adapter):
             missing = [s for s in sources if s not in self._queues]
         if missing:
             raise BrokerUnavailable(f"no such queue(s): {missing}")
-        return _Subscription(self, list(sources), prefetch)
+        return _Subscription(self, group, list(sources), prefetch)
 
     def sources_for(self, topologies: Iterable[Topology]) -> list[str]:
         sources: list[str] = []
         for topology in topologies:
             sources.append(topology.work_queue)
-            if self.retry_mode == "consume":
+            if self._retries_consumed:
                 sources.extend(topology.retry_queues())
         return sources
 
@@ -222,6 +242,10 @@ class InMemoryBroker(Adapter):
 
     # -- internals ----------------------------------------------------------------------
 
+    @property
+    def _retries_consumed(self) -> bool:
+        return self.capabilities.retry_delays == "due_time"
+
     def _check_up(self) -> None:
         if self.down:
             raise BrokerUnavailable("in-memory broker is down")
@@ -242,16 +266,16 @@ class InMemoryBroker(Adapter):
     def _enqueue(self, queue: str, message: Message) -> None:
         target = self._retry_targets.get(queue)
         visible_at = 0.0
-        if target is not None and self.retry_mode == "ttl":
+        if target is not None and not self._retries_consumed:
             visible_at = time.monotonic() + target[0]
         self._queues[queue].append(_Entry(message, visible_at=visible_at))
 
     def _move_due_retries(self, now: float) -> float | None:
-        """TTL mode: move due retry entries to their work queue; return the next due time."""
+        """Queue TTL: move due retry entries to their work queue; return the next due time."""
         next_due: float | None = None
+        if self._retries_consumed:
+            return None
         for queue, (_delay, target) in self._retry_targets.items():
-            if self.retry_mode != "ttl":
-                break
             entries = self._queues[queue]
             while entries and entries[0].visible_at <= now:
                 self._queues[target].append(entries.popleft())
@@ -376,10 +400,13 @@ class _Publisher(Publisher):
 
 
 class _Subscription(Subscription):
-    def __init__(self, broker: InMemoryBroker, sources: list[str], prefetch: int) -> None:
+    def __init__(
+        self, broker: InMemoryBroker, group: str, sources: list[str], prefetch: int
+    ) -> None:
         self._broker = broker
         self._sources = sources
         self._prefetch = prefetch
+        self._gate = DueTimeGate(group, sources if broker._retries_consumed else ())
         self._paused: set[str] = set()
         self._in_flight: dict[int, tuple[str, _Entry]] = {}
         self._closed = False
@@ -394,11 +421,16 @@ class _Subscription(Subscription):
                     raise BrokerUnavailable("subscription is closed")
                 now = time.monotonic()
                 next_due = broker._move_due_retries(now)
+                wait = self._gate.open(self, deadline - now)
                 room = min(max_messages, self._prefetch - len(self._in_flight))
-                deliveries = self._take(room)
+                taken = self._take(room)
+                deliveries = self._gate.admit(self, taken)
                 if deliveries or now >= deadline:
                     return deliveries
-                wait = deadline - now if next_due is None else min(deadline, next_due) - now
+                if taken:
+                    continue  # all withheld: their sources are paused, the wait shortened
+                if next_due is not None:
+                    wait = min(wait, next_due - now)
                 broker._cond.wait(max(wait, 0.001))
 
     def _take(self, room: int) -> list[Delivery]:
@@ -435,6 +467,9 @@ class _Subscription(Subscription):
                 entry.redelivered = True
                 self._broker._queues[source].appendleft(entry)
         self._broker._cond.notify_all()
+
+    def withheld(self) -> Withheld:
+        return Withheld(held=self._gate.take_held())
 
     def pause(self, sources: Iterable[str]) -> None:
         with self._broker._cond:

@@ -1,0 +1,134 @@
+"""The ``txmq`` command: a small root that mounts one sub-command group per concern.
+
+``txmq brokers`` runs the test provisioning (:mod:`txmq.testing.provision`, docker,
+testcontainers): it is listed by ``txmq --help`` but imported only when it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from txmq.cli.dlq import dlq_app
+from txmq.cli.doctor import doctor
+from txmq.cli.outbox import app as outbox_app
+from txmq.cli.process import consume, worker
+from txmq.cli.schema import app as schema_app
+from txmq.cli.unroutable import app as unroutable_app
+from txmq.config import ENV_BROKER_URL, ENV_DATABASE_URL
+
+if TYPE_CHECKING:
+    # typer's own copy of click, named by typer's signatures and nowhere else.
+    from typer._click import Command, Context
+
+#: Sub-command groups imported only when they run: name -> (module, its typer app, help).
+LAZY_GROUPS = {
+    "brokers": (
+        "txmq.cli.brokers",
+        "app",
+        "Start, stop and list RabbitMQ, Kafka and PostgreSQL for tests.",
+    ),
+}
+
+
+class _LazyRoot(TyperGroup):
+    """The root group: lists a lazy group by a placeholder carrying its help, and imports
+    it when a command line resolves to it (help, completion and running alike)."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        placeholders: dict[str, Command] = {
+            name: TyperCommand(name=name, help=text) for name, (_, _, text) in LAZY_GROUPS.items()
+        }
+        self._placeholders = placeholders
+        # Listed where typer lists groups: after the commands, before the other groups.
+        commands = {n: c for n, c in self.commands.items() if not isinstance(c, TyperGroup)}
+        groups = {n: c for n, c in self.commands.items() if isinstance(c, TyperGroup)}
+        self.commands = {**commands, **placeholders, **groups}
+
+    def resolve_command(
+        self, ctx: Context, args: list[str]
+    ) -> tuple[str | None, Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if name is not None and command is self._placeholders.get(name):
+            module, attribute, text = LAZY_GROUPS[name]
+            loaded = typer.main.get_command(getattr(importlib.import_module(module), attribute))
+            loaded.name, loaded.help = name, text
+            self.commands[name] = command = loaded
+        return name, command, rest
+
+
+app = typer.Typer(
+    cls=_LazyRoot,
+    help="txmq: transactional messages on RabbitMQ and Kafka.",
+    no_args_is_help=True,
+    # A traceback's local variables may hold URLs with passwords: never print them.
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _print_version(requested: bool) -> None:
+    if requested:
+        from importlib.metadata import version
+
+        typer.echo(f"txmq {version('txmq')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print txmq's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """txmq: transactional messages on RabbitMQ and Kafka."""
+
+
+app.add_typer(outbox_app, name="outbox")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(schema_app, name="schema")
+app.add_typer(unroutable_app, name="unroutable")
+app.command()(worker)
+app.command()(consume)
+app.command()(doctor)
+
+
+@app.command()
+def demo(
+    broker: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar=ENV_BROKER_URL,
+            help="Broker URL; repeat to run on several (default: RabbitMQ and Kafka as "
+            "'txmq brokers up' runs them, started and stopped here if not running).",
+        ),
+    ] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV_DATABASE_URL,
+            help="SQLAlchemy URL (default: a SQLite file in a temporary directory).",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON document (database, brokers, scenarios, passed) "
+            "instead of the report.",
+        ),
+    ] = False,
+) -> None:
+    """Run every txmq flow on each broker, each checked; exit 1 unless all pass."""
+    from txmq.demo import run
+
+    raise typer.Exit(run(broker, database, as_json=as_json))
