@@ -130,10 +130,11 @@ def creating(
 
 @contextlib.contextmanager
 def publishing(
-    messages: Sequence[Message], *, system: str
+    messages: Sequence[Message], *, system: str, operation: str = "publish"
 ) -> Iterator[Callable[[Sequence[PublishOutcome]], None]]:
-    """A PRODUCER span ``publish <topic>`` (``publish`` when the batch has several topics)
-    for one published batch, linked to the context each message carries.
+    """A PRODUCER span ``<operation> <topic>`` (``publish``, or ``replay`` for DLQ replay
+    copies; the bare operation when the batch has several topics) for one published batch,
+    linked to the context each message carries.
 
     At most ``OTEL_SPAN_LINK_COUNT_LIMIT`` (default 128, the SDK's limit) messages are
     linked; ``txmq.unlinked_count`` says how many more carried a context. Yields a function to
@@ -146,16 +147,16 @@ def publishing(
         yield _ignore
         return
     _, trace, tracer = otel
-    attributes = _base(system, "send", "publish")
+    attributes = _base(system, "send", operation)
     attributes["messaging.batch.message_count"] = len(messages)
-    name = "publish"
+    name = operation
     links: list[Any] = []
     if _records(trace, tracer):
         topics = {message.topic for message in messages}
         if len(topics) == 1:
             (topic,) = topics
             attributes["messaging.destination.name"] = topic
-            name = f"publish {topic}"
+            name = f"{operation} {topic}"
         links, unlinked = _links(trace, messages)
         if unlinked:
             attributes["txmq.unlinked_count"] = unlinked
