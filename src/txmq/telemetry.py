@@ -48,32 +48,35 @@ def _metric(kind: str, name: str, documentation: str, labels: list[str], **optio
 
 
 RELAY_PUBLISHED = _metric(
-    "Counter", "txmq_relay_published", "Outbox records published and marked SENT.", ["system"]
+    "Counter",
+    "txmq_relay_published",
+    "Outbox records published and marked SENT.",
+    ["system", "group"],
 )
 RELAY_FAILURES = _metric(
     "Counter",
     "txmq_relay_publish_failures",
     "Outbox records the broker did not confirm (retried with backoff).",
-    ["system"],
+    ["system", "group"],
 )
 RELAY_FAILED = _metric(
     "Counter",
     "txmq_relay_failed",
     "Outbox records the broker refused for good, moved to FAILED.",
-    ["system"],
+    ["system", "group"],
 )
 RELAY_BATCH_SECONDS = _metric(
     "Histogram",
     "txmq_relay_batch_duration_seconds",
     "Claim, publish, confirm and mark of one relay batch (batches that claimed nothing are "
     "not observed).",
-    ["system"],
+    ["system", "group"],
 )
 RELAY_BATCH_SIZE = _metric(
     "Histogram",
     "txmq_relay_batch_size",
     "Records claimed by one relay batch (batches that claimed nothing are not observed).",
-    ["system"],
+    ["system", "group"],
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
 )
 CHECK_BACKS = _metric(

@@ -130,10 +130,11 @@ def creating(
 
 @contextlib.contextmanager
 def publishing(
-    messages: Sequence[Message], *, system: str
+    messages: Sequence[Message], *, system: str, operation: str = "publish"
 ) -> Iterator[Callable[[Sequence[PublishOutcome]], None]]:
-    """A PRODUCER span ``publish <topic>`` (``publish`` when the batch has several topics)
-    for one published batch, linked to the context each message carries.
+    """A PRODUCER span ``<operation> <topic>`` (``publish``, or ``replay`` for DLQ replay
+    copies; the bare operation when the batch has several topics) for one published batch,
+    linked to the context each message carries.
 
     At most ``OTEL_SPAN_LINK_COUNT_LIMIT`` (default 128, the SDK's limit) messages are
     linked; ``txmq.unlinked_count`` says how many more carried a context. Yields a function to
@@ -146,16 +147,16 @@ def publishing(
         yield _ignore
         return
     _, trace, tracer = otel
-    attributes = _base(system, "send", "publish")
+    attributes = _base(system, "send", operation)
     attributes["messaging.batch.message_count"] = len(messages)
-    name = "publish"
+    name = operation
     links: list[Any] = []
     if _records(trace, tracer):
         topics = {message.topic for message in messages}
         if len(topics) == 1:
             (topic,) = topics
             attributes["messaging.destination.name"] = topic
-            name = f"publish {topic}"
+            name = f"{operation} {topic}"
         links, unlinked = _links(trace, messages)
         if unlinked:
             attributes["txmq.unlinked_count"] = unlinked
@@ -268,3 +269,42 @@ def message_span(
         except BaseException as exc:
             _fail(span, trace, exc)
             raise
+
+
+@contextlib.contextmanager
+def check_span(message: Message, *, group: str, count: int) -> Iterator[Callable[[str], None]]:
+    """An INTERNAL span ``check <topic>``, child of the context the half message carries, for
+    one check-back of ``message`` by producer group ``group`` (``count``: its number).
+
+    Yields a function that records the answer (``COMMIT``, ``ROLLBACK``, ``UNKNOWN``, or the
+    self-answering marker's) as ``txmq.check.result``. An exception leaving the block is
+    recorded on the span.
+    """
+    otel = _otel()
+    if otel is None:
+        yield _ignore_result
+        return
+    propagate, trace, tracer = otel
+    parent = propagate.extract(message.headers) if "traceparent" in message.headers else None
+    with tracer.start_as_current_span(
+        f"check {message.topic}",
+        context=parent,
+        kind=trace.SpanKind.INTERNAL,
+        attributes={
+            "messaging.message.id": message.id,
+            "messaging.destination.name": message.topic,
+            "txmq.producer.group": group,
+            "txmq.check.count": count,
+        },
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield lambda result: span.set_attribute("txmq.check.result", result)
+        except BaseException as exc:
+            _fail(span, trace, exc)
+            raise
+
+
+def _ignore_result(result: str) -> None:
+    """Where nothing traces, a check-back's answer has nowhere to go."""

@@ -173,21 +173,23 @@ def test_relay_counts_published_records_and_batches(
     try:
         broker.declare([txmq.Topology(f"g{suffix}", topic)])
         producer = Producer(group=f"p{suffix}", engine=engine, broker=broker, tables=tables)
-        system = broker.system
-        published = value("txmq_relay_published_total", system=system)
-        batches = value("txmq_relay_batch_size_count", system=system)
-        sizes = value("txmq_relay_batch_size_sum", system=system)
-        seconds = value("txmq_relay_batch_duration_seconds_count", system=system)
+        system, group = broker.system, producer.group
+        published = value("txmq_relay_published_total", system=system, group=group)
+        batches = value("txmq_relay_batch_size_count", system=system, group=group)
+        sizes = value("txmq_relay_batch_size_sum", system=system, group=group)
+        seconds = value("txmq_relay_batch_duration_seconds_count", system=system, group=group)
         with Session(engine) as session, session.begin():
             producer.stage(session, *(Message(topic, b"x") for _ in range(5)))
         assert producer.relay().drain() == 5
     finally:
         broker.close()
     # Other tests may relay on the same system at the same time: at least ours moved them.
-    assert value("txmq_relay_published_total", system=system) >= published + 5
-    assert value("txmq_relay_batch_size_count", system=system) >= batches + 1
-    assert value("txmq_relay_batch_size_sum", system=system) >= sizes + 5
-    assert value("txmq_relay_batch_duration_seconds_count", system=system) >= seconds + 1
+    assert value("txmq_relay_published_total", system=system, group=group) >= published + 5
+    assert value("txmq_relay_batch_size_count", system=system, group=group) >= batches + 1
+    assert value("txmq_relay_batch_size_sum", system=system, group=group) >= sizes + 5
+    assert (
+        value("txmq_relay_batch_duration_seconds_count", system=system, group=group) >= seconds + 1
+    )
 
 
 @pytest.fixture

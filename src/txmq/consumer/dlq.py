@@ -53,6 +53,7 @@ from txmq.message import (
     Message,
     validate_name,
 )
+from txmq.tracing import publishing
 
 #: Replay copies published per round trip: the unit in which ``replay(progress=)`` advances.
 REPLAY_CHUNK = 200
@@ -236,7 +237,11 @@ class DeadLetters(Closing):
                     if progress is not None:
                         progress(start, len(copies))
                     chunk = copies[start : start + REPLAY_CHUNK]
-                    outcomes += publisher.send_to_queue(destination, chunk)
+                    system = self._adapter.system
+                    with publishing(chunk, system=system, operation="replay") as settled:
+                        confirmed = publisher.send_to_queue(destination, chunk)
+                        settled(confirmed)
+                    outcomes += confirmed
             if progress is not None:
                 progress(len(copies), len(copies))
             sent = [d for d, outcome in zip(chosen, outcomes, strict=True) if outcome.ok]

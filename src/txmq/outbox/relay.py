@@ -626,14 +626,14 @@ class _Lane:
                 )
             done.sent = len(sent)
             done.settled = {r.seq for r in claimed} - done.refused
-        system = relay.broker.system
-        RELAY_PUBLISHED.labels(system).inc(len(sent))
+        labels = (relay.broker.system, group)
+        RELAY_PUBLISHED.labels(*labels).inc(len(sent))
         if failed:
-            RELAY_FAILURES.labels(system).inc(len(failed))
+            RELAY_FAILURES.labels(*labels).inc(len(failed))
         if done.failed:
-            RELAY_FAILED.labels(system).inc(len(done.failed))
-        RELAY_BATCH_SECONDS.labels(system).observe(time.perf_counter() - started)
-        RELAY_BATCH_SIZE.labels(system).observe(done.claimed)
+            RELAY_FAILED.labels(*labels).inc(len(done.failed))
+        RELAY_BATCH_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+        RELAY_BATCH_SIZE.labels(*labels).observe(done.claimed)
         return done
 
 

@@ -126,7 +126,7 @@ def test_a_record_the_broker_refuses_goes_failed_and_can_be_retried_or_discarded
         relay = Relay(
             broker, producer.store, groups=[producer.group], max_refused_attempts=2, concurrency=1
         )
-        counted = {"system": broker.system}
+        counted = {"system": broker.system, "group": producer.group}
         failed_before = REGISTRY.get_sample_value("txmq_relay_failed_total", counted) or 0.0
         with pytest.raises(txmq.RecordsFailed) as raised:
             relay.drain(timeout=60)
