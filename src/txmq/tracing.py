@@ -268,3 +268,42 @@ def message_span(
         except BaseException as exc:
             _fail(span, trace, exc)
             raise
+
+
+@contextlib.contextmanager
+def check_span(message: Message, *, group: str, count: int) -> Iterator[Callable[[str], None]]:
+    """An INTERNAL span ``check <topic>``, child of the context the half message carries, for
+    one check-back of ``message`` by producer group ``group`` (``count``: its number).
+
+    Yields a function that records the answer (``COMMIT``, ``ROLLBACK``, ``UNKNOWN``, or the
+    self-answering marker's) as ``txmq.check.result``. An exception leaving the block is
+    recorded on the span.
+    """
+    otel = _otel()
+    if otel is None:
+        yield _ignore_result
+        return
+    propagate, trace, tracer = otel
+    parent = propagate.extract(message.headers) if "traceparent" in message.headers else None
+    with tracer.start_as_current_span(
+        f"check {message.topic}",
+        context=parent,
+        kind=trace.SpanKind.INTERNAL,
+        attributes={
+            "messaging.message.id": message.id,
+            "messaging.destination.name": message.topic,
+            "txmq.producer.group": group,
+            "txmq.check.count": count,
+        },
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield lambda result: span.set_attribute("txmq.check.result", result)
+        except BaseException as exc:
+            _fail(span, trace, exc)
+            raise
+
+
+def _ignore_result(result: str) -> None:
+    """Where nothing traces, a check-back's answer has nowhere to go."""

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, select
@@ -28,7 +29,6 @@ from txmq.outbox import Producer, make_outbox_tables
 from txmq.testing import provision
 from txmq.testing.provision import Ports, ProvisionError, processes
 from txmq.testing.provision.processes import RestartablePostgres
-from txmq.testing.provision.readiness import wait_ready
 from txmq.testing.provision.state import Running
 
 pytestmark = [pytest.mark.broker, pytest.mark.database, pytest.mark.slow]
@@ -235,28 +235,23 @@ def test_worker_and_consumer_processes_survive_a_database_restart_and_stop_on_si
     engine.dispose()
 
 
-class PrivateRabbitMQ:
-    """A RabbitMQ of this test only, as processes; stopped and started again on its data.
+class PrivateBroker:
+    """A broker of this test only, as processes; stopped and started again on its data, as
+    :class:`RestartablePostgres` does for PostgreSQL (RabbitMQ's queues and Kafka's topics
+    are durable, so what they held is there again)."""
 
-    Starting again reuses the provisioner's RabbitMQ starter on the same run directory
-    (queues and their messages are durable), as :class:`RestartablePostgres` does for
-    PostgreSQL.
-    """
-
-    def __init__(self) -> None:
+    def __init__(self, broker: Literal["rabbitmq", "kafka"]) -> None:
         self.ports = Ports.free()
-        self.record: Running | None = provision.start("rabbitmq", "process", self.ports)
-        self.url = f"{self.record.url}?exchange=txmq"
-        self._run_dir = Path(self.record.run_dir or "")
+        self.record: Running | None = provision.start(broker, "process", self.ports)
+        self.url = self.record.url + ("?exchange=txmq" if broker == "rabbitmq" else "")
 
     def stop(self) -> None:
         if self.record is not None:
             processes.stop(self.record, keep_data=True)
 
     def start_again(self) -> None:
-        owner = processes._service_user("rabbitmq")
-        self.record, liveness = processes._start_rabbitmq(self.ports, self._run_dir, owner)
-        wait_ready("rabbitmq", self.record.url, timeout=180.0, alive=liveness)
+        assert self.record is not None
+        self.record = processes.start_again(self.record, self.ports)
 
     def close(self) -> None:
         if self.record is not None:
@@ -264,18 +259,18 @@ class PrivateRabbitMQ:
             self.record = None
 
 
-@pytest.fixture
-def private_rabbitmq() -> Iterator[PrivateRabbitMQ]:
+@pytest.fixture(params=["rabbitmq", "kafka"])
+def private_broker(request: pytest.FixtureRequest) -> Iterator[PrivateBroker]:
     try:
-        broker = PrivateRabbitMQ()
+        broker = PrivateBroker(request.param)
     except ProvisionError as exc:
-        pytest.fail(f"cannot start a private RabbitMQ: {exc}")
+        pytest.fail(f"cannot start a private {request.param}: {exc}")
     yield broker
     broker.close()
 
 
-def test_worker_and_consumer_processes_wait_out_a_rabbitmq_stop(
-    private_rabbitmq: PrivateRabbitMQ,
+def test_worker_and_consumer_processes_wait_out_a_broker_stop(
+    private_broker: PrivateBroker,
     database_url: str,
     tmp_path: Path,
     running: list[Process],
@@ -294,7 +289,7 @@ def test_worker_and_consumer_processes_wait_out_a_rabbitmq_stop(
     engine = create_engine(database_url)
     metadata.create_all(engine)
     try:
-        broker_url = private_rabbitmq.url
+        broker_url = private_broker.url
         (tmp_path / f"app_{suffix}.py").write_text(CONSUMER_MODULE)
         env = os.environ | {
             "PYTHONPATH": f"{SRC}{os.pathsep}{tmp_path}",
@@ -328,14 +323,14 @@ def test_worker_and_consumer_processes_wait_out_a_rabbitmq_stop(
         stage(10)
         wait_for(lambda: set(applied_ids()) == staged, what="the first messages consumed")
 
-        private_rabbitmq.stop()
+        private_broker.stop()
         for process in processes_:
             wait_for(lambda p=process: p.status("/readyz") == 503, what="not ready while down")  # type: ignore[misc]
             body = json.loads(probe(process.port, "/readyz")[1])
             assert "broker" in body["failing"], body
             assert process.status("/healthz") == 200
         stage(10)  # staged while the broker is down: published once it is back
-        private_rabbitmq.start_again()
+        private_broker.start_again()
         for process in processes_:
             wait_for(lambda p=process: p.status("/readyz") == 200, what="ready again by itself")  # type: ignore[misc]
         wait_for(lambda: set(applied_ids()) == staged, what="the later messages consumed")

@@ -185,3 +185,34 @@ def test_cli_brokers_outlive_up_and_down_stops_exactly_them(tmp_path: Path) -> N
     assert _cli("status", env=env).returncode == 1
     assert not tcp_open("127.0.0.1", ports.kafka)
     assert not tcp_open("127.0.0.1", ports.rabbitmq)
+
+
+def test_a_container_whose_owner_was_killed_is_reaped_at_the_next_start() -> None:
+    _require_mode("container")
+    sleepers = [
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]) for _ in range(2)
+    ]
+    records: list[provision.Running] = []
+    try:
+        doomed, survivor = sleepers
+        records.append(provision.start("postgres", "container", Ports.free(), owner=doomed.pid))
+        doomed.kill()  # kill -9: no chance to stop its broker
+        doomed.wait(timeout=30)
+        assert provision.alive(records[0])
+        records.append(provision.start("postgres", "container", Ports.free(), owner=survivor.pid))
+        assert not provision.alive(records[0])
+        client = engine.client()
+        try:
+            left = {c.id for c in client.containers.list(all=True)}
+        finally:
+            client.close()
+        assert records[0].container_id not in left
+        # The one whose owner still lives is kept by a third start.
+        records.append(provision.start("postgres", "container", Ports.free()))
+        assert provision.alive(records[1])
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait(timeout=30)
+        for record in records:
+            provision.stop(record)

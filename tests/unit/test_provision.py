@@ -380,3 +380,20 @@ def test_engine_errors_while_preparing_an_image_are_provision_errors(
     with pytest.raises(ProvisionError, match="kafka") as raised:
         containers.start("kafka", Ports())
     assert raised.value.__cause__ is error
+
+
+def test_an_owner_token_names_a_living_process_until_it_is_gone() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from txmq.testing.provision import containers
+
+    assert not containers.owner_gone(containers.owner_token(os.getpid()))
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    token = containers.owner_token(child.pid)
+    child.wait(timeout=30)
+    assert containers.owner_gone(token)
+    _, _, rest = containers.owner_token(os.getpid()).partition(":")
+    assert containers.owner_gone(f"another-boot:{rest}")
+    assert containers.owner_gone("garbage")

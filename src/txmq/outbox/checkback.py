@@ -20,6 +20,7 @@ from txmq.outbox.store import OutboxRecord, OutboxStore, utcnow
 from txmq.outbox.worker_lock import WorkerLock
 from txmq.states import CheckLimitPolicy, LocalTransactionState, RecordState
 from txmq.telemetry import CHECK_BACKS
+from txmq.tracing import check_span
 
 log = logging.getLogger("txmq.checkback")
 
@@ -115,12 +116,21 @@ class CheckBack:
         return len(due)
 
     def _check(self, connection: Connection, record: OutboxRecord, due: datetime) -> None:
-        """Decide or postpone ``record``, claimed as due at ``due``.
+        """Decide or postpone ``record``, claimed as due at ``due``, in a ``check`` span of
+        the message's trace.
 
         Every write requires the record to be still due: a producer whose executor is
         running has moved its next check past ``due`` (its lease), and then nothing is
         decided, even on SQLite, where the claim does not lock the record.
         """
+        count = record.check_count + 1
+        with check_span(record.message, group=self.group, count=count) as answered:
+            answered(self._decide(connection, record, due, count))
+
+    def _decide(
+        self, connection: Connection, record: OutboxRecord, due: datetime, count: int
+    ) -> str:
+        """What :meth:`_check` does; returns the answer the check got."""
         store = self.store
         message_id = record.message.id
         if record.tx_key is not None:
@@ -139,8 +149,7 @@ class CheckBack:
                 *(message_id, outcome.value),
                 extra={"message_id": message_id, "group": self.group, "state": to.value},
             )
-            return
-        count = record.check_count + 1
+            return f"marker-{outcome.value}"
         state = self._ask(record.message, count)
         CHECK_BACKS.labels(self.group, state.value).inc()
         if state is LocalTransactionState.COMMIT:
@@ -174,6 +183,7 @@ class CheckBack:
                 connection, record.seq, count, utcnow() + self.policy.interval, due=due
             )
         log.debug("check-back %d of %s: %s", count, message_id, state.value)
+        return state.value
 
     def _ask(self, message: Message, count: int) -> LocalTransactionState:
         if self.checker is None:

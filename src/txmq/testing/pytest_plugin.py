@@ -174,7 +174,7 @@ class BrokerSupply:
                         f"`txmq brokers up`: {_described(record)}, state file {state.state_path()}"
                     )
                     return record.url
-        record = provision.start(broker, self._mode, provision.Ports.free())
+        record = provision.start(broker, self._mode, provision.Ports.free(), owner=os.getpid())
         self._started.append(record)
         self.sources[broker] = f"started for this session: {_described(record)}"
         return record.url

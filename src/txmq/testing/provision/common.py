@@ -118,3 +118,12 @@ def state_dir() -> Path:
 
 def truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def process_start_time(pid: int) -> int:
+    """The kernel's start time of ``pid`` (0 where ``/proc`` does not exist)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return -1 if Path("/proc/self").exists() else 0
+    return int(stat.rsplit(")", 1)[1].split()[19])

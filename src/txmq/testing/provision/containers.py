@@ -10,12 +10,21 @@ the pytest plugin stops its containers itself at the end of the session.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from txmq.testing.provision import engine, images, kafka_dist, launch
-from txmq.testing.provision.common import LOOPBACK, Broker, Ports, ProvisionError, url_for
+from txmq.testing.provision.common import (
+    LOOPBACK,
+    Broker,
+    Ports,
+    ProvisionError,
+    process_start_time,
+    url_for,
+)
 from txmq.testing.provision.readiness import wait_ready
 from txmq.testing.provision.state import Running
 
@@ -23,7 +32,14 @@ if TYPE_CHECKING:
     import docker
     from testcontainers.core.container import DockerContainer
 
+log = logging.getLogger("txmq.provision")
+
 LABEL = "txmq.provisioned"
+#: On a container that belongs to one process (a pytest session): ``<boot id>:<pid>:<start
+#: time>`` of that process. Once that process is gone (a ``kill -9`` gave it no time to stop
+#: its brokers), the next start reaps the container. ``txmq brokers up`` containers carry no
+#: owner: they are meant to outlive the command, and ``txmq brokers down`` stops them.
+OWNER_LABEL = "txmq.owner"
 NETWORK_ENV = "TXMQ_DOCKER_NETWORK"
 #: Where the brokers keep data inside a locally built image.
 _RABBITMQ_HOME = "/var/lib/rabbitmq/txmq"
@@ -125,10 +141,59 @@ def _liveness(container: DockerContainer) -> Callable[[], str | None]:
     return check
 
 
-def start(broker: Broker, ports: Ports, *, timeout: float = 180.0) -> Running:
+def owner_token(pid: int) -> str:
+    """The :data:`OWNER_LABEL` value naming process ``pid`` (never mistaken for a later
+    process given the same pid, nor for a process of an earlier boot)."""
+    return f"{_boot_id()}:{pid}:{process_start_time(pid)}"
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def owner_gone(token: str) -> bool:
+    """Whether the process an :data:`OWNER_LABEL` value names is gone."""
+    boot, _, rest = token.partition(":")
+    pid_text, _, started = rest.partition(":")
+    if not pid_text.isdigit() or boot != _boot_id():
+        return True  # unreadable, or from an earlier boot: nobody can be using it
+    return str(process_start_time(int(pid_text))) != started
+
+
+def reap(client: docker.DockerClient) -> list[str]:
+    """Remove txmq's containers that nobody can use any more; return their short ids.
+
+    That is every container carrying :data:`LABEL` that has exited, and every one whose
+    :data:`OWNER_LABEL` process is gone. Containers of ``txmq brokers up`` (no owner) that
+    still run are left alone, as is anything without txmq's label.
+    """
+    import docker as docker_sdk
+
+    removed: list[str] = []
+    for container in client.containers.list(all=True, filters={"label": LABEL}):
+        owner = container.labels.get(OWNER_LABEL)
+        exited = container.status in ("exited", "dead")
+        if exited or (owner is not None and owner_gone(owner)):
+            try:
+                container.remove(force=True, v=True)
+            except docker_sdk.errors.NotFound:
+                continue  # removed meanwhile by someone else
+            removed.append(container.short_id)
+    return removed
+
+
+def start(
+    broker: Broker, ports: Ports, *, timeout: float = 180.0, owner: int | None = None
+) -> Running:
     """Start ``broker`` in a container and wait until it answers its protocol.
 
     Builds the local image first if that is the one to use (minutes, once per recipe).
+    First reaps what earlier runs left behind (:func:`reap`, said in the log). With
+    ``owner`` (a pid), the container belongs to that process: a later start reaps it once
+    the process is gone.
 
     Raises:
         ProvisionError: no engine, the build failed, or the broker did not get ready (the
@@ -145,6 +210,13 @@ def start(broker: Broker, ports: Ports, *, timeout: float = 180.0) -> Running:
     testcontainers_config.ryuk_disabled = True
     client = engine.client()
     try:
+        stale = reap(client)
+        if stale:
+            log.warning(
+                "removed %d stale txmq container(s) whose owner is gone: %s",
+                len(stale),
+                ", ".join(stale),
+            )
         choice = images.choose(broker, client)
         if choice.flavour == "local":
             images.build(broker, client)
@@ -157,7 +229,10 @@ def start(broker: Broker, ports: Ports, *, timeout: float = 180.0) -> Running:
     container = DockerContainer(choice.image)
     _configure(container, broker, choice, ports, host_network=host_network)
     # network=None also stops testcontainers from guessing a network of its own.
-    kwargs: dict[str, Any] = {"labels": {LABEL: broker}, "network": None}
+    labels: dict[str, str] = {LABEL: broker}
+    if owner is not None:
+        labels[OWNER_LABEL] = owner_token(owner)
+    kwargs: dict[str, Any] = {"labels": labels, "network": None}
     if host_network:
         kwargs["network_mode"] = "host"
     else:

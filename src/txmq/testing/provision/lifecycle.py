@@ -67,11 +67,11 @@ def resolve_mode(requested: RequestedMode, probe: Callable[[], engine.Engine]) -
     return "container" if probe().usable else "process"
 
 
-def _start_container(broker: Broker, ports: Ports, timeout: float) -> Running:
+def _start_container(broker: Broker, ports: Ports, timeout: float, owner: int | None) -> Running:
     before = engine.ensure()
     if before is not engine.Engine.RUNNING:
         log.info("started dockerd (it was %s); its log is %s", before.value, engine.dockerd_log())
-    return containers.start(broker, ports, timeout=timeout)
+    return containers.start(broker, ports, timeout=timeout, owner=owner)
 
 
 _PORT_FIELDS: Mapping[Broker, tuple[str, ...]] = {
@@ -92,12 +92,21 @@ def _check_ports_free(broker: Broker, ports: Ports) -> None:
 
 
 def start(
-    broker: Broker, mode: RequestedMode, ports: Ports, *, timeout: float = READY_TIMEOUT
+    broker: Broker,
+    mode: RequestedMode,
+    ports: Ports,
+    *,
+    timeout: float = READY_TIMEOUT,
+    owner: int | None = None,
 ) -> Running:
     """Start one broker and wait until it answers its protocol.
 
     ``auto`` tries a container first and falls back to processes if that fails (saying
-    why in the log); ``container`` and ``process`` try only that.
+    why in the log); ``container`` and ``process`` try only that. ``owner``: the pid of
+    the process the broker belongs to (a test session); a container left behind when that
+    process dies without stopping it is removed by the next start (brokers run as
+    processes are not: a ``kill -9`` of their owner leaves them to ``txmq brokers down``
+    or the machine's end).
 
     Raises:
         ProvisionError: the broker could not be started (every reason tried is given).
@@ -109,7 +118,7 @@ def start(
     started = time.monotonic()
     if resolved == "container":
         try:
-            record = _start_container(broker, ports, timeout)
+            record = _start_container(broker, ports, timeout, owner)
         except (ProvisionError, MissingDependency) as exc:
             if mode != "auto":
                 raise

@@ -22,7 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from txmq.testing.provision import kafka_dist, launch
-from txmq.testing.provision.common import LOOPBACK, Broker, Ports, ProvisionError, url_for
+from txmq.testing.provision.common import (
+    LOOPBACK,
+    Broker,
+    Ports,
+    ProvisionError,
+    process_start_time,
+    url_for,
+)
 from txmq.testing.provision.readiness import tcp_open, wait_ready
 from txmq.testing.provision.state import Running
 
@@ -71,15 +78,6 @@ def _groups(owner: pwd.struct_passwd | None) -> list[int] | None:
 def _base_env() -> dict[str, str]:
     keep = ("PATH", "LANG", "LC_ALL", "JAVA_HOME", "TZ")
     return {k: os.environ[k] for k in keep if k in os.environ}
-
-
-def _start_time(pid: int) -> int:
-    """The kernel's start time of ``pid`` (0 where ``/proc`` does not exist)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return -1 if Path("/proc/self").exists() else 0
-    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def _group_alive(pgid: int) -> bool:
@@ -194,7 +192,7 @@ def _record(
         mode="process",
         url=url_for(broker, ports),
         pgids=tuple(processes),
-        start_times=tuple(_start_time(pid) for pid in processes),
+        start_times=tuple(process_start_time(pid) for pid in processes),
         run_dir=str(run_dir),
         log=str(log),
     )
@@ -264,29 +262,18 @@ def _spawn_postgres(
 def _start_kafka(
     ports: Ports, run_dir: Path, owner: pwd.struct_passwd | None
 ) -> tuple[Running, Callable[[], str | None]]:
-    java = _find(
-        [f"{os.environ['JAVA_HOME']}/bin/java"] if "JAVA_HOME" in os.environ else ["java"],
-        "Java 17 (java)",
-        "openjdk-17-jre-headless",
-    )
-    libs = kafka_dist.ensure_libs()
     config_dir, logs_dir, data_dir = run_dir / "config", run_dir / "logs", run_dir / "data"
     for folder in (config_dir, logs_dir, data_dir):
         folder.mkdir()
     properties = kafka_dist.server_properties(ports, log_dir=str(data_dir))
     (config_dir / "server.properties").write_text(kafka_dist.render_properties(properties))
     (config_dir / "log4j2.properties").write_text(kafka_dist.LOG4J2_PROPERTIES)
-    env = _base_env()
-    logging_args = [
-        f"-Dlog4j2.configurationFile={config_dir}/log4j2.properties",
-        f"-Dkafka.logs.dir={logs_dir}",
-    ]
     _run_setup(
         [
-            java,
-            *logging_args,
+            _java(),
+            *_kafka_logging_args(run_dir),
             "-cp",
-            f"{libs}/*",
+            f"{kafka_dist.ensure_libs()}/*",
             "kafka.tools.StorageTool",
             "format",
             "-t",
@@ -294,14 +281,37 @@ def _start_kafka(
             "-c",
             str(config_dir / "server.properties"),
         ],
-        env=env,
+        env=_base_env(),
         owner=owner,
     )
+    return _spawn_kafka(ports, run_dir, owner)
+
+
+def _java() -> str:
+    return _find(
+        [f"{os.environ['JAVA_HOME']}/bin/java"] if "JAVA_HOME" in os.environ else ["java"],
+        "Java 17 (java)",
+        "openjdk-17-jre-headless",
+    )
+
+
+def _kafka_logging_args(run_dir: Path) -> list[str]:
+    return [
+        f"-Dlog4j2.configurationFile={run_dir / 'config'}/log4j2.properties",
+        f"-Dkafka.logs.dir={run_dir / 'logs'}",
+    ]
+
+
+def _spawn_kafka(
+    ports: Ports, run_dir: Path, owner: pwd.struct_passwd | None
+) -> tuple[Running, Callable[[], str | None]]:
+    """Run the broker on ``run_dir``'s configuration and (formatted) log directory."""
+    config_dir, logs_dir = run_dir / "config", run_dir / "logs"
     log = run_dir / "kafka.out"
     args = launch.kafka_java_args(
-        libs=str(libs), config_dir=str(config_dir), logs_dir=str(logs_dir)
+        libs=str(kafka_dist.ensure_libs()), config_dir=str(config_dir), logs_dir=str(logs_dir)
     )
-    process = _spawn([java, *args], env=env, cwd=run_dir, log=log, owner=owner)
+    process = _spawn([_java(), *args], env=_base_env(), cwd=run_dir, log=log, owner=owner)
     return _record("kafka", ports, run_dir, logs_dir / "server.log", [process.pid]), _liveness(
         process, log
     )
@@ -314,6 +324,12 @@ _STARTERS: dict[Broker, Starter] = {
     "rabbitmq": _start_rabbitmq,
     "kafka": _start_kafka,
     "postgres": _start_postgres,
+}
+#: Starting again on the data of a stopped broker (nothing to initialise or format).
+_RESTARTERS: dict[Broker, Starter] = {
+    "rabbitmq": _start_rabbitmq,
+    "kafka": _spawn_kafka,
+    "postgres": _spawn_postgres,
 }
 #: Accounts the brokers run as when started by root (PostgreSQL refuses to run as root).
 _SERVICE_USERS: dict[Broker, str | None] = {
@@ -346,9 +362,30 @@ def start(broker: Broker, ports: Ports, *, timeout: float = 180.0) -> Running:
     return record
 
 
+def start_again(record: Running, ports: Ports, *, timeout: float = 180.0) -> Running:
+    """Start a broker stopped with ``stop(record, keep_data=True)`` again, on the same data
+    and ports (what an operator's restart does); return its new record.
+
+    Raises:
+        ProvisionError: the broker did not become ready in ``timeout`` (it is stopped again,
+            its data kept).
+    """
+    if record.run_dir is None:
+        raise ProvisionError(f"{record.broker} was not started as processes: nothing to restart")
+    account = _SERVICE_USERS[record.broker]
+    owner = _service_user(account) if account else None
+    again, liveness = _RESTARTERS[record.broker](ports, Path(record.run_dir), owner)
+    try:
+        wait_ready(record.broker, again.url, timeout=timeout, alive=liveness)
+    except BaseException:
+        stop(again, keep_data=True)
+        raise
+    return again
+
+
 def alive(record: Running) -> bool:
     return bool(record.pgids) and all(
-        _start_time(pgid) == started and _group_alive(pgid)
+        process_start_time(pgid) == started and _group_alive(pgid)
         for pgid, started in zip(record.pgids, record.start_times, strict=True)
     )
 
@@ -359,7 +396,7 @@ def stop(record: Running, *, timeout: float = STOP_TIMEOUT, keep_data: bool = Fa
     ours = [
         pgid
         for pgid, started in zip(record.pgids, record.start_times, strict=True)
-        if _start_time(pgid) == started
+        if process_start_time(pgid) == started
     ]
     for pgid in ours:
         with contextlib.suppress(ProcessLookupError):
