@@ -199,106 +199,118 @@ class _Run:
             time.sleep(1)
         return False
 
+    def inject(self, fault: schedules.PlannedFault) -> FaultResult:
+        """Inject ``fault``, then measure the recovery from its undoing."""
+        injected = injectors.INJECTORS[fault.name](self.rig, fault)
+        recovery = None
+        if injected.undone_at is not None:
+            recovery = self.recovery(injected.undone_at, RECOVERY_BOUND)
+            if recovery is None:
+                self.say(f"{self.rig.system}: no recovery within {RECOVERY_BOUND:.0f} s")
+        return FaultResult(
+            fault.name, injected.ran, injected.reason, injected.count, recovery, injected.detail
+        )
+
+    def finish(self) -> int:
+        """Stop the bank, let the backlog drain, check the services are ready; the stalls."""
+        stalls = 0
+        self.idle(2.0)
+        self.rig.services["bank"].stop()
+        if not self.drain(DRAIN_BOUND):
+            stalls += 1
+            self.say(f"{self.rig.system}: the backlog did not drain within {DRAIN_BOUND:.0f} s")
+        if not self.wait_ready(READY_BOUND):
+            stalls += 1
+            self.say(f"{self.rig.system}: a service was not ready at the end")
+        return stalls
+
 
 def _credits_payee(operation: Operation) -> bool:
     return operation.outcome == "ok" and operation.mode != POISON and operation.payee not in FROZEN
 
 
 def _run_one(target: str, database: str | None, plan: schedules.Schedule, say: Say) -> BrokerRun:
-    system = plan.system
     started = time.monotonic()
     with ExitStack() as stack:
-        run_dir = tempfile.mkdtemp(prefix=f"txmq-chaos-{system}-")
-        say(f"{system}: starting (run directory {run_dir})")
-        broker_server = PrivateServer(system) if target in SYSTEMS else None  # type: ignore[arg-type]
-        if broker_server is not None:
-            stack.callback(broker_server.close)
-        db_server = PrivateServer("postgres") if database is None else None
-        if db_server is not None:
-            stack.callback(db_server.close)
-        broker_url = client_url(broker_server.url if broker_server else target, system)
-        database_url = db_server.url if db_server else str(database)
-        scenario = Scenario(
-            run=uuid.uuid4().hex[:8],
-            broker_url=broker_url,
-            database_url=database_url,
-            run_dir=run_dir,
-            rate=RATE,
-            seed=plan.seed,
-        )
-        scenario_path = scenario.save()
-        engine = create_engine(database_url, pool_pre_ping=True)
-        stack.callback(engine.dispose)
-        tables = BankTables(scenario)
-        create_schema(engine, tables.outbox, tables.inbox)
-        tables.metadata.create_all(engine)
-        if db_server is None:
-            stack.callback(tables.metadata.drop_all, engine)
-        with engine.begin() as connection:
-            connection.execute(
-                tables.accounts.insert(),
-                [{"owner": owner, "balance": OPENING_BALANCE} for owner in ACCOUNTS],
-            )
-        rig = Rig(system, broker_server, db_server, services(scenario, scenario_path))
-        for name in ("consumer", "worker", "bank"):
-            rig.services[name].start()
-            stack.callback(rig.services[name].close)
-        chaos = _Run(scenario, rig, engine, say)
+        chaos = _start(target, database, plan, stack, say)
         stalls = 0
         if chaos.recovery(time.time(), RECOVERY_BOUND) is None:
             stalls += 1
-            say(f"{system}: no transfer was credited within {RECOVERY_BOUND:.0f} s of starting")
+            say(f"{plan.system}: nothing was credited within {RECOVERY_BOUND:.0f} s of starting")
         results: list[FaultResult] = []
         for fault in plan.faults:
             chaos.idle(fault.settle)
-            say(f"{system}: {fault.name}")
-            injected = injectors.INJECTORS[fault.name](rig, fault)
-            recovery = None
-            if injected.undone_at is not None:
-                recovery = chaos.recovery(injected.undone_at, RECOVERY_BOUND)
-                if recovery is None:
-                    stalls += 1
-            results.append(
-                FaultResult(
-                    fault.name,
-                    injected.ran,
-                    injected.reason,
-                    injected.count,
-                    recovery,
-                    injected.detail,
-                )
-            )
-        chaos.idle(2.0)
-        rig.services["bank"].stop()
-        drained = chaos.drain(DRAIN_BOUND)
-        if not drained:
-            stalls += 1
-            say(f"{system}: the backlog did not drain within {DRAIN_BOUND:.0f} s")
-        if not chaos.wait_ready(READY_BOUND):
-            stalls += 1
-            say(f"{system}: a service was not ready at the end")
-        history = read_history(scenario.history_path)
+            say(f"{plan.system}: {fault.name}")
+            result = chaos.inject(fault)
+            if result.ran and result.recovery_s is None:
+                stalls += 1
+            results.append(result)
+        stalls += chaos.finish()
+        history = read_history(chaos.scenario.history_path)
         state = chaos.final_state()
-        invariants = check(history, state, transactional_broker=system == "kafka", stalls=stalls)
+        invariants = check(
+            history, state, transactional_broker=plan.system == "kafka", stalls=stalls
+        )
         results += [*_not_run(plan), _poison(state)]
-        exits = [
-            f"{e.service} exit {e.code}: {e.last_line}"
-            for service in rig.services.values()
-            for e in service.unexpected_exits
-        ]
+        rig = chaos.rig
         return BrokerRun(
-            broker=system,
-            broker_url=redact(broker_url),
-            private_broker=broker_server is not None,
-            private_database=db_server is not None,
+            broker=plan.system,
+            broker_url=redact(chaos.scenario.broker_url),
+            private_broker=rig.broker is not None,
+            private_database=rig.database is not None,
             faults=tuple(results),
             invariants=invariants,
             counts=_counts(history, state, rig),
-            unexpected_exits=exits,
+            unexpected_exits=[
+                f"{e.service} exit {e.code}: {e.last_line}"
+                for service in rig.services.values()
+                for e in service.unexpected_exits
+            ],
             seconds=time.monotonic() - started,
-            run_dir=run_dir,
+            run_dir=chaos.scenario.run_dir,
         )
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _start(
+    target: str, database: str | None, plan: schedules.Schedule, stack: ExitStack, say: Say
+) -> _Run:
+    """Start the servers the run owns, the tables and the three services."""
+    system = plan.system
+    run_dir = tempfile.mkdtemp(prefix=f"txmq-chaos-{system}-")
+    say(f"{system}: starting (run directory {run_dir})")
+    broker_server = PrivateServer(system) if target in SYSTEMS else None  # type: ignore[arg-type]
+    if broker_server is not None:
+        stack.callback(broker_server.close)
+    db_server = PrivateServer("postgres") if database is None else None
+    if db_server is not None:
+        stack.callback(db_server.close)
+    scenario = Scenario(
+        run=uuid.uuid4().hex[:8],
+        broker_url=client_url(broker_server.url if broker_server else target, system),
+        database_url=db_server.url if db_server else str(database),
+        run_dir=run_dir,
+        rate=RATE,
+        seed=plan.seed,
+    )
+    scenario_path = scenario.save()
+    engine = create_engine(scenario.database_url, pool_pre_ping=True)
+    stack.callback(engine.dispose)
+    tables = BankTables(scenario)
+    create_schema(engine, tables.outbox, tables.inbox)
+    tables.metadata.create_all(engine)
+    if db_server is None:
+        stack.callback(tables.metadata.drop_all, engine)
+    with engine.begin() as connection:
+        connection.execute(
+            tables.accounts.insert(),
+            [{"owner": owner, "balance": OPENING_BALANCE} for owner in ACCOUNTS],
+        )
+    rig = Rig(system, broker_server, db_server, services(scenario, scenario_path))
+    for name in ("consumer", "worker", "bank"):
+        rig.services[name].start()
+        stack.callback(rig.services[name].close)
+    return _Run(scenario, rig, engine, say)
 
 
 def _not_run(plan: schedules.Schedule) -> list[FaultResult]:
