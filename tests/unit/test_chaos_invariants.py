@@ -215,7 +215,15 @@ def test_python_m_txmq_chaos_exits_2_on_a_broker_it_does_not_know(
     assert "is neither rabbitmq, kafka nor a broker URL" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("fault", [*BROKER_FAULTS, schedule.CONNECTION_RESET])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        *BROKER_FAULTS,
+        schedule.CONNECTION_RESET,
+        schedule.PARTITION_BROKER,
+        schedule.PARTITION_DATABASE,
+    ],
+)
 def test_servers_given_by_url_are_never_hurt(fault: str) -> None:
     rig = Rig(system="rabbitmq", broker=None, database=None, services={})
     injected = INJECTORS[fault](rig, schedule.PlannedFault(fault, settle=0, seconds=1))

@@ -121,6 +121,45 @@ def _reset_connections(rig: Rig, fault: PlannedFault) -> Injected:
     return Injected(count=closed, undone_at=time.time(), detail=f"{closed} sockets")
 
 
+def _partition(which: str) -> Callable[[Rig, PlannedFault], Injected]:
+    def inject(rig: Rig, fault: PlannedFault) -> Injected:
+        server = rig.broker if which == "broker" else rig.database
+        if server is None:
+            return Injected(reason=f"the {which} was given by URL: only a private one is cut off")
+        iptables = shutil.which("iptables")
+        if iptables is None:
+            return Injected(reason="iptables (nftables) is not installed")
+        port = str(server.port)
+        # Loopback packets to the server's port and back from it, dropped (not refused): the
+        # connections stay open and hang, as they do behind a partition.
+        rules = [
+            ["INPUT", "-i", "lo", "-p", "tcp", direction, port, "-j", "DROP"]
+            for direction in ("--dport", "--sport")
+        ]
+        added: list[list[str]] = []
+        try:
+            for rule in rules:
+                result = _iptables(iptables, "-I", rule)
+                if result:
+                    return Injected(reason=f"iptables refused the rule: {result}")
+                added.append(rule)
+            time.sleep(fault.seconds)  # the partition itself
+        finally:
+            for rule in added:
+                _iptables(iptables, "-D", rule)
+        return Injected(count=1, undone_at=time.time(), detail=f"{fault.seconds:.0f} s")
+
+    return inject
+
+
+def _iptables(iptables: str, action: str, rule: list[str]) -> str:
+    """Run one iptables command; its error ("" when it worked)."""
+    result = subprocess.run(  # noqa: S603  # fixed argv
+        [iptables, "-w", "5", action, *rule], capture_output=True, text=True, check=False
+    )
+    return "" if result.returncode == 0 else result.stderr.strip()[:200]
+
+
 INJECTORS: dict[str, Callable[[Rig, PlannedFault], Injected]] = {
     schedule.PRODUCER_IN_EXECUTOR: _kill_point("bank", KILL_IN_EXECUTOR),
     schedule.PRODUCER_AFTER_LOCAL_COMMIT: _kill_point("bank", KILL_AFTER_LOCAL_COMMIT),
@@ -133,4 +172,6 @@ INJECTORS: dict[str, Callable[[Rig, PlannedFault], Injected]] = {
     schedule.CONNECTION_RESET: _reset_connections,
     schedule.DATABASE_RESTART: _server_fault("database", _restart_server),
     schedule.DATABASE_PAUSE: _server_fault("database", _pause_server),
+    schedule.PARTITION_BROKER: _partition("broker"),
+    schedule.PARTITION_DATABASE: _partition("database"),
 }

@@ -22,6 +22,8 @@ BROKER_PAUSE = "broker-sigstop-sigcont"
 CONNECTION_RESET = "connection-reset"
 DATABASE_RESTART = "database-restart"
 DATABASE_PAUSE = "database-pause"
+PARTITION_BROKER = "partition-broker"
+PARTITION_DATABASE = "partition-database"
 INJECTED = (
     PRODUCER_IN_EXECUTOR,
     PRODUCER_AFTER_LOCAL_COMMIT,
@@ -34,6 +36,8 @@ INJECTED = (
     CONNECTION_RESET,
     DATABASE_RESTART,
     DATABASE_PAUSE,
+    PARTITION_BROKER,
+    PARTITION_DATABASE,
 )
 #: Faults of the issue this slice does not inject yet, and why: reported as not run.
 NOT_YET: dict[str, str] = {
@@ -41,10 +45,6 @@ NOT_YET: dict[str, str] = {
         "needs a kill point inside the relay (library code); sigkill-relay kills it at a "
         "random moment under load instead"
     ),
-    "partition-broker-10s": "partitions (firewall rules) are not in this slice yet",
-    "partition-broker-30s": "partitions (firewall rules) are not in this slice yet",
-    "partition-database-10s": "partitions (firewall rules) are not in this slice yet",
-    "partition-database-30s": "partitions (firewall rules) are not in this slice yet",
     "kafka-relays-sharing-transactional-id": "not in this slice yet",
     "kafka-transaction-timeout": "not in this slice yet",
     "handler-slower-than-heartbeat": "not in this slice yet",
@@ -52,6 +52,7 @@ NOT_YET: dict[str, str] = {
 #: Seconds a broker or database stays paused: longer than the services' heartbeat (the
 #: runner sets RabbitMQ's heartbeat to 5 s; Kafka's session timeout is 10 s).
 PAUSE_SECONDS = {"rabbitmq": 12.0, "kafka": 12.0, "database": 8.0}
+PARTITION_SECONDS = (10.0, 30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +84,8 @@ class Schedule:
 def plan(name: str, seed: int, system: str) -> Schedule:
     """The schedule ``name`` for a broker of ``system`` (``"rabbitmq"`` or ``"kafka"``).
 
-    ``short`` injects every single-node fault once, in a seeded order; ``long`` repeats them
-    in seeded orders for about 30 minutes.
+    ``short`` injects every single-node fault once, in a seeded order (partitions of 10 s);
+    ``long`` repeats them in seeded orders for about 30 minutes (partitions of 10 and 30 s).
 
     Raises:
         ConfigurationError: an unknown schedule, or ``cluster`` (not available yet).
@@ -96,15 +97,19 @@ def plan(name: str, seed: int, system: str) -> Schedule:
     rng = random.Random(f"{name}:{seed}:{system}")
     rounds = 1 if name == "short" else 12
     faults: list[PlannedFault] = []
-    for _ in range(rounds):
+    for number in range(rounds):
         order = list(INJECTED)
         rng.shuffle(order)
-        faults += [_parameters(fault, rng, system) for fault in order]
+        # Partitions last 10 s, and in every other round of the long schedule 30 s.
+        partition = PARTITION_SECONDS[number % len(PARTITION_SECONDS)]
+        faults += [_parameters(fault, rng, system, partition) for fault in order]
     return Schedule(name=name, seed=seed, system=system, faults=tuple(faults))
 
 
-def _parameters(fault: str, rng: random.Random, system: str) -> PlannedFault:
+def _parameters(fault: str, rng: random.Random, system: str, partition: float) -> PlannedFault:
     settle = round(rng.uniform(1.0, 3.0), 2)
+    if fault in (PARTITION_BROKER, PARTITION_DATABASE):
+        return PlannedFault(fault, settle, seconds=partition)
     if fault in (BROKER_PAUSE, DATABASE_PAUSE):
         key = system if fault == BROKER_PAUSE else "database"
         return PlannedFault(fault, settle, seconds=PAUSE_SECONDS[key])
