@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -35,6 +36,7 @@ from txmq import (
 from txmq.chaos import workload
 from txmq.chaos.history import HistoryWriter, Operation, next_index
 from txmq.chaos.scenario import (
+    ENV_NO_TRANSFERS,
     KILL_AFTER_LOCAL_COMMIT,
     KILL_IN_EXECUTOR,
     BankTables,
@@ -181,7 +183,8 @@ class Bank:
 
 
 def run_bank(scenario: Scenario, stop: threading.Event) -> None:
-    """Make transfers at the scenario's rate until ``stop`` is set."""
+    """Make transfers at the scenario's rate until ``stop`` is set (with
+    ``TXMQ_CHAOS_NO_TRANSFERS`` set, only answer check-backs and refund)."""
     engine = create_engine(scenario.database_url, pool_pre_ping=True)
     broker = connect(scenario.broker_url)
     bank = Bank(scenario, broker, engine)
@@ -190,6 +193,8 @@ def run_bank(scenario: Scenario, stop: threading.Event) -> None:
     pause = 1.0 / scenario.rate
     try:
         bank.start()
+        if os.environ.get(ENV_NO_TRANSFERS):
+            stop.wait()
         while not stop.is_set():
             operation = workload.plan(scenario, index, new_message_id())
             history.invoke(operation)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from txmq.chaos.scenario import ENV_KILL, ENV_SCENARIO, Scenario
+from txmq.chaos.scenario import ENV_KILL, ENV_NO_TRANSFERS, ENV_SCENARIO, Scenario
 from txmq.testing.provision import Broker, Ports, Running, processes
 from txmq.testing.provision import start as provision_start
 
@@ -101,15 +101,20 @@ class Service:
     starts: int = 0
     #: False once the run stopped it on purpose: it is not started again by :meth:`revive_if_dead`.
     wanted: bool = True
+    settle_only: bool = False
     unexpected_exits: list[Exit] = field(default_factory=list)
     _log: IO[bytes] | None = None
 
-    def start(self, *, kill: str | None = None) -> None:
-        """Start the process; ``kill`` arms ``TXMQ_CHAOS_KILL`` in it."""
-        env = {k: v for k, v in os.environ.items() if k != ENV_KILL}
+    def start(self, *, kill: str | None = None, settle_only: bool = False) -> None:
+        """Start the process; ``kill`` arms ``TXMQ_CHAOS_KILL`` in it; ``settle_only`` sets
+        ``TXMQ_CHAOS_NO_TRANSFERS`` (a bank that only answers check-backs and refunds)."""
+        env = {k: v for k, v in os.environ.items() if k not in (ENV_KILL, ENV_NO_TRANSFERS)}
         env[ENV_SCENARIO] = str(self.scenario_path)
         if kill:
             env[ENV_KILL] = kill
+        if settle_only:
+            env[ENV_NO_TRANSFERS] = "1"
+        self.settle_only = settle_only
         if self._log is None:
             self._log = self.log_path.open("ab")
         self._log.write(f"--- start {self.starts} kill={kill}\n".encode())
@@ -158,7 +163,7 @@ class Service:
         self.unexpected_exits.append(
             Exit(self.name, self.process.returncode, time.time(), self.last_line())
         )
-        self.start()
+        self.start(settle_only=self.settle_only)
         return True
 
     def ready(self) -> bool | None:

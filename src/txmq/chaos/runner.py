@@ -11,9 +11,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sqlalchemy import Engine, create_engine, select
+from sqlalchemy import Engine, create_engine, func, select
 
-from txmq import DeadLetters, create_schema, redact
+from txmq import DeadLetters, RecordState, create_schema, redact
 from txmq.chaos import faults as injectors
 from txmq.chaos import schedule as schedules
 from txmq.chaos.history import Operation, read_deliveries, read_history
@@ -183,9 +183,17 @@ class _Run:
         ) as dlq:
             return [letter.message.id for letter in dlq.list(limit=100_000, timeout=10)]
 
+    def backlog(self) -> int:
+        """Outbox records still to publish or to decide (READY or PREPARED)."""
+        records = self.tables.outbox.records
+        pending = (RecordState.READY.value, RecordState.PREPARED.value)
+        query = select(func.count()).select_from(records).where(records.c.state.in_(pending))
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
     def drain(self, bound: float) -> bool:
-        """Wait until every committed transfer is settled (credited, refunded or
-        dead-lettered); whether that happened within ``bound``."""
+        """Wait until the outbox is empty and every committed transfer is settled
+        (credited, refunded or dead-lettered); whether that happened within ``bound``."""
         deadline = time.monotonic() + bound
         while time.monotonic() < deadline:
             self.rig.revive()
@@ -194,7 +202,7 @@ class _Run:
             except Exception:  # a server still coming back: look again
                 time.sleep(1)
                 continue
-            if check([], state, transactional_broker=False).lost == 0:
+            if check([], state, transactional_broker=False).lost == 0 and not self.backlog():
                 return True
             time.sleep(1)
         return False
@@ -212,10 +220,13 @@ class _Run:
         )
 
     def finish(self) -> int:
-        """Stop the bank, let the backlog drain, check the services are ready; the stalls."""
+        """Stop the transfers, let the backlog drain, check the services are ready; the
+        stalls."""
         stalls = 0
         self.idle(2.0)
-        self.rig.services["bank"].stop()
+        bank = self.rig.services["bank"]
+        bank.stop()
+        bank.start(settle_only=True)  # check-backs and refunds go on
         if not self.drain(DRAIN_BOUND):
             stalls += 1
             self.say(f"{self.rig.system}: the backlog did not drain within {DRAIN_BOUND:.0f} s")

@@ -21,6 +21,8 @@ from txmq.outbox import OutboxTables, make_outbox_tables
 ENV_SCENARIO = "TXMQ_CHAOS_SCENARIO"
 #: ``<point>:<n>``: the process SIGKILLs itself the n-th time it reaches ``point``.
 ENV_KILL = "TXMQ_CHAOS_KILL"
+#: Set: the bank makes no new transfers, but still answers check-backs and refunds (the drain).
+ENV_NO_TRANSFERS = "TXMQ_CHAOS_NO_TRANSFERS"
 
 #: Kill points of the bank (service A).
 KILL_IN_EXECUTOR = "executor"
