@@ -15,8 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table
 
-from txmq.errors import ConfigurationError
-from txmq.outbox import OutboxTables, make_outbox_tables
+from txmq import ConfigurationError, OutboxTables, make_inbox_table, make_outbox_tables
 
 ENV_SCENARIO = "TXMQ_CHAOS_SCENARIO"
 #: ``<point>:<n>``: the process SIGKILLs itself the n-th time it reaches ``point``.
@@ -167,9 +166,6 @@ class BankTables:
             Column("applied_at", Float, nullable=False),
         )
         self.outbox: OutboxTables = make_outbox_tables(self.metadata, prefix=prefix)
-        # Imported here: the consumer package is not needed to read a scenario.
-        from txmq.consumer import make_inbox_table
-
         self.inbox = make_inbox_table(self.metadata, name=f"{prefix}inbox")
 
 
