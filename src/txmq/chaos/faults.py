@@ -1,0 +1,177 @@
+"""The fault injectors: each one hurts the rig, undoes it, and says when it was undone.
+
+An injector that cannot act here (a broker given by URL, a tool this machine lacks, a kill
+point the process never reached) says why instead; the report shows it as not run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from txmq.chaos import schedule
+from txmq.chaos.rig import PrivateServer, Rig
+from txmq.chaos.scenario import (
+    KILL_AFTER_DB_COMMIT,
+    KILL_AFTER_LOCAL_COMMIT,
+    KILL_BEFORE_DB_COMMIT,
+    KILL_IN_EXECUTOR,
+)
+from txmq.chaos.schedule import PlannedFault
+
+#: How long an armed process may take to reach its kill point.
+KILL_POINT_TIMEOUT = 90.0
+
+
+@dataclass(frozen=True, slots=True)
+class Injected:
+    """What an injector did: ``undone_at`` (epoch seconds) when it ran, else ``reason``."""
+
+    count: int = 0
+    undone_at: float | None = None
+    reason: str = ""
+    detail: str = ""
+
+    @property
+    def ran(self) -> bool:
+        return self.undone_at is not None
+
+
+def _kill_point(service: str, point: str) -> Callable[[Rig, PlannedFault], Injected]:
+    def inject(rig: Rig, fault: PlannedFault) -> Injected:
+        process = rig.services[service]
+        process.stop()
+        process.start(kill=f"{point}:{fault.nth}")
+        code = process.wait_exit(KILL_POINT_TIMEOUT)
+        if code is None:
+            process.stop()
+            process.start()
+            return Injected(reason=f"{service} did not reach {point} within {KILL_POINT_TIMEOUT} s")
+        process.start()
+        if code != -9:
+            return Injected(reason=f"{service} exited {code} before reaching {point}")
+        return Injected(count=1, undone_at=time.time(), detail=f"at arrival {fault.nth}")
+
+    return inject
+
+
+def _kill_relay(rig: Rig, fault: PlannedFault) -> Injected:
+    worker = rig.services["worker"]
+    time.sleep(fault.nth / 10)  # a seeded moment while it relays
+    worker.sigkill()
+    worker.start()
+    return Injected(count=1, undone_at=time.time(), detail=f"{fault.nth / 10:.1f} s in")
+
+
+def _server_fault(
+    which: str, act: Callable[[PrivateServer, PlannedFault], str]
+) -> Callable[[Rig, PlannedFault], Injected]:
+    def inject(rig: Rig, fault: PlannedFault) -> Injected:
+        server = rig.broker if which == "broker" else rig.database
+        if server is None:
+            return Injected(
+                reason=(
+                    f"the {which} was given by URL: txmq chaos only hurts servers it started "
+                    f"(leave out --{which} for a private one)"
+                )
+            )
+        detail = act(server, fault)
+        return Injected(count=1, undone_at=time.time(), detail=detail)
+
+    return inject
+
+
+def _kill_server(server: PrivateServer, fault: PlannedFault) -> str:
+    server.kill_and_restart(down_for=fault.seconds)
+    return f"down {fault.seconds} s"
+
+
+def _restart_server(server: PrivateServer, fault: PlannedFault) -> str:
+    server.restart(down_for=fault.seconds)
+    return f"down {fault.seconds} s"
+
+
+def _pause_server(server: PrivateServer, fault: PlannedFault) -> str:
+    server.pause(fault.seconds)
+    return f"paused {fault.seconds} s"
+
+
+def _reset_connections(rig: Rig, fault: PlannedFault) -> Injected:
+    if rig.broker is None:
+        return Injected(reason="the broker was given by URL: its connections are not ours to reset")
+    ss = shutil.which("ss")
+    if ss is None:
+        return Injected(reason="ss (iproute2) is not installed")
+    port = rig.broker.port
+    # Both ends live on this machine: the clients' sockets and the broker's.
+    result = subprocess.run(  # noqa: S603  # fixed argv
+        [ss, "-K", "-t", f"( dport = :{port} or sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        return Injected(reason=f"ss -K failed: {result.stderr.strip()[:200]}")
+    closed = sum(1 for line in result.stdout.splitlines()[1:] if line.strip())
+    if closed == 0:
+        return Injected(reason="ss -K closed nothing (a kernel without SOCK_DESTROY?)")
+    return Injected(count=closed, undone_at=time.time(), detail=f"{closed} sockets")
+
+
+def _partition(which: str) -> Callable[[Rig, PlannedFault], Injected]:
+    def inject(rig: Rig, fault: PlannedFault) -> Injected:
+        server = rig.broker if which == "broker" else rig.database
+        if server is None:
+            return Injected(reason=f"the {which} was given by URL: only a private one is cut off")
+        iptables = shutil.which("iptables")
+        if iptables is None:
+            return Injected(reason="iptables (nftables) is not installed")
+        port = str(server.port)
+        # Loopback packets to the server's port and back from it, dropped (not refused): the
+        # connections stay open and hang, as they do behind a partition.
+        rules = [
+            ["INPUT", "-i", "lo", "-p", "tcp", direction, port, "-j", "DROP"]
+            for direction in ("--dport", "--sport")
+        ]
+        added: list[list[str]] = []
+        try:
+            for rule in rules:
+                result = _iptables(iptables, "-I", rule)
+                if result:
+                    return Injected(reason=f"iptables refused the rule: {result}")
+                added.append(rule)
+            time.sleep(fault.seconds)  # the partition itself
+        finally:
+            for rule in added:
+                _iptables(iptables, "-D", rule)
+        return Injected(count=1, undone_at=time.time(), detail=f"{fault.seconds:.0f} s")
+
+    return inject
+
+
+def _iptables(iptables: str, action: str, rule: list[str]) -> str:
+    """Run one iptables command; its error ("" when it worked)."""
+    result = subprocess.run(  # noqa: S603  # fixed argv
+        [iptables, "-w", "5", action, *rule], capture_output=True, text=True, check=False
+    )
+    return "" if result.returncode == 0 else result.stderr.strip()[:200]
+
+
+INJECTORS: dict[str, Callable[[Rig, PlannedFault], Injected]] = {
+    schedule.PRODUCER_IN_EXECUTOR: _kill_point("bank", KILL_IN_EXECUTOR),
+    schedule.PRODUCER_AFTER_LOCAL_COMMIT: _kill_point("bank", KILL_AFTER_LOCAL_COMMIT),
+    schedule.RELAY: _kill_relay,
+    schedule.CONSUMER_BEFORE_DB_COMMIT: _kill_point("consumer", KILL_BEFORE_DB_COMMIT),
+    schedule.CONSUMER_AFTER_DB_COMMIT: _kill_point("consumer", KILL_AFTER_DB_COMMIT),
+    schedule.BROKER_KILL: _server_fault("broker", _kill_server),
+    schedule.BROKER_RESTART: _server_fault("broker", _restart_server),
+    schedule.BROKER_PAUSE: _server_fault("broker", _pause_server),
+    schedule.CONNECTION_RESET: _reset_connections,
+    schedule.DATABASE_RESTART: _server_fault("database", _restart_server),
+    schedule.DATABASE_PAUSE: _server_fault("database", _pause_server),
+    schedule.PARTITION_BROKER: _partition("broker"),
+    schedule.PARTITION_DATABASE: _partition("database"),
+}

@@ -1,0 +1,360 @@
+"""One chaos run: start the rig, make transfers, inject the schedule's faults, drain, judge."""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy import Engine, create_engine, func, select
+
+from txmq import DeadLetters, RecordState, create_schema, redact
+from txmq.chaos import faults as injectors
+from txmq.chaos import schedule as schedules
+from txmq.chaos.history import Operation, read_deliveries, read_history
+from txmq.chaos.invariants import Committed, Credit, FinalState, Invariants, check
+from txmq.chaos.report import BrokerRun, FaultResult, Report
+from txmq.chaos.rig import PrivateServer, Rig, services
+from txmq.chaos.scenario import ACCOUNTS, FROZEN, OPENING_BALANCE, BankTables, Scenario
+from txmq.chaos.workload import POISON
+from txmq.errors import ConfigurationError
+
+Say = Callable[[str], object]
+
+#: Transfers per second the bank aims at (a loaded 2-core machine makes fewer).
+RATE = 15.0
+#: After a fault is undone, how long until a new transfer must be credited.
+RECOVERY_BOUND = 120.0
+#: After the last fault, how long until everything committed is settled.
+DRAIN_BOUND = 180.0
+#: How long a service that cannot recover may go on saying it is ready.
+READY_BOUND = 10.0
+SYSTEMS = ("rabbitmq", "kafka")
+
+
+def run(
+    broker: str | None = None,
+    database: str | None = None,
+    *,
+    schedule: str = "short",
+    seed: int | None = None,
+    json_path: str | Path | None = None,
+    say: Say = print,
+) -> int:
+    """Run the chaos schedule on each broker; 0 when every invariant held, else 1.
+
+    Args:
+        broker: a broker URL (used as it is: faults that need to own the broker are not
+            run), ``"rabbitmq"`` or ``"kafka"`` (a private one is started as processes), or
+            None (a private RabbitMQ, then a private Kafka).
+        database: a PostgreSQL URL (used as it is, with tables named after the run, dropped
+            afterwards; the database faults are not run), or None (a private PostgreSQL).
+        schedule: ``short`` (every single-node fault once) or ``long`` (about 30 minutes).
+        seed: replays a run's schedule and workload; a random one when None (printed).
+        json_path: where to write the JSON report.
+        say: where the readable summary and progress go.
+
+    Raises:
+        ConfigurationError: an unknown schedule or broker URL scheme.
+    """
+    seed = random.SystemRandom().randrange(2**31) if seed is None else seed
+    targets = [broker] if broker else list(SYSTEMS)
+    plans = [(target, schedules.plan(schedule, seed, system_of(target))) for target in targets]
+    say(f"txmq chaos: schedule {schedule}, seed {seed}")
+    runs = tuple(_run_one(target, database, plan, say) for target, plan in plans)
+    report = Report(schedule=schedule, seed=seed, runs=runs)
+    say(report.summary())
+    if json_path is not None:
+        report.write(Path(json_path))
+    return 0 if report.passed else 1
+
+
+def system_of(target: str) -> str:
+    """``rabbitmq`` or ``kafka`` for a broker name or URL.
+
+    Raises:
+        ConfigurationError: neither.
+    """
+    if target in SYSTEMS:
+        return target
+    scheme = urlsplit(target).scheme
+    if scheme in ("rabbitmq", "amqp", "amqps"):
+        return "rabbitmq"
+    if scheme == "kafka":
+        return "kafka"
+    raise ConfigurationError(f"{redact(target)} is neither rabbitmq, kafka nor a broker URL")
+
+
+def client_url(url: str, system: str) -> str:
+    """The broker URL the services use: on RabbitMQ a 5 s heartbeat, so that a paused
+    broker is noticed within the pause."""
+    if system != "rabbitmq" or "heartbeat=" in url:
+        return url
+    return url + ("&" if "?" in url else "?") + "heartbeat=5"
+
+
+class _Run:
+    """The state of one run on one broker."""
+
+    def __init__(self, scenario: Scenario, rig: Rig, engine: Engine, say: Say) -> None:
+        self.scenario = scenario
+        self.rig = rig
+        self.engine = engine
+        self.tables = BankTables(scenario)
+        self.say = say
+
+    def idle(self, seconds: float) -> None:
+        """Let the workload run for ``seconds``, starting again any service that died."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.rig.revive()
+            time.sleep(0.2)
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.rig.revive()
+            if all(s.ready() is not False for s in self.rig.services.values()):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def recovery(self, since: float, bound: float) -> float | None:
+        """Seconds from ``since`` until a transfer made after it was credited (None: not
+        within ``bound``)."""
+        deadline = time.monotonic() + bound
+        credits = self.tables.credits
+        while time.monotonic() < deadline:
+            self.rig.revive()
+            fresh = [
+                op.message_id
+                for op in read_history(self.scenario.history_path)
+                if op.invoked_at >= since and _credits_payee(op)
+            ]
+            if fresh:
+                query = select(credits.c.applied_at).where(credits.c.message_id.in_(fresh[:200]))
+                try:
+                    with self.engine.connect() as connection:
+                        applied = connection.execute(query.limit(1)).scalar_one_or_none()
+                except Exception:  # the database may still be coming back
+                    applied = None
+                if applied is not None:
+                    return round(max(0.0, float(applied) - since), 2)
+            time.sleep(0.25)
+        return None
+
+    def final_state(self) -> FinalState:
+        tables = self.tables
+        with self.engine.connect() as connection:
+            committed = {
+                row.message_id: Committed(
+                    row.message_id, row.mode, row.payer, row.payee, int(row.amount)
+                )
+                for row in connection.execute(select(tables.transfers))
+            }
+            credits = [
+                Credit(int(row.row), row.message_id, row.key, int(row.seq))
+                for row in connection.execute(select(tables.credits))
+            ]
+            refunds = list(connection.execute(select(tables.refunds.c.original_id)).scalars())
+            balances = {
+                row.owner: int(row.balance) for row in connection.execute(select(tables.accounts))
+            }
+        return FinalState(
+            committed=committed,
+            credits=credits,
+            refunds=refunds,
+            deliveries=read_deliveries(Path(self.scenario.run_dir)),
+            dead_letters=self.dead_letters(),
+            opening=dict.fromkeys(ACCOUNTS, OPENING_BALANCE),
+            balances=balances,
+        )
+
+    def dead_letters(self) -> list[str]:
+        with DeadLetters(
+            self.scenario.broker_url,
+            group=self.scenario.credit_group,
+            topic=self.scenario.topic,
+        ) as dlq:
+            return [letter.message.id for letter in dlq.list(limit=100_000, timeout=10)]
+
+    def backlog(self) -> int:
+        """Outbox records still to publish or to decide (READY or PREPARED)."""
+        records = self.tables.outbox.records
+        pending = (RecordState.READY.value, RecordState.PREPARED.value)
+        query = select(func.count()).select_from(records).where(records.c.state.in_(pending))
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    def drain(self, bound: float) -> bool:
+        """Wait until the outbox is empty and every committed transfer is settled
+        (credited, refunded or dead-lettered); whether that happened within ``bound``."""
+        deadline = time.monotonic() + bound
+        while time.monotonic() < deadline:
+            self.rig.revive()
+            try:
+                state = self.final_state()
+            except Exception:  # a server still coming back: look again
+                time.sleep(1)
+                continue
+            if check([], state, transactional_broker=False).lost == 0 and not self.backlog():
+                return True
+            time.sleep(1)
+        return False
+
+    def inject(self, fault: schedules.PlannedFault) -> FaultResult:
+        """Inject ``fault``, then measure the recovery from its undoing."""
+        injected = injectors.INJECTORS[fault.name](self.rig, fault)
+        recovery = None
+        if injected.undone_at is not None:
+            recovery = self.recovery(injected.undone_at, RECOVERY_BOUND)
+            if recovery is None:
+                self.say(f"{self.rig.system}: no recovery within {RECOVERY_BOUND:.0f} s")
+        return FaultResult(
+            fault.name, injected.ran, injected.reason, injected.count, recovery, injected.detail
+        )
+
+    def finish(self) -> int:
+        """Stop the transfers, let the backlog drain, check the services are ready; the
+        stalls."""
+        stalls = 0
+        self.idle(2.0)
+        bank = self.rig.services["bank"]
+        bank.stop()
+        bank.start(settle_only=True)  # check-backs and refunds go on
+        if not self.drain(DRAIN_BOUND):
+            stalls += 1
+            self.say(f"{self.rig.system}: the backlog did not drain within {DRAIN_BOUND:.0f} s")
+        if not self.wait_ready(READY_BOUND):
+            stalls += 1
+            self.say(f"{self.rig.system}: a service was not ready at the end")
+        return stalls
+
+
+def _credits_payee(operation: Operation) -> bool:
+    return operation.outcome == "ok" and operation.mode != POISON and operation.payee not in FROZEN
+
+
+def _run_one(target: str, database: str | None, plan: schedules.Schedule, say: Say) -> BrokerRun:
+    started = time.monotonic()
+    with ExitStack() as stack:
+        chaos = _start(target, database, plan, stack, say)
+        stalls = 0
+        if chaos.recovery(time.time(), RECOVERY_BOUND) is None:
+            stalls += 1
+            say(f"{plan.system}: nothing was credited within {RECOVERY_BOUND:.0f} s of starting")
+        results: list[FaultResult] = []
+        for fault in plan.faults:
+            chaos.idle(fault.settle)
+            say(f"{plan.system}: {fault.name}")
+            result = chaos.inject(fault)
+            if result.ran and result.recovery_s is None:
+                stalls += 1
+            results.append(result)
+        stalls += chaos.finish()
+        history = read_history(chaos.scenario.history_path)
+        state = chaos.final_state()
+        invariants = check(
+            history, state, transactional_broker=plan.system == "kafka", stalls=stalls
+        )
+        results += [*_not_run(plan), _poison(state)]
+        rig = chaos.rig
+        return BrokerRun(
+            broker=plan.system,
+            broker_url=redact(chaos.scenario.broker_url),
+            private_broker=rig.broker is not None,
+            private_database=rig.database is not None,
+            faults=tuple(results),
+            invariants=invariants,
+            counts=_counts(history, state, rig),
+            unexpected_exits=[
+                f"{e.service} exit {e.code}: {e.last_line}"
+                for service in rig.services.values()
+                for e in service.unexpected_exits
+            ],
+            seconds=time.monotonic() - started,
+            run_dir=chaos.scenario.run_dir,
+        )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _start(
+    target: str, database: str | None, plan: schedules.Schedule, stack: ExitStack, say: Say
+) -> _Run:
+    """Start the servers the run owns, the tables and the three services."""
+    system = plan.system
+    run_dir = tempfile.mkdtemp(prefix=f"txmq-chaos-{system}-")
+    say(f"{system}: starting (run directory {run_dir})")
+    broker_server = PrivateServer(system) if target in SYSTEMS else None  # type: ignore[arg-type]
+    if broker_server is not None:
+        stack.callback(broker_server.close)
+    db_server = PrivateServer("postgres") if database is None else None
+    if db_server is not None:
+        stack.callback(db_server.close)
+    scenario = Scenario(
+        run=uuid.uuid4().hex[:8],
+        broker_url=client_url(broker_server.url if broker_server else target, system),
+        database_url=db_server.url if db_server else str(database),
+        run_dir=run_dir,
+        rate=RATE,
+        seed=plan.seed,
+    )
+    scenario_path = scenario.save()
+    engine = create_engine(scenario.database_url, pool_pre_ping=True)
+    stack.callback(engine.dispose)
+    tables = BankTables(scenario)
+    create_schema(engine, tables.outbox, tables.inbox)
+    tables.metadata.create_all(engine)
+    if db_server is None:
+        stack.callback(tables.metadata.drop_all, engine)
+    with engine.begin() as connection:
+        connection.execute(
+            tables.accounts.insert(),
+            [{"owner": owner, "balance": OPENING_BALANCE} for owner in ACCOUNTS],
+        )
+    rig = Rig(system, broker_server, db_server, services(scenario, scenario_path))
+    for name in ("consumer", "worker", "bank"):
+        rig.services[name].start()
+        stack.callback(rig.services[name].close)
+    return _Run(scenario, rig, engine, say)
+
+
+def _not_run(plan: schedules.Schedule) -> list[FaultResult]:
+    return [
+        FaultResult(name, False, reason)
+        for name, reason in schedules.NOT_YET.items()
+        if plan.system == "kafka" or not name.startswith("kafka-")
+    ]
+
+
+def _poison(state: FinalState) -> FaultResult:
+    poison = sum(1 for t in state.committed.values() if t.mode == POISON)
+    return FaultResult(
+        "poison-messages", True, count=poison, detail="part of the workload", recovers=False
+    )
+
+
+def _counts(history: list[Operation], state: FinalState, rig: Rig) -> dict[str, int]:
+    outcomes = {outcome: 0 for outcome in ("ok", "failed", "unknown")}
+    for op in history:
+        outcomes[op.outcome] += 1
+    return {
+        "transfers": len(history),
+        "ok": outcomes["ok"],
+        "failed": outcomes["failed"],
+        "unknown": outcomes["unknown"],
+        "committed": len(state.committed),
+        "credited": len({c.message_id for c in state.credits}),
+        "refunded": len(set(state.refunds)),
+        "poison": sum(1 for t in state.committed.values() if t.mode == POISON),
+        "dead_letters": len(state.dead_letters),
+        "process_starts": sum(s.starts for s in rig.services.values()),
+    }
+
+
+__all__ = ["Invariants", "run"]
