@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from txmq.cli.chaos import chaos
 from txmq.cli.dlq import dlq_app
 from txmq.cli.doctor import doctor
 from txmq.cli.outbox import app as outbox_app
@@ -100,6 +101,7 @@ app.add_typer(unroutable_app, name="unroutable")
 app.command()(worker)
 app.command()(consume)
 app.command()(doctor)
+app.command()(chaos)
 
 
 @app.command()
