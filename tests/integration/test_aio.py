@@ -160,11 +160,15 @@ def test_staged_messages_are_consumed_once_by_async_handlers(
             async with AsyncSession(engine) as session, session.begin():
                 await session.execute(insert(orders).values(id=1))
                 await producer.stage(session, txmq.Message(topic, body(1), key="k"))
-            with pytest.raises(ZeroDivisionError):
+
+            async def stage_then_fail() -> None:
                 async with AsyncSession(engine) as session, session.begin():
                     await session.execute(insert(orders).values(id=2))
                     await producer.stage(session, txmq.Message(topic, body(2), key="k"))
-                    _ = 1 / 0
+                    raise ZeroDivisionError
+
+            with pytest.raises(ZeroDivisionError):
+                await stage_then_fail()
             duplicate = txmq.Message(topic, body(3), key="k")
             async with AsyncSession(engine) as session, session.begin():
                 await session.execute(insert(orders).values(id=3))
