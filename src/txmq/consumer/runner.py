@@ -33,6 +33,30 @@ CompensationHandlerFn = Callable[[Compensation, Session], None]
 DEFAULT_PREFETCH = 100
 
 
+def check_worker_options(
+    prefetch: int | None, batch_size: int, concurrency: int, poll_interval: float
+) -> None:
+    """Raise :class:`ConfigurationError` unless the workers' numbers make sense."""
+    if (prefetch is not None and prefetch < 1) or batch_size < 1 or concurrency < 1:
+        raise ConfigurationError("prefetch, batch_size and concurrency must be at least 1")
+    if prefetch is not None and batch_size > prefetch:
+        raise ConfigurationError("batch_size cannot exceed prefetch")
+    if poll_interval <= 0:
+        raise ConfigurationError("poll_interval must be positive")
+
+
+def worker_prefetch(
+    adapter: Adapter, prefetch: int | None, batch_size: int, concurrency: int
+) -> int:
+    """The prefetch each worker subscribes with on ``adapter``: ``prefetch`` if given, else
+    ``batch_size`` for several workers competing for one queue, else 100."""
+    if prefetch is not None:
+        return prefetch
+    if adapter.capabilities.competing_consumers and concurrency > 1:
+        return batch_size
+    return max(DEFAULT_PREFETCH, batch_size)
+
+
 class Consumer:
     """A consumer group: handlers run exactly once per message, or the message is dead-lettered.
 
@@ -107,12 +131,7 @@ class Consumer:
         publish_timeout: float | None = None,
     ) -> None:
         self.group = validate_name(group, "group")
-        if (prefetch is not None and prefetch < 1) or batch_size < 1 or concurrency < 1:
-            raise ConfigurationError("prefetch, batch_size and concurrency must be at least 1")
-        if prefetch is not None and batch_size > prefetch:
-            raise ConfigurationError("batch_size cannot exceed prefetch")
-        if poll_interval <= 0:
-            raise ConfigurationError("poll_interval must be positive")
+        check_worker_options(prefetch, batch_size, concurrency, poll_interval)
         self._broker = broker
         self.engine = require_sync_engine(engine, "a consumer")
         self.retry = retry if retry is not None else RetryPolicy()
@@ -277,11 +296,7 @@ class Consumer:
 
     def worker_prefetch(self, adapter: Adapter) -> int:
         """The prefetch each worker subscribes with on ``adapter`` (see ``prefetch``)."""
-        if self.prefetch is not None:
-            return self.prefetch
-        if adapter.capabilities.competing_consumers and self.concurrency > 1:
-            return self.batch_size
-        return max(DEFAULT_PREFETCH, self.batch_size)
+        return worker_prefetch(adapter, self.prefetch, self.batch_size, self.concurrency)
 
     def adapter(self) -> Adapter:
         """The adapter this consumer works with; connected from its URL on first use (and

@@ -135,9 +135,7 @@ class Worker:
         """One poll (which waits up to the poll interval) and the handling of what came."""
         plan = self.plan
         if self._subscription is None:
-            self._subscription = plan.adapter.subscribe(
-                plan.group, list(plan.routes), prefetch=plan.prefetch
-            )
+            self._subscription = self._subscribe()
         subscription = self._subscription
         deliveries = subscription.poll(
             plan.poll_interval, max(plan.batch_size, min(plan.prefetch, 100))
@@ -150,6 +148,11 @@ class Worker:
         if deliveries:
             self._handle(subscription, deliveries)
         return bool(deliveries)
+
+    def _subscribe(self) -> Subscription:
+        """Open this worker's subscription (the asyncio consumer bridges it to threads)."""
+        plan = self.plan
+        return plan.adapter.subscribe(plan.group, list(plan.routes), prefetch=plan.prefetch)
 
     def _disconnect(self) -> None:
         for closable in (self._subscription, self._publisher):

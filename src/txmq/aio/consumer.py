@@ -1,0 +1,398 @@
+"""The asyncio consumer: ``async def`` handlers, the same inbox, retries, DLQ and compensation.
+
+Each worker is an asyncio task that runs the synchronous consumer's own code
+(:class:`txmq.consumer.worker.Worker`: triage, inbox claim, handler, settling, retry and
+dead-letter decisions) inside a greenlet of SQLAlchemy's asyncio bridge. Its SQL goes
+through the application's asyncio driver (asyncpg, psycopg async, aiosqlite), so waiting on
+the database never blocks the event loop; its broker calls (pika, confluent-kafka) run in a
+thread of the worker's own (:mod:`txmq.aio.bridge`). The handler is awaited on the event
+loop with an :class:`~sqlalchemy.ext.asyncio.AsyncSession` joined to the transaction that
+also inserts the inbox row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import signal
+import threading
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
+from sqlalchemy.util import await_only, greenlet_spawn
+
+from txmq.adapters import Adapter, Topology, connect
+from txmq.adapters.base import Publisher, Subscription
+from txmq.aio.bridge import BridgedPublisher, BridgedSubscription, Threads
+from txmq.aio.supervision import AsyncSupervisedLoop, health_of
+from txmq.consumer.compensation import Compensation, compensation_topic
+from txmq.consumer.inbox import Inbox
+from txmq.consumer.policy import RetryPolicy
+from txmq.consumer.runner import check_worker_options, worker_prefetch
+from txmq.consumer.stats import ConsumerStats, StatsSnapshot
+from txmq.consumer.tables import default_inbox_table
+from txmq.consumer.worker import Handler, Plan, Route, Worker
+from txmq.errors import ConfigurationError
+from txmq.message import Message, validate_name
+from txmq.supervision import Health
+
+log = logging.getLogger("txmq.consumer")
+
+#: ``async def handler(message, session)``: the session is an ``AsyncSession`` in the
+#: transaction that also inserts the message's inbox row.
+AsyncHandler = Callable[[Message, AsyncSession], Awaitable[None]]
+AsyncCompensationHandler = Callable[[Compensation, AsyncSession], Awaitable[None]]
+
+#: Longest reconnect back-off after a broker error (as the threaded workers').
+_MAX_BACKOFF = 15.0
+
+
+class AsyncConsumer:
+    """A consumer group with ``async def`` handlers: the asyncio twin of :class:`txmq.Consumer`.
+
+    The semantics are :class:`txmq.Consumer`'s, by the same code: the handler runs in one
+    database transaction with the insert of the inbox row ``(group, message id)``, the
+    broker is acknowledged after the commit, failures are retried after the policy's delays
+    and dead-lettered (with a compensation event when ``compensate``) when they fail for
+    good, and a database outage spends no attempt.
+
+    Args:
+        broker: an adapter (not closed by the consumer) or a broker URL (connected at
+            :meth:`start`, closed at :meth:`stop`); ``$TXMQ_BROKER_URL`` when omitted.
+        engine: an :class:`~sqlalchemy.ext.asyncio.AsyncEngine` on the consumer's database
+            (``postgresql+asyncpg``, ``postgresql+psycopg``, ``sqlite+aiosqlite``).
+        group, retry, prefetch, batch_size, compensate, inbox, declare, poll_interval,
+        publish_timeout: as for :class:`txmq.Consumer`.
+        concurrency: worker tasks, each with its own broker connection and database
+            connection, and one thread for its broker calls.
+
+    Raises:
+        ConfigurationError: bad numbers or names, or ``engine`` is not an ``AsyncEngine``.
+
+    Example:
+        >>> consumer = AsyncConsumer(broker=url, engine=engine, group="cart")  # doctest: +SKIP
+        >>> @consumer.handler("orders.created")
+        ... async def on_order(message: Message, session: AsyncSession) -> None:
+        ...     await session.execute(cart.insert().values(order=json.loads(message.body)["order"]))
+        >>> await consumer.run()  # until stop(), SIGTERM or cancellation
+    """
+
+    def __init__(
+        self,
+        *,
+        broker: Adapter | str | None = None,
+        engine: AsyncEngine,
+        group: str,
+        retry: RetryPolicy | None = None,
+        prefetch: int | None = None,
+        batch_size: int = 1,
+        concurrency: int = 1,
+        compensate: bool = False,
+        inbox: Table | None = None,
+        declare: bool = True,
+        poll_interval: float = 1.0,
+        publish_timeout: float | None = None,
+    ) -> None:
+        self.group = validate_name(group, "group")
+        check_worker_options(prefetch, batch_size, concurrency, poll_interval)
+        if not isinstance(engine, AsyncEngine):
+            raise ConfigurationError(
+                f"AsyncConsumer needs an AsyncEngine (create_async_engine), not "
+                f"{type(engine).__name__}; use txmq.Consumer with a synchronous engine"
+            )
+        self._broker = broker
+        self.engine = engine
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.prefetch = prefetch
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self.compensate = compensate
+        self.inbox_table = inbox if inbox is not None else default_inbox_table
+        self._declare = declare
+        self.poll_interval = poll_interval
+        self.publish_timeout = publish_timeout
+        self._handlers: dict[str, tuple[AsyncHandler, RetryPolicy | None, bool | None]] = {}
+        self._stats = ConsumerStats(group=self.group)
+        self._stop = asyncio.Event()
+        self._workers_stop = threading.Event()  # what the shared worker code looks at
+        self._loops: list[AsyncSupervisedLoop] = []
+        self._threads: list[Threads] = []
+        self._adapter: Adapter | None = None
+        self._owns_adapter = False
+
+    # -- registration -------------------------------------------------------------------
+
+    def handler(
+        self, topic: str, *, retry: RetryPolicy | None = None, compensate: bool | None = None
+    ) -> Callable[[AsyncHandler], AsyncHandler]:
+        """Register the decorated ``async def fn(message, session)`` as the handler of
+        ``topic`` (one per topic); ``retry`` and ``compensate`` override the consumer's."""
+
+        def register(fn: AsyncHandler) -> AsyncHandler:
+            self.add_handler(topic, fn, retry=retry, compensate=compensate)
+            return fn
+
+        return register
+
+    def add_handler(
+        self,
+        topic: str,
+        fn: AsyncHandler,
+        *,
+        retry: RetryPolicy | None = None,
+        compensate: bool | None = None,
+    ) -> None:
+        """Register ``async def fn(message, session)`` as the handler of ``topic``.
+
+        Raises:
+            ConfigurationError: ``fn`` is not a coroutine function, ``topic`` has a handler
+                already, or the consumer has started.
+        """
+        validate_name(topic, "topic")
+        if not _is_coroutine_function(fn):
+            raise ConfigurationError(
+                f"the handler of {topic!r} must be an async def function; "
+                "register synchronous handlers on txmq.Consumer"
+            )
+        if self._loops:
+            raise ConfigurationError("register handlers before starting the consumer")
+        if topic in self._handlers:
+            raise ConfigurationError(f"topic {topic!r} already has a handler")
+        self._handlers[topic] = (fn, retry, compensate)
+
+    def compensation(
+        self, producer_group: str, *, retry: RetryPolicy | None = None
+    ) -> Callable[[AsyncCompensationHandler], AsyncCompensationHandler]:
+        """Register ``async def fn(compensation, session)`` for ``producer_group``'s
+        compensation events (topic ``<group>.compensation``), run once per failed message."""
+
+        def register(fn: AsyncCompensationHandler) -> AsyncCompensationHandler:
+            if not _is_coroutine_function(fn):
+                raise ConfigurationError("a compensation handler must be an async def function")
+
+            async def on_event(message: Message, session: AsyncSession) -> None:
+                await fn(Compensation.from_message(message), session)
+
+            self.add_handler(
+                compensation_topic(producer_group), on_event, retry=retry, compensate=False
+            )
+            return fn
+
+        return register
+
+    def topologies(self) -> list[Topology]:
+        """The queues/topics this consumer needs, one topology per handled topic."""
+        return [self._route(topic).topology for topic in self._handlers]
+
+    def _route(self, topic: str) -> Route:
+        fn, retry, compensate = self._handlers[topic]
+        policy = retry if retry is not None else self.retry
+        return Route(
+            topology=Topology(self.group, topic, retry_delays=policy.delays),
+            handler=_in_greenlet(fn, self.engine),
+            policy=policy,
+            compensate=self.compensate if compensate is None else compensate,
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def stats(self) -> StatsSnapshot:
+        """What the consumer did so far (processed, duplicates, retried, dead-lettered...)."""
+        return self._stats.snapshot()
+
+    @property
+    def running(self) -> bool:
+        return any(loop.alive for loop in self._loops)
+
+    def health(self) -> Health:
+        """How the worker tasks are doing (see :mod:`txmq.supervision`)."""
+        return health_of(self._loops)
+
+    def healthy(self) -> bool:
+        """False once a worker has died (a fatal error or an unexpected exception)."""
+        return self.health().healthy
+
+    async def start(self) -> None:
+        """Declare the topology and start the worker tasks on the running loop; return at once.
+
+        Raises:
+            ConfigurationError: no handler registered, or already started.
+            BrokerUnavailable: the broker cannot be reached to declare the topology.
+        """
+        if not self._handlers:
+            raise ConfigurationError("register at least one handler before starting")
+        if self.running:
+            raise ConfigurationError("consumer already started")
+        adapter = await asyncio.to_thread(self._connect)
+        routes: dict[str, Route] = {}
+        for topic in self._handlers:
+            route = self._route(topic)
+            for source in adapter.sources_for([route.topology]):
+                routes[source] = route
+        if self._declare:
+            await asyncio.to_thread(adapter.declare, self.topologies())
+        self._stop.clear()
+        self._workers_stop.clear()
+        plan = Plan(
+            adapter=adapter,
+            group=self.group,
+            routes=routes,
+            inbox=Inbox(self.inbox_table, self.group),
+            engine=self.engine.sync_engine,
+            session_factory=None,
+            prefetch=worker_prefetch(adapter, self.prefetch, self.batch_size, self.concurrency),
+            batch_size=self.batch_size,
+            poll_interval=self.poll_interval,
+            publish_timeout=self.publish_timeout,
+            stats=self._stats,
+            stop=self._workers_stop,
+        )
+        self._loops, self._threads = [], []
+        for index in range(self.concurrency):
+            name = f"txmq-consumer-{self.group}-{index}"
+            threads = Threads(name=name, size=1)
+            self._threads.append(threads)
+            self._loops.append(_AsyncWorker(plan, name, threads).on_event_loop(self._stop).start())
+        log.info(
+            "consumer %s started: %d worker task(s) on %s",
+            *(self.group, self.concurrency, sorted(routes)),
+        )
+
+    def _connect(self) -> Adapter:
+        if self._adapter is None:
+            if isinstance(self._broker, Adapter):
+                self._adapter = self._broker
+            else:
+                self._adapter = connect(self._broker)
+                self._owns_adapter = True
+        return self._adapter
+
+    async def stop(self, timeout: float | None = 30.0) -> bool:
+        """Stop fetching, finish the message in hand, commit, ack, close.
+
+        Deliveries fetched but not started are given back to the broker. Returns True when
+        every worker finished within ``timeout`` seconds (the others are cancelled: what
+        they held is redelivered).
+        """
+        self._stop.set()
+        self._workers_stop.set()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        stopped = True
+        for worker in self._loops:
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            if not await worker.join(left):
+                stopped = False
+                worker.cancel()
+                await worker.join(None)
+        for threads in self._threads:
+            threads.close()
+        self._threads.clear()
+        if self._owns_adapter and self._adapter is not None:
+            adapter, self._adapter, self._owns_adapter = self._adapter, None, False
+            await asyncio.to_thread(adapter.close)
+        return stopped
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`, SIGTERM, or cancellation of the calling task (e.g.
+        Ctrl-C under ``asyncio.run``); then stop gracefully.
+
+        Raises:
+            the exception that ended a worker (a fatal error such as
+            :class:`~txmq.errors.DatabaseRefused`, or an unexpected ``BaseException``),
+            after stopping the other workers.
+        """
+        loop = asyncio.get_running_loop()
+        on_sigterm = False
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+            on_sigterm = True
+        try:
+            await self.start()
+            while self.healthy():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 0.5)
+                if self._stop.is_set():
+                    break
+        finally:
+            await self.stop()
+            if on_sigterm:
+                loop.remove_signal_handler(signal.SIGTERM)
+        for dead in self.health().dead:
+            if dead.fatal is not None:
+                raise dead.fatal
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        return f"AsyncConsumer(group={self.group!r}, topics={sorted(self._handlers)})"
+
+
+class _AsyncWorker(Worker):
+    """:class:`Worker` run in a greenlet on the event loop, its broker calls in ``threads``."""
+
+    def __init__(self, plan: Plan, name: str, threads: Threads) -> None:
+        super().__init__(plan, name)
+        self._threads = threads
+
+    def on_event_loop(self, stop: asyncio.Event) -> AsyncSupervisedLoop:
+        """This worker as an asyncio supervised loop (not started)."""
+        return AsyncSupervisedLoop(
+            name=self.name,
+            step=lambda: greenlet_spawn(self._step),
+            stop=stop,
+            on_error=lambda: greenlet_spawn(self._disconnect),
+            on_exit=lambda: greenlet_spawn(self._disconnect),
+            max_backoff=_MAX_BACKOFF,
+        )
+
+    def _subscribe(self) -> Subscription:
+        return BridgedSubscription(self._threads.blocking(super()._subscribe), self._threads)
+
+    def _publisher_(self) -> Publisher:
+        if self._publisher is None:
+            self._publisher = BridgedPublisher(
+                self._threads.blocking(self.plan.adapter.publisher), self._threads
+            )
+        return self._publisher
+
+
+def _in_greenlet(fn: AsyncHandler, engine: AsyncEngine) -> Handler:
+    """``fn`` as the synchronous handler the worker calls: it awaits ``fn`` on the event loop
+    with an ``AsyncSession`` on the worker's connection, inside the worker's transaction."""
+
+    def handler(message: Message, session: Session) -> None:
+        connection = AsyncConnection(engine, sync_connection=session.connection())
+        await_only(_handle(fn, message, connection))
+
+    return handler
+
+
+async def _handle(fn: AsyncHandler, message: Message, connection: AsyncConnection) -> None:
+    # Bound to a connection inside a transaction, the session joins that transaction: it
+    # neither commits nor rolls it back; the worker does, with the inbox row.
+    async with AsyncSession(bind=connection) as session:
+        await fn(message, session)
+        await session.flush()
+
+
+def _is_coroutine_function(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object whose __call__ is async def
+    )
