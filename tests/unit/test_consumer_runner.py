@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 from txmq import create_schema
 from txmq.adapters.base import Publisher, PublishOutcome, Topology, dead_letter_queue, work_queue
 from txmq.consumer import Consumer, DeadLetters, Reject, RetryPolicy, attempt_of
-from txmq.consumer.tables import make_inbox_table
 from txmq.errors import PublishError
 from txmq.message import Message
+from txmq.sql.tables import make_inbox_table
 from txmq.testing.fakes import InMemoryBroker
 
 GROUP = "g"

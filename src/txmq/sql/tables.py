@@ -1,4 +1,4 @@
-"""The producer's tables, offered as a factory on the application's ``MetaData``.
+"""txmq's tables, offered as factories on the application's ``MetaData``.
 
 Put them on your own metadata so Alembic autogenerate sees them::
 
@@ -6,14 +6,20 @@ Put them on your own metadata so Alembic autogenerate sees them::
     import txmq
 
     metadata = MetaData()
-    outbox = txmq.make_outbox_tables(metadata)   # add to your migrations
+    outbox = txmq.make_outbox_tables(metadata)   # txmq_outbox, txmq_tx_marker
+    inbox = txmq.make_inbox_table(metadata)      # txmq_inbox
 
 or create them explicitly with :func:`txmq.create_schema`. txmq never creates tables behind
-your back.
+your back. Both factories take the same options: ``prefix`` (the start of every table
+name, ``txmq_`` by default) and ``schema`` (the database schema the tables live in).
+
+A leaf module: it imports SQLAlchemy and txmq's value modules only, so every other part of
+txmq may import it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,11 +40,27 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
+from txmq.errors import ConfigurationError
 from txmq.message import KEY_MAX_LENGTH, NAME_MAX_LENGTH
 from txmq.states import RecordState
 
+#: The start of every txmq table name unless a factory is given another ``prefix``.
+DEFAULT_PREFIX = "txmq_"
+#: The inbox table's name with the default prefix.
+DEFAULT_INBOX_TABLE = f"{DEFAULT_PREFIX}inbox"
+
 #: PostgreSQL NOTIFY channel the relays LISTEN on.
 NOTIFY_CHANNEL = "txmq_outbox"
+
+#: Inbox row states: the handler's transaction committed, or the message was dead-lettered
+#: (a late copy of a dead-lettered message must not be applied after all).
+STATUS_DONE = "done"
+STATUS_DEAD = "dead"
+
+#: The default home of txmq's tables (``txmq_outbox``, ``txmq_tx_marker``, ``txmq_inbox``)
+#: when you do not pass tables made on your own ``MetaData``. The tables are put on it the
+#: first time they are needed (:func:`default_outbox_tables`, :func:`default_inbox_table`).
+metadata = MetaData()
 
 #: BIGINT on servers; SQLite only auto-increments an INTEGER PRIMARY KEY.
 _SEQ_TYPE = BigInteger().with_variant(Integer(), "sqlite")
@@ -63,14 +85,22 @@ class OutboxTables:
     markers: Table
 
 
-def make_outbox_tables(metadata: MetaData, *, prefix: str = "txmq_") -> OutboxTables:
-    """Define the outbox tables on ``metadata`` (named ``<prefix>outbox``, ``<prefix>tx_marker``).
+def make_outbox_tables(
+    metadata: MetaData, *, prefix: str = DEFAULT_PREFIX, schema: str | None = None
+) -> OutboxTables:
+    """Define the outbox tables on ``metadata``: ``<prefix>outbox`` and ``<prefix>tx_marker``,
+    in ``schema`` (None: the connection's default schema).
 
-    Calling it twice with the same metadata and prefix returns the same tables.
+    Calling it again with the same metadata, prefix and schema returns the same tables.
+
+    Example:
+        >>> make_outbox_tables(MetaData(), prefix="shop_").records.name
+        'shop_outbox'
     """
     records_name, markers_name = f"{prefix}outbox", f"{prefix}tx_marker"
-    if records_name in metadata.tables:
-        return OutboxTables(metadata.tables[records_name], metadata.tables[markers_name])
+    existing = metadata.tables.get(_full_name(records_name, schema))
+    if existing is not None:
+        return OutboxTables(existing, metadata.tables[_full_name(markers_name, schema)])
     records = Table(
         records_name,
         metadata,
@@ -89,6 +119,7 @@ def make_outbox_tables(metadata: MetaData, *, prefix: str = "txmq_") -> OutboxTa
         Column("created_at", _UTC, nullable=False),
         Column("updated_at", _UTC, nullable=False),
         Column("last_error", Text, nullable=True),
+        schema=schema,
     )
     # Partial indexes hold only the rows a query looks for, so staging a READY row touches
     # as few indexes as possible (MySQL, which has none, gets full ones).
@@ -118,16 +149,80 @@ def make_outbox_tables(metadata: MetaData, *, prefix: str = "txmq_") -> OutboxTa
         Column("tx_key", String(64), primary_key=True),
         Column("outcome", String(16), nullable=False),
         Column("created_at", _UTC, nullable=False),
+        schema=schema,
     )
     return OutboxTables(records, markers)
 
 
-def _partial_index(name: str, where: ColumnElement[bool], *columns: Column[Any]) -> Index:
-    return Index(name, *columns, postgresql_where=where, sqlite_where=where)
+def make_inbox_table(
+    metadata: MetaData,
+    name: str | None = None,
+    *,
+    prefix: str | None = None,
+    schema: str | None = None,
+) -> Table:
+    """Define the inbox table on ``metadata``: ``name``, or ``<prefix>inbox`` (by default
+    ``txmq_inbox``), in ``schema`` (None: the connection's default schema).
+
+    Calling it again with the same metadata, name and schema returns the same table.
+
+    Primary key ``(consumer_group, message_key)``: the unique constraint that makes a
+    redelivered message a no-op. ``message_key`` is the message id, or ``id#replay-n`` for
+    the n-th DLQ replay.
+
+    Raises:
+        ConfigurationError: both ``name`` and ``prefix`` are given.
+
+    Example:
+        >>> make_inbox_table(MetaData()).name
+        'txmq_inbox'
+        >>> make_inbox_table(MetaData(), prefix="shop_").name
+        'shop_inbox'
+    """
+    if name is not None and prefix is not None:
+        raise ConfigurationError("make_inbox_table takes a name or a prefix, not both")
+    if name is None:
+        name = f"{DEFAULT_PREFIX if prefix is None else prefix}inbox"
+    existing = metadata.tables.get(_full_name(name, schema))
+    if existing is not None:
+        return existing
+    return Table(
+        name,
+        metadata,
+        Column("consumer_group", String(120), primary_key=True),
+        Column("message_key", String(96), primary_key=True),
+        Column("topic", String(120), nullable=False),
+        Column("status", String(8), nullable=False),
+        Column("processed_at", DateTime(timezone=True), nullable=False),
+        Column("error_type", String(200), nullable=True),
+        Column("error_message", String(500), nullable=True),
+        Index(f"ix_{name}_processed_at", "processed_at"),
+        schema=schema,
+    )
 
 
-def notify_ddl(table_name: str) -> list[str]:
-    """PostgreSQL DDL that wakes relays when a statement leaves READY rows in ``table_name``.
+def default_outbox_tables() -> OutboxTables:
+    """The outbox tables on :data:`metadata`, used by a producer given no tables."""
+    return make_outbox_tables(metadata)
+
+
+def default_inbox_table() -> Table:
+    """The inbox table on :data:`metadata`, used by a consumer given no inbox."""
+    return make_inbox_table(metadata)
+
+
+def each_table(items: Iterable[Table | OutboxTables]) -> list[Table]:
+    """The tables of ``items``, an :class:`OutboxTables` standing for its two."""
+    return [
+        table
+        for item in items
+        for table in ((item.records, item.markers) if isinstance(item, OutboxTables) else (item,))
+    ]
+
+
+def notify_ddl(table_name: str, *, schema: str | None = None) -> list[str]:
+    """PostgreSQL DDL that wakes relays when a statement leaves READY rows in ``table_name``
+    (of ``schema``, if given).
 
     A statement-level trigger costs the staging transaction no extra round trip; the NOTIFY
     is delivered when the transaction commits. :func:`make_outbox_tables` attaches it to the
@@ -135,7 +230,8 @@ def notify_ddl(table_name: str) -> list[str]:
     outbox (autogenerate does not see triggers). Without the trigger relays still work, by
     polling.
     """
-    function = f"{table_name}_notify"
+    table = _full_name(table_name, schema)
+    function = f"{table}_notify"
     statements = [
         f"""CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -146,18 +242,27 @@ BEGIN
 END $$"""
     ]
     for operation in ("INSERT", "UPDATE"):
+        # A trigger lives in its table's schema: its name is never qualified.
         statements.append(
             f"CREATE TRIGGER {table_name}_{operation.lower()}_notify AFTER {operation} "
-            f"ON {table_name} REFERENCING NEW TABLE AS txmq_new_rows "
+            f"ON {table} REFERENCING NEW TABLE AS txmq_new_rows "
             f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
         )
     return statements
 
 
+def _full_name(name: str, schema: str | None) -> str:
+    """The key of a table in ``MetaData.tables``, and its name in DDL: ``schema.name``."""
+    return name if schema is None else f"{schema}.{name}"
+
+
+def _partial_index(name: str, where: ColumnElement[bool], *columns: Column[Any]) -> Index:
+    return Index(name, *columns, postgresql_where=where, sqlite_where=where)
+
+
 def _notify_relays_on_ready(records: Table) -> None:
-    drop = f"DROP FUNCTION IF EXISTS {records.name}_notify()"
-    for when, statement in [("after_create", s) for s in notify_ddl(records.name)] + [
-        ("after_drop", drop)
-    ]:
+    drop = f"DROP FUNCTION IF EXISTS {records.fullname}_notify()"
+    create = notify_ddl(records.name, schema=records.schema)
+    for when, statement in [("after_create", s) for s in create] + [("after_drop", drop)]:
         ddl = DDL(statement)  # type: ignore[no-untyped-call]  # untyped in SQLAlchemy
         event.listen(records, when, ddl.execute_if(dialect="postgresql"))
