@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import (
     ARRAY,
@@ -192,7 +192,7 @@ class _PostgreSQL(SqlDialect):
             f"({', '.join(quote.quote(name) for name in columns)}) "
             f"SELECT {', '.join(selected)} FROM unnest({arrays}) AS u({aliases}) "
             f"ON CONFLICT DO NOTHING RETURNING {quote.quote(key.name)}"
-        )
+        ).columns(key)
 
     def waiter(self, engine: Engine, stop: threading.Event) -> Waiter:
         return _Listen(engine, stop)
@@ -232,9 +232,8 @@ class DirectStatement:
     def __init__(self, statement: Executable, *, column_keys: Sequence[str] | None = None) -> None:
         self.statement = statement
         self._column_keys = list(column_keys) if column_keys is not None else None
-        # Per SQLAlchemy dialect: (SQL text, the order of positional parameters or None);
-        # None where the dialect takes no direct path.
-        self._compiled: dict[Dialect, tuple[str, tuple[str, ...] | None] | None] = {}
+        # Per SQLAlchemy dialect: None where it takes no direct path, else how to run it.
+        self._compiled: dict[Dialect, _Direct | None] = {}
 
     def sql(self, dialect: Dialect) -> str:
         """The SQL text the cursor runs on ``dialect``."""
@@ -258,7 +257,7 @@ class DirectStatement:
         if direct is None:
             result = connection.execute(self.statement, params)
             return result.all() if result.returns_rows else None
-        sql, positions = direct
+        sql, positions, returns_rows = direct
         many = not isinstance(params, Mapping)
         arguments: Any = params
         if positions is not None:
@@ -275,7 +274,9 @@ class DirectStatement:
                 cursor.executemany(sql, arguments)
                 return None
             cursor.execute(sql, arguments)
-            return cursor.fetchall() if cursor.description is not None else None
+            # Known from the statement: the driver's cursor.description costs as much as the
+            # rest of this method.
+            return cursor.fetchall() if returns_rows else None
         except error as exc:
             raise DBAPIError.instance(
                 sql,
@@ -296,13 +297,23 @@ class DirectStatement:
             for_executemany=self._column_keys is not None,
         )
 
-    def _direct(self, dialect: Dialect) -> tuple[str, tuple[str, ...] | None] | None:
+    def _direct(self, dialect: Dialect) -> _Direct | None:
         if not dialect_of(dialect).direct_cursor:
             return None
         compiled = self._compile(dialect)
         assert isinstance(compiled, SQLCompiler)  # a statement, not DDL
         positions = tuple(compiled.positiontup or ()) if dialect.positional else None
-        return str(compiled), positions
+        returns_rows = self.statement.is_select or bool(compiled.effective_returning)
+        return _Direct(str(compiled), positions, returns_rows)
+
+
+class _Direct(NamedTuple):
+    """How a :class:`DirectStatement` runs on one dialect's cursor."""
+
+    sql: str
+    #: The parameters' names in placeholder order, for a positional parameter style.
+    positions: tuple[str, ...] | None
+    returns_rows: bool
 
 
 class UniqueInsert:
