@@ -110,6 +110,7 @@ class OutboxStore:
         self.engine = require_sync_engine(engine, "txmq's outbox")
         self.tables = tables
         self.sql = dialect_of(engine.dialect)
+        # The relay, the producer and the SQLite worker lock read these two.
         self.dialect = self.sql.name
         self.skip_locked = self.sql.skip_locked
         records = tables.records

@@ -126,9 +126,12 @@ class SqlDialect:
         varying: Sequence[str],
         shared: Sequence[str],
     ) -> Executable | None:
-        """One statement inserting many rows, given one array parameter per ``varying``
-        column and one value per ``shared`` column, skipping duplicates and returning
-        ``key`` of the new rows; None where the database has no arrays."""
+        """One statement inserting many rows, skipping duplicates and returning ``key`` of
+        the new rows; None where the database has no arrays.
+
+        Its parameters: ``v0``, ``v1`` .. an array per ``varying`` column, in that order,
+        and ``s0``, ``s1`` .. a value per ``shared`` column (the same in every row).
+        """
         return None
 
     def waiter(self, engine: Engine, stop: threading.Event) -> Waiter:
