@@ -56,7 +56,8 @@ from txmq.outbox import (
     SendResult,
     make_outbox_tables,
 )
-from txmq.schema import create_schema, metadata
+from txmq.sql.schema import create_schema
+from txmq.sql.tables import metadata
 from txmq.states import CheckLimitPolicy, LocalTransactionState, RecordState
 from txmq.supervision import Health, LoopHealth, LoopState
 

@@ -73,9 +73,9 @@ from txmq import (
     make_outbox_tables,
     redact,
 )
-from txmq.consumer.tables import STATUS_DEAD, STATUS_DONE
 from txmq.database import open_engine
 from txmq.message import HEADER_PRODUCER_GROUP
+from txmq.sql.tables import STATUS_DEAD, STATUS_DONE
 from txmq.supervision import describe
 
 if TYPE_CHECKING:

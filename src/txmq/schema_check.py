@@ -2,7 +2,7 @@
 
 Compared: each table's presence, its columns (presence and nullability), primary key,
 unique constraints and named indexes (their columns), and on PostgreSQL the outbox's NOTIFY
-trigger (:func:`txmq.outbox.tables.notify_ddl`). Not compared: column types, which
+trigger (:func:`txmq.sql.tables.notify_ddl`). Not compared: column types, which
 dialects report differently from how they were declared, and the WHERE clause of a
 partial index.
 """
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 
 from sqlalchemy import Connection, Engine, Table, UniqueConstraint, inspect, text
 
-from txmq.outbox.tables import OutboxTables
+from txmq.sql.tables import OutboxTables, each_table
 
 
 def schema_differences(engine: Engine, tables: Iterable[Table | OutboxTables]) -> list[str]:
@@ -22,11 +22,8 @@ def schema_differences(engine: Engine, tables: Iterable[Table | OutboxTables]) -
     Raises:
         sqlalchemy.exc.SQLAlchemyError: the database cannot be reached or inspected.
     """
-    expected = [
-        table
-        for item in tables
-        for table in ((item.records, item.markers) if isinstance(item, OutboxTables) else (item,))
-    ]
+    tables = list(tables)
+    expected = each_table(tables)
     outboxes = {item.records.name for item in tables if isinstance(item, OutboxTables)}
     with engine.connect() as connection:
         return [

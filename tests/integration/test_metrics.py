@@ -23,7 +23,7 @@ from txmq.message import Message
 from txmq.metrics import ConsumerLagSampler, DeadLetterSampler, OutboxSampler, oldest_staged
 from txmq.outbox import Producer, make_outbox_tables
 from txmq.outbox.store import OutboxStore, utcnow
-from txmq.outbox.tables import OutboxTables
+from txmq.sql.tables import OutboxTables
 from txmq.states import RecordState
 from txmq.testing import wait_for
 

@@ -335,12 +335,12 @@ def test_claim_and_mark_read_only_the_batch_when_statistics_are_stale(
         assert len(claimed) == 100
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cursor.execute(
-            "EXPLAIN " + store._claim_sql,
+            "EXPLAIN " + store._claim.sql(engine.dialect),
             {"ready": "READY", "group": "orders", "after": 0, "now": utcnow(), "limit": 100},
         )
         claim_plan = "\n".join(row[0] for row in cursor.fetchall())
         cursor.execute(
-            "EXPLAIN " + store._mark_sent_sql,
+            "EXPLAIN " + store._mark_sent.sql(engine.dialect),
             {"seqs": [r.seq for r in claimed], "sent": "SENT", "now": utcnow()},
         )
         mark_plan = "\n".join(row[0] for row in cursor.fetchall())

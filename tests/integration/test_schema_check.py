@@ -16,6 +16,7 @@ import txmq
 from txmq.cli.root import app
 from txmq.consumer import make_inbox_table
 from txmq.outbox import make_outbox_tables
+from txmq.schema_check import schema_differences
 
 pytestmark = pytest.mark.database
 
@@ -91,6 +92,16 @@ def test_a_missing_notify_trigger_is_reported_on_postgresql(db: Checked) -> None
     assert code == 1
     assert output.splitlines() == [
         f"{db.prefix}outbox: missing trigger {db.prefix}outbox_insert_notify (NOTIFY of READY rows)"
+    ]
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_tables_given_once_through_are_checked_for_the_trigger_too(db: Checked) -> None:
+    """``schema_differences`` reads its ``tables`` once: a generator is checked like a list."""
+    db.execute(f"DROP TRIGGER {db.prefix}outbox_update_notify ON {db.prefix}outbox")
+    outbox = make_outbox_tables(MetaData(), prefix=db.prefix)
+    assert schema_differences(db.engine, (tables for tables in [outbox])) == [
+        f"{db.prefix}outbox: missing trigger {db.prefix}outbox_update_notify (NOTIFY of READY rows)"
     ]
 
 

@@ -124,19 +124,21 @@ def test_compensation_event_has_a_deterministic_id_and_goes_to_the_producer_grou
 
 
 def test_inbox_without_on_conflict_reads_a_unique_violation_as_duplicate(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The path for databases without ON CONFLICT (MySQL...), run on SQLite by pretending."""
     from sqlalchemy import MetaData, create_engine
 
     from txmq.consumer.inbox import Inbox
-    from txmq.consumer.tables import make_inbox_table
+    from txmq.sql import dialect
+    from txmq.sql.tables import make_inbox_table
 
     engine = create_engine(f"sqlite:///{tmp_path / 'inbox.db'}")
     table = make_inbox_table(MetaData())
     table.create(engine)
     inbox = Inbox(table, "g")
-    inbox._statements["sqlite"] = None  # as if the dialect had no ON CONFLICT
+    # As if the dialect had no ON CONFLICT: the generic strategy.
+    monkeypatch.setattr(dialect, "dialect_of", lambda _: dialect.SqlDialect("sqlite"))
     with engine.begin() as connection:
         assert inbox.claim(connection, "k1", "t")
         assert not inbox.claim(connection, "k1", "t")

@@ -20,9 +20,9 @@ from txmq.adapters.base import Publisher, PublishOutcome, Topology
 from txmq.adapters.memory.adapter import InMemoryBroker
 from txmq.adapters.names import dead_letter_queue, work_queue
 from txmq.consumer import Consumer, DeadLetters, Reject, RetryPolicy, attempt_of
-from txmq.consumer.tables import make_inbox_table
 from txmq.errors import PublishError
 from txmq.message import Message
+from txmq.sql.tables import make_inbox_table
 from txmq.testing import wait_for
 
 GROUP = "g"

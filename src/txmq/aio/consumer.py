@@ -36,10 +36,10 @@ from txmq.consumer.inbox import Inbox
 from txmq.consumer.policy import RetryPolicy
 from txmq.consumer.runner import check_worker_options, worker_prefetch
 from txmq.consumer.stats import ConsumerStats, StatsSnapshot
-from txmq.consumer.tables import default_inbox_table
 from txmq.consumer.worker import Handler, Plan, Route, Worker
 from txmq.errors import ConfigurationError
 from txmq.message import Message, validate_name
+from txmq.sql.tables import default_inbox_table
 from txmq.supervision import Health
 
 log = logging.getLogger("txmq.consumer")
@@ -113,7 +113,7 @@ class AsyncConsumer:
         self.batch_size = batch_size
         self.concurrency = concurrency
         self.compensate = compensate
-        self.inbox_table = inbox if inbox is not None else default_inbox_table
+        self.inbox_table = inbox if inbox is not None else default_inbox_table()
         self._declare = declare
         self.poll_interval = poll_interval
         self.publish_timeout = publish_timeout

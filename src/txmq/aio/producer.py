@@ -37,7 +37,7 @@ from txmq.outbox.checkback import CheckBackPolicy
 from txmq.outbox.producer import Producer, SendResult
 from txmq.outbox.relay import Relay
 from txmq.outbox.store import OutboxRecord
-from txmq.outbox.tables import OutboxTables
+from txmq.sql.tables import OutboxTables
 from txmq.states import LocalTransactionState, RecordState
 from txmq.supervision import Health
 from txmq.telemetry import STAGED

@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 
 from txmq.config import ENV_BROKER_URL, ENV_DATABASE_URL, database_url, redact
-from txmq.consumer.tables import DEFAULT_INBOX_TABLE
 from txmq.database import open_engine
 from txmq.doctor import Problem, examine_broker, examine_database
 from txmq.errors import TxmqError
+from txmq.sql.tables import DEFAULT_INBOX_TABLE
 
 
 def doctor(

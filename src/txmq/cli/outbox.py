@@ -22,7 +22,7 @@ from txmq.database import open_engine
 from txmq.errors import TxmqError
 from txmq.outbox.relay import Relay
 from txmq.outbox.store import OutboxRecord, OutboxStore
-from txmq.outbox.tables import make_outbox_tables
+from txmq.sql.tables import make_outbox_tables
 from txmq.states import RecordState
 from txmq.supervision import describe
 

@@ -86,8 +86,8 @@ def worker(
     from txmq.adapters import connect
     from txmq.database import open_engine
     from txmq.outbox.store import OutboxStore
-    from txmq.outbox.tables import make_outbox_tables
     from txmq.process.worker import OutboxWorker
+    from txmq.sql.tables import make_outbox_tables
 
     try:
         configure_logging(log_level, log_format)

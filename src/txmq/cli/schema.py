@@ -10,11 +10,10 @@ from sqlalchemy import MetaData
 from sqlalchemy.exc import SQLAlchemyError
 
 from txmq.config import ENV_DATABASE_URL, database_url, redact
-from txmq.consumer.tables import DEFAULT_INBOX_TABLE, make_inbox_table
 from txmq.database import open_engine
 from txmq.errors import TxmqError
-from txmq.outbox.tables import make_outbox_tables
-from txmq.schema import create_schema
+from txmq.sql.schema import create_schema
+from txmq.sql.tables import DEFAULT_INBOX_TABLE, make_inbox_table, make_outbox_tables
 
 app = typer.Typer(help="Create txmq's tables, or check them.", no_args_is_help=True)
 

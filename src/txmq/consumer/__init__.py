@@ -13,7 +13,7 @@ from txmq.consumer.inbox import purge_inbox
 from txmq.consumer.policy import RetryPolicy
 from txmq.consumer.runner import Consumer
 from txmq.consumer.stats import StatsSnapshot
-from txmq.consumer.tables import make_inbox_table
+from txmq.sql.tables import make_inbox_table
 
 __all__ = [
     "Compensation",

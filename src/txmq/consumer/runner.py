@@ -18,11 +18,11 @@ from txmq.consumer.compensation import Compensation, compensation_topic
 from txmq.consumer.inbox import Inbox
 from txmq.consumer.policy import RetryPolicy
 from txmq.consumer.stats import ConsumerStats, StatsSnapshot
-from txmq.consumer.tables import default_inbox_table
 from txmq.consumer.worker import Handler, Plan, Route, Worker
 from txmq.database import require_sync_engine
 from txmq.errors import ConfigurationError
 from txmq.message import Message, validate_name
+from txmq.sql.tables import default_inbox_table
 from txmq.supervision import Health, SupervisedLoop, health_of
 
 log = logging.getLogger("txmq.consumer")
@@ -139,7 +139,7 @@ class Consumer:
         self.batch_size = batch_size
         self.concurrency = concurrency
         self.compensate = compensate
-        self.inbox_table = inbox if inbox is not None else default_inbox_table
+        self.inbox_table = inbox if inbox is not None else default_inbox_table()
         self._session_factory = session_factory
         self._declare = declare
         self.poll_interval = poll_interval

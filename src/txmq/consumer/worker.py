@@ -48,7 +48,6 @@ from txmq.consumer.headers import (
 from txmq.consumer.inbox import Inbox, InboxEntry
 from txmq.consumer.policy import RetryPolicy
 from txmq.consumer.stats import ConsumerStats
-from txmq.consumer.tables import STATUS_DEAD
 from txmq.consumer.transactions import Transactions
 from txmq.database_errors import is_outage
 from txmq.errors import (
@@ -57,6 +56,7 @@ from txmq.errors import (
     TxmqError,
 )
 from txmq.message import HEADER_ATTEMPT, Message
+from txmq.sql.tables import STATUS_DEAD
 from txmq.supervision import SupervisedLoop, describe
 from txmq.telemetry import CONSUME_SECONDS
 from txmq.tracing import ATTEMPT, message_span

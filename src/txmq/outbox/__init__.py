@@ -4,7 +4,7 @@ from txmq.outbox.checkback import CheckBack, CheckBackPolicy, Checker
 from txmq.outbox.producer import Executor, Producer, SendResult
 from txmq.outbox.relay import Relay
 from txmq.outbox.store import OutboxRecord, OutboxStore
-from txmq.outbox.tables import OutboxTables, make_outbox_tables
+from txmq.sql.tables import OutboxTables, make_outbox_tables
 
 __all__ = [
     "CheckBack",

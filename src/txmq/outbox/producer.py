@@ -36,8 +36,7 @@ from txmq.message import DEFAULT_MAX_BODY_BYTES, HEADER_PRODUCER_GROUP, Message,
 from txmq.outbox.checkback import CheckBack, CheckBackPolicy, Checker
 from txmq.outbox.relay import Relay
 from txmq.outbox.store import OutboxRecord, OutboxStore, utcnow
-from txmq.outbox.tables import OutboxTables, make_outbox_tables
-from txmq.schema import metadata
+from txmq.sql.tables import OutboxTables, make_outbox_tables, metadata
 from txmq.states import LocalTransactionState, RecordState
 from txmq.supervision import Health, SupervisedLoop, health_of
 from txmq.telemetry import STAGED

@@ -24,13 +24,11 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 from txmq.adapters.base import Adapter, Publisher, PublishOutcome
 from txmq.errors import (
     BrokerError,
     ConfigurationError,
-    DatabaseUnavailable,
     MessageTooLarge,
     PublishError,
     PublishRefused,
@@ -38,9 +36,8 @@ from txmq.errors import (
 )
 from txmq.message import Message, validate_name
 from txmq.outbox.store import ClaimedRecord, OutboxStore, utcnow
-from txmq.outbox.tables import NOTIFY_CHANNEL
 from txmq.outbox.worker_lock import WorkerLock
-from txmq.supervision import Health, SupervisedLoop, describe, health_of
+from txmq.supervision import Health, SupervisedLoop, health_of
 from txmq.telemetry import (
     RELAY_BATCH_SECONDS,
     RELAY_BATCH_SIZE,
@@ -281,7 +278,7 @@ class Relay:
         return self.health().healthy
 
     def _supervised(self, lane: _Lane) -> SupervisedLoop:
-        notifications = _Notifications(self.store, self._stop)
+        notifications = self.store.sql.waiter(self.store.engine, self._stop)
 
         def step() -> bool:
             if not self._may_work():
@@ -338,74 +335,6 @@ class Relay:
         purged = self.store.purge(self.retention, groups=self.groups)
         if purged:
             log.info("purged %d finished outbox records", purged)
-
-
-class _Notifications:
-    """One lane's wake-up: on PostgreSQL with psycopg 3, a connection that LISTENs for the
-    NOTIFY of committed stages; elsewhere, a plain sleep.
-
-    The connection is opened at the first wait and again at the first wait after a failure
-    (:meth:`close`): a database restart cuts it like any other.
-    """
-
-    def __init__(self, store: OutboxStore, stop: threading.Event) -> None:
-        self._store = store
-        self._stop = stop
-        self._listening = store.dialect == "postgresql"
-        self._driver: Any = None
-
-    def wait(self, seconds: float) -> None:
-        """Return after ``seconds``, or earlier on stop() or a NOTIFY.
-
-        Raises:
-            DatabaseUnavailable: the LISTEN connection failed (it is reopened next time).
-        """
-        driver = self._connection()
-        if driver is None:
-            self._stop.wait(seconds)
-            return
-        deadline = time.monotonic() + seconds
-        try:
-            # Short slices so that stop() is noticed quickly.
-            while not self._stop.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                for _ in driver.notifies(timeout=min(left, 0.25), stop_after=1):
-                    return
-        except Exception as exc:
-            self.close()
-            raise DatabaseUnavailable(f"LISTEN connection lost: {describe(exc)}") from exc
-        except BaseException:
-            self.close()
-            raise
-
-    def _connection(self) -> Any:
-        if self._driver is not None or not self._listening:
-            return self._driver
-        raw: Any = self._store.engine.raw_connection()
-        driver = getattr(raw, "driver_connection", None)
-        if driver is None or not hasattr(driver, "notifies"):
-            raw.close()
-            self._listening = False  # not psycopg 3: poll
-            return None
-        raw.detach()  # this connection LISTENs as long as it works; keep it out of the pool
-        try:
-            driver.autocommit = True
-            driver.execute(f"LISTEN {NOTIFY_CHANNEL}")
-        except BaseException:
-            driver.close()
-            raise
-        self._driver = driver
-        return driver
-
-    def close(self) -> None:
-        driver, self._driver = self._driver, None
-        if driver is not None:
-            try:
-                driver.close()
-            except Exception:  # a broken connection may fail to close; nothing to release
-                log.debug("closing the LISTEN connection failed", exc_info=True)
 
 
 #: Longest time a relay working through a backlog goes without a claim from the start of

@@ -1,8 +1,9 @@
 """SQL of the producer side: stage, prepare, claim, mark, check-back bookkeeping, purge.
 
-All statements are SQLAlchemy Core on the tables of :mod:`txmq.outbox.tables`, so the same
+All statements are SQLAlchemy Core on the tables of :mod:`txmq.sql.tables`, so the same
 code runs on PostgreSQL (first-class: ``FOR UPDATE SKIP LOCKED``, LISTEN/NOTIFY), MySQL 8 /
-MariaDB 10.6+ (``SKIP LOCKED``) and SQLite (one relay and one check-back worker at a time).
+MariaDB 10.6+ (``SKIP LOCKED``) and SQLite (one relay and one check-back worker at a time);
+where they differ, :mod:`txmq.sql.dialect` decides.
 """
 
 from __future__ import annotations
@@ -15,13 +16,10 @@ from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
-    BigInteger,
     Connection,
     Engine,
     Row,
     and_,
-    any_,
     bindparam,
     delete,
     func,
@@ -31,7 +29,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -39,11 +37,11 @@ from txmq.database import require_sync_engine, same_database, session_connection
 from txmq.database_errors import refusal
 from txmq.errors import RecordNotFound, WrongDatabase
 from txmq.message import Message
-from txmq.outbox.tables import OutboxTables
-from txmq.schema import raises_schema_missing
+from txmq.sql.dialect import DirectStatement, UniqueInsert, dialect_of
+from txmq.sql.schema import raises_schema_missing
+from txmq.sql.tables import OutboxTables
 from txmq.states import LocalTransactionState, RecordState
 
-_SKIP_LOCKED_DIALECTS = frozenset({"postgresql", "mysql", "mariadb"})
 #: How long transaction markers are kept at least, whatever the records' retention: a
 #: ROLLBACK marker is what makes a local transaction that starts after its check-back fail
 #: on its key instead of committing.
@@ -61,16 +59,6 @@ _STAGED_COLUMNS = (
     "state",
     "created_at",
     "updated_at",
-)
-
-
-#: Run first in a relay transaction on PostgreSQL, for that transaction only. An outbox is
-#: a queue, so its statistics are often stale: a table that was nearly empty at the last
-#: ANALYZE holds a backlog now. The planner then sorts the whole backlog for each claim and
-#: scans the whole table to mark a batch (12 ms and 8 ms per 1000 with 20k records, growing
-#: with the table), where the partial and primary-key indexes read only the batch (1.7 ms).
-_INDEX_ACCESS_ONLY = (
-    "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true)"
 )
 
 
@@ -121,12 +109,14 @@ class OutboxStore:
     def __init__(self, engine: Engine, tables: OutboxTables) -> None:
         self.engine = require_sync_engine(engine, "txmq's outbox")
         self.tables = tables
-        self.dialect = engine.dialect.name
-        self.skip_locked = self.dialect in _SKIP_LOCKED_DIALECTS
+        self.sql = dialect_of(engine.dialect)
+        # The relay, the producer and the SQLite worker lock read these two.
+        self.dialect = self.sql.name
+        self.skip_locked = self.sql.skip_locked
         records = tables.records
         # One producer group per claim, through the READY index on (group, seq): it reads
         # only its batch, however large another group's backlog.
-        self._claim = (
+        claim = (
             select(
                 records.c.seq,
                 records.c.id,
@@ -145,75 +135,23 @@ class OutboxStore:
             .order_by(records.c.seq)
             .limit(bindparam("limit"))
         )
-        if self.skip_locked:
-            self._claim = self._claim.with_for_update(skip_locked=True)
-        self._mark_sent = (
+        # The relay's statements run thousands of rows a second, and staging once per
+        # business transaction: all four take the direct-cursor path.
+        self._claim = DirectStatement(self.sql.claim_lock(claim))
+        seqs = self.sql.in_values(records.c.seq, "seqs")
+        self._mark_sent = DirectStatement(
             update(records)
-            .where(self._seq_in())
+            .where(seqs)
             .values(state=bindparam("sent"), updated_at=bindparam("now"), last_error=null())
         )
-        # The relay's two statements run thousands of rows a second: on PostgreSQL they are
-        # compiled once and run on the driver's cursor, inside the same transaction, since
-        # SQLAlchemy's per-statement work cost about as much as PostgreSQL's.
-        self._direct = self.dialect == "postgresql" and engine.dialect.paramstyle == "pyformat"
-        self._claim_sql = str(self._claim.compile(dialect=engine.dialect)) if self._direct else ""
-        self._mark_sent_sql = (
-            str(self._mark_sent.compile(dialect=engine.dialect)) if self._direct else ""
+        self._delete_sent = DirectStatement(delete(records).where(seqs))
+        # Only the columns a READY record needs (the others have server defaults or are NULL).
+        self._stage = DirectStatement(insert(records), column_keys=_STAGED_COLUMNS)
+        self._insert_marker = UniqueInsert(
+            tables.markers,
+            key=tables.markers.c.tx_key,
+            columns=("tx_key", "outcome", "created_at"),
         )
-        self._delete_sent = delete(records).where(self._seq_in())
-        self._delete_sent_sql = (
-            str(self._delete_sent.compile(dialect=engine.dialect)) if self._direct else ""
-        )
-        # Staging runs once per business transaction: the same treatment, and only the
-        # columns a READY record needs (the others have server defaults or are NULL).
-        self._stage = insert(records)
-        self._stage_sql = (
-            str(
-                self._stage.compile(
-                    dialect=engine.dialect, column_keys=list(_STAGED_COLUMNS), for_executemany=True
-                )
-            )
-            if self._direct
-            else ""
-        )
-        self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
-
-    def _run(
-        self,
-        connection: Connection,
-        statement: Any,
-        sql: str,
-        params: dict[str, Any] | list[dict[str, Any]],
-    ) -> Any:
-        """Rows (or None) of ``statement``; through the DBAPI cursor when compiled once.
-
-        A list of parameter sets runs the statement once per set (no rows returned). Driver
-        errors are raised as SQLAlchemy's, as ``connection.execute`` would.
-        """
-        # Only a connection of the very driver the statement was compiled for has a cursor
-        # that runs it: psycopg's asyncio cursor (an AsyncSession's, through run_sync)
-        # would hand back a coroutine and run nothing.
-        if not self._direct or type(connection.dialect) is not type(self.engine.dialect):
-            result = connection.execute(statement, params)
-            return result.all() if result.returns_rows else None
-        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            if isinstance(params, list):
-                cursor.executemany(sql, params)
-                return None
-            cursor.execute(sql, params)
-            return cursor.fetchall() if cursor.description is not None else None
-        except self._dbapi_error as exc:
-            raise DBAPIError.instance(
-                sql,
-                params,
-                exc,
-                self._dbapi_error,
-                hide_parameters=self.engine.hide_parameters,
-                dialect=self.engine.dialect,
-            ) from exc
-        finally:
-            cursor.close()
 
     def check_schema(self) -> None:
         """Raise :class:`~txmq.errors.SchemaMissing` unless both tables exist (one query of
@@ -273,7 +211,7 @@ class OutboxStore:
         if not messages:
             return  # an empty parameter list would run one INSERT of default values
         rows = [self._values(m, group, RecordState.READY) for m in messages]
-        self._run(connection, self._stage, self._stage_sql, rows[0] if len(rows) == 1 else rows)
+        self._stage.run(connection, rows[0] if len(rows) == 1 else rows)
 
     def prepare(
         self, message: Message, group: str, *, immunity: timedelta, tx_key: str | None = None
@@ -297,9 +235,7 @@ class OutboxStore:
         query = select(records.c.seq).where(
             records.c.id == message_id, records.c.state == RecordState.PREPARED.value
         )
-        if self.skip_locked:
-            query = query.with_for_update()
-        return connection.execute(query).first() is not None
+        return connection.execute(self.sql.row_lock(query)).first() is not None
 
     def transition(
         self,
@@ -355,33 +291,11 @@ class OutboxStore:
         transaction waits for that transaction to end, which is what makes the check-back
         decide correctly while the local transaction is still running.
         """
-        markers = self.tables.markers
         values = {"tx_key": tx_key, "outcome": outcome.value, "created_at": utcnow()}
-        if self.dialect in ("postgresql", "sqlite"):
-            dialect_insert: Any
-            if self.dialect == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert as dialect_insert
-            else:
-                from sqlalchemy.dialects.sqlite import insert as dialect_insert
-            # RETURNING, not rowcount: drivers report -1 for INSERT .. ON CONFLICT DO NOTHING.
-            inserted = (
-                connection.execute(
-                    dialect_insert(markers)
-                    .values(values)
-                    .on_conflict_do_nothing()
-                    .returning(markers.c.tx_key)
-                ).first()
-                is not None
-            )
-        else:
-            try:
-                with connection.begin_nested():
-                    connection.execute(insert(markers).values(values))
-                inserted = True
-            except IntegrityError:
-                inserted = False
+        inserted = self._insert_marker.one(connection, values)
         if inserted:
             return outcome
+        markers = self.tables.markers
         stored = connection.execute(
             select(markers.c.outcome).where(markers.c.tx_key == tx_key)
         ).scalar_one()
@@ -396,8 +310,7 @@ class OutboxStore:
         of the READY records.
         """
         records = self.tables.records
-        if self.dialect == "postgresql":
-            connection.exec_driver_sql(_INDEX_ACCESS_ONLY)
+        self.sql.index_scans_only(connection)
         found: list[str] = []
         while True:
             # ORDER BY .. LIMIT 1, not min(): with stale statistics, min() was planned as an
@@ -428,12 +341,9 @@ class OutboxStore:
         never holds it back: that group may not be relayed at all.
         """
         records = self.tables.records
-        if self.dialect == "postgresql":
-            connection.exec_driver_sql(_INDEX_ACCESS_ONLY)
-        rows = self._run(
+        self.sql.index_scans_only(connection)
+        rows = self._claim.run(
             connection,
-            self._claim,
-            self._claim_sql,
             {
                 "ready": RecordState.READY.value,
                 "group": group,
@@ -446,7 +356,7 @@ class OutboxStore:
         # decoded once per batch, and its messages share the read-only mapping.
         decoded: dict[str, MappingProxyType[str, str]] = {}
         claimed = []
-        for seq, message_id, topic, key, headers, body, attempts in rows:
+        for seq, message_id, topic, key, headers, body, attempts in rows or ():
             mapping = decoded.get(headers)
             if mapping is None:
                 mapping = decoded[headers] = MappingProxyType(json.loads(headers))
@@ -485,13 +395,6 @@ class OutboxStore:
                 blocked.add((topic, key))
         return [r for r in claimed if r.message.key is None or r.seq in publishable]
 
-    def _seq_in(self) -> ColumnElement[bool]:
-        """``seq IN :seqs``; on PostgreSQL ``seq = ANY(:seqs)``, one parameter however many."""
-        seq = self.tables.records.c.seq
-        if self.dialect == "postgresql":
-            return seq == any_(bindparam("seqs", type_=ARRAY(BigInteger)))
-        return seq.in_(bindparam("seqs", expanding=True))
-
     def mark_sent(self, connection: Connection, seqs: Sequence[int], *, keep: bool = True) -> None:
         """Mark confirmed records SENT, or delete them at once when ``keep`` is False (no
         history, and about five times cheaper for PostgreSQL than the update)."""
@@ -499,9 +402,9 @@ class OutboxStore:
             return
         if keep:
             params = {"seqs": list(seqs), "sent": RecordState.SENT.value, "now": utcnow()}
-            self._run(connection, self._mark_sent, self._mark_sent_sql, params)
+            self._mark_sent.run(connection, params)
         else:
-            self._run(connection, self._delete_sent, self._delete_sent_sql, {"seqs": list(seqs)})
+            self._delete_sent.run(connection, {"seqs": list(seqs)})
 
     def mark_failed(self, connection: Connection, seq: int, error: str, retry_at: datetime) -> None:
         records = self.tables.records
@@ -559,9 +462,7 @@ class OutboxStore:
             .order_by(records.c.check_after)
             .limit(limit)
         )
-        if self.skip_locked:
-            query = query.with_for_update(skip_locked=True)
-        return [self._record(row) for row in connection.execute(query)]
+        return [self._record(row) for row in connection.execute(self.sql.claim_lock(query))]
 
     def postpone_check(
         self,

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from txmq.consumer.runner import Consumer
 from txmq.errors import ConfigurationError
 from txmq.process.probes import Check
-from txmq.schema import missing_tables_raise_schema_missing
+from txmq.sql.schema import missing_tables_raise_schema_missing
 from txmq.supervision import Health, describe
 
 

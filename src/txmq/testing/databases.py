@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from txmq.config import redact
-from txmq.schema import create_schema
+from txmq.sql.schema import create_schema
 from txmq.testing.provision.common import ProvisionError
 
 #: Every database :func:`fresh_postgres_database` creates is named ``<prefix><hex>``.

@@ -1,5 +1,5 @@
-"""txmq's tables: where they live by default, their explicit creation, and what a
-missing one is (:class:`~txmq.errors.SchemaMissing`).
+"""Creating txmq's tables explicitly, and what a missing one is
+(:class:`~txmq.errors.SchemaMissing`).
 
 txmq never creates tables behind your back. Either define its tables on your own
 ``MetaData`` (:func:`txmq.make_outbox_tables`, :func:`txmq.make_inbox_table`) and let your
@@ -12,19 +12,13 @@ import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
-from sqlalchemy import Engine, MetaData, Table
+from sqlalchemy import Engine, Table
 from sqlalchemy.exc import DBAPIError
 
 from txmq.errors import SchemaMissing
-
-if TYPE_CHECKING:
-    from txmq.outbox.tables import OutboxTables
-
-#: The default home of txmq's tables (``txmq_outbox``, ``txmq_tx_marker``, ``txmq_inbox``)
-#: when you do not pass tables made on your own ``MetaData``.
-metadata = MetaData()
+from txmq.sql.tables import OutboxTables, default_inbox_table, default_outbox_tables, each_table
 
 
 def create_schema(engine: Engine, *tables: Table | OutboxTables) -> None:
@@ -34,18 +28,14 @@ def create_schema(engine: Engine, *tables: Table | OutboxTables) -> None:
         engine: the database of the outbox and/or the inbox.
         tables: what to create: tables from :func:`~txmq.make_outbox_tables` and
             :func:`~txmq.make_inbox_table`; by default the outbox, marker and inbox tables
-            on :data:`metadata`.
+            on :data:`txmq.metadata`.
 
     Example:
         >>> txmq.create_schema(engine)  # doctest: +SKIP
     """
-    from txmq.consumer.tables import default_inbox_table
-    from txmq.outbox.tables import OutboxTables, make_outbox_tables
-
-    chosen = tables or (make_outbox_tables(metadata), default_inbox_table)
-    for item in chosen:
-        for table in (item.records, item.markers) if isinstance(item, OutboxTables) else (item,):
-            table.create(engine, checkfirst=True)
+    chosen = tables or (default_outbox_tables(), default_inbox_table())
+    for table in each_table(chosen):
+        table.create(engine, checkfirst=True)
 
 
 #: PostgreSQL's SQLSTATE for ``undefined_table``, whatever the driver reports it through.

@@ -1,0 +1,217 @@
+"""The SQL layer on real PostgreSQL: the direct-cursor path (both ``%`` parameter styles),
+insert-or-detect-duplicate with ON CONFLICT and unnest, the relays' LISTEN waiter, and the
+outbox and inbox in a schema of their own."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+import txmq
+from txmq.consumer.inbox import Inbox
+from txmq.errors import DatabaseUnavailable
+from txmq.schema_check import schema_differences
+from txmq.sql.dialect import DirectStatement, UniqueInsert, dialect_of
+from txmq.sql.tables import NOTIFY_CHANNEL, make_inbox_table, make_outbox_tables
+
+pytestmark = pytest.mark.database
+
+
+@pytest.fixture(params=["pyformat", "format"])
+def engine(request: pytest.FixtureRequest, database_url: str) -> Iterator[Engine]:
+    """psycopg takes both ``%(name)s`` and ``%s``: the direct path compiles for either."""
+    engine = create_engine(database_url, paramstyle=request.param, hide_parameters=True)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def keyed(engine: Engine) -> Iterator[Table]:
+    table = Table(
+        f"keyed_{uuid.uuid4().hex[:8]}",
+        MetaData(),
+        Column("k", String(20), primary_key=True),
+        Column("v", String(20), nullable=False),
+        Column("at", DateTime(timezone=True), nullable=True),
+    )
+    table.create(engine)
+    yield table
+    table.drop(engine)
+
+
+def _cursor_statements(engine: Engine, table: Table) -> list[str]:
+    """The statements on ``table`` that SQLAlchemy's engine events see."""
+    seen: list[str] = []
+    event.listen(
+        engine,
+        "before_cursor_execute",
+        lambda *args: seen.append(args[2]) if table.name in args[2] else None,
+    )
+    return seen
+
+
+def test_a_direct_statement_runs_on_the_cursor_in_the_connection_transaction(
+    engine: Engine, keyed: Table
+) -> None:
+    assert dialect_of(engine.dialect).direct_cursor
+    seen = _cursor_statements(engine, keyed)
+    stage = DirectStatement(insert(keyed), column_keys=("k", "v"))
+    claim = DirectStatement(
+        select(keyed.c.k, keyed.c.v)
+        .where(dialect_of(engine.dialect).in_values(keyed.c.k, "ks"))
+        .order_by(keyed.c.k)
+    )
+    with engine.connect() as connection:
+        with connection.begin():
+            assert stage.run(connection, {"k": "a", "v": "x"}) is None
+            assert stage.run(connection, [{"k": "b", "v": "y"}, {"k": "c", "v": "z"}]) is None
+            rows = claim.run(connection, {"ks": ["a", "c", "q"]})
+            assert [tuple(r) for r in rows or ()] == [("a", "x"), ("c", "z")]
+            assert seen == []  # engine events do not see the direct path
+            connection.rollback()  # the rows were in this transaction only
+        assert connection.execute(select(keyed)).all() == []
+
+
+def test_a_driver_error_on_the_direct_path_is_sqlalchemys_without_its_parameters(
+    engine: Engine, keyed: Table
+) -> None:
+    stage = DirectStatement(insert(keyed), column_keys=("k", "v"))
+    with engine.begin() as connection:
+        stage.run(connection, {"k": "a", "v": "secret-value"})
+    with pytest.raises(IntegrityError) as caught, engine.begin() as connection:
+        stage.run(connection, {"k": "a", "v": "secret-value"})
+    assert "secret-value" not in str(caught.value)
+    assert caught.value.orig is not None
+    assert type(caught.value.orig).__module__.startswith("psycopg")
+
+
+def test_insert_or_detect_duplicate_on_postgresql(engine: Engine, keyed: Table) -> None:
+    unique = UniqueInsert(keyed, key=keyed.c.k, columns=("k", "v", "at"))
+    at = datetime.now(UTC)
+    with engine.begin() as connection:
+        assert unique.one(connection, {"k": "a", "v": "first", "at": at})
+        assert not unique.one(connection, {"k": "a", "v": "second", "at": at})
+        # The transaction is not aborted by the duplicate: it goes on and commits.
+        new = unique.many(
+            connection,
+            [{"k": k, "v": f"v{k}"} for k in ("a", "b", "c", "b")],
+            shared={"at": at},
+        )
+        assert new == {"b", "c"}
+        assert unique.many(connection, [{"k": "d", "v": "vd"}], shared={"at": at}) == {"d"}
+    with engine.connect() as connection:
+        rows = connection.execute(select(keyed.c.k, keyed.c.v).order_by(keyed.c.k)).all()
+    assert [tuple(r) for r in rows] == [("a", "first"), ("b", "vb"), ("c", "vc"), ("d", "vd")]
+
+
+# -- the LISTEN waiter ---------------------------------------------------------------------
+
+
+def _waits(waiter_wait: Callable[[float], None], seconds: float) -> threading.Thread:
+    thread = threading.Thread(target=waiter_wait, args=(seconds,), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_waiter_wakes_on_notify_and_on_stop(database_url: str) -> None:
+    engine = create_engine(database_url)
+    stop = threading.Event()
+    waiter = dialect_of(engine.dialect).waiter(engine, stop)
+    try:
+        waiter.wait(0)  # opens the LISTEN connection
+        woken = _waits(waiter.wait, 600)
+        with engine.begin() as connection:
+            connection.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+        woken.join(timeout=60)
+        assert not woken.is_alive()
+        stopped = _waits(waiter.wait, 600)
+        stop.set()
+        stopped.join(timeout=60)
+        assert not stopped.is_alive()
+    finally:
+        waiter.close()
+        engine.dispose()
+
+
+def test_the_waiter_reports_a_lost_listen_connection_and_listens_again(
+    database_url: str,
+) -> None:
+    name = f"txmq-waiter-{uuid.uuid4().hex[:8]}"
+    engine = create_engine(database_url, connect_args={"application_name": name})
+    waiter = dialect_of(engine.dialect).waiter(engine, threading.Event())
+    kill = text(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = :name AND query LIKE 'LISTEN%'"
+    )
+    try:
+        waiter.wait(0)
+        with engine.begin() as connection:
+            assert connection.execute(kill, {"name": name}).scalar() == 1
+        with pytest.raises(DatabaseUnavailable, match="LISTEN connection lost"):
+            waiter.wait(30)
+        waiter.wait(0)  # listens again on a new connection
+        with engine.begin() as connection:
+            assert connection.execute(kill, {"name": name}).scalar() == 1
+    finally:
+        waiter.close()
+        engine.dispose()
+
+
+# -- tables in a schema ------------------------------------------------------------------
+
+
+def test_the_outbox_and_the_inbox_work_in_a_schema_of_their_own(
+    txmq_engine: Engine, txmq_memory_url: str
+) -> None:
+    engine = txmq_engine
+    with engine.begin() as connection:
+        connection.execute(text("CREATE SCHEMA billing"))
+    metadata = MetaData()
+    outbox = make_outbox_tables(metadata, prefix="shop_", schema="billing")
+    inbox_table = make_inbox_table(metadata, prefix="shop_", schema="billing")
+    txmq.create_schema(engine, outbox, inbox_table)
+    assert schema_differences(engine, [outbox, inbox_table]) == []
+
+    broker = txmq.connect(txmq_memory_url)
+    broker.declare([txmq.Topology("audit", "t")])
+    producer = txmq.Producer(group="shop", engine=engine, broker=broker, tables=outbox)
+    stop = threading.Event()
+    waiter = dialect_of(engine.dialect).waiter(engine, stop)
+    try:
+        waiter.wait(0)
+        woken = _waits(waiter.wait, 600)
+        with Session(engine) as session, session.begin():
+            producer.stage(session, txmq.Message("t", b"in a schema"))
+        woken.join(timeout=60)  # the schema's trigger notified the relays' channel
+        assert not woken.is_alive()
+    finally:
+        waiter.close()
+    assert producer.relay().drain() == 1
+    assert producer.store.counts() == {"SENT": 1}
+    broker.close()
+
+    inbox = Inbox(inbox_table, "audit")
+    with engine.begin() as connection:
+        assert inbox.claim(connection, "m1", "t")
+        assert not inbox.claim(connection, "m1", "t")
+        assert inbox.claim_many(connection, [("m1", "t"), ("m2", "t")]) == {"m2"}
+    assert txmq.purge_inbox(engine, timedelta(0), inbox=inbox_table) == 2
