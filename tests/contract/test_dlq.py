@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 import txmq
 from txmq.adapters import Adapter, Topology
 from txmq.consumer import DeadLetters, cli
-from txmq.consumer.envelopes import dead_letter_copy
 from txmq.errors import QueueNotFound
 from txmq.message import Message
+from txmq.wire.copies import dead_letter_copy
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -7,10 +7,10 @@ from typer.testing import CliRunner
 
 from txmq.adapters import Topology
 from txmq.consumer import cli
-from txmq.consumer.envelopes import dead_letter_copy
 from txmq.errors import BrokerUnavailable
 from txmq.message import Message
 from txmq.testing.fakes import InMemoryBroker
+from txmq.wire.copies import dead_letter_copy
 
 runner = CliRunner()
 

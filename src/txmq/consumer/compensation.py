@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from txmq.consumer.headers import HEADER_COMPENSATES, HEADER_GROUP
 from txmq.message import (
     HEADER_ERROR_MESSAGE,
     HEADER_ERROR_TYPE,
@@ -22,6 +21,7 @@ from txmq.message import (
     HEADER_TOPIC,
     Message,
 )
+from txmq.wire.headers import HEADER_COMPENSATES, HEADER_GROUP
 
 COMPENSATION_SUFFIX = "compensation"
 #: Namespace of compensation ids; fixed forever (changing it would break deduplication).

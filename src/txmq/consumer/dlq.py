@@ -34,15 +34,6 @@ from txmq.adapters import (
     dead_letter_queue,
     work_queue,
 )
-from txmq.consumer.envelopes import replay_copy
-from txmq.consumer.headers import (
-    HEADER_COMPENSATION_ID,
-    HEADER_RAW,
-    HEADER_TARGET_GROUP,
-    parse_attempt,
-    parse_timestamp,
-    replay_generation,
-)
 from txmq.errors import QueueNotFound
 from txmq.lifecycle import Closing
 from txmq.message import (
@@ -52,6 +43,15 @@ from txmq.message import (
     HEADER_LAST_FAILURE,
     Message,
     validate_name,
+)
+from txmq.wire.copies import replay_copy
+from txmq.wire.headers import (
+    HEADER_COMPENSATION_ID,
+    HEADER_RAW,
+    HEADER_TARGET_GROUP,
+    parse_attempt,
+    parse_timestamp,
+    replay_generation,
 )
 
 

@@ -34,15 +34,6 @@ from txmq.adapters.base import (
 )
 from txmq.adapters.names import dead_letter_queue, retry_queue
 from txmq.consumer.compensation import compensation_event
-from txmq.consumer.envelopes import dead_letter_copy, raw_dead_letter, retry_copy
-from txmq.consumer.headers import (
-    HEADER_TARGET_GROUP,
-    error_text,
-    error_type,
-    inbox_key,
-    parse_attempt,
-    parse_timestamp,
-)
 from txmq.consumer.inbox import Inbox, InboxEntry
 from txmq.consumer.policy import RetryPolicy
 from txmq.consumer.stats import ConsumerStats
@@ -58,6 +49,15 @@ from txmq.message import HEADER_ATTEMPT, HEADER_DUE_AT, Message
 from txmq.supervision import SupervisedLoop, describe
 from txmq.telemetry import CONSUME_SECONDS
 from txmq.tracing import ATTEMPT, message_span
+from txmq.wire.copies import dead_letter_copy, raw_dead_letter, retry_copy
+from txmq.wire.headers import (
+    HEADER_TARGET_GROUP,
+    error_text,
+    error_type,
+    inbox_key,
+    parse_attempt,
+    parse_timestamp,
+)
 
 log = logging.getLogger("txmq.consumer")
 

@@ -8,14 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from txmq.consumer.headers import (
-    HEADER_COMPENSATION_ID,
-    HEADER_GROUP,
-    HEADER_RAW,
-    HEADER_REPLAY,
-    replay_generation,
-    timestamp,
-)
 from txmq.message import (
     HEADER_ATTEMPT,
     HEADER_DUE_AT,
@@ -27,6 +19,14 @@ from txmq.message import (
     HEADER_LAST_FAILURE,
     HEADER_TOPIC,
     Message,
+)
+from txmq.wire.headers import (
+    HEADER_COMPENSATION_ID,
+    HEADER_GROUP,
+    HEADER_RAW,
+    HEADER_REPLAY,
+    replay_generation,
+    timestamp,
 )
 
 #: Headers describing a failure; dropped when a message is replayed.
