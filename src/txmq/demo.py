@@ -36,9 +36,17 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from txmq.adapters import Adapter, connect
-from txmq.consumer import Compensation, Consumer, Reject, RetryPolicy, make_inbox_table
-from txmq.message import HEADER_PRODUCER_GROUP, Message
+from txmq.consumer import (
+    Compensation,
+    Consumer,
+    Reject,
+    RetryPolicy,
+    attempt_of,
+    make_inbox_table,
+)
+from txmq.message import Message
 from txmq.outbox import Producer, make_outbox_tables
+from txmq.wire import HEADER_PRODUCER_GROUP
 
 Say = Callable[[str], object]
 
@@ -148,7 +156,7 @@ def _crediting(scene: _Scene, topic: str) -> Consumer:
         if scene.ledger.is_frozen(session, transfer["payee"]):
             raise Reject(f"account {transfer['payee']} is frozen")  # dead-lettered at once
         scene.ledger.move(session, transfer["payee"], transfer["amount"])
-        attempt = message.headers.get("x-txmq-attempt", "1")
+        attempt = attempt_of(message)
         scene.say(f"  credited {transfer['amount']:>4} to {transfer['payee']} (attempt {attempt})")
 
     return consumer

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 import txmq
-from txmq.adapters.base import Delivery, Subscription
+from txmq.adapters.base import Subscription
+from txmq.wire import Delivery
 
 pytestmark = pytest.mark.broker
 

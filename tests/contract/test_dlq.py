@@ -21,7 +21,7 @@ from txmq.adapters import Adapter, Topology
 from txmq.consumer import DeadLetters, cli
 from txmq.errors import QueueNotFound
 from txmq.message import Message
-from txmq.wire.copies import dead_letter_copy
+from txmq.wire import dead_letter_copy
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -20,9 +20,9 @@ from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, 
 from sqlalchemy.orm import Session
 
 import txmq
-from txmq.message import HEADER_PRODUCER_GROUP
 from txmq.outbox import CheckBackPolicy, Producer, make_outbox_tables
 from txmq.states import LocalTransactionState, RecordState
+from txmq.wire import HEADER_PRODUCER_GROUP
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
 

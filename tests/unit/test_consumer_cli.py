@@ -10,7 +10,7 @@ from txmq.consumer import cli
 from txmq.errors import BrokerUnavailable
 from txmq.message import Message
 from txmq.testing.fakes import InMemoryBroker
-from txmq.wire.copies import dead_letter_copy
+from txmq.wire import dead_letter_copy
 
 runner = CliRunner()
 

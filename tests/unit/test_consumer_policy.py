@@ -10,8 +10,7 @@ from txmq.consumer import Reject, RetryPolicy, attempt_of, compensation_id, inbo
 from txmq.consumer.compensation import Compensation, compensation_event, compensation_topic
 from txmq.errors import ConfigurationError, MessageDecodeError
 from txmq.message import Message
-from txmq.wire.copies import dead_letter_copy, raw_dead_letter, replay_copy, retry_copy
-from txmq.wire.headers import error_text
+from txmq.wire import dead_letter_copy, error_text, raw_dead_letter, replay_copy, retry_copy
 
 
 def test_default_max_attempts_is_one_more_than_the_delays() -> None:

@@ -13,7 +13,7 @@ from txmq.consumer.policy import RetryPolicy
 from txmq.consumer.runner import Consumer
 from txmq.consumer.stats import StatsSnapshot
 from txmq.consumer.tables import make_inbox_table
-from txmq.wire.headers import attempt_of, inbox_key
+from txmq.wire import attempt_of, inbox_key
 
 __all__ = [
     "Compensation",

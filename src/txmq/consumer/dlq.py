@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 from txmq.adapters import (
     Adapter,
-    Delivery,
     QueueBrowser,
     Topology,
     connect,
@@ -36,21 +35,19 @@ from txmq.adapters import (
 )
 from txmq.errors import QueueNotFound
 from txmq.lifecycle import Closing
-from txmq.message import (
+from txmq.message import Message, validate_name
+from txmq.wire import (
+    HEADER_COMPENSATION_ID,
     HEADER_ERROR_MESSAGE,
     HEADER_ERROR_TYPE,
     HEADER_FIRST_FAILURE,
     HEADER_LAST_FAILURE,
-    Message,
-    validate_name,
-)
-from txmq.wire.copies import replay_copy
-from txmq.wire.headers import (
-    HEADER_COMPENSATION_ID,
     HEADER_RAW,
     HEADER_TARGET_GROUP,
+    Delivery,
     parse_attempt,
     parse_timestamp,
+    replay_copy,
     replay_generation,
 )
 

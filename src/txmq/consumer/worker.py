@@ -27,7 +27,6 @@ from sqlalchemy.orm import Session
 
 from txmq.adapters.base import (
     Adapter,
-    Delivery,
     Publisher,
     Subscription,
     Topology,
@@ -45,18 +44,23 @@ from txmq.errors import (
     DatabaseUnavailable,
     TxmqError,
 )
-from txmq.message import HEADER_ATTEMPT, HEADER_DUE_AT, Message
+from txmq.message import Message
 from txmq.supervision import SupervisedLoop, describe
 from txmq.telemetry import CONSUME_SECONDS
 from txmq.tracing import ATTEMPT, message_span
-from txmq.wire.copies import dead_letter_copy, raw_dead_letter, retry_copy
-from txmq.wire.headers import (
+from txmq.wire import (
+    HEADER_ATTEMPT,
+    HEADER_DUE_AT,
     HEADER_TARGET_GROUP,
+    Delivery,
+    dead_letter_copy,
     error_text,
     error_type,
     inbox_key,
     parse_attempt,
     parse_timestamp,
+    raw_dead_letter,
+    retry_copy,
 )
 
 log = logging.getLogger("txmq.consumer")

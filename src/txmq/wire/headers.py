@@ -1,7 +1,8 @@
-"""Header names and values the consumer side adds to messages.
+"""Every ``x-txmq-`` header txmq puts on a message, and how their values are read.
 
-The ones shared with the producer side live in :mod:`txmq.message`; these are the
-consumer's own: the replay generation and what dead-lettering and compensation record.
+Each name says who writes it and who reads it. Values are text (headers are ``str -> str``);
+the parsers here never raise: a value that does not parse reads as the header's default,
+because a stray header must not stop a message from being processed or listed.
 """
 
 from __future__ import annotations
@@ -10,23 +11,83 @@ import time
 from collections.abc import Mapping
 
 from txmq.config import redact
-from txmq.message import HEADER_ATTEMPT, Message
+from txmq.message import Message
 
-#: Replay generation: 0 (absent) for the original message, ``n`` after the n-th DLQ replay.
-HEADER_REPLAY = "x-txmq-replay"
-#: The consumer group that dead-lettered the message.
+# -- the message itself, on every publish ------------------------------------------------
+
+#: The message id. Written by every adapter's encoding (RabbitMQ also sets the AMQP
+#: ``message_id`` property); read by decoding.
+HEADER_ID = "x-txmq-id"
+#: The logical topic, which differs from the physical queue or topic on retry stages and
+#: DLQs. Written by encoding (and again on retry and dead-letter copies); read by decoding
+#: and, as a fallback, by :class:`~txmq.consumer.Compensation`.
+HEADER_TOPIC = "x-txmq-topic"
+#: The ordering key, when there is one. Written by encoding; read by decoding (Kafka also
+#: has it as the record key).
+HEADER_KEY = "x-txmq-key"
+#: The producer group that sent the message. Written by the :class:`~txmq.Producer` on every
+#: message it stages or sends; read when a message fails for good, to address the
+#: compensation event.
+HEADER_PRODUCER_GROUP = "x-txmq-producer-group"
+
+# -- retries and dead-lettering (written by the consumer) --------------------------------
+
+#: The attempt number, ``"1"`` for a first delivery. Written by the consumer (``"1"`` when
+#: absent), by retry copies (the next attempt), dead-letter copies (the last attempt) and
+#: replays (``"1"`` again); read by :func:`attempt_of`, ``Delivery.attempt`` and
+#: ``DeadLetter.attempts``.
+HEADER_ATTEMPT = "x-txmq-attempt"
+#: When a retry copy is due (epoch seconds). Written by retry copies; read where retry
+#: delays are kept by due time (Kafka's retry topics); dropped from dead-letter copies.
+HEADER_DUE_AT = "x-txmq-due-at"
+#: The last error's type and text (truncated, redacted). Written by retry and dead-letter
+#: copies, raw dead letters and compensation events; read by ``DeadLetter`` and
+#: ``Compensation``.
+HEADER_ERROR_TYPE = "x-txmq-error-type"
+HEADER_ERROR_MESSAGE = "x-txmq-error-message"
+#: When the first and the last attempt failed (epoch seconds). Written by retry and
+#: dead-letter copies; read by ``DeadLetter``.
+HEADER_FIRST_FAILURE = "x-txmq-first-failure-at"
+HEADER_LAST_FAILURE = "x-txmq-last-failure-at"
+#: The consumer group that gave up on the message. Written by dead-letter copies, raw dead
+#: letters and compensation events; read by ``Compensation.consumer_group``.
 HEADER_GROUP = "x-txmq-group"
-#: On a DLQ message: the id of the compensation event sent for it (replaying it would
-#: apply a message whose effect was already undone, so replay refuses unless forced).
+#: On a dead letter whose failure sent a compensation event: that event's id. Written by
+#: dead-letter copies; read by ``DeadLetters.replay``, which refuses to replay a message
+#: whose effect was already undone unless forced.
 HEADER_COMPENSATION_ID = "x-txmq-compensation-id"
-#: On a compensation event: the id of the message it compensates.
-HEADER_COMPENSATES = "x-txmq-compensates"
-#: On a dead-lettered undecodable message: ``"1"`` (its id is new; its body and headers
-#: are what arrived).
+#: ``"1"`` on a dead letter that did not decode (its id is new; its body and headers are
+#: what arrived). Written by raw dead letters; read by ``DeadLetter.raw``.
 HEADER_RAW = "x-txmq-raw"
-#: On a replayed message: the only consumer group that may process it. On Kafka a replay
-#: goes back into the shared topic; other groups acknowledge it without processing.
+#: On a raw dead letter: the ``x-txmq-id``, ``-key`` and ``-topic`` that arrived, kept
+#: under these names so that the dead letter's own id, key and topic cannot clash with them.
+HEADER_RAW_ID = "x-txmq-raw-id"
+HEADER_RAW_KEY = "x-txmq-raw-key"
+HEADER_RAW_TOPIC = "x-txmq-raw-topic"
+
+# -- replays (written by DeadLetters.replay) ---------------------------------------------
+
+#: Replay generation: absent (0) on the original message, ``n`` after the n-th replay.
+#: Written by replay copies; read by :func:`inbox_key` and ``DeadLetter.replay_generation``.
+HEADER_REPLAY = "x-txmq-replay"
+#: The only consumer group that may process a replay. Written by ``DeadLetters.replay``;
+#: read by the consumer, which acknowledges another group's replay without processing it
+#: (on Kafka a replay goes back into the topic every group reads).
 HEADER_TARGET_GROUP = "x-txmq-target-group"
+
+# -- compensation events (written by the consumer that gave up) --------------------------
+
+#: The id of the message a compensation event compensates. Read by ``Compensation``.
+HEADER_COMPENSATES = "x-txmq-compensates"
+#: The compensated message's topic (``x-txmq-topic`` names the event's own topic). Read by
+#: ``Compensation``.
+HEADER_ORIGINAL_TOPIC = "x-txmq-original-topic"
+
+# -- broker-specific ---------------------------------------------------------------------
+
+#: On a Kafka DLQ settlement marker: the offset (decimal) of the letter it settles. Written
+#: and read by the Kafka DLQ browser only.
+HEADER_SETTLES = "x-txmq-settles"
 
 ERROR_MESSAGE_LIMIT = 500
 ERROR_TYPE_LIMIT = 200
@@ -43,6 +104,7 @@ def attempt_of(message: Message) -> int:
 
 
 def parse_attempt(headers: Mapping[str, str]) -> int:
+    """The attempt number in ``headers``: 1 when absent or not a positive number."""
     try:
         return max(1, int(headers.get(HEADER_ATTEMPT, "1")))
     except ValueError:
@@ -50,6 +112,7 @@ def parse_attempt(headers: Mapping[str, str]) -> int:
 
 
 def replay_generation(headers: Mapping[str, str]) -> int:
+    """How often the message in ``headers`` was replayed: 0 when absent or not a number."""
     try:
         return max(0, int(headers.get(HEADER_REPLAY, "0")))
     except ValueError:
@@ -68,6 +131,7 @@ def inbox_key(message: Message) -> str:
 
 
 def error_type(exc: BaseException) -> str:
+    """The exception's class as it travels: ``ValueError``, ``package.module.Error``."""
     cls = type(exc)
     name = (
         cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
@@ -89,6 +153,7 @@ def timestamp(now: float | None = None) -> str:
 
 
 def parse_timestamp(value: str | None) -> float | None:
+    """Epoch seconds from header text; ``None`` when absent or not a number."""
     if value is None:
         return None
     try:

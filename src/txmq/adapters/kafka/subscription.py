@@ -22,11 +22,12 @@ from confluent_kafka import (
 )
 from confluent_kafka import Message as Record
 
-from txmq.adapters.base import Delivery, Subscription
+from txmq.adapters.base import Subscription
 from txmq.adapters.kafka.client import ClientEvents, KafkaContext, logger
 from txmq.adapters.kafka.offsets import OffsetTracker, PartitionKey, Position
 from txmq.adapters.kafka.wire import decode_record
 from txmq.errors import BrokerUnavailable
+from txmq.wire import Delivery
 
 #: Rebalancing: ``cooperative-sticky`` moves only the partitions that change owner, so a
 #: consumer joining or leaving does not make every member drop its in-flight messages

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from txmq.adapters.base import Delivery, Subscription
+from txmq.adapters.base import Subscription
 from txmq.adapters.rabbitmq.connection import (
     channel_error,
     close_quietly,
@@ -25,6 +25,7 @@ from txmq.adapters.rabbitmq.connection import (
 from txmq.adapters.rabbitmq.settings import RabbitMQSettings
 from txmq.adapters.rabbitmq.wire import decode_frame, settlement_plan
 from txmq.errors import BrokerError, BrokerUnavailable, ConfigurationError
+from txmq.wire import Delivery
 
 #: Largest prefetch count AMQP can express (a 16-bit field; 0 would mean unlimited).
 MAX_PREFETCH = 65535
