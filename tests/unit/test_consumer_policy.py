@@ -1,4 +1,4 @@
-"""RetryPolicy, envelopes and compensation ids: pure functions, no broker."""
+"""RetryPolicy, the copies txmq sends on and compensation ids: pure functions, no broker."""
 
 from __future__ import annotations
 
