@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from txmq.adapters import Topology, work_queue
+from txmq.adapters.kafka.wire import encode_headers as kafka_encode_headers
 from txmq.errors import MessageDecodeError
 from txmq.message import Message, restore_message
 from txmq.testing.fakes import InMemoryBroker
@@ -83,6 +84,19 @@ def test_wire_headers_replace_stale_id_topic_and_key() -> None:
         "t", b"", headers={"x-txmq-id": "old", "x-txmq-topic": "old", "x-txmq-key": "old"}
     )
     assert wire_headers(message) == {"x-txmq-id": message.id, "x-txmq-topic": "t"}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Message("t", b"", key="k", headers={"a": "1", "x-txmq-attempt": "2"}),
+        Message("t", b"", headers={"x-txmq-id": "old", "x-txmq-key": "old", "\u00e9": "\u00e9"}),
+    ],
+)
+def test_kafka_record_headers_are_the_wire_headers_in_utf8(message: Message) -> None:
+    expected = {name: value.encode() for name, value in wire_headers(message).items()}
+    assert dict(kafka_encode_headers(message)) == expected
+    assert len(kafka_encode_headers(message)) == len(expected)
 
 
 def test_the_brokers_own_id_wins_and_its_key_fills_in() -> None:

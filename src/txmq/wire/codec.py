@@ -21,14 +21,12 @@ STRUCTURAL_HEADERS = frozenset({HEADER_ID, HEADER_KEY, HEADER_TOPIC})
 
 
 def wire_headers(message: Message) -> dict[str, str]:
-    """The headers carrying ``message``: its own, with its id, topic and key set over any
-    stale ``x-txmq-id``/``-topic``/``-key`` it holds."""
-    headers = dict(message.headers)
+    """The headers carrying ``message``: its own, except any stale ``x-txmq-id``, ``-topic``
+    or ``-key`` it holds, plus its id, topic and key."""
+    headers = {k: v for k, v in message.headers.items() if k not in STRUCTURAL_HEADERS}
     headers[HEADER_ID] = message.id
     headers[HEADER_TOPIC] = message.topic
-    if message.key is None:
-        headers.pop(HEADER_KEY, None)
-    else:
+    if message.key is not None:
         headers[HEADER_KEY] = message.key
     return headers
 

@@ -13,7 +13,15 @@ from collections.abc import Mapping, Sequence
 
 from txmq.errors import MessageDecodeError
 from txmq.message import Message
-from txmq.wire import Delivery, decode_or_raw, message_from_wire, wire_headers
+from txmq.wire import (
+    HEADER_ID,
+    HEADER_KEY,
+    HEADER_TOPIC,
+    STRUCTURAL_HEADERS,
+    Delivery,
+    decode_or_raw,
+    message_from_wire,
+)
 
 #: Record headers as confluent-kafka takes and hands them over; a value may be ``None``.
 HeaderValue = str | bytes | None
@@ -21,8 +29,22 @@ RecordHeaders = Mapping[str, HeaderValue] | Sequence[tuple[str, HeaderValue]]
 
 
 def encode_headers(message: Message) -> list[tuple[str, HeaderValue]]:
-    """The record headers carrying ``message``."""
-    return [(name, value.encode()) for name, value in wire_headers(message).items()]
+    """The record headers carrying ``message``: :func:`~txmq.wire.wire_headers` as UTF-8.
+
+    Built in one pass rather than by encoding ``wire_headers(message)``: this is the relay's
+    hot path, and the intermediate dict cost a microsecond a message (a unit test keeps the
+    two equal).
+    """
+    headers: list[tuple[str, HeaderValue]] = [
+        (name, value.encode())
+        for name, value in message.headers.items()
+        if name not in STRUCTURAL_HEADERS
+    ]
+    headers.append((HEADER_ID, message.id.encode()))
+    headers.append((HEADER_TOPIC, message.topic.encode()))
+    if message.key is not None:
+        headers.append((HEADER_KEY, message.key.encode()))
+    return headers
 
 
 def encode_key(message: Message) -> bytes | None:
