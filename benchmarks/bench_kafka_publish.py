@@ -32,6 +32,7 @@ from confluent_kafka.admin import AdminClient
 import txmq
 from txmq.adapters.kafka.adapter import KafkaAdapter
 from txmq.message import Message
+from txmq.wire import HEADER_ID
 
 _KEYS = 16
 
@@ -48,7 +49,7 @@ def _batches(items: list[Message], size: int) -> list[list[Message]]:
 
 
 def _raw_records(batch: list[Message]) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
-    return [(m.body, (m.key or "").encode(), [("x-txmq-id", m.id.encode())]) for m in batch]
+    return [(m.body, (m.key or "").encode(), [(HEADER_ID, m.id.encode())]) for m in batch]
 
 
 class _Clock:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from txmq.adapters import Adapter, Delivery, PublishOutcome, Topology, connect
+from txmq.adapters import Adapter, PublishOutcome, Topology, connect
 from txmq.adapters.kafka.settings import KafkaSettings
 from txmq.adapters.rabbitmq.settings import RabbitMQSettings
 from txmq.adapters.registry import parse_broker_url
@@ -60,6 +60,7 @@ from txmq.sql.schema import create_schema
 from txmq.sql.tables import metadata
 from txmq.states import CheckLimitPolicy, LocalTransactionState, RecordState
 from txmq.supervision import Health, LoopHealth, LoopState
+from txmq.wire import Delivery
 
 __version__ = "0.1.0"
 

@@ -74,9 +74,9 @@ from txmq import (
     redact,
 )
 from txmq.database import open_engine
-from txmq.message import HEADER_PRODUCER_GROUP
 from txmq.sql.tables import STATUS_DEAD, STATUS_DONE
 from txmq.supervision import describe
+from txmq.wire import HEADER_PRODUCER_GROUP
 
 if TYPE_CHECKING:
     from txmq.testing.provision import Broker

@@ -18,19 +18,9 @@ from types import MappingProxyType
 
 from txmq.errors import InvalidMessage, MessageTooLarge
 
-#: Header names starting with this prefix are txmq's own transport metadata.
+#: Header names starting with this prefix are txmq's own transport metadata (each one is
+#: in :mod:`txmq.wire.headers`); the rest are the application's.
 HEADER_PREFIX = "x-txmq-"
-HEADER_ID = "x-txmq-id"
-HEADER_KEY = "x-txmq-key"
-HEADER_TOPIC = "x-txmq-topic"
-HEADER_ATTEMPT = "x-txmq-attempt"
-HEADER_PRODUCER_GROUP = "x-txmq-producer-group"
-HEADER_TX_ID = "x-txmq-tx-id"
-HEADER_DUE_AT = "x-txmq-due-at"
-HEADER_ERROR_TYPE = "x-txmq-error-type"
-HEADER_ERROR_MESSAGE = "x-txmq-error-message"
-HEADER_FIRST_FAILURE = "x-txmq-first-failure-at"
-HEADER_LAST_FAILURE = "x-txmq-last-failure-at"
 
 #: Topics and group names: safe as RabbitMQ routing keys/queue names and Kafka topic names.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
@@ -116,29 +106,6 @@ class Message:
                 raise InvalidMessage("headers must map str to str")
         object.__setattr__(self, "headers", MappingProxyType(headers))
 
-    @classmethod
-    def _restore(
-        cls,
-        topic: str,
-        body: bytes,
-        key: str | None,
-        headers: dict[str, str] | MappingProxyType[str, str],
-        id: str,
-    ) -> Message:
-        """Rebuild a message that was validated when it was made (read back from txmq's
-        own tables), without validating it again: the relay's hot path. Read-only
-        ``headers`` are used as they are (messages of a batch may share them)."""
-        message = object.__new__(cls)
-        set_field = object.__setattr__
-        set_field(message, "topic", topic)
-        set_field(message, "body", body)
-        set_field(message, "key", key)
-        if not isinstance(headers, MappingProxyType):
-            headers = MappingProxyType(headers)
-        set_field(message, "headers", headers)
-        set_field(message, "id", id)
-        return message
-
     def with_headers(self, **extra: str) -> Message:
         """Return a copy with ``extra`` headers merged in (same id)."""
         return Message(
@@ -166,3 +133,30 @@ class Message:
             f"Message(topic={self.topic!r}, id={self.id!r}, key={self.key!r}, "
             f"body=<{len(self.body)} bytes>)"
         )
+
+
+def restore_message(
+    *,
+    topic: str,
+    body: bytes,
+    key: str | None,
+    headers: dict[str, str] | MappingProxyType[str, str],
+    id: str,
+) -> Message:
+    """Rebuild a message that was validated when it was made (read back from txmq's own
+    tables) without validating it again: the relay's hot path.
+
+    Read-only ``headers`` (a ``MappingProxyType``) are used as they are, so messages of a
+    batch may share them; a dict is wrapped, not copied (the caller hands it over). Never
+    use it for input from outside txmq: build a :class:`Message`, which validates.
+    """
+    message = object.__new__(Message)
+    set_field = object.__setattr__
+    set_field(message, "topic", topic)
+    set_field(message, "body", body)
+    set_field(message, "key", key)
+    if not isinstance(headers, MappingProxyType):
+        headers = MappingProxyType(headers)
+    set_field(message, "headers", headers)
+    set_field(message, "id", id)
+    return message

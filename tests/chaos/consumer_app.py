@@ -24,9 +24,10 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine
 from sqlalchemy.orm import Session
 
 import txmq
-from txmq.adapters import Adapter, Delivery, Subscription
+from txmq.adapters import Adapter, Subscription
 from txmq.consumer import Consumer, RetryPolicy, make_inbox_table
 from txmq.message import Message
+from txmq.wire import Delivery
 
 RETRY = RetryPolicy(delays=(1,))
 

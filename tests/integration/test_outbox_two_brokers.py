@@ -11,10 +11,10 @@ from sqlalchemy import Engine, MetaData
 from sqlalchemy.orm import Session
 
 import txmq
-from txmq.message import HEADER_PRODUCER_GROUP
 from txmq.outbox import Producer, make_outbox_tables
 from txmq.states import RecordState
 from txmq.testing.contract import producer as suite
+from txmq.wire import HEADER_PRODUCER_GROUP
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
 

@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 from txmq.adapters import Topology
 from txmq.adapters.memory.adapter import InMemoryBroker
 from txmq.cli import dlq as cli
-from txmq.consumer.envelopes import dead_letter_copy
 from txmq.errors import BrokerUnavailable
 from txmq.message import Message
+from txmq.wire import dead_letter_copy
 
 runner = CliRunner()
 

@@ -1,4 +1,4 @@
-"""RetryPolicy, envelopes and compensation ids: pure functions, no broker."""
+"""RetryPolicy, the copies txmq sends on and compensation ids: pure functions, no broker."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import pytest
 
 from txmq.consumer import Reject, RetryPolicy, attempt_of, compensation_id, inbox_key
 from txmq.consumer.compensation import Compensation, compensation_event, compensation_topic
-from txmq.consumer.envelopes import dead_letter_copy, raw_dead_letter, replay_copy, retry_copy
-from txmq.consumer.headers import error_text
 from txmq.errors import ConfigurationError, MessageDecodeError
 from txmq.message import Message
+from txmq.wire import dead_letter_copy, error_text, raw_dead_letter, replay_copy, retry_copy
 
 
 def test_default_max_attempts_is_one_more_than_the_delays() -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from txmq.adapters.base import Delivery, Subscription, Topology
+from txmq.adapters.base import Subscription, Topology
 from txmq.adapters.due_time import DueTimeGate
 from txmq.adapters.memory.adapter import InMemoryBroker
 from txmq.adapters.names import is_retry_queue, retry_queue
-from txmq.message import HEADER_DUE_AT, Message
+from txmq.message import Message
+from txmq.wire import HEADER_DUE_AT, Delivery
 
 GROUP, TOPIC = "billing", "orders.created"
 WORK = TOPIC

@@ -10,7 +10,6 @@ from __future__ import annotations
 from txmq.adapters.base import (
     Adapter,
     Capabilities,
-    Delivery,
     Publisher,
     PublishOutcome,
     QueueBrowser,
@@ -21,6 +20,7 @@ from txmq.adapters.base import (
 )
 from txmq.adapters.names import dead_letter_queue, retry_queue, work_queue
 from txmq.adapters.registry import adapter_for, parse_broker_url
+from txmq.wire import Delivery
 
 
 def connect(url: str | None = None, *, check: bool = True) -> Adapter:

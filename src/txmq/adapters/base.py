@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from txmq.adapters.names import dead_letter_queue, retry_queue, work_queue
 from txmq.errors import ConfigurationError
 from txmq.lifecycle import Closing
 from txmq.message import Message, validate_name
+from txmq.wire import Delivery
 
 if TYPE_CHECKING:
     from txmq.config import BrokerSettings
@@ -127,36 +128,6 @@ class PublishOutcome:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-@dataclass(slots=True, eq=False)
-class Delivery:
-    """One message received from a :class:`Subscription`, not yet settled.
-
-    Attributes:
-        message: the decoded message, or ``None`` when it could not be decoded
-            (``decode_error`` then says why, ``raw_body`` / ``raw_headers`` hold what came).
-        source: the physical queue or topic it was read from (work, retry or DLQ).
-        redelivered: the broker says it may have been delivered before.
-        token: adapter-private handle used to ack it (delivery tag, partition and offset).
-    """
-
-    message: Message | None
-    source: str
-    redelivered: bool
-    token: Any
-    decode_error: Exception | None = None
-    raw_body: bytes = b""
-    raw_headers: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def attempt(self) -> int:
-        """1 for a first delivery; ``n`` for the n-th attempt (from ``x-txmq-attempt``)."""
-        headers = self.message.headers if self.message is not None else self.raw_headers
-        try:
-            return max(1, int(headers.get("x-txmq-attempt", "1")))
-        except ValueError:
-            return 1
 
 
 class Publisher(Closing):

@@ -17,10 +17,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from txmq.adapters.base import Delivery, Subscription
+from txmq.adapters.base import Subscription
 from txmq.adapters.names import is_retry_queue
-from txmq.consumer.headers import parse_timestamp
-from txmq.message import HEADER_DUE_AT
+from txmq.wire import HEADER_DUE_AT, Delivery, parse_timestamp
 
 #: The shortest wait a gated poll is given, so that a source due right now is not polled
 #: in a busy loop.

@@ -24,8 +24,9 @@ from typing import ParamSpec, TypeVar
 
 from sqlalchemy.util import await_only
 
-from txmq.adapters.base import Delivery, Publisher, PublishOutcome, Subscription, Withheld
+from txmq.adapters.base import Publisher, PublishOutcome, Subscription, Withheld
 from txmq.message import Message
+from txmq.wire import Delivery
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -8,12 +8,12 @@ from __future__ import annotations
 from txmq.consumer.compensation import Compensation, compensation_id, compensation_topic
 from txmq.consumer.dlq import DeadLetter, DeadLetters, ReplayResult
 from txmq.consumer.errors import Reject
-from txmq.consumer.headers import attempt_of, inbox_key
 from txmq.consumer.inbox import purge_inbox
 from txmq.consumer.policy import RetryPolicy
 from txmq.consumer.runner import Consumer
 from txmq.consumer.stats import StatsSnapshot
 from txmq.sql.tables import make_inbox_table
+from txmq.wire import attempt_of, inbox_key
 
 __all__ = [
     "Compensation",

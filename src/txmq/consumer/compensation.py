@@ -13,22 +13,21 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from txmq.consumer.headers import HEADER_COMPENSATES, HEADER_GROUP
-from txmq.message import (
+from txmq.message import Message
+from txmq.wire import (
+    HEADER_COMPENSATES,
     HEADER_ERROR_MESSAGE,
     HEADER_ERROR_TYPE,
-    HEADER_PREFIX,
+    HEADER_GROUP,
+    HEADER_ORIGINAL_TOPIC,
     HEADER_PRODUCER_GROUP,
     HEADER_TOPIC,
-    Message,
+    compensation_headers,
 )
 
 COMPENSATION_SUFFIX = "compensation"
 #: Namespace of compensation ids; fixed forever (changing it would break deduplication).
 COMPENSATION_NAMESPACE = uuid.UUID("6f1c9a52-8d0e-4b7a-9c51-2b3f7e0d4a11")
-#: Compensation events carry the original topic under this header (``x-txmq-topic`` is
-#: transport metadata and names the event's own topic).
-HEADER_ORIGINAL_TOPIC = "x-txmq-original-topic"
 
 
 def compensation_topic(producer_group: str) -> str:
@@ -48,21 +47,13 @@ def compensation_event(
     producer_group = message.headers.get(HEADER_PRODUCER_GROUP)
     if not producer_group:
         return None
-    headers = {k: v for k, v in message.headers.items() if not k.startswith(HEADER_PREFIX)}
-    headers.update(
-        {
-            HEADER_COMPENSATES: message.id,
-            HEADER_ORIGINAL_TOPIC: message.topic,
-            HEADER_GROUP: group,
-            HEADER_ERROR_TYPE: error_type,
-            HEADER_ERROR_MESSAGE: error_message,
-        }
-    )
     return Message(
         compensation_topic(producer_group),
         message.body,
         key=message.key,
-        headers=headers,
+        headers=compensation_headers(
+            message, group=group, error_type=error_type, error_message=error_message
+        ),
         id=compensation_id(message.id),
     )
 

@@ -28,32 +28,29 @@ from dataclasses import dataclass, field
 
 from txmq.adapters import (
     Adapter,
-    Delivery,
     PublishOutcome,
     QueueBrowser,
     connect,
     dead_letter_queue,
 )
-from txmq.consumer.envelopes import replay_copy
-from txmq.consumer.headers import (
-    HEADER_COMPENSATION_ID,
-    HEADER_RAW,
-    HEADER_TARGET_GROUP,
-    parse_attempt,
-    parse_timestamp,
-    replay_generation,
-)
 from txmq.errors import QueueNotFound
 from txmq.lifecycle import Closing
-from txmq.message import (
+from txmq.message import Message, validate_name
+from txmq.tracing import publishing
+from txmq.wire import (
+    HEADER_COMPENSATION_ID,
     HEADER_ERROR_MESSAGE,
     HEADER_ERROR_TYPE,
     HEADER_FIRST_FAILURE,
     HEADER_LAST_FAILURE,
-    Message,
-    validate_name,
+    HEADER_RAW,
+    HEADER_TARGET_GROUP,
+    Delivery,
+    parse_attempt,
+    parse_timestamp,
+    replay_copy,
+    replay_generation,
 )
-from txmq.tracing import publishing
 
 #: Replay copies published per round trip: the unit in which ``replay(progress=)`` advances.
 REPLAY_CHUNK = 200

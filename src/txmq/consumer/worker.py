@@ -31,20 +31,12 @@ from sqlalchemy.orm import Session
 
 from txmq.adapters.base import (
     Adapter,
-    Delivery,
     Publisher,
     Subscription,
     Topology,
 )
 from txmq.adapters.names import dead_letter_queue, retry_queue
 from txmq.consumer.compensation import compensation_event
-from txmq.consumer.envelopes import dead_letter_copy, raw_dead_letter, retry_copy
-from txmq.consumer.headers import (
-    error_text,
-    error_type,
-    inbox_key,
-    parse_attempt,
-)
 from txmq.consumer.inbox import Inbox, InboxEntry
 from txmq.consumer.policy import RetryPolicy
 from txmq.consumer.stats import ConsumerStats
@@ -55,11 +47,22 @@ from txmq.errors import (
     DatabaseUnavailable,
     TxmqError,
 )
-from txmq.message import HEADER_ATTEMPT, Message
+from txmq.message import Message
 from txmq.sql.tables import STATUS_DEAD
 from txmq.supervision import SupervisedLoop, describe
 from txmq.telemetry import CONSUME_SECONDS
 from txmq.tracing import ATTEMPT, message_span
+from txmq.wire import (
+    HEADER_ATTEMPT,
+    Delivery,
+    dead_letter_copy,
+    error_text,
+    error_type,
+    inbox_key,
+    parse_attempt,
+    raw_dead_letter,
+    retry_copy,
+)
 
 log = logging.getLogger("txmq.consumer")
 

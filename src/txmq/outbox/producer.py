@@ -32,7 +32,7 @@ from txmq.adapters.base import Transaction
 from txmq.database import outside_run_sync_is_an_error
 from txmq.errors import BrokerError, TransactionError, TxmqError
 from txmq.lifecycle import Closing
-from txmq.message import DEFAULT_MAX_BODY_BYTES, HEADER_PRODUCER_GROUP, Message, validate_name
+from txmq.message import DEFAULT_MAX_BODY_BYTES, Message, validate_name
 from txmq.outbox.checkback import CheckBack, CheckBackPolicy, Checker
 from txmq.outbox.relay import Relay
 from txmq.outbox.store import OutboxRecord, OutboxStore, utcnow
@@ -41,6 +41,7 @@ from txmq.states import LocalTransactionState, RecordState
 from txmq.supervision import Health, SupervisedLoop, health_of
 from txmq.telemetry import STAGED
 from txmq.tracing import creating, publishing
+from txmq.wire import HEADER_PRODUCER_GROUP
 
 log = logging.getLogger("txmq.producer")
 

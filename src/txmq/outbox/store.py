@@ -36,7 +36,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from txmq.database import require_sync_engine, same_database, session_connection
 from txmq.database_errors import refusal
 from txmq.errors import RecordNotFound, WrongDatabase
-from txmq.message import Message
+from txmq.message import Message, restore_message
 from txmq.sql.dialect import DirectStatement, UniqueInsert, dialect_of
 from txmq.sql.schema import raises_schema_missing
 from txmq.sql.tables import OutboxTables
@@ -362,7 +362,11 @@ class OutboxStore:
                 mapping = decoded[headers] = MappingProxyType(json.loads(headers))
             claimed.append(
                 ClaimedRecord(
-                    seq, Message._restore(topic, bytes(body), key, mapping, message_id), attempts
+                    seq,
+                    restore_message(
+                        topic=topic, body=bytes(body), key=key, headers=mapping, id=message_id
+                    ),
+                    attempts,
                 )
             )
         keyed = {r.message.key for r in claimed if r.message.key is not None}
@@ -672,8 +676,12 @@ class OutboxStore:
 
     def _record(self, row: Row[Any]) -> OutboxRecord:
         m = row._mapping
-        message = Message._restore(
-            m["topic"], bytes(m["body"]), m["key"], json.loads(m["headers"]), m["id"]
+        message = restore_message(
+            topic=m["topic"],
+            body=bytes(m["body"]),
+            key=m["key"],
+            headers=json.loads(m["headers"]),
+            id=m["id"],
         )
         created = _aware(m["created_at"])
         updated = _aware(m["updated_at"])

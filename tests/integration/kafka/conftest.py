@@ -12,10 +12,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 import txmq
-from txmq.adapters.base import Delivery, Subscription, Topology
+from txmq.adapters.base import Subscription, Topology
 from txmq.adapters.kafka.adapter import KafkaAdapter
 from txmq.adapters.kafka.settings import KafkaSettings
 from txmq.adapters.registry import parse_broker_url
+from txmq.wire import Delivery
 
 pytestmark = pytest.mark.broker
 

@@ -10,11 +10,11 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 import txmq
-from txmq.adapters.base import Delivery, Topology
+from txmq.adapters.base import Topology
 from txmq.adapters.kafka.adapter import KafkaAdapter, KafkaSubscription
-from txmq.consumer.headers import HEADER_TARGET_GROUP
 from txmq.errors import BrokerUnavailable, MessageDecodeError, QueueNotFound, TopologyError
-from txmq.message import HEADER_DUE_AT, Message
+from txmq.message import Message
+from txmq.wire import HEADER_DUE_AT, HEADER_TARGET_GROUP, Delivery
 
 pytestmark = pytest.mark.broker
 

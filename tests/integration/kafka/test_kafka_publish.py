@@ -10,10 +10,11 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import txmq
-from txmq.adapters.base import Delivery, Subscription, Topology
+from txmq.adapters.base import Subscription, Topology
 from txmq.adapters.kafka.adapter import KafkaAdapter, KafkaTransactionalPublisher
 from txmq.errors import BrokerUnavailable, MessageTooLarge, PublishError
 from txmq.message import Message
+from txmq.wire import Delivery
 
 pytestmark = pytest.mark.broker
 

@@ -35,14 +35,12 @@ from confluent_kafka import (
 )
 from confluent_kafka import Message as Record
 
-from txmq.adapters.base import Delivery, QueueBrowser
+from txmq.adapters.base import QueueBrowser
 from txmq.adapters.kafka.client import ClientEvents, KafkaContext
 from txmq.adapters.kafka.subscription import CONSUMER_REQUIRED
 from txmq.adapters.kafka.wire import decode_record
 from txmq.errors import BrokerUnavailable, PublishError, QueueNotFound
-
-#: Header of a settlement marker: the offset (decimal) of the record it settles.
-HEADER_SETTLES = "x-txmq-settles"
+from txmq.wire import HEADER_SETTLES, Delivery
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,4 +240,4 @@ class KafkaBrowser(QueueBrowser):
         return self._producer
 
 
-__all__ = ["HEADER_SETTLES", "KafkaBrowser", "RecordPosition"]
+__all__ = ["KafkaBrowser", "RecordPosition"]

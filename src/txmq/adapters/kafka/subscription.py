@@ -28,13 +28,13 @@ from confluent_kafka import (
 )
 from confluent_kafka import Message as Record
 
-from txmq.adapters.base import Delivery, Subscription, Withheld
+from txmq.adapters.base import Subscription, Withheld
 from txmq.adapters.due_time import DueTimeGate
 from txmq.adapters.kafka.client import ClientEvents, KafkaContext, logger
 from txmq.adapters.kafka.offsets import OffsetTracker, PartitionKey, Position
 from txmq.adapters.kafka.wire import decode_record
-from txmq.consumer.headers import HEADER_TARGET_GROUP
 from txmq.errors import BrokerUnavailable
+from txmq.wire import HEADER_TARGET_GROUP, Delivery
 
 #: Rebalancing: ``cooperative-sticky`` moves only the partitions that change owner, so a
 #: consumer joining or leaving does not make every member drop its in-flight messages

@@ -40,7 +40,6 @@ from typing import Literal
 from txmq.adapters.base import (
     Adapter,
     Capabilities,
-    Delivery,
     Publisher,
     PublishOutcome,
     QueueBrowser,
@@ -56,11 +55,11 @@ from txmq.config import BrokerSettings, CommonSettings
 from txmq.errors import (
     BrokerUnavailable,
     ConfigurationError,
-    MessageDecodeError,
     PublishError,
     QueueNotFound,
 )
 from txmq.message import DEFAULT_MAX_BODY_BYTES, Message
+from txmq.wire import Delivery, decode_or_raw, message_from_wire
 
 #: The queue holding messages published while no queue was bound for their topic.
 UNROUTABLE = "memory.unroutable"
@@ -252,14 +251,15 @@ class InMemoryBroker(Adapter):
 
     def _delivery(self, queue: str, entry: _Entry, token: object) -> Delivery:
         if entry.message is None:
-            return Delivery(
-                None,
-                queue,
-                entry.redelivered,
-                token,
-                decode_error=MessageDecodeError("no x-txmq-id header"),
+            return decode_or_raw(
+                lambda: message_from_wire(
+                    body=entry.raw_body, headers=entry.raw_headers, topic=queue
+                ),
+                source=queue,
+                token=token,
+                redelivered=entry.redelivered,
                 raw_body=entry.raw_body,
-                raw_headers=dict(entry.raw_headers),
+                raw_headers=lambda: dict(entry.raw_headers),
             )
         return Delivery(entry.message, queue, entry.redelivered, token)
 

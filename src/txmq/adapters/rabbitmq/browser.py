@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from txmq.adapters.base import Delivery, QueueBrowser
+from txmq.adapters.base import QueueBrowser
 from txmq.adapters.rabbitmq.connection import (
     NOT_FOUND,
     channel_error,
@@ -26,6 +26,7 @@ from txmq.adapters.rabbitmq.connection import (
 from txmq.adapters.rabbitmq.settings import RabbitMQSettings
 from txmq.adapters.rabbitmq.wire import decode_frame, settlement_plan
 from txmq.errors import BrokerError, QueueNotFound, TopologyError
+from txmq.wire import Delivery
 
 _AMQP_ERRORS = (pika.exceptions.AMQPError, OSError)
 

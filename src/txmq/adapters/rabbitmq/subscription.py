@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from txmq.adapters.base import Delivery, Subscription
+from txmq.adapters.base import Subscription
 from txmq.adapters.rabbitmq.connection import (
     channel_error,
     close_quietly,
@@ -32,6 +32,7 @@ from txmq.adapters.rabbitmq.connection import (
 from txmq.adapters.rabbitmq.settings import RabbitMQSettings
 from txmq.adapters.rabbitmq.wire import decode_frame, settlement_plan
 from txmq.errors import BrokerError, BrokerUnavailable, ConfigurationError
+from txmq.wire import Delivery
 
 log = logging.getLogger("txmq.rabbitmq")
 

@@ -2,12 +2,10 @@
 
 Nothing here talks to a broker, so it is tested without one.
 
-Wire format (same meaning as the Kafka adapter's): the body is the message body; the
-``message_id`` property is the message id; ``headers`` are the message headers plus
-``x-txmq-id``, ``x-txmq-topic`` (the logical topic, which survives dead-lettering and
-publishing straight into a queue) and ``x-txmq-key`` when there is a key. Decoding takes
-those three back into :class:`~txmq.message.Message` fields, so a decoded message equals
-the one that was published.
+The wire format is :mod:`txmq.wire.codec`'s; on AMQP the body is the message body, the
+``message_id`` property is the message id, and the ``headers`` table holds the wire headers
+as text. RabbitMQ's own headers (``x-death`` ...) are left out when decoding, and other
+AMQP field types (numbers, booleans, timestamps) are read as text.
 """
 
 from __future__ import annotations
@@ -18,9 +16,9 @@ import decimal
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from txmq.adapters.base import Delivery
-from txmq.errors import InvalidMessage, MessageDecodeError
-from txmq.message import HEADER_ID, HEADER_KEY, HEADER_TOPIC, Message
+from txmq.errors import MessageDecodeError
+from txmq.message import Message
+from txmq.wire import Delivery, decode_or_raw, message_from_wire, wire_headers
 
 #: ``delivery_mode`` of a message RabbitMQ writes to disk.
 PERSISTENT = 2
@@ -31,17 +29,11 @@ _BROKER_HEADERS = frozenset(
     {"x-death", "x-delivery-count", "x-received-from", "x-shovelled", "x-shovelled-timestamp"}
 )
 _BROKER_HEADER_PREFIXES = ("x-first-death-", "x-last-death-")
-_STRUCTURAL_HEADERS = frozenset({HEADER_ID, HEADER_KEY, HEADER_TOPIC})
 
 
 def encode_headers(message: Message) -> dict[str, str]:
-    """The AMQP ``headers`` table carrying ``message``."""
-    headers = dict(message.headers)
-    headers[HEADER_ID] = message.id
-    headers[HEADER_TOPIC] = message.topic
-    if message.key is not None:
-        headers[HEADER_KEY] = message.key
-    return headers
+    """The AMQP ``headers`` table carrying ``message``: the wire headers, as text."""
+    return wire_headers(message)
 
 
 def _is_broker_header(name: str) -> bool:
@@ -99,20 +91,9 @@ def decode_message(
         MessageDecodeError: no id, a header without a text form, or fields that do not make
             a valid message (e.g. a bad topic).
     """
-    text = _text_headers(headers or {})
-    message_id = message_id or text.get(HEADER_ID)
-    if not message_id:
-        raise MessageDecodeError("no message id (neither message_id nor x-txmq-id is set)")
-    try:
-        return Message(
-            text.get(HEADER_TOPIC) or routing_key,
-            body,
-            key=text.get(HEADER_KEY),
-            headers={k: v for k, v in text.items() if k not in _STRUCTURAL_HEADERS},
-            id=message_id,
-        )
-    except InvalidMessage as exc:
-        raise MessageDecodeError(f"not a valid txmq message: {exc}") from exc
+    return message_from_wire(
+        body=body, headers=_text_headers(headers or {}), topic=routing_key, message_id=message_id
+    )
 
 
 def decode_delivery(
@@ -125,20 +106,16 @@ def decode_delivery(
     headers: Mapping[str, object] | None,
     routing_key: str,
 ) -> Delivery:
-    """A :class:`Delivery`; one that cannot be decoded carries the error and raw data instead."""
-    try:
-        message = decode_message(body, message_id, headers, routing_key)
-    except MessageDecodeError as exc:
-        return Delivery(
-            message=None,
-            source=source,
-            redelivered=redelivered,
-            token=token,
-            decode_error=exc,
-            raw_body=body,
-            raw_headers=raw_headers(headers),
-        )
-    return Delivery(message=message, source=source, redelivered=redelivered, token=token)
+    """A :class:`~txmq.wire.Delivery`; one that cannot be decoded carries the error and raw
+    data instead."""
+    return decode_or_raw(
+        lambda: decode_message(body, message_id, headers, routing_key),
+        source=source,
+        token=token,
+        redelivered=redelivered,
+        raw_body=body,
+        raw_headers=lambda: raw_headers(headers),
+    )
 
 
 def decode_frame(source: str, token: object, method: Any, properties: Any, body: bytes) -> Delivery:

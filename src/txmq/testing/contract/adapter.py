@@ -16,8 +16,9 @@ from collections.abc import Iterator
 import pytest
 
 import txmq
-from txmq.adapters.base import Delivery, Subscription
+from txmq.adapters.base import Subscription
 from txmq.testing.contract.features import requires
+from txmq.wire import Delivery
 
 pytestmark = pytest.mark.broker
 

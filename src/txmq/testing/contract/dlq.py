@@ -20,10 +20,10 @@ import txmq
 from txmq.adapters import Adapter, Topology
 from txmq.cli import dlq as cli
 from txmq.consumer import DeadLetters
-from txmq.consumer.envelopes import dead_letter_copy
 from txmq.errors import QueueNotFound
 from txmq.message import Message
 from txmq.testing.contract.features import Features, requires
+from txmq.wire import dead_letter_copy
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -1,4 +1,5 @@
-"""The copies of a message the consumer sends on: to a retry stage, to the DLQ, on replay.
+"""The copies of a message txmq sends on: retry, dead-letter, raw dead-letter, replay, and
+the headers of a compensation event.
 
 Pure functions: they build messages and never talk to a broker. A copy keeps the message's
 id, topic, key and body; only ``x-txmq-`` headers change.
@@ -8,25 +9,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from txmq.consumer.headers import (
-    HEADER_COMPENSATION_ID,
-    HEADER_GROUP,
-    HEADER_RAW,
-    HEADER_REPLAY,
-    replay_generation,
-    timestamp,
-)
-from txmq.message import (
+from txmq.message import HEADER_PREFIX, Message
+from txmq.wire.headers import (
     HEADER_ATTEMPT,
+    HEADER_COMPENSATES,
+    HEADER_COMPENSATION_ID,
     HEADER_DUE_AT,
     HEADER_ERROR_MESSAGE,
     HEADER_ERROR_TYPE,
     HEADER_FIRST_FAILURE,
+    HEADER_GROUP,
     HEADER_ID,
     HEADER_KEY,
     HEADER_LAST_FAILURE,
+    HEADER_ORIGINAL_TOPIC,
+    HEADER_RAW,
+    HEADER_RAW_ID,
+    HEADER_RAW_KEY,
+    HEADER_RAW_TOPIC,
+    HEADER_REPLAY,
     HEADER_TOPIC,
-    Message,
+    replay_generation,
+    timestamp,
 )
 
 #: Headers describing a failure; dropped when a message is replayed.
@@ -91,7 +95,11 @@ def dead_letter_copy(
 
 #: Transport headers of an undecodable message are kept under ``x-txmq-raw-...`` so the
 #: adapter's own (id, key, topic of the new message) cannot clash with them.
-_RENAMED_ON_RAW = (HEADER_ID, HEADER_KEY, HEADER_TOPIC)
+_RENAMED_ON_RAW = {
+    HEADER_ID: HEADER_RAW_ID,
+    HEADER_KEY: HEADER_RAW_KEY,
+    HEADER_TOPIC: HEADER_RAW_TOPIC,
+}
 
 
 def raw_dead_letter(
@@ -109,10 +117,7 @@ def raw_dead_letter(
     The body is kept byte for byte; the headers as they came, except ``x-txmq-id``,
     ``x-txmq-key`` and ``x-txmq-topic``, which are kept as ``x-txmq-raw-id`` etc.
     """
-    kept = {
-        (f"x-txmq-raw-{k.removeprefix('x-txmq-')}" if k in _RENAMED_ON_RAW else k): v
-        for k, v in headers.items()
-    }
+    kept = {_RENAMED_ON_RAW.get(k, k): v for k, v in headers.items()}
     probe = Message(topic, body)
     kept.update(_failure_headers(probe, error_type, reason, 1, now))
     kept[HEADER_GROUP] = group
@@ -130,3 +135,24 @@ def replay_copy(message: Message) -> Message:
     headers[HEADER_ATTEMPT] = "1"
     headers[HEADER_REPLAY] = str(replay_generation(message.headers) + 1)
     return Message(message.topic, message.body, key=message.key, headers=headers, id=message.id)
+
+
+def compensation_headers(
+    message: Message, *, group: str, error_type: str, error_message: str
+) -> dict[str, str]:
+    """The headers of the compensation event for ``message``, which ``group`` gave up on.
+
+    The event carries the message's application headers (none of its ``x-txmq-`` ones) and
+    says which message it compensates, its topic, the group and the final error.
+    """
+    headers = {k: v for k, v in message.headers.items() if not k.startswith(HEADER_PREFIX)}
+    headers.update(
+        {
+            HEADER_COMPENSATES: message.id,
+            HEADER_ORIGINAL_TOPIC: message.topic,
+            HEADER_GROUP: group,
+            HEADER_ERROR_TYPE: error_type,
+            HEADER_ERROR_MESSAGE: error_message,
+        }
+    )
+    return headers
