@@ -36,6 +36,12 @@ def redact(text: str) -> str:
     return text
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: first line of the message``, with secrets redacted."""
+    lines = redact(str(exc)).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 @dataclass(frozen=True, slots=True)
 class CommonSettings:
     """Settings every adapter understands (query options without a broker prefix).
@@ -117,6 +123,7 @@ __all__ = [
     "BrokerSettings",
     "CommonSettings",
     "database_url",
+    "describe",
     "host_port",
     "pop_common",
     "redact",

@@ -73,9 +73,9 @@ from txmq import (
     make_outbox_tables,
     redact,
 )
+from txmq.config import describe
 from txmq.database import open_engine
 from txmq.sql.tables import STATUS_DEAD, STATUS_DONE
-from txmq.supervision import describe
 from txmq.wire import HEADER_PRODUCER_GROUP
 
 if TYPE_CHECKING:

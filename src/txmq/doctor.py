@@ -23,10 +23,10 @@ from sqlalchemy import Engine, MetaData, Table, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from txmq.adapters import Adapter, connect
+from txmq.config import describe
 from txmq.database_errors import refusal
 from txmq.errors import BrokerUnavailable, TopologyError
 from txmq.sql.tables import OutboxTables, make_inbox_table, make_outbox_tables
-from txmq.supervision import describe
 
 #: Clock difference from the database above which the check fails: check-back immunity and
 #: retry times are written by one host and compared by another.

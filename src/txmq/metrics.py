@@ -29,13 +29,13 @@ from sqlalchemy.exc import DBAPIError
 
 from txmq.adapters.base import Adapter
 from txmq.adapters.names import dead_letter_queue
+from txmq.config import describe
 from txmq.database_errors import is_outage, refusal
 from txmq.errors import ConfigurationError, DatabaseUnavailable
 from txmq.message import validate_name
 from txmq.outbox.store import OutboxStore, utcnow
 from txmq.sql.schema import as_schema_missing
 from txmq.states import RecordState
-from txmq.supervision import describe
 from txmq.telemetry import CONSUMER_LAG, DLQ_DEPTH, OUTBOX_OLDEST_AGE, OUTBOX_RECORDS, Metric
 
 

@@ -29,7 +29,7 @@ from enum import StrEnum
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from txmq.config import redact
+from txmq.config import describe
 from txmq.database_errors import refusal
 from txmq.errors import BrokerError, ConfigurationError, DatabaseUnavailable
 
@@ -101,12 +101,6 @@ class Health:
 
     def __add__(self, other: Health) -> Health:
         return Health(self.loops + other.loops)
-
-
-def describe(exc: BaseException) -> str:
-    """``Type: first line of the message``, with secrets redacted."""
-    lines = redact(str(exc)).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def fatal_error(exc: BaseException) -> ConfigurationError | None:

@@ -352,7 +352,14 @@ def test_a_policy_already_in_place_is_left_alone(
     assert policy.read_text() == "#!/bin/sh\nexit 0\n"
 
 
+class FakeContainers:
+    def list(self, **filters: object) -> list[object]:
+        return []  # nothing stale to reap
+
+
 class FakeClient:
+    containers = FakeContainers()
+
     def close(self) -> None:
         pass
 

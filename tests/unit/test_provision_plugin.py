@@ -83,7 +83,9 @@ def test_brokers_are_started_only_when_asked_for_once_per_session_and_stopped_af
     started: list[tuple[str, str]] = []
     stopped: list[Running] = []
 
-    def fake_start(broker: provision.Broker, mode: str, ports: provision.Ports) -> Running:
+    def fake_start(
+        broker: provision.Broker, mode: str, ports: provision.Ports, owner: int | None = None
+    ) -> Running:
         started.append((broker, mode))
         return Running(broker=broker, mode="process", url=f"{broker}://fake:{ports.postgres}")
 
@@ -112,7 +114,9 @@ def test_a_failed_start_is_reported_once_per_broker(
 ) -> None:
     attempts: list[str] = []
 
-    def failing_start(broker: provision.Broker, mode: str, ports: provision.Ports) -> Running:
+    def failing_start(
+        broker: provision.Broker, mode: str, ports: provision.Ports, owner: int | None = None
+    ) -> Running:
         attempts.append(broker)
         raise provision.ProvisionError("no rabbitmq-server here (password=s3cret://u:s3cret@h)")
 
@@ -192,7 +196,7 @@ def test_terminal_summary_says_which_brokers_were_used_and_from_where(
     monkeypatch.setattr(
         provision,
         "start",
-        lambda broker, mode, ports: Running(
+        lambda broker, mode, ports, owner=None: Running(
             broker=broker,
             mode="container",
             url="rabbitmq://g:s3cret@127.0.0.1:4/",

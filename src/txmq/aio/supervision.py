@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from txmq.config import describe
 from txmq.errors import BrokerError, DatabaseUnavailable
 from txmq.supervision import (
     DATABASE_BACKOFF,
@@ -24,7 +25,6 @@ from txmq.supervision import (
     Health,
     LoopHealth,
     LoopState,
-    describe,
     fatal_error,
 )
 

@@ -17,14 +17,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from txmq.adapters import connect
 from txmq.cli.progress import progress
-from txmq.config import ENV_BROKER_URL, ENV_DATABASE_URL, database_url, redact
+from txmq.config import ENV_BROKER_URL, ENV_DATABASE_URL, database_url, describe, redact
 from txmq.database import open_engine
 from txmq.errors import TxmqError
 from txmq.outbox.relay import Relay
 from txmq.outbox.store import OutboxRecord, OutboxStore
 from txmq.sql.tables import make_outbox_tables
 from txmq.states import RecordState
-from txmq.supervision import describe
 
 #: How often ``txmq outbox relay`` looks at its lanes' health.
 HEALTH_CHECK_INTERVAL = 0.5

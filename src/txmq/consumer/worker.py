@@ -36,6 +36,7 @@ from txmq.adapters.base import (
     Topology,
 )
 from txmq.adapters.names import dead_letter_queue, retry_queue
+from txmq.config import describe
 from txmq.consumer.compensation import compensation_event
 from txmq.consumer.inbox import Inbox, InboxEntry
 from txmq.consumer.policy import RetryPolicy
@@ -49,7 +50,7 @@ from txmq.errors import (
 )
 from txmq.message import Message
 from txmq.sql.tables import STATUS_DEAD
-from txmq.supervision import SupervisedLoop, describe
+from txmq.supervision import SupervisedLoop
 from txmq.telemetry import CONSUME_SECONDS
 from txmq.tracing import ATTEMPT, message_span
 from txmq.wire import (

@@ -10,11 +10,12 @@ from collections.abc import Sequence
 
 from sqlalchemy import select
 
+from txmq.config import describe
 from txmq.consumer.runner import Consumer
 from txmq.errors import ConfigurationError
 from txmq.process.probes import Check
 from txmq.sql.schema import missing_tables_raise_schema_missing
-from txmq.supervision import Health, describe
+from txmq.supervision import Health
 
 
 def load_consumer(target: str) -> Consumer:

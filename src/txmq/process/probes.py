@@ -25,8 +25,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from txmq.config import describe
 from txmq.errors import ConfigurationError, MissingDependency
-from txmq.supervision import Health, LoopState, describe
+from txmq.supervision import Health, LoopState
 from txmq.telemetry import READY
 
 log = logging.getLogger("txmq.probes")

@@ -26,10 +26,10 @@ from typing import Protocol
 
 from sqlalchemy.exc import ArgumentError
 
-from txmq.config import redact
+from txmq.config import describe, redact
 from txmq.errors import BrokerUnavailable, ConfigurationError
 from txmq.process.probes import Check, ProbeServer, Readiness
-from txmq.supervision import Health, describe, fatal_error
+from txmq.supervision import Health, fatal_error
 
 log = logging.getLogger("txmq.process")
 

@@ -44,9 +44,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 
+from txmq.config import describe
 from txmq.errors import DatabaseUnavailable
 from txmq.sql.tables import NOTIFY_CHANNEL
-from txmq.supervision import describe
 
 log = logging.getLogger("txmq.sql")
 
