@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
+from txmq.chaos.runner import system_of
 from txmq.cli.root import app
+from txmq.errors import ConfigurationError
 
 
 @pytest.mark.parametrize(
@@ -22,3 +24,30 @@ def test_chaos_refuses_a_schedule_it_cannot_run_in_one_line(args: list[str], say
     assert len(lines) == 1
     assert lines[0].startswith("error: ")
     assert says in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("target", "system"),
+    [
+        ("rabbitmq", "rabbitmq"),
+        ("amqp://guest:guest@127.0.0.1:5672/", "rabbitmq"),
+        ("rabbitmqs://guest:guest@127.0.0.1:5671/", "rabbitmq"),
+        ("AMQPS://guest:guest@127.0.0.1:5671/", "rabbitmq"),
+        ("kafka://127.0.0.1:9092", "kafka"),
+    ],
+)
+def test_chaos_knows_a_broker_by_every_scheme_txmq_connect_takes(target: str, system: str) -> None:
+    assert system_of(target) == system
+
+
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [
+        ("memory://chaos", "runs on rabbitmq or kafka, not memory"),
+        ("redis://:secret@127.0.0.1:6379/0", "unknown broker URL scheme"),
+    ],
+)
+def test_chaos_refuses_a_broker_it_cannot_run_without_the_password(target: str, says: str) -> None:
+    with pytest.raises(ConfigurationError, match=says) as caught:
+        system_of(target)
+    assert "secret" not in str(caught.value)

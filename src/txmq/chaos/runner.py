@@ -9,11 +9,11 @@ import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, create_engine, func, select
 
 from txmq import DeadLetters, RecordState, connect, create_schema, redact
+from txmq.adapters.registry import parse_broker_url
 from txmq.chaos import faults as injectors
 from txmq.chaos import schedule as schedules
 from txmq.chaos.history import Operation, read_deliveries, read_history
@@ -75,19 +75,20 @@ def run(
 
 
 def system_of(target: str) -> str:
-    """``rabbitmq`` or ``kafka`` for a broker name or URL.
+    """``rabbitmq`` or ``kafka`` for a broker name or URL (any scheme :func:`txmq.connect`
+    takes for them).
 
     Raises:
-        ConfigurationError: neither.
+        ConfigurationError: neither (InvalidURL for a URL no broker takes).
     """
     if target in SYSTEMS:
         return target
-    scheme = urlsplit(target).scheme
-    if scheme in ("rabbitmq", "amqp", "amqps"):
-        return "rabbitmq"
-    if scheme == "kafka":
-        return "kafka"
-    raise ConfigurationError(f"{redact(target)} is neither rabbitmq, kafka nor a broker URL")
+    system = parse_broker_url(target).system
+    if system not in SYSTEMS:
+        raise ConfigurationError(
+            f"txmq chaos runs on rabbitmq or kafka, not {system}: {redact(target)}"
+        )
+    return system
 
 
 def client_url(url: str, system: str) -> str:
