@@ -404,3 +404,21 @@ def test_an_owner_token_names_a_living_process_until_it_is_gone() -> None:
     _, _, rest = containers.owner_token(os.getpid()).partition(":")
     assert containers.owner_gone(f"another-boot:{rest}")
     assert containers.owner_gone("garbage")
+
+
+def test_an_owner_in_another_pid_namespace_is_never_taken_for_gone() -> None:
+    """A Docker engine may be shared with other PID namespaces (CI jobs or dev containers
+    mounting the same socket): their pids mean nothing here, so their containers stay."""
+    import subprocess
+    import sys
+
+    from txmq.testing.provision import containers
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    token = containers.owner_token(child.pid)
+    child.wait(timeout=30)
+    boot, namespace, pid, started = token.split(":")  # the owner's pid namespace included
+    assert pid == str(child.pid)
+    assert containers.owner_gone(token)  # gone in this namespace
+    other = "1" if namespace != "1" else "2"
+    assert not containers.owner_gone(f"{boot}:{other}:{pid}:{started}")  # cannot tell here

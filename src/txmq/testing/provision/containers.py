@@ -35,9 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("txmq.provision")
 
 LABEL = "txmq.provisioned"
-#: On a container that belongs to one process (a pytest session): ``<boot id>:<pid>:<start
-#: time>`` of that process. Once that process is gone (a ``kill -9`` gave it no time to stop
-#: its brokers), the next start reaps the container. ``txmq brokers up`` containers carry no
+#: On a container that belongs to one process (a pytest session): ``<boot id>:<pid
+#: namespace>:<pid>:<start time>`` of that process. Once that process is gone (a ``kill -9``
+#: gave it no time to stop its brokers), the next start in its pid namespace reaps the
+#: container. ``txmq brokers up`` containers carry no
 #: owner: they are meant to outlive the command, and ``txmq brokers down`` stops them.
 OWNER_LABEL = "txmq.owner"
 NETWORK_ENV = "TXMQ_DOCKER_NETWORK"
@@ -143,8 +144,9 @@ def _liveness(container: DockerContainer) -> Callable[[], str | None]:
 
 def owner_token(pid: int) -> str:
     """The :data:`OWNER_LABEL` value naming process ``pid`` (never mistaken for a later
-    process given the same pid, nor for a process of an earlier boot)."""
-    return f"{_boot_id()}:{pid}:{process_start_time(pid)}"
+    process given the same pid, nor for a process of an earlier boot or of another pid
+    namespace)."""
+    return f"{_boot_id()}:{_pid_namespace()}:{pid}:{process_start_time(pid)}"
 
 
 def _boot_id() -> str:
@@ -154,12 +156,28 @@ def _boot_id() -> str:
         return "unknown"
 
 
+def _pid_namespace() -> str:
+    """This process's pid namespace (its inode number): a Docker engine may serve several,
+    e.g. CI jobs or dev containers that mount the same socket."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
 def owner_gone(token: str) -> bool:
-    """Whether the process an :data:`OWNER_LABEL` value names is gone."""
+    """Whether the process an :data:`OWNER_LABEL` value names is gone.
+
+    A process of another pid namespace is never taken for gone: its pid means nothing here,
+    so its container is left to a start in that namespace (or ``docker rm``).
+    """
     boot, _, rest = token.partition(":")
+    namespace, _, rest = rest.partition(":")
     pid_text, _, started = rest.partition(":")
     if not pid_text.isdigit() or boot != _boot_id():
         return True  # unreadable, or from an earlier boot: nobody can be using it
+    if namespace != _pid_namespace():
+        return False
     return str(process_start_time(int(pid_text))) != started
 
 
