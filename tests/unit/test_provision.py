@@ -422,3 +422,40 @@ def test_an_owner_in_another_pid_namespace_is_never_taken_for_gone() -> None:
     assert containers.owner_gone(token)  # gone in this namespace
     other = "1" if namespace != "1" else "2"
     assert not containers.owner_gone(f"{boot}:{other}:{pid}:{started}")  # cannot tell here
+
+
+def test_reaping_removes_only_session_containers_that_nobody_can_use() -> None:
+    import os
+
+    from txmq.testing.provision import containers
+
+    class Container:
+        def __init__(self, name: str, status: str, owner: str | None) -> None:
+            self.short_id, self.status = name, status
+            self.labels = {containers.LABEL: "postgres"}
+            if owner is not None:
+                self.labels[containers.OWNER_LABEL] = owner
+            self.removed = False
+
+        def remove(self, **options: object) -> None:
+            self.removed = True
+
+    alive = containers.owner_token(os.getpid())
+    boot, _, rest = alive.partition(":")
+    gone = f"{boot}:{rest.rsplit(':', 1)[0]}:-5"  # this pid, another start time: not it
+    found = [
+        Container("up-exited", "exited", None),  # txmq brokers up: for `down` to decide
+        Container("up-running", "running", None),
+        Container("mine-running", "running", alive),
+        Container("mine-exited", "exited", alive),
+        Container("orphan", "running", gone),
+    ]
+
+    class Client:
+        class containers:
+            @staticmethod
+            def list(**filters: object) -> list[Container]:
+                return found
+
+    assert containers.reap(Client()) == ["mine-exited", "orphan"]  # type: ignore[arg-type]
+    assert [c.short_id for c in found if c.removed] == ["mine-exited", "orphan"]

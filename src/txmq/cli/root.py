@@ -19,7 +19,6 @@ from txmq.cli.outbox import app as outbox_app
 from txmq.cli.process import consume, worker
 from txmq.cli.schema import app as schema_app
 from txmq.cli.unroutable import app as unroutable_app
-from txmq.config import ENV_BROKER_URL, ENV_DATABASE_URL
 
 if TYPE_CHECKING:
     # typer's own copy of click, named by typer's signatures and nowhere else.
@@ -109,7 +108,6 @@ def demo(
     broker: Annotated[
         list[str] | None,
         typer.Option(
-            envvar=ENV_BROKER_URL,
             help="Broker URL; repeat to run on several (default: RabbitMQ and Kafka as "
             "'txmq brokers up' runs them, started and stopped here if not running).",
         ),
@@ -117,8 +115,8 @@ def demo(
     database: Annotated[
         str | None,
         typer.Option(
-            envvar=ENV_DATABASE_URL,
-            help="SQLAlchemy URL (default: a SQLite file in a temporary directory).",
+            help="SQLAlchemy URL (default: a SQLite file in a temporary directory; "
+            "TXMQ_DATABASE_URL is not read, so a demo never lands on a real database).",
         ),
     ] = None,
     as_json: Annotated[

@@ -184,17 +184,19 @@ def owner_gone(token: str) -> bool:
 def reap(client: docker.DockerClient) -> list[str]:
     """Remove txmq's containers that nobody can use any more; return their short ids.
 
-    That is every container carrying :data:`LABEL` that has exited, and every one whose
-    :data:`OWNER_LABEL` process is gone. Containers of ``txmq brokers up`` (no owner) that
-    still run are left alone, as is anything without txmq's label.
+    That is every container carrying :data:`OWNER_LABEL` (started for a test session) that
+    has exited or whose owner process is gone. Containers of ``txmq brokers up`` (no owner)
+    are left alone, even exited (their data is for ``txmq brokers down``), as is anything
+    without txmq's label.
     """
     import docker as docker_sdk
 
     removed: list[str] = []
     for container in client.containers.list(all=True, filters={"label": LABEL}):
         owner = container.labels.get(OWNER_LABEL)
-        exited = container.status in ("exited", "dead")
-        if exited or (owner is not None and owner_gone(owner)):
+        if owner is None:
+            continue  # a `txmq brokers up` container: `txmq brokers down` decides, even exited
+        if container.status in ("exited", "dead") or owner_gone(owner):
             try:
                 container.remove(force=True, v=True)
             except docker_sdk.errors.NotFound:
