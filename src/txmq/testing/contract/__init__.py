@@ -55,7 +55,8 @@ def expose(
 ) -> None:
     """Make the test module whose ``globals()`` is ``namespace`` run ``suite`` on ``adapters``.
 
-    Puts into ``namespace`` the suite's fixtures, each of its tests that applies to at least
+    Puts into ``namespace`` the fixtures the suites share (:mod:`.fixtures`), the suite's own
+    fixtures, each of its tests that applies to at least
     one of ``adapters`` with ``broker_url`` parametrized (indirectly) by the names of the
     adapters it applies to, and a ``txmq_features`` fixture giving the :class:`Features` of
     the adapter a test runs on.
@@ -68,6 +69,10 @@ def expose(
     package, _, short = suite.__name__.rpartition(".")
     if package != __name__ or short not in SUITES:
         raise ValueError(f"{suite.__name__} is not a txmq contract suite ({', '.join(SUITES)})")
+    from txmq.testing.contract import fixtures
+
+    for name in fixtures.__all__:  # shared by the suites; a suite's own fixture wins
+        namespace[name] = getattr(fixtures, name)
     for name, value in vars(suite).items():
         if name.startswith("_"):
             continue

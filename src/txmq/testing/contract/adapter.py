@@ -11,7 +11,6 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,13 +20,6 @@ from txmq.testing.contract.features import requires
 from txmq.wire import Delivery
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def broker(broker_url: str) -> Iterator[txmq.Adapter]:
-    adapter = txmq.connect(broker_url)
-    yield adapter
-    adapter.close()
 
 
 @pytest.fixture

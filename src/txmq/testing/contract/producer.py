@@ -37,13 +37,6 @@ QUICK_CHECKS = CheckBackPolicy(immunity=NOW, interval=timedelta(milliseconds=1))
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_engine(database_url, pool_size=10)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def prefix() -> str:
     return f"p{uuid.uuid4().hex[:8]}_"
 
@@ -56,13 +49,6 @@ def metadata(engine: Engine, prefix: str) -> Iterator[MetaData]:
     metadata.create_all(engine)
     yield metadata
     metadata.drop_all(engine)
-
-
-@pytest.fixture
-def broker(broker_url: str) -> Iterator[txmq.Adapter]:
-    adapter = txmq.connect(broker_url)
-    yield adapter
-    adapter.close()
 
 
 @pytest.fixture

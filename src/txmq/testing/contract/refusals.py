@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, func, select
+from sqlalchemy import Column, Engine, Integer, MetaData, Table, func, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
@@ -24,13 +24,6 @@ from txmq.testing.contract.features import requires
 pytestmark = [pytest.mark.broker, pytest.mark.database]
 
 FIVE_MB = b"x" * 5_000_000
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, MetaData, create_engine
+from sqlalchemy import Engine, MetaData
 from sqlalchemy.orm import Session
 
 import txmq
@@ -36,13 +36,6 @@ def suffix() -> str:
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_engine(database_url, pool_size=10)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def metadata(engine: Engine, suffix: str) -> Iterator[MetaData]:
     metadata = MetaData()
     make_outbox_tables(metadata, prefix=f"u{suffix}_")
@@ -50,13 +43,6 @@ def metadata(engine: Engine, suffix: str) -> Iterator[MetaData]:
     metadata.create_all(engine)
     yield metadata
     metadata.drop_all(engine)
-
-
-@pytest.fixture
-def broker(broker_url: str) -> Iterator[txmq.Adapter]:
-    adapter = txmq.connect(broker_url)
-    yield adapter
-    adapter.close()
 
 
 def consumer(

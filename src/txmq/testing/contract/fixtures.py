@@ -1,0 +1,31 @@
+"""Fixtures the suites share: an adapter on the URL under test, and an engine on the test
+database. A suite imports them, so :func:`~txmq.testing.contract.expose` hands them to the
+test module with the suite's own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, create_engine
+
+import txmq
+
+
+@pytest.fixture
+def broker(broker_url: str) -> Iterator[txmq.Adapter]:
+    """The adapter under test, connected (checked) and closed after the test."""
+    adapter = txmq.connect(broker_url)
+    yield adapter
+    adapter.close()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on the test database, with room for a relay's lanes and a consumer."""
+    engine = create_engine(database_url, pool_size=10)
+    yield engine
+    engine.dispose()
+
+
+__all__ = ["broker", "engine"]
