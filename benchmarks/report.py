@@ -53,14 +53,9 @@ def chart(path: Path, figures: dict[str, dict[str, Any]], title: str) -> None:
     fig.suptitle(title, fontsize=11)
 
     groups = sorted(
-        {
-            n.rsplit(".", 1)[0]
-            for n in figures
-            if n.startswith("latency.") and not n.endswith(".achieved")
-        }
-        - {""}
+        {n.rsplit(".", 1)[0] for n in figures if n.startswith("latency.") and n.endswith(".p50")},
+        key=lambda g: (g.split(".")[1], int(g.split(".")[2])),  # broker, then rate
     )
-    groups = [g for g in groups if f"{g}.p50" in figures]
     percentiles = ("p50", "p99", "p99.9")
     width = 0.8 / len(percentiles)
     for i, pct in enumerate(percentiles):
