@@ -258,7 +258,7 @@ def latency_section(
     producer.start()
     try:
         _reply(producer_pipe, producer)  # warmed up: the consumer handles messages
-        alternate(rounds, {f"{rate} msg/s": lambda r=rate: phase(r) for rate in rates}, results)
+        alternate(rounds, {f"{rate} msg/s": partial(phase, rate) for rate in rates}, results)
     finally:
         for pipe in (producer_pipe, consumer_pipe):
             pipe.send(("stop",))

@@ -69,7 +69,8 @@ def pipelined_confirms(url: str, topic: str, count: int, body: bytes, window: in
     connection.ioloop.start()
     connection.ioloop.close()
     assert state["failed"] == 0, f"{state['failed']} messages nacked"
-    return state["rate"]
+    rate: Rate = state["rate"]
+    return rate
 
 
 def confirm_each(url: str, topic: str, count: int, body: bytes) -> Rate:
