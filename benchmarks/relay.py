@@ -180,7 +180,7 @@ def relay_section(
     adapter.declare([topology])
     topic, group = topology.topic, f"bench-relay-{suffix}"
     body = os.urandom(sizes.body)
-    prefix = f"figure_{broker}"
+    tables_prefix = f"bench_{broker}"
     base, base_label = BASELINES[broker]
     second, second_label = SECOND_BASELINES[broker]
     p = f"relay.{broker}"
@@ -231,7 +231,7 @@ def relay_section(
     )
 
     history_metadata = MetaData()
-    history_tables = txmq.make_outbox_tables(history_metadata, prefix=f"{prefix}_hist_")
+    history_tables = txmq.make_outbox_tables(history_metadata, prefix=f"{tables_prefix}_hist_")
     history_metadata.create_all(engine)
     add_history(engine, history_tables, group, topic, sizes.history, body)
     history = txmq.Producer(group=group, engine=engine, broker=adapter, tables=history_tables)
@@ -272,7 +272,7 @@ def relay_section(
 
     def empty_run() -> dict[str, float]:
         metadata = MetaData()
-        tables = txmq.make_outbox_tables(metadata, prefix=f"{prefix}_empty_{uuid.uuid4().hex[:6]}_")
+        tables = txmq.make_outbox_tables(metadata, prefix=f"{tables_prefix}_empty_{uuid.uuid4().hex[:6]}_")
         metadata.create_all(engine)
         producer = txmq.Producer(group=group, engine=engine, broker=adapter, tables=tables)
         try:
