@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import sys
 import threading
 import time
 import traceback
@@ -26,7 +27,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from typing import Any
 
-from sqlalchemy import MetaData, create_engine, insert
+from sqlalchemy import Engine, MetaData, create_engine, func, insert, select
 from sqlalchemy.orm import Session
 
 import txmq
@@ -180,6 +181,45 @@ def _reply(pipe: Connection, process: multiprocessing.process.BaseProcess) -> tu
     return answer
 
 
+class Backlog:
+    """Samples, in the parent, where unhandled messages wait while a phase runs: READY in
+    the outbox (the relay is behind) or in the broker (the consumer is behind)."""
+
+    def __init__(
+        self, adapter: txmq.Adapter, engine: Engine, group: str, consumers: str, topic: str
+    ) -> None:
+        self._adapter, self._engine = adapter, engine
+        records = txmq.make_outbox_tables(MetaData()).records
+        self._ready = select(func.count()).where(
+            records.c.producer_group == group, records.c.state == txmq.RecordState.READY.value
+        )
+        self._consumers, self._topic = consumers, topic
+        self._stop = threading.Event()
+        self.outbox = self.broker = 0
+        self.error: Exception | None = None
+        self._thread = threading.Thread(target=self._sample, name="backlog sampler")
+
+    def __enter__(self) -> Backlog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.error is not None:
+            print(f"  backlog sampling failed, figures incomplete: {self.error}", file=sys.stderr)
+
+    def _sample(self) -> None:
+        try:
+            while not self._stop.wait(0.25):
+                with self._engine.connect() as connection:
+                    self.outbox = max(self.outbox, connection.execute(self._ready).scalar_one())
+                lag = self._adapter.consumer_lag(self._consumers, self._topic) or 0
+                self.broker = max(self.broker, lag)
+        except Exception as exc:  # a diagnostic: the phase itself goes on
+            self.error = exc
+
+
 def latency_section(
     results: Results,
     broker: str,
@@ -195,6 +235,7 @@ def latency_section(
     adapter = txmq.connect(url)
     topology = txmq.Topology(f"{group}-c", topic)
     adapter.declare([topology])
+    engine = create_engine(database_url, pool_size=1)
     for rate in rates:
         prefix, label = f"latency.{broker}.{rate}", f"{broker} at {rate:,} msg/s"
         p99, p999 = TARGETS[broker] if rate >= 1000 else (None, None)
@@ -207,6 +248,13 @@ def latency_section(
                 target=Target(bound, "value") if bound else None,
             )
         results.figure(f"{prefix}.achieved", f"rate achieved, {label}", "msg/s")
+        for where in ("outbox", "broker"):
+            results.figure(
+                f"{prefix}.{where}_backlog",
+                f"most messages waiting in the {where}, {label}",
+                "messages",
+                better="lower",
+            )
         for role in ("producer", "consumer"):
             results.figure(
                 f"cpu.e2e.{broker}.{rate}.{role}",
@@ -234,11 +282,12 @@ def latency_section(
 
     def phase(rate: int) -> dict[str, float]:
         name = f"{rate}-{next(phases)}"
-        consumer_pipe.send(("begin", name))
-        producer_pipe.send(("run", name, rate, seconds))
-        _, commits, producer_cpu, achieved = _reply(producer_pipe, producer)
-        consumer_pipe.send(("collect", name, len(commits)))
-        _, handled, consumer_cpu = _reply(consumer_pipe, consumer)
+        with Backlog(adapter, engine, group, topology.group, topic) as backlog:
+            consumer_pipe.send(("begin", name))
+            producer_pipe.send(("run", name, rate, seconds))
+            _, commits, producer_cpu, achieved = _reply(producer_pipe, producer)
+            consumer_pipe.send(("collect", name, len(commits)))
+            _, handled, consumer_cpu = _reply(consumer_pipe, consumer)
         missing = len(set(commits) - set(handled))
         if missing:
             raise RuntimeError(f"{missing} of {len(commits)} messages were not handled in time")
@@ -250,6 +299,8 @@ def latency_section(
             f"{prefix}.p99": percentile(latencies, 0.99),
             f"{prefix}.p99.9": percentile(latencies, 0.999),
             f"{prefix}.achieved": achieved,
+            f"{prefix}.outbox_backlog": backlog.outbox,
+            f"{prefix}.broker_backlog": backlog.broker,
             f"cpu.e2e.{broker}.{rate}.producer": producer_cpu * per_1000,
             f"cpu.e2e.{broker}.{rate}.consumer": consumer_cpu * per_1000,
         }
@@ -268,3 +319,4 @@ def latency_section(
                 process.terminate()
         remove_topologies(broker, url, [topology], suffix)
         adapter.close()
+        engine.dispose()

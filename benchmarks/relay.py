@@ -272,7 +272,9 @@ def relay_section(
 
     def empty_run() -> dict[str, float]:
         metadata = MetaData()
-        tables = txmq.make_outbox_tables(metadata, prefix=f"{tables_prefix}_empty_{uuid.uuid4().hex[:6]}_")
+        tables = txmq.make_outbox_tables(
+            metadata, prefix=f"{tables_prefix}_empty_{uuid.uuid4().hex[:6]}_"
+        )
         metadata.create_all(engine)
         producer = txmq.Producer(group=group, engine=engine, broker=adapter, tables=tables)
         try:
