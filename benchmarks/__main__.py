@@ -24,7 +24,7 @@ from sqlalchemy import MetaData
 
 import txmq
 from benchmarks import database, environment, report
-from benchmarks.harness import Results, Target, alternate
+from benchmarks.harness import Results
 
 SECTIONS = ("relay", "consumer", "staging", "latency", "checkback")
 
@@ -119,23 +119,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 started = time.monotonic()
                 print(f"== {section}", file=sys.stderr, flush=True)
                 if section == "staging":
-                    producer = txmq.Producer(group="bench-stage", engine=engine)
-                    ways = database.staging_ways(engine, producer, scale.staging_count, b"x" * BODY)
-                    results.figure(
-                        "staging.plain_insert",
-                        "business tx + one plain INSERT",
-                        "us/tx",
-                        better="lower",
+                    database.staging_section(
+                        results, engine, scale.staging_count, b"x" * BODY, scale.rounds
                     )
-                    results.figure(
-                        "staging.stage",
-                        "business tx + stage()",
-                        "us/tx",
-                        better="lower",
-                        baseline="staging.plain_insert",
-                        target=Target(1.1, "ratio"),
-                    )
-                    alternate(scale.rounds, ways, results)
                 for broker, url in urls.brokers() if section != "staging" else ():
                     print(f"-- {section} on {broker}", file=sys.stderr, flush=True)
                     if section == "relay":

@@ -37,6 +37,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 import txmq
+from benchmarks.harness import Results, Target, alternate
 
 
 def plain_tables(metadata: MetaData) -> tuple[Table, Table]:
@@ -114,11 +115,22 @@ def business_transactions(
     return (time.perf_counter() - started) / count * 1e6
 
 
-def staging_ways(
-    engine: Engine, producer: txmq.Producer, count: int, body: bytes
-) -> dict[str, Callable[[], dict[str, float]]]:
-    """The staging benchmark's ways: with ``stage()``, with a plain INSERT instead."""
+def staging_section(results: Results, engine: Engine, count: int, body: bytes, rounds: int) -> None:
+    """Measure the staging cost into ``results``: a business transaction with ``stage()``
+    against the same transaction with one plain INSERT instead (target: <= 1.1x)."""
+    results.figure(
+        "staging.plain_insert", "business tx + one plain INSERT", "us/tx", better="lower"
+    )
+    results.figure(
+        "staging.stage",
+        "business tx + stage()",
+        "us/tx",
+        better="lower",
+        baseline="staging.plain_insert",
+        target=Target(1.1, "ratio"),
+    )
     orders, rows = plain_tables(MetaData())
+    producer = txmq.Producer(group="bench-stage", engine=engine)
 
     def stage(session: Session) -> None:
         producer.stage(session, txmq.Message("bench.stage", body))
@@ -126,12 +138,23 @@ def staging_ways(
     def plain_insert(session: Session) -> None:
         session.execute(insert(rows).values(plain_row(body)))
 
-    return {
-        "stage": lambda: {"staging.stage": business_transactions(engine, orders, count, stage)},
-        "plain insert": lambda: {
-            "staging.plain_insert": business_transactions(engine, orders, count, plain_insert)
-        },
-    }
+    try:
+        alternate(
+            rounds,
+            {
+                "stage": lambda: {
+                    "staging.stage": business_transactions(engine, orders, count, stage)
+                },
+                "plain insert": lambda: {
+                    "staging.plain_insert": business_transactions(
+                        engine, orders, count, plain_insert
+                    )
+                },
+            },
+            results,
+        )
+    finally:
+        producer.close()
 
 
 def wal_position(engine: Engine) -> int:
