@@ -17,6 +17,7 @@ from datetime import timedelta
 from sqlalchemy import Engine
 
 import txmq
+from benchmarks.environment import remove_topologies
 from benchmarks.harness import Results, Target, alternate, wait
 
 
@@ -48,9 +49,11 @@ def checkback_section(
     def unknown(message: txmq.Message, _arg: None) -> txmq.LocalTransactionState:
         return txmq.LocalTransactionState.UNKNOWN
 
+    suffix = uuid.uuid4().hex[:8]
+    topic = f"bench.checkback.{suffix}"
     adapter = txmq.connect(url)
     producer = txmq.Producer(
-        group=f"bench-check-{uuid.uuid4().hex[:8]}",
+        group=f"bench-check-{suffix}",
         engine=engine,
         broker=adapter,
         checker=checker,
@@ -60,7 +63,7 @@ def checkback_section(
     def round_of_checks() -> dict[str, float]:
         sent: dict[str, float] = {}
         for _ in range(messages):
-            message = txmq.Message("bench.checkback", b"half")
+            message = txmq.Message(topic, b"half")
             sent[message.id] = time.monotonic()
             result = producer.send_in_transaction(message, unknown, None)
             assert result.record_state is txmq.RecordState.PREPARED, result
@@ -73,4 +76,6 @@ def checkback_section(
         alternate(rounds, {"check-back": round_of_checks}, results)
     finally:
         producer.close()
+        # Kafka creates the topic for the half messages' (aborted) transactions.
+        remove_topologies(broker, url, [], suffix)
         adapter.close()
