@@ -1,0 +1,100 @@
+"""``python -m benchmarks --smoke`` on each broker: the command runs end to end and its report
+has every figure, with positive numbers, so that the benchmark never rots."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.broker, pytest.mark.database, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def expected_figures(broker: str) -> set[str]:
+    relay = {
+        "rabbitmq": ("raw_pipelined", "raw_confirm_each"),
+        "kafka": ("raw_transactional", "raw_idempotent"),
+    }[broker]
+    names = {f"relay.{broker}.{name}" for name in (*relay, "naive", "empty", "history")}
+    names |= {f"relay.{broker}.history_vs_naive", f"cpu.relay.{broker}", f"cpu.raw.{broker}"}
+    names |= {f"wal.{broker}", f"wal.{broker}.plain_row", f"dead_tuples.{broker}"}
+    names |= {f"consumer.{broker}.{name}" for name in ("raw", "pg_commits", "batch", "per_message")}
+    names |= {f"cpu.consumer.{broker}.{name}" for name in ("raw", "batch", "per_message")}
+    names |= {"staging.stage", "staging.plain_insert"}
+    for rate in (300, 1000):
+        names |= {f"latency.{broker}.{rate}.{p}" for p in ("p50", "p99", "p99.9", "achieved")}
+        names |= {f"latency.{broker}.{rate}.{where}_backlog" for where in ("outbox", "broker")}
+        names |= {f"cpu.e2e.{broker}.{rate}.{role}" for role in ("producer", "consumer")}
+    names |= {f"checkback.{broker}.median", f"checkback.{broker}.max"}
+    return names
+
+
+#: Figures the issue sets a target for, and the baseline each is compared with.
+TARGETED = {
+    "relay.{b}.empty": True,
+    "relay.{b}.history": True,
+    "consumer.{b}.batch": True,
+    "consumer.{b}.per_message": True,
+    "staging.stage": True,
+    "latency.{b}.1000.p99": False,
+    "latency.{b}.1000.p99.9": False,
+    "checkback.{b}.median": False,
+}
+
+
+def test_smoke_report_has_every_figure(broker_url: str, database_url: str, tmp_path: Path) -> None:
+    broker = "kafka" if broker_url.startswith("kafka") else "rabbitmq"
+    out = tmp_path / "out.json"
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--smoke",
+            "--brokers",
+            broker,
+            f"--{broker}",
+            broker_url,
+            "--database",
+            database_url,
+            "--json",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    report = json.loads(out.read_text())
+    figures = report["figures"]
+    assert set(figures) == expected_figures(broker)
+    for name, figure in figures.items():
+        assert figure["samples"], name
+        # A backlog may be empty all along; everything else is a positive measurement.
+        least = 0 if figure["unit"] == "messages" else 1e-12
+        assert all(value >= least for value in figure["samples"]), (name, figure["samples"])
+        assert figure["min"] <= figure["median"] <= figure["max"], name
+        if figure["baseline"] is not None:
+            assert figure["baseline"] in figures, name
+            assert figure["ratio"]["median"] > 0, name
+    for template, has_baseline in TARGETED.items():
+        figure = figures[template.format(b=broker)]
+        assert figure["target"]["met"] in (True, False), template
+        assert (figure["ratio"] is not None) == has_baseline, template
+    assert report["machine"]["cpus"] >= 1
+    assert report["versions"]["txmq"]
+    assert report["servers"]["postgresql"]["server_version"]
+    assert (tmp_path / "out.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    # The table on stdout names every figure too.
+    assert all(name in done.stdout for name in figures)
