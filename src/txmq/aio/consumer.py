@@ -30,7 +30,7 @@ from sqlalchemy.util import await_only, greenlet_spawn
 from txmq.adapters import Adapter, Topology, connect
 from txmq.adapters.base import Publisher, Subscription
 from txmq.aio.bridge import BridgedPublisher, BridgedSubscription, Threads
-from txmq.aio.supervision import AsyncSupervisedLoop, health_of
+from txmq.aio.supervision import AsyncSupervisedLoop
 from txmq.consumer.compensation import Compensation, compensation_topic
 from txmq.consumer.inbox import Inbox
 from txmq.consumer.policy import RetryPolicy
@@ -40,7 +40,7 @@ from txmq.consumer.worker import Handler, Plan, Route, Worker
 from txmq.errors import ConfigurationError
 from txmq.message import Message, validate_name
 from txmq.sql.tables import default_inbox_table
-from txmq.supervision import Health
+from txmq.supervision import Health, health_of
 
 log = logging.getLogger("txmq.consumer")
 
