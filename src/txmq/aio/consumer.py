@@ -355,22 +355,18 @@ class _AsyncWorker(Worker):
         """This worker as an asyncio supervised loop (not started)."""
         return AsyncSupervisedLoop(
             name=self.name,
-            step=lambda: greenlet_spawn(self._step),
+            step=lambda: greenlet_spawn(self.step),
             stop=stop,
-            on_error=lambda: greenlet_spawn(self._disconnect),
-            on_exit=lambda: greenlet_spawn(self._disconnect),
+            on_error=lambda: greenlet_spawn(self.disconnect),
+            on_exit=lambda: greenlet_spawn(self.disconnect),
             max_backoff=_MAX_BACKOFF,
         )
 
-    def _subscribe(self) -> Subscription:
-        return BridgedSubscription(self._threads.blocking(super()._subscribe), self._threads)
+    def open_subscription(self) -> Subscription:
+        return BridgedSubscription(self._threads.blocking(super().open_subscription), self._threads)
 
-    def _publisher_(self) -> Publisher:
-        if self._publisher is None:
-            self._publisher = BridgedPublisher(
-                self._threads.blocking(self.plan.adapter.publisher), self._threads
-            )
-        return self._publisher
+    def open_publisher(self) -> Publisher:
+        return BridgedPublisher(self._threads.blocking(super().open_publisher), self._threads)
 
 
 def _in_greenlet(fn: AsyncHandler, engine: AsyncEngine) -> Handler:
