@@ -36,7 +36,7 @@ from txmq.consumer.group import ConsumerGroup
 from txmq.consumer.policy import RetryPolicy
 from txmq.consumer.worker import Handler, Plan, Worker
 from txmq.errors import ConfigurationError
-from txmq.message import Message, validate_name
+from txmq.message import Message
 
 log = logging.getLogger("txmq.consumer")
 
@@ -49,7 +49,7 @@ AsyncCompensationHandler = Callable[[Compensation, AsyncSession], Awaitable[None
 _MAX_BACKOFF = 15.0
 
 
-class AsyncConsumer(ConsumerGroup[AsyncSupervisedLoop]):
+class AsyncConsumer(ConsumerGroup[AsyncSupervisedLoop, AsyncHandler]):
     """A consumer group with ``async def`` handlers: the asyncio twin of :class:`txmq.Consumer`.
 
     The semantics are :class:`txmq.Consumer`'s, by the same code: the handler runs in one
@@ -120,39 +120,19 @@ class AsyncConsumer(ConsumerGroup[AsyncSupervisedLoop]):
 
     # -- registration -------------------------------------------------------------------
 
-    def handler(
-        self, topic: str, *, retry: RetryPolicy | None = None, compensate: bool | None = None
-    ) -> Callable[[AsyncHandler], AsyncHandler]:
-        """Register the decorated ``async def fn(message, session)`` as the handler of
-        ``topic`` (one per topic); ``retry`` and ``compensate`` override the consumer's."""
-
-        def register(fn: AsyncHandler) -> AsyncHandler:
-            self.add_handler(topic, fn, retry=retry, compensate=compensate)
-            return fn
-
-        return register
-
-    def add_handler(
-        self,
-        topic: str,
-        fn: AsyncHandler,
-        *,
-        retry: RetryPolicy | None = None,
-        compensate: bool | None = None,
-    ) -> None:
-        """Register ``async def fn(message, session)`` as the handler of ``topic``.
+    def worker_handler(self, topic: str, fn: AsyncHandler) -> Handler:
+        """``async def fn(message, session)`` as the workers call it: awaited on the event
+        loop with an ``AsyncSession`` joined to the worker's transaction.
 
         Raises:
-            ConfigurationError: ``fn`` is not a coroutine function, ``topic`` has a handler
-                already, or the consumer has started.
+            ConfigurationError: ``fn`` is not a coroutine function.
         """
-        validate_name(topic, "topic")
         if not _is_coroutine_function(fn):
             raise ConfigurationError(
                 f"the handler of {topic!r} must be an async def function; "
                 "register synchronous handlers on txmq.Consumer"
             )
-        self._register(topic, _in_greenlet(fn, self.engine), retry, compensate)
+        return _in_greenlet(fn, self.engine)
 
     def compensation(
         self, producer_group: str, *, retry: RetryPolicy | None = None
@@ -183,21 +163,23 @@ class AsyncConsumer(ConsumerGroup[AsyncSupervisedLoop]):
             ConfigurationError: no handler registered, or already started.
             BrokerUnavailable: the broker cannot be reached to declare the topology.
         """
-        self._check_startable()
-        adapter = await asyncio.to_thread(self._connect)
-        plan = self._plan(
-            adapter, engine=self.engine.sync_engine, session_factory=None, stop=self._workers_stop
+        # In a thread: connecting to a broker URL may wait on the network.
+        plan = await asyncio.to_thread(
+            self.worker_plan,
+            engine=self.engine.sync_engine,
+            session_factory=None,
+            stop=self._workers_stop,
         )
-        if self._declare:
-            await asyncio.to_thread(adapter.declare, self.topologies())
+        if self.declare:
+            await asyncio.to_thread(plan.adapter.declare, self.topologies())
         self._stop.clear()
         self._workers_stop.clear()
-        self._loops, self._threads = [], []
+        self.workers, self._threads = [], []
         for index in range(self.concurrency):
             name = f"txmq-consumer-{self.group}-{index}"
             threads = Threads(name=name, size=1)
             self._threads.append(threads)
-            self._loops.append(_AsyncWorker(plan, name, threads).on_event_loop(self._stop).start())
+            self.workers.append(_AsyncWorker(plan, name, threads).on_event_loop(self._stop).start())
         log.info(
             "consumer %s started: %d worker task(s) on %s",
             *(self.group, self.concurrency, sorted(plan.routes)),
@@ -215,7 +197,7 @@ class AsyncConsumer(ConsumerGroup[AsyncSupervisedLoop]):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         stopped = True
-        for worker in self._loops:
+        for worker in self.workers:
             left = None if deadline is None else max(0.0, deadline - loop.time())
             if not await worker.join(left):
                 stopped = False
@@ -224,7 +206,7 @@ class AsyncConsumer(ConsumerGroup[AsyncSupervisedLoop]):
         for threads in self._threads:
             threads.close()
         self._threads.clear()
-        if (adapter := self._release_adapter()) is not None:
+        if (adapter := self.release_adapter()) is not None:
             await asyncio.to_thread(adapter.close)
         return stopped
 

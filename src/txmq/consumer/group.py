@@ -5,6 +5,7 @@ stats and health of its workers."""
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -25,6 +26,8 @@ from txmq.supervision import Health, Supervised, health_of
 DEFAULT_PREFETCH = 100
 
 LoopT = TypeVar("LoopT", bound=Supervised)
+#: A handler as the application registers it (the asyncio consumer's are ``async def``).
+HandlerT = TypeVar("HandlerT")
 
 
 def check_worker_options(
@@ -39,14 +42,16 @@ def check_worker_options(
         raise ConfigurationError("poll_interval must be positive")
 
 
-class ConsumerGroup(Generic[LoopT]):
+class ConsumerGroup(ABC, Generic[LoopT, HandlerT]):
     """The base of :class:`txmq.Consumer` and :class:`txmq.aio.AsyncConsumer` (whose
     docstrings describe the arguments): everything but how workers run and what a handler is.
 
-    Handlers are registered as the workers call them (``fn(message, session)`` with a
-    synchronous :class:`~sqlalchemy.orm.Session`); the asyncio consumer wraps its ``async
-    def`` handlers before registering them. ``LoopT`` is the kind of the workers' supervised
-    loops, which the subclass keeps in ``_loops``.
+    A subclass says what a handler is (``HandlerT``) by :meth:`worker_handler`, which
+    turns one into what the workers call; it starts its workers from :meth:`worker_plan`
+    and keeps their supervised loops (``LoopT``) in :attr:`workers`.
+
+    Attributes:
+        workers: the supervised loops of the workers last started (empty before start).
 
     Raises:
         InvalidMessage: ``group`` is not a valid name.
@@ -77,32 +82,62 @@ class ConsumerGroup(Generic[LoopT]):
         self.concurrency = concurrency
         self.compensate = compensate
         self.inbox_table = inbox if inbox is not None else default_inbox_table()
-        self._declare = declare
+        self.declare = declare
         self.poll_interval = poll_interval
         self.publish_timeout = publish_timeout
         self._handlers: dict[str, tuple[Handler, RetryPolicy | None, bool | None]] = {}
         self._stats = ConsumerStats(group=self.group)
-        self._loops: list[LoopT] = []
+        self.workers: list[LoopT] = []
         self._adapter: Adapter | None = None
         self._owns_adapter = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     # -- handlers and routes ------------------------------------------------------------
 
-    def _register(
-        self, topic: str, fn: Handler, retry: RetryPolicy | None, compensate: bool | None
+    def handler(
+        self, topic: str, *, retry: RetryPolicy | None = None, compensate: bool | None = None
+    ) -> Callable[[HandlerT], HandlerT]:
+        """Register the decorated function as the handler of ``topic`` (one per topic), as
+        :meth:`add_handler` does."""
+
+        def register(fn: HandlerT) -> HandlerT:
+            self.add_handler(topic, fn, retry=retry, compensate=compensate)
+            return fn
+
+        return register
+
+    def add_handler(
+        self,
+        topic: str,
+        fn: HandlerT,
+        *,
+        retry: RetryPolicy | None = None,
+        compensate: bool | None = None,
     ) -> None:
-        """Make ``fn`` the handler of ``topic`` (a name the caller validated).
+        """Register ``fn(message, session)`` as the handler of ``topic``; ``retry`` and
+        ``compensate`` override the consumer's.
 
         Raises:
-            ConfigurationError: the consumer has started, or ``topic`` has a handler already.
+            InvalidMessage: ``topic`` is not a valid name.
+            ConfigurationError: ``fn`` is not a handler of this consumer's kind, ``topic``
+                has a handler already, or the consumer has started.
         """
+        validate_name(topic, "topic")
+        handler = self.worker_handler(topic, fn)
         with self._lock:
-            if self._loops:
+            if self.workers:
                 raise ConfigurationError("register handlers before starting the consumer")
             if topic in self._handlers:
                 raise ConfigurationError(f"topic {topic!r} already has a handler")
-            self._handlers[topic] = (fn, retry, compensate)
+            self._handlers[topic] = (handler, retry, compensate)
+
+    @abstractmethod
+    def worker_handler(self, topic: str, fn: HandlerT) -> Handler:
+        """``fn`` as the workers call it: ``fn(message, session)`` in the inbox's transaction.
+
+        Raises:
+            ConfigurationError: ``fn`` cannot be the handler of ``topic``.
+        """
 
     def topologies(self) -> list[Topology]:
         """The queues/topics this consumer needs, one topology per handled topic."""
@@ -118,23 +153,25 @@ class ConsumerGroup(Generic[LoopT]):
             compensate=self.compensate if compensate is None else compensate,
         )
 
-    def _check_startable(self) -> None:
-        """Raise :class:`ConfigurationError` if no handler is registered or the workers run."""
-        if not self._handlers:
-            raise ConfigurationError("register at least one handler before starting")
-        if self.running:
-            raise ConfigurationError("consumer already started")
-
-    def _plan(
+    def worker_plan(
         self,
-        adapter: Adapter,
         *,
         engine: Engine,
         session_factory: Callable[[], Session] | None,
         stop: threading.Event,
     ) -> Plan:
-        """What every worker of this consumer reads: the routes by source on ``adapter``,
-        the inbox, the numbers, the shared stats and ``stop``."""
+        """What every worker of this consumer reads, on :meth:`adapter` (connected now if
+        need be): the routes by source, the inbox, the numbers, the shared stats, ``stop``.
+
+        Raises:
+            ConfigurationError: no handler registered, or the workers are running.
+            InvalidURL: the broker URL is malformed.
+        """
+        if not self._handlers:
+            raise ConfigurationError("register at least one handler before starting")
+        if self.running:
+            raise ConfigurationError("consumer already started")
+        adapter = self.adapter()
         routes: dict[str, Route] = {}
         for topic in self._handlers:
             route = self._route(topic)
@@ -166,22 +203,31 @@ class ConsumerGroup(Generic[LoopT]):
 
     # -- the adapter --------------------------------------------------------------------
 
-    def _connect(self) -> Adapter:
-        if self._adapter is None:
-            if isinstance(self._broker, Adapter):
-                self._adapter = self._broker
-            else:
-                self._adapter = connect(self._broker)
-                self._owns_adapter = True
-        return self._adapter
+    def adapter(self) -> Adapter:
+        """The adapter this consumer works with; connected from its URL on first use (and
+        closed when the consumer stops, then).
 
-    def _release_adapter(self) -> Adapter | None:
-        """Forget the adapter if this consumer connected it, and return it for the caller
-        to close; None if it was given (the caller's to close) or is not connected."""
-        if not self._owns_adapter or self._adapter is None:
-            return None
-        adapter, self._adapter, self._owns_adapter = self._adapter, None, False
-        return adapter
+        Raises:
+            InvalidURL: the broker URL is malformed.
+        """
+        with self._lock:
+            if self._adapter is None:
+                if isinstance(self._broker, Adapter):
+                    self._adapter = self._broker
+                else:
+                    self._adapter = connect(self._broker)
+                    self._owns_adapter = True
+            return self._adapter
+
+    def release_adapter(self) -> Adapter | None:
+        """Forget the adapter if this consumer connected it, and return it for the stopping
+        consumer to close; None if it was given (the application's to close) or is not
+        connected."""
+        with self._lock:
+            if not self._owns_adapter or self._adapter is None:
+                return None
+            adapter, self._adapter, self._owns_adapter = self._adapter, None, False
+            return adapter
 
     # -- stats and health ---------------------------------------------------------------
 
@@ -192,11 +238,11 @@ class ConsumerGroup(Generic[LoopT]):
 
     @property
     def running(self) -> bool:
-        return any(loop.alive for loop in self._loops)
+        return any(loop.alive for loop in self.workers)
 
     def health(self) -> Health:
         """How the workers are doing (see :mod:`txmq.supervision`)."""
-        return health_of(self._loops)
+        return health_of(self.workers)
 
     def healthy(self) -> bool:
         """False once a worker has died (a fatal error or an unexpected exception)."""

@@ -19,7 +19,7 @@ from txmq.consumer.group import ConsumerGroup
 from txmq.consumer.policy import RetryPolicy
 from txmq.consumer.worker import Handler, Worker
 from txmq.database import require_sync_engine
-from txmq.message import Message, validate_name
+from txmq.message import Message
 from txmq.supervision import SupervisedLoop
 
 log = logging.getLogger("txmq.consumer")
@@ -27,7 +27,7 @@ log = logging.getLogger("txmq.consumer")
 CompensationHandlerFn = Callable[[Compensation, Session], None]
 
 
-class Consumer(ConsumerGroup[SupervisedLoop]):
+class Consumer(ConsumerGroup[SupervisedLoop, Handler]):
     """A consumer group: handlers run exactly once per message, or the message is dead-lettered.
 
     Each handler runs inside one transaction of ``engine``'s database, together with the
@@ -119,37 +119,9 @@ class Consumer(ConsumerGroup[SupervisedLoop]):
 
     # -- registration -------------------------------------------------------------------
 
-    def handler(
-        self,
-        topic: str,
-        *,
-        retry: RetryPolicy | None = None,
-        compensate: bool | None = None,
-    ) -> Callable[[Handler], Handler]:
-        """Register the decorated function as the handler of ``topic`` (one per topic).
-
-        Args:
-            topic: the logical topic.
-            retry: this handler's policy instead of the consumer's.
-            compensate: this handler's compensation flag instead of the consumer's.
-        """
-
-        def register(fn: Handler) -> Handler:
-            self.add_handler(topic, fn, retry=retry, compensate=compensate)
-            return fn
-
-        return register
-
-    def add_handler(
-        self,
-        topic: str,
-        fn: Handler,
-        *,
-        retry: RetryPolicy | None = None,
-        compensate: bool | None = None,
-    ) -> None:
-        """Register ``fn(message, session)`` as the handler of ``topic``."""
-        self._register(validate_name(topic, "topic"), fn, retry, compensate)
+    def worker_handler(self, topic: str, fn: Handler) -> Handler:
+        """``fn`` itself: the workers call a synchronous handler as it is."""
+        return fn
 
     def compensation(
         self, producer_group: str, *, retry: RetryPolicy | None = None
@@ -186,15 +158,13 @@ class Consumer(ConsumerGroup[SupervisedLoop]):
             BrokerUnavailable: the broker cannot be reached to declare the topology.
         """
         with self._lock:
-            self._check_startable()
-            adapter = self._connect()
-            plan = self._plan(
-                adapter, engine=self.engine, session_factory=self._session_factory, stop=self._stop
+            plan = self.worker_plan(
+                engine=self.engine, session_factory=self._session_factory, stop=self._stop
             )
-            if self._declare:
-                adapter.declare(self.topologies())
+            if self.declare:
+                plan.adapter.declare(self.topologies())
             self._stop.clear()
-            self._loops = [
+            self.workers = [
                 Worker(plan, f"txmq-consumer-{self.group}-{index}").supervised().start()
                 for index in range(self.concurrency)
             ]
@@ -202,16 +172,6 @@ class Consumer(ConsumerGroup[SupervisedLoop]):
                 "consumer %s started: %d worker(s) on %s",
                 *(self.group, self.concurrency, sorted(plan.routes)),
             )
-
-    def adapter(self) -> Adapter:
-        """The adapter this consumer works with; connected from its URL on first use (and
-        closed by :meth:`stop` then).
-
-        Raises:
-            InvalidURL: the broker URL is malformed.
-        """
-        with self._lock:
-            return self._connect()
 
     def stop(self, timeout: float | None = 30.0) -> bool:
         """Stop fetching, finish the message in hand, commit, ack, close.
@@ -222,10 +182,10 @@ class Consumer(ConsumerGroup[SupervisedLoop]):
         """
         self._stop.set()
         deadline = None if timeout is None else time.monotonic() + timeout
-        for loop in self._loops:
+        for loop in self.workers:
             loop.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         stopped = not self.running
-        if stopped and (adapter := self._release_adapter()) is not None:
+        if stopped and (adapter := self.release_adapter()) is not None:
             adapter.close()
         return stopped
 
