@@ -52,6 +52,7 @@ class ConsumerGroup(ABC, Generic[LoopT, HandlerT]):
 
     Attributes:
         workers: the supervised loops of the workers last started (empty before start).
+        declare: whether starting declares the queues/topics (the ``declare`` argument).
 
     Raises:
         InvalidMessage: ``group`` is not a valid name.
