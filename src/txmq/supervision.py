@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -110,6 +111,50 @@ def fatal_error(exc: BaseException) -> ConfigurationError | None:
     return refusal(exc)
 
 
+class Backoff:
+    """The back-off policy of a supervised loop (threaded or asyncio): how long to wait
+    after each failed step, and one warning per kind of error rather than one per attempt.
+
+    Args:
+        name: the loop's name, in the log lines.
+        max_backoff: longest wait after a broker error.
+
+    Attributes:
+        failures: failed steps since the last one that succeeded.
+        last_error: the error being backed off from (``Type: text``, redacted), or None.
+    """
+
+    def __init__(self, *, name: str, max_backoff: float) -> None:
+        self.name = name
+        self.max_backoff = max_backoff
+        self.failures = 0
+        self.last_error: str | None = None
+
+    def failed(self, exc: Exception) -> float:
+        """Count a failed step; return how many seconds to wait before the next one
+        (doubling from :data:`FIRST_BACKOFF`, with jitter, capped by the error's kind)."""
+        self.failures += 1
+        cap = self.max_backoff if isinstance(exc, BrokerError) else DATABASE_BACKOFF
+        delay: float = min(cap, FIRST_BACKOFF * 2 ** (self.failures - 1)) * random.uniform(0.5, 1.0)
+        text = describe(exc)
+        repeated, self.last_error = self.last_error == text, text
+        if not repeated:
+            # Once per kind of error, not once per attempt: an outage of minutes logs one line.
+            known = isinstance(exc, BrokerError | SQLAlchemyError | DatabaseUnavailable)
+            log.warning(
+                "%s: %s; retrying (backing off up to %.1fs)",
+                *(self.name, text, cap),
+                exc_info=not known,
+            )
+        return delay
+
+    def succeeded(self) -> None:
+        """A step succeeded: log the resumption once after failures, and start over."""
+        if self.failures:
+            log.info("%s: resumed after %d failed attempt(s)", self.name, self.failures)
+            self.failures, self.last_error = 0, None
+
+
 class SupervisedLoop:
     """Runs ``step`` in a daemon thread until ``stop`` is set, or a fatal error.
 
@@ -142,11 +187,10 @@ class SupervisedLoop:
         self._idle = idle
         self._on_error = on_error
         self._on_exit = on_exit
-        self._max_backoff = max_backoff
+        self._backoff = Backoff(name=name, max_backoff=max_backoff)
         self._lock = threading.Lock()
         self._state = LoopState.STOPPED
         self._heartbeat = time.monotonic()
-        self._last_error: str | None = None
         self._fatal: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -169,7 +213,7 @@ class SupervisedLoop:
                 alive=self._thread.is_alive(),
                 state=self._state,
                 seconds_since_heartbeat=time.monotonic() - self._heartbeat,
-                last_error=self._last_error,
+                last_error=self._backoff.last_error,
                 fatal=self._fatal,
             )
 
@@ -179,17 +223,12 @@ class SupervisedLoop:
             self._heartbeat = time.monotonic()
 
     def _run(self) -> None:
-        failures = 0
         try:
             while not self._stop.is_set():
                 self._beat(LoopState.RUNNING)
                 try:
                     busy = self._step()
-                    if failures:
-                        log.info("%s: resumed after %d failed attempt(s)", self.name, failures)
-                        failures = 0
-                        with self._lock:
-                            self._last_error = None
+                    self._backoff.succeeded()
                     if not busy and not self._stop.is_set():
                         self._beat(LoopState.IDLE)
                         if self._idle is not None:
@@ -198,8 +237,7 @@ class SupervisedLoop:
                     if (fatal := fatal_error(exc)) is not None:
                         self._die(fatal, traceback=False)
                         return
-                    failures += 1
-                    self._back_off(exc, failures)
+                    self._back_off(exc)
         except BaseException as exc:
             self._die(exc, traceback=True)
         finally:
@@ -209,21 +247,8 @@ class SupervisedLoop:
             if self._on_exit is not None:
                 self._call_quietly(self._on_exit)
 
-    def _back_off(self, exc: Exception, failures: int) -> None:
-        cap = self._max_backoff if isinstance(exc, BrokerError) else DATABASE_BACKOFF
-        delay = min(cap, FIRST_BACKOFF * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
-        text = describe(exc)
-        with self._lock:
-            repeated = self._last_error == text
-            self._last_error = text
-        if not repeated:
-            # Once per kind of error, not once per attempt: an outage of minutes logs one line.
-            known = isinstance(exc, BrokerError | SQLAlchemyError | DatabaseUnavailable)
-            log.warning(
-                "%s: %s; retrying (backing off up to %.1fs)",
-                *(self.name, text, cap),
-                exc_info=not known,
-            )
+    def _back_off(self, exc: Exception) -> None:
+        delay = self._backoff.failed(exc)
         on_error = self._on_error
         if on_error is not None:
             self._call_quietly(lambda: on_error(exc))
@@ -247,6 +272,16 @@ class SupervisedLoop:
             log.debug("%s: cleanup failed", self.name, exc_info=True)
 
 
-def health_of(loops: Iterable[SupervisedLoop]) -> Health:
+class Supervised(Protocol):
+    """A supervised loop of either kind: :class:`SupervisedLoop` or
+    :class:`txmq.aio.supervision.AsyncSupervisedLoop`."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    def health(self) -> LoopHealth: ...
+
+
+def health_of(loops: Iterable[Supervised]) -> Health:
     """A :class:`Health` snapshot of ``loops``."""
     return Health(tuple(loop.health() for loop in loops))

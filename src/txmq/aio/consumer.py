@@ -27,20 +27,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from txmq.adapters import Adapter, Topology, connect
+from txmq.adapters import Adapter
 from txmq.adapters.base import Publisher, Subscription
 from txmq.aio.bridge import BridgedPublisher, BridgedSubscription, Threads
-from txmq.aio.supervision import AsyncSupervisedLoop, health_of
+from txmq.aio.supervision import AsyncSupervisedLoop
 from txmq.consumer.compensation import Compensation, compensation_topic
-from txmq.consumer.inbox import Inbox
+from txmq.consumer.group import ConsumerGroup
 from txmq.consumer.policy import RetryPolicy
-from txmq.consumer.runner import check_worker_options, worker_prefetch
-from txmq.consumer.stats import ConsumerStats, StatsSnapshot
-from txmq.consumer.worker import Handler, Plan, Route, Worker
+from txmq.consumer.worker import Handler, Plan, Worker
 from txmq.errors import ConfigurationError
-from txmq.message import Message, validate_name
-from txmq.sql.tables import default_inbox_table
-from txmq.supervision import Health
+from txmq.message import Message
 
 log = logging.getLogger("txmq.consumer")
 
@@ -53,7 +49,7 @@ AsyncCompensationHandler = Callable[[Compensation, AsyncSession], Awaitable[None
 _MAX_BACKOFF = 15.0
 
 
-class AsyncConsumer:
+class AsyncConsumer(ConsumerGroup[AsyncSupervisedLoop, AsyncHandler]):
     """A consumer group with ``async def`` handlers: the asyncio twin of :class:`txmq.Consumer`.
 
     The semantics are :class:`txmq.Consumer`'s, by the same code: the handler runs in one
@@ -99,72 +95,44 @@ class AsyncConsumer:
         poll_interval: float = 1.0,
         publish_timeout: float | None = None,
     ) -> None:
-        self.group = validate_name(group, "group")
-        check_worker_options(prefetch, batch_size, concurrency, poll_interval)
+        super().__init__(
+            broker=broker,
+            group=group,
+            retry=retry,
+            prefetch=prefetch,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            compensate=compensate,
+            inbox=inbox,
+            declare=declare,
+            poll_interval=poll_interval,
+            publish_timeout=publish_timeout,
+        )
         if not isinstance(engine, AsyncEngine):
             raise ConfigurationError(
                 f"AsyncConsumer needs an AsyncEngine (create_async_engine), not "
                 f"{type(engine).__name__}; use txmq.Consumer with a synchronous engine"
             )
-        self._broker = broker
         self.engine = engine
-        self.retry = retry if retry is not None else RetryPolicy()
-        self.prefetch = prefetch
-        self.batch_size = batch_size
-        self.concurrency = concurrency
-        self.compensate = compensate
-        self.inbox_table = inbox if inbox is not None else default_inbox_table()
-        self._declare = declare
-        self.poll_interval = poll_interval
-        self.publish_timeout = publish_timeout
-        self._handlers: dict[str, tuple[AsyncHandler, RetryPolicy | None, bool | None]] = {}
-        self._stats = ConsumerStats(group=self.group)
         self._stop = asyncio.Event()
         self._workers_stop = threading.Event()  # what the shared worker code looks at
-        self._loops: list[AsyncSupervisedLoop] = []
         self._threads: list[Threads] = []
-        self._adapter: Adapter | None = None
-        self._owns_adapter = False
 
     # -- registration -------------------------------------------------------------------
 
-    def handler(
-        self, topic: str, *, retry: RetryPolicy | None = None, compensate: bool | None = None
-    ) -> Callable[[AsyncHandler], AsyncHandler]:
-        """Register the decorated ``async def fn(message, session)`` as the handler of
-        ``topic`` (one per topic); ``retry`` and ``compensate`` override the consumer's."""
-
-        def register(fn: AsyncHandler) -> AsyncHandler:
-            self.add_handler(topic, fn, retry=retry, compensate=compensate)
-            return fn
-
-        return register
-
-    def add_handler(
-        self,
-        topic: str,
-        fn: AsyncHandler,
-        *,
-        retry: RetryPolicy | None = None,
-        compensate: bool | None = None,
-    ) -> None:
-        """Register ``async def fn(message, session)`` as the handler of ``topic``.
+    def worker_handler(self, topic: str, fn: AsyncHandler) -> Handler:
+        """``async def fn(message, session)`` as the workers call it: awaited on the event
+        loop with an ``AsyncSession`` joined to the worker's transaction.
 
         Raises:
-            ConfigurationError: ``fn`` is not a coroutine function, ``topic`` has a handler
-                already, or the consumer has started.
+            ConfigurationError: ``fn`` is not a coroutine function.
         """
-        validate_name(topic, "topic")
         if not _is_coroutine_function(fn):
             raise ConfigurationError(
                 f"the handler of {topic!r} must be an async def function; "
                 "register synchronous handlers on txmq.Consumer"
             )
-        if self._loops:
-            raise ConfigurationError("register handlers before starting the consumer")
-        if topic in self._handlers:
-            raise ConfigurationError(f"topic {topic!r} already has a handler")
-        self._handlers[topic] = (fn, retry, compensate)
+        return _in_greenlet(fn, self.engine)
 
     def compensation(
         self, producer_group: str, *, retry: RetryPolicy | None = None
@@ -186,38 +154,7 @@ class AsyncConsumer:
 
         return register
 
-    def topologies(self) -> list[Topology]:
-        """The queues/topics this consumer needs, one topology per handled topic."""
-        return [self._route(topic).topology for topic in self._handlers]
-
-    def _route(self, topic: str) -> Route:
-        fn, retry, compensate = self._handlers[topic]
-        policy = retry if retry is not None else self.retry
-        return Route(
-            topology=Topology(self.group, topic, retry_delays=policy.delays),
-            handler=_in_greenlet(fn, self.engine),
-            policy=policy,
-            compensate=self.compensate if compensate is None else compensate,
-        )
-
     # -- lifecycle ----------------------------------------------------------------------
-
-    @property
-    def stats(self) -> StatsSnapshot:
-        """What the consumer did so far (processed, duplicates, retried, dead-lettered...)."""
-        return self._stats.snapshot()
-
-    @property
-    def running(self) -> bool:
-        return any(loop.alive for loop in self._loops)
-
-    def health(self) -> Health:
-        """How the worker tasks are doing (see :mod:`txmq.supervision`)."""
-        return health_of(self._loops)
-
-    def healthy(self) -> bool:
-        """False once a worker has died (a fatal error or an unexpected exception)."""
-        return self.health().healthy
 
     async def start(self) -> None:
         """Declare the topology and start the worker tasks on the running loop; return at once.
@@ -226,53 +163,27 @@ class AsyncConsumer:
             ConfigurationError: no handler registered, or already started.
             BrokerUnavailable: the broker cannot be reached to declare the topology.
         """
-        if not self._handlers:
-            raise ConfigurationError("register at least one handler before starting")
-        if self.running:
-            raise ConfigurationError("consumer already started")
-        adapter = await asyncio.to_thread(self._connect)
-        routes: dict[str, Route] = {}
-        for topic in self._handlers:
-            route = self._route(topic)
-            for source in adapter.sources_for([route.topology]):
-                routes[source] = route
-        if self._declare:
-            await asyncio.to_thread(adapter.declare, self.topologies())
-        self._stop.clear()
-        self._workers_stop.clear()
-        plan = Plan(
-            adapter=adapter,
-            group=self.group,
-            routes=routes,
-            inbox=Inbox(self.inbox_table, self.group),
+        # In a thread: connecting to a broker URL may wait on the network.
+        plan = await asyncio.to_thread(
+            self.worker_plan,
             engine=self.engine.sync_engine,
             session_factory=None,
-            prefetch=worker_prefetch(adapter, self.prefetch, self.batch_size, self.concurrency),
-            batch_size=self.batch_size,
-            poll_interval=self.poll_interval,
-            publish_timeout=self.publish_timeout,
-            stats=self._stats,
             stop=self._workers_stop,
         )
-        self._loops, self._threads = [], []
+        if self.declare:
+            await asyncio.to_thread(plan.adapter.declare, self.topologies())
+        self._stop.clear()
+        self._workers_stop.clear()
+        self.workers, self._threads = [], []
         for index in range(self.concurrency):
             name = f"txmq-consumer-{self.group}-{index}"
             threads = Threads(name=name, size=1)
             self._threads.append(threads)
-            self._loops.append(_AsyncWorker(plan, name, threads).on_event_loop(self._stop).start())
+            self.workers.append(_AsyncWorker(plan, name, threads).on_event_loop(self._stop).start())
         log.info(
             "consumer %s started: %d worker task(s) on %s",
-            *(self.group, self.concurrency, sorted(routes)),
+            *(self.group, self.concurrency, sorted(plan.routes)),
         )
-
-    def _connect(self) -> Adapter:
-        if self._adapter is None:
-            if isinstance(self._broker, Adapter):
-                self._adapter = self._broker
-            else:
-                self._adapter = connect(self._broker)
-                self._owns_adapter = True
-        return self._adapter
 
     async def stop(self, timeout: float | None = 30.0) -> bool:
         """Stop fetching, finish the message in hand, commit, ack, close.
@@ -286,7 +197,7 @@ class AsyncConsumer:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         stopped = True
-        for worker in self._loops:
+        for worker in self.workers:
             left = None if deadline is None else max(0.0, deadline - loop.time())
             if not await worker.join(left):
                 stopped = False
@@ -295,8 +206,7 @@ class AsyncConsumer:
         for threads in self._threads:
             threads.close()
         self._threads.clear()
-        if self._owns_adapter and self._adapter is not None:
-            adapter, self._adapter, self._owns_adapter = self._adapter, None, False
+        if (adapter := self.release_adapter()) is not None:
             await asyncio.to_thread(adapter.close)
         return stopped
 
@@ -340,9 +250,6 @@ class AsyncConsumer:
     ) -> None:
         await self.stop()
 
-    def __repr__(self) -> str:
-        return f"AsyncConsumer(group={self.group!r}, topics={sorted(self._handlers)})"
-
 
 class _AsyncWorker(Worker):
     """:class:`Worker` run in a greenlet on the event loop, its broker calls in ``threads``."""
@@ -355,22 +262,18 @@ class _AsyncWorker(Worker):
         """This worker as an asyncio supervised loop (not started)."""
         return AsyncSupervisedLoop(
             name=self.name,
-            step=lambda: greenlet_spawn(self._step),
+            step=lambda: greenlet_spawn(self.step),
             stop=stop,
-            on_error=lambda: greenlet_spawn(self._disconnect),
-            on_exit=lambda: greenlet_spawn(self._disconnect),
+            on_error=lambda: greenlet_spawn(self.disconnect),
+            on_exit=lambda: greenlet_spawn(self.disconnect),
             max_backoff=_MAX_BACKOFF,
         )
 
-    def _subscribe(self) -> Subscription:
-        return BridgedSubscription(self._threads.blocking(super()._subscribe), self._threads)
+    def open_subscription(self) -> Subscription:
+        return BridgedSubscription(self._threads.blocking(super().open_subscription), self._threads)
 
-    def _publisher_(self) -> Publisher:
-        if self._publisher is None:
-            self._publisher = BridgedPublisher(
-                self._threads.blocking(self.plan.adapter.publisher), self._threads
-            )
-        return self._publisher
+    def open_publisher(self) -> Publisher:
+        return BridgedPublisher(self._threads.blocking(super().open_publisher), self._threads)
 
 
 def _in_greenlet(fn: AsyncHandler, engine: AsyncEngine) -> Handler:

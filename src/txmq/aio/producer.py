@@ -38,10 +38,8 @@ from txmq.outbox.producer import Producer, SendResult
 from txmq.outbox.relay import Relay
 from txmq.outbox.store import OutboxRecord
 from txmq.sql.tables import OutboxTables
-from txmq.states import LocalTransactionState, RecordState
+from txmq.states import LocalTransactionState
 from txmq.supervision import Health
-from txmq.telemetry import STAGED
-from txmq.tracing import creating
 
 A = TypeVar("A")
 
@@ -198,13 +196,12 @@ class AsyncProducer:
             InvalidMessage / MessageTooLarge: before anything is written.
         """
         producer = self.producer
-        message = await self._threads.run(self._prepare_local, message, immunity)
-        tx_key = message.id
+        message = await self._threads.run(producer.prepare_local, message, immunity=immunity)
         try:
             async with AsyncSession(self.engine) as session, session.begin():
                 standing = await session.run_sync(
                     lambda s: producer.store.insert_marker(
-                        s.connection(), tx_key, LocalTransactionState.COMMIT
+                        s.connection(), message.id, LocalTransactionState.COMMIT
                     )
                 )
                 if standing is not LocalTransactionState.COMMIT:
@@ -217,29 +214,10 @@ class AsyncProducer:
             # However it ended (work raised, the commit failed, the task was cancelled), the
             # marker says how; the settling runs to its end in the pool even if we are
             # cancelled again meanwhile.
-            await asyncio.shield(self._threads.run(producer._settle_by_marker, message, tx_key))
+            await asyncio.shield(self._threads.run(producer.settle_by_marker, message))
             raise
-        to = await self._threads.run(self._settle_ready, message.id)
+        to = await self._threads.run(producer.settle_committed, message.id)
         return SendResult(message.id, LocalTransactionState.COMMIT, to)
-
-    def _prepare_local(self, message: Message, immunity: timedelta | None) -> Message:
-        producer = self.producer
-        system = None if producer.broker is None else producer.broker.system
-        with creating("send_in_local_transaction", group=self.group, system=system) as traced:
-            (message,) = producer._checked((message,), traced)
-            producer.store.prepare(
-                message,
-                self.group,
-                immunity=producer.check_policy.immunity if immunity is None else immunity,
-                tx_key=message.id,
-            )
-        STAGED.labels(self.group, "local").inc()
-        return message
-
-    def _settle_ready(self, message_id: str) -> RecordState:
-        with self.sync_engine.begin() as connection:
-            # A check-back that ran after the commit may have moved it to READY already.
-            return self.producer.store.settle(connection, message_id, RecordState.READY)
 
     def _check(self, message: Message, check_count: int) -> LocalTransactionState:
         """The check-back thread's checker: the async checker, awaited on the event loop."""

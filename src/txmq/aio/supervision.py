@@ -11,18 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
-
-from sqlalchemy.exc import SQLAlchemyError
+from collections.abc import Awaitable, Callable
 
 from txmq.config import describe
-from txmq.errors import BrokerError, DatabaseUnavailable
 from txmq.supervision import (
-    DATABASE_BACKOFF,
-    FIRST_BACKOFF,
-    Health,
+    Backoff,
     LoopHealth,
     LoopState,
     fatal_error,
@@ -59,10 +53,9 @@ class AsyncSupervisedLoop:
         self._stop = stop
         self._on_error = on_error
         self._on_exit = on_exit
-        self._max_backoff = max_backoff
+        self._backoff = Backoff(name=name, max_backoff=max_backoff)
         self._state = LoopState.STOPPED
         self._heartbeat = time.monotonic()
-        self._last_error: str | None = None
         self._fatal: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -93,7 +86,7 @@ class AsyncSupervisedLoop:
             alive=self.alive,
             state=self._state,
             seconds_since_heartbeat=time.monotonic() - self._heartbeat,
-            last_error=self._last_error,
+            last_error=self._backoff.last_error,
             fatal=self._fatal,
         )
 
@@ -102,23 +95,19 @@ class AsyncSupervisedLoop:
         self._heartbeat = time.monotonic()
 
     async def _run(self) -> None:
-        failures = 0
         try:
             while not self._stop.is_set():
                 self._beat(LoopState.RUNNING)
                 try:
                     busy = await self._step()
-                    if failures:
-                        log.info("%s: resumed after %d failed attempt(s)", self.name, failures)
-                        failures, self._last_error = 0, None
+                    self._backoff.succeeded()
                     if not busy:
                         self._beat(LoopState.IDLE)
                 except Exception as exc:
                     if (fatal := fatal_error(exc)) is not None:
                         self._die(fatal, traceback=False)
                         return
-                    failures += 1
-                    await self._back_off(exc, failures)
+                    await self._back_off(exc)
         except asyncio.CancelledError:
             pass  # the owner gave up waiting for a graceful stop
         except BaseException as exc:
@@ -129,19 +118,8 @@ class AsyncSupervisedLoop:
             if self._on_exit is not None:
                 await self._quietly(self._on_exit)
 
-    async def _back_off(self, exc: Exception, failures: int) -> None:
-        cap = self._max_backoff if isinstance(exc, BrokerError) else DATABASE_BACKOFF
-        delay = min(cap, FIRST_BACKOFF * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
-        text = describe(exc)
-        repeated, self._last_error = self._last_error == text, text
-        if not repeated:
-            # Once per kind of error, not once per attempt: an outage of minutes logs one line.
-            known = isinstance(exc, BrokerError | SQLAlchemyError | DatabaseUnavailable)
-            log.warning(
-                "%s: %s; retrying (backing off up to %.1fs)",
-                *(self.name, text, cap),
-                exc_info=not known,
-            )
+    async def _back_off(self, exc: Exception) -> None:
+        delay = self._backoff.failed(exc)
         if self._on_error is not None:
             await self._quietly(self._on_error)
         self._beat(LoopState.BACKING_OFF)
@@ -161,8 +139,3 @@ class AsyncSupervisedLoop:
             await fn()
         except Exception:  # cleaning up after a failure must not hide the failure
             log.debug("%s: cleanup failed", self.name, exc_info=True)
-
-
-def health_of(loops: Iterable[AsyncSupervisedLoop]) -> Health:
-    """A :class:`~txmq.supervision.Health` snapshot of ``loops``."""
-    return Health(tuple(loop.health() for loop in loops))

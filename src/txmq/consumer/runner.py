@@ -13,51 +13,21 @@ from typing import Any, Self
 from sqlalchemy import Engine, Table
 from sqlalchemy.orm import Session
 
-from txmq.adapters import Adapter, Topology, connect
+from txmq.adapters import Adapter
 from txmq.consumer.compensation import Compensation, compensation_topic
-from txmq.consumer.inbox import Inbox
+from txmq.consumer.group import ConsumerGroup
 from txmq.consumer.policy import RetryPolicy
-from txmq.consumer.stats import ConsumerStats, StatsSnapshot
-from txmq.consumer.worker import Handler, Plan, Route, Worker
+from txmq.consumer.worker import Handler, Worker
 from txmq.database import require_sync_engine
-from txmq.errors import ConfigurationError
-from txmq.message import Message, validate_name
-from txmq.sql.tables import default_inbox_table
-from txmq.supervision import Health, SupervisedLoop, health_of
+from txmq.message import Message
+from txmq.supervision import SupervisedLoop
 
 log = logging.getLogger("txmq.consumer")
 
 CompensationHandlerFn = Callable[[Compensation, Session], None]
 
-#: Deliveries a worker holds when nothing says otherwise (see ``Consumer(prefetch=...)``).
-DEFAULT_PREFETCH = 100
 
-
-def check_worker_options(
-    prefetch: int | None, batch_size: int, concurrency: int, poll_interval: float
-) -> None:
-    """Raise :class:`ConfigurationError` unless the workers' numbers make sense."""
-    if (prefetch is not None and prefetch < 1) or batch_size < 1 or concurrency < 1:
-        raise ConfigurationError("prefetch, batch_size and concurrency must be at least 1")
-    if prefetch is not None and batch_size > prefetch:
-        raise ConfigurationError("batch_size cannot exceed prefetch")
-    if poll_interval <= 0:
-        raise ConfigurationError("poll_interval must be positive")
-
-
-def worker_prefetch(
-    adapter: Adapter, prefetch: int | None, batch_size: int, concurrency: int
-) -> int:
-    """The prefetch each worker subscribes with on ``adapter``: ``prefetch`` if given, else
-    ``batch_size`` for several workers competing for one queue, else 100."""
-    if prefetch is not None:
-        return prefetch
-    if adapter.capabilities.competing_consumers and concurrency > 1:
-        return batch_size
-    return max(DEFAULT_PREFETCH, batch_size)
-
-
-class Consumer:
+class Consumer(ConsumerGroup[SupervisedLoop, Handler]):
     """A consumer group: handlers run exactly once per message, or the message is dead-lettered.
 
     Each handler runs inside one transaction of ``engine``'s database, together with the
@@ -130,67 +100,28 @@ class Consumer:
         poll_interval: float = 1.0,
         publish_timeout: float | None = None,
     ) -> None:
-        self.group = validate_name(group, "group")
-        check_worker_options(prefetch, batch_size, concurrency, poll_interval)
-        self._broker = broker
+        super().__init__(
+            broker=broker,
+            group=group,
+            retry=retry,
+            prefetch=prefetch,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            compensate=compensate,
+            inbox=inbox,
+            declare=declare,
+            poll_interval=poll_interval,
+            publish_timeout=publish_timeout,
+        )
         self.engine = require_sync_engine(engine, "a consumer")
-        self.retry = retry if retry is not None else RetryPolicy()
-        self.prefetch = prefetch
-        self.batch_size = batch_size
-        self.concurrency = concurrency
-        self.compensate = compensate
-        self.inbox_table = inbox if inbox is not None else default_inbox_table()
         self._session_factory = session_factory
-        self._declare = declare
-        self.poll_interval = poll_interval
-        self.publish_timeout = publish_timeout
-        self._handlers: dict[str, tuple[Handler, RetryPolicy | None, bool | None]] = {}
-        self._stats = ConsumerStats(group=self.group)
         self._stop = threading.Event()
-        self._loops: list[SupervisedLoop] = []
-        self._adapter: Adapter | None = None
-        self._owns_adapter = False
-        self._lock = threading.Lock()
 
     # -- registration -------------------------------------------------------------------
 
-    def handler(
-        self,
-        topic: str,
-        *,
-        retry: RetryPolicy | None = None,
-        compensate: bool | None = None,
-    ) -> Callable[[Handler], Handler]:
-        """Register the decorated function as the handler of ``topic`` (one per topic).
-
-        Args:
-            topic: the logical topic.
-            retry: this handler's policy instead of the consumer's.
-            compensate: this handler's compensation flag instead of the consumer's.
-        """
-
-        def register(fn: Handler) -> Handler:
-            self.add_handler(topic, fn, retry=retry, compensate=compensate)
-            return fn
-
-        return register
-
-    def add_handler(
-        self,
-        topic: str,
-        fn: Handler,
-        *,
-        retry: RetryPolicy | None = None,
-        compensate: bool | None = None,
-    ) -> None:
-        """Register ``fn(message, session)`` as the handler of ``topic``."""
-        validate_name(topic, "topic")
-        with self._lock:
-            if self._loops:
-                raise ConfigurationError("register handlers before starting the consumer")
-            if topic in self._handlers:
-                raise ConfigurationError(f"topic {topic!r} already has a handler")
-            self._handlers[topic] = (fn, retry, compensate)
+    def worker_handler(self, topic: str, fn: Handler) -> Handler:
+        """``fn`` itself: the workers call a synchronous handler as it is."""
+        return fn
 
     def compensation(
         self, producer_group: str, *, retry: RetryPolicy | None = None
@@ -217,38 +148,7 @@ class Consumer:
 
         return register
 
-    def topologies(self) -> list[Topology]:
-        """The queues/topics this consumer needs, one topology per handled topic."""
-        return [self._route(topic).topology for topic in self._handlers]
-
-    def _route(self, topic: str) -> Route:
-        fn, retry, compensate = self._handlers[topic]
-        policy = retry if retry is not None else self.retry
-        return Route(
-            topology=Topology(self.group, topic, retry_delays=policy.delays),
-            handler=fn,
-            policy=policy,
-            compensate=self.compensate if compensate is None else compensate,
-        )
-
     # -- lifecycle ----------------------------------------------------------------------
-
-    @property
-    def stats(self) -> StatsSnapshot:
-        """What the consumer did so far (processed, duplicates, retried, dead-lettered...)."""
-        return self._stats.snapshot()
-
-    @property
-    def running(self) -> bool:
-        return any(loop.alive for loop in self._loops)
-
-    def health(self) -> Health:
-        """How the worker threads are doing (see :mod:`txmq.supervision`)."""
-        return health_of(self._loops)
-
-    def healthy(self) -> bool:
-        """False once a worker has died (a fatal error or an unexpected exception)."""
-        return self.health().healthy
 
     def start(self) -> None:
         """Declare the topology and start the worker threads; return at once.
@@ -258,64 +158,20 @@ class Consumer:
             BrokerUnavailable: the broker cannot be reached to declare the topology.
         """
         with self._lock:
-            if not self._handlers:
-                raise ConfigurationError("register at least one handler before starting")
-            if self.running:
-                raise ConfigurationError("consumer already started")
-            adapter = self._connect()
-            routes: dict[str, Route] = {}
-            for topic in self._handlers:
-                route = self._route(topic)
-                for source in adapter.sources_for([route.topology]):
-                    routes[source] = route
-            if self._declare:
-                adapter.declare(self.topologies())
-            self._stop.clear()
-            plan = Plan(
-                adapter=adapter,
-                group=self.group,
-                routes=routes,
-                inbox=Inbox(self.inbox_table, self.group),
-                engine=self.engine,
-                session_factory=self._session_factory,
-                prefetch=self.worker_prefetch(adapter),
-                batch_size=self.batch_size,
-                poll_interval=self.poll_interval,
-                publish_timeout=self.publish_timeout,
-                stats=self._stats,
-                stop=self._stop,
+            plan = self.worker_plan(
+                engine=self.engine, session_factory=self._session_factory, stop=self._stop
             )
-            self._loops = [
+            if self.declare:
+                plan.adapter.declare(self.topologies())
+            self._stop.clear()
+            self.workers = [
                 Worker(plan, f"txmq-consumer-{self.group}-{index}").supervised().start()
                 for index in range(self.concurrency)
             ]
             log.info(
                 "consumer %s started: %d worker(s) on %s",
-                *(self.group, self.concurrency, sorted(routes)),
+                *(self.group, self.concurrency, sorted(plan.routes)),
             )
-
-    def worker_prefetch(self, adapter: Adapter) -> int:
-        """The prefetch each worker subscribes with on ``adapter`` (see ``prefetch``)."""
-        return worker_prefetch(adapter, self.prefetch, self.batch_size, self.concurrency)
-
-    def adapter(self) -> Adapter:
-        """The adapter this consumer works with; connected from its URL on first use (and
-        closed by :meth:`stop` then).
-
-        Raises:
-            InvalidURL: the broker URL is malformed.
-        """
-        with self._lock:
-            return self._connect()
-
-    def _connect(self) -> Adapter:
-        if self._adapter is None:
-            if isinstance(self._broker, Adapter):
-                self._adapter = self._broker
-            else:
-                self._adapter = connect(self._broker)
-                self._owns_adapter = True
-        return self._adapter
 
     def stop(self, timeout: float | None = 30.0) -> bool:
         """Stop fetching, finish the message in hand, commit, ack, close.
@@ -326,13 +182,11 @@ class Consumer:
         """
         self._stop.set()
         deadline = None if timeout is None else time.monotonic() + timeout
-        for loop in self._loops:
+        for loop in self.workers:
             loop.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         stopped = not self.running
-        if stopped and self._owns_adapter and self._adapter is not None:
-            self._adapter.close()
-            self._adapter = None
-            self._owns_adapter = False
+        if stopped and (adapter := self.release_adapter()) is not None:
+            adapter.close()
         return stopped
 
     def run(self) -> None:
@@ -376,6 +230,3 @@ class Consumer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-    def __repr__(self) -> str:
-        return f"Consumer(group={self.group!r}, topics={sorted(self._handlers)})"

@@ -110,7 +110,12 @@ class _Item:
 
 
 class Worker:
-    """Consumes with its own subscription and publisher (one connection per thread)."""
+    """Consumes with its own subscription and publisher (one connection per thread).
+
+    :meth:`supervised` runs it in a thread. Another runner (the asyncio consumer) drives
+    :meth:`step` and :meth:`disconnect` itself, and may override :meth:`open_subscription`
+    and :meth:`open_publisher` to wrap the broker connections the worker opens.
+    """
 
     def __init__(self, plan: Plan, name: str) -> None:
         self.plan = plan
@@ -128,18 +133,24 @@ class Worker:
         stop event is set, reconnecting after broker and database outages."""
         return SupervisedLoop(
             name=self.name,
-            step=self._step,
+            step=self.step,
             stop=self.plan.stop,
-            on_error=lambda exc: self._disconnect(),
-            on_exit=self._disconnect,
+            on_error=lambda exc: self.disconnect(),
+            on_exit=self.disconnect,
             max_backoff=_MAX_BACKOFF,
         )
 
-    def _step(self) -> bool:
-        """One poll (which waits up to the poll interval) and the handling of what came."""
+    def step(self) -> bool:
+        """One poll (which waits up to the poll interval) and the handling of what came;
+        True if something came. Opens the subscription first if none is open.
+
+        Raises:
+            BrokerError, DatabaseUnavailable: transient (disconnect, back off, step again).
+            ConfigurationError: fatal (the worker cannot go on).
+        """
         plan = self.plan
         if self._subscription is None:
-            self._subscription = self._subscribe()
+            self._subscription = self.open_subscription()
         subscription = self._subscription
         deliveries = subscription.poll(
             plan.poll_interval, max(plan.batch_size, min(plan.prefetch, 100))
@@ -153,12 +164,21 @@ class Worker:
             self._handle(subscription, deliveries)
         return bool(deliveries)
 
-    def _subscribe(self) -> Subscription:
-        """Open this worker's subscription (the asyncio consumer bridges it to threads)."""
+    def open_subscription(self) -> Subscription:
+        """Open this worker's subscription to the plan's sources (an extension point: the
+        asyncio consumer overrides it to run the subscription's calls in a thread)."""
         plan = self.plan
         return plan.adapter.subscribe(plan.group, list(plan.routes), prefetch=plan.prefetch)
 
-    def _disconnect(self) -> None:
+    def open_publisher(self) -> Publisher:
+        """Open the publisher of this worker's retry, DLQ and compensation copies, on first
+        need (an extension point, like :meth:`open_subscription`)."""
+        return self.plan.adapter.publisher()
+
+    def disconnect(self) -> None:
+        """Close the subscription (what it held is redelivered), the publisher and the
+        database connection; the next :meth:`step` opens them again. A txmq error while
+        closing the broker connections is logged (debug), not raised."""
         for closable in (self._subscription, self._publisher):
             if closable is not None:
                 try:
@@ -467,7 +487,7 @@ class Worker:
 
     def _publisher_(self) -> Publisher:
         if self._publisher is None:
-            self._publisher = self.plan.adapter.publisher()
+            self._publisher = self.open_publisher()
         return self._publisher
 
 

@@ -303,20 +303,11 @@ class Producer(Closing):
             TransactionError: a check-back had already rolled the message back before the
                 local transaction could start (it then did nothing).
         """
-        tx_key = message.id
-        with creating("send_in_local_transaction", group=self.group, system=self._system) as traced:
-            (message,) = self._checked((message,), traced)
-            self.store.prepare(
-                message,
-                self.group,
-                immunity=self.check_policy.immunity if immunity is None else immunity,
-                tx_key=tx_key,
-            )
-        STAGED.labels(self.group, "local").inc()
+        message = self.prepare_local(message, immunity=immunity)
         try:
             with Session(self.engine) as session, session.begin():
                 standing = self.store.insert_marker(
-                    session.connection(), tx_key, LocalTransactionState.COMMIT
+                    session.connection(), message.id, LocalTransactionState.COMMIT
                 )
                 if standing is not LocalTransactionState.COMMIT:
                     raise TransactionError(
@@ -327,18 +318,56 @@ class Producer(Closing):
         except BaseException:
             # Whatever happened (work raised, commit failed or was interrupted), the marker
             # now says how the transaction ended.
-            self._settle_by_marker(message, tx_key)
+            self.settle_by_marker(message)
             raise
-        with self.engine.begin() as connection:
-            # A check-back that ran after the commit may have moved it to READY already.
-            to = self.store.settle(connection, message.id, RecordState.READY)
+        to = self.settle_committed(message.id)
         return SendResult(message.id, LocalTransactionState.COMMIT, to)
 
-    def _settle_by_marker(self, message: Message, tx_key: str) -> None:
+    # -- the steps of a local transaction, for a caller that runs the transaction itself --
+
+    def prepare_local(self, message: Message, *, immunity: timedelta | None = None) -> Message:
+        """Write ``message``'s PREPARED half record whose transaction marker key is its id:
+        the first step of :meth:`send_in_local_transaction`, for a caller (such as
+        :class:`txmq.aio.AsyncProducer`) that runs the local transaction on its own
+        connection. That transaction's first statement must then be
+        ``store.insert_marker(connection, message.id, COMMIT)``; afterwards call
+        :meth:`settle_committed`, or :meth:`settle_by_marker` if it did not commit.
+
+        Returns:
+            the message as written (trace context and producer group header added).
+
+        Raises:
+            TypeError: ``message`` is not a :class:`Message`.
+            InvalidMessage / MessageTooLarge: before anything is written.
+        """
+        with creating("send_in_local_transaction", group=self.group, system=self._system) as traced:
+            (message,) = self._checked((message,), traced)
+            self.store.prepare(
+                message,
+                self.group,
+                immunity=self.check_policy.immunity if immunity is None else immunity,
+                tx_key=message.id,
+            )
+        STAGED.labels(self.group, "local").inc()
+        return message
+
+    def settle_committed(self, message_id: str) -> RecordState:
+        """Move the record of a committed local transaction (see :meth:`prepare_local`) to
+        READY for the relay; return the state it has now."""
+        with self.engine.begin() as connection:
+            # A check-back that ran after the commit may have moved it to READY already.
+            return self.store.settle(connection, message_id, RecordState.READY)
+
+    def settle_by_marker(self, message: Message) -> None:
+        """Settle the record of a local transaction (see :meth:`prepare_local`) that ended
+        without a known commit, as its marker says: READY if the transaction committed,
+        else ROLLED_BACK (a ROLLBACK marker makes a late commit impossible). On a database
+        error it logs a warning and leaves the record to the check-back; it does not raise.
+        """
         try:
             with self.engine.begin() as connection:
                 outcome = self.store.insert_marker(
-                    connection, tx_key, LocalTransactionState.ROLLBACK
+                    connection, message.id, LocalTransactionState.ROLLBACK
                 )
                 to = (
                     RecordState.READY
