@@ -1,7 +1,8 @@
 """Two producer groups on one outbox table, one publishing to RabbitMQ and one to Kafka.
 
 (Moved from the producer contract suite: it needs both real brokers at once, so it is no
-test of one adapter.) The fixtures and helpers are the producer suite's.
+test of one adapter.) The fixtures and helpers are the producer suite's and the suites'
+shared ones.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from sqlalchemy.orm import Session
 import txmq
 from txmq.outbox import Producer, make_outbox_tables
 from txmq.states import RecordState
+from txmq.testing.contract import fixtures
 from txmq.testing.contract import producer as suite
 from txmq.wire import HEADER_PRODUCER_GROUP
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
 
-engine, prefix, metadata, topic = suite.engine, suite.prefix, suite.metadata, suite.topic
+engine = fixtures.engine
+prefix, metadata, topic = suite.prefix, suite.metadata, suite.topic
 declare, receive, nothing_more = suite.declare, suite.receive, suite.nothing_more
 
 
