@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from txmq.testing import wait_for
-from txmq.testing.contract import Features, adapter, expose, requires
+from txmq.testing.contract import Features, adapter, expose, fixtures, requires
 from txmq.testing.contract.builtin import ADAPTERS
 
 TWO = {"plain": Features(), "forked": Features(across_processes=True)}
@@ -30,7 +30,8 @@ def test_a_test_runs_only_on_the_adapters_that_have_what_it_requires() -> None:
     assert parametrized_ids(namespace["test_per_key_order_holds"]) == ["plain", "forked"]
     # The suite's own functions are left unmarked, for another module to expose.
     assert not hasattr(adapter.test_per_key_order_holds, "pytestmark")
-    assert namespace["broker"] is adapter.broker  # the suite's fixtures come along
+    assert namespace["topic"] is adapter.topic  # the suite's own fixtures come along,
+    assert namespace["broker"] is fixtures.broker  # and those the suites share
 
 
 def test_a_test_that_applies_to_no_adapter_is_not_collected() -> None:
