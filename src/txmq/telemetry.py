@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Protocol
 
 
@@ -31,13 +32,50 @@ class _NoMetric:
         pass
 
 
-#: Every metric txmq defines: its name (as defined; a Counter is exposed with ``_total``, a
-#: Histogram as ``_bucket``, ``_sum`` and ``_count``), to its kind and label names.
-METRICS: dict[str, tuple[str, tuple[str, ...]]] = {}
+class _Deferred:
+    """A metric created on its first use, so that ``import txmq`` does not load
+    prometheus-client (about 60 ms) in programs that never count anything."""
+
+    __slots__ = ("_documentation", "_kind", "_labels", "_metric", "_name", "_options")
+
+    def __init__(
+        self, kind: str, name: str, documentation: str, labels: list[str], options: dict[str, Any]
+    ) -> None:
+        self._kind = kind
+        self._name = name
+        self._documentation = documentation
+        self._labels = labels
+        self._options = options
+        self._metric: Metric | None = None
+
+    def resolve(self) -> Metric:
+        metric = self._metric
+        if metric is None:
+            # Two threads counting for the first time at once must not register it twice.
+            with _CREATING:
+                metric = self._metric
+                if metric is None:
+                    metric = self._metric = _create(
+                        self._kind, self._name, self._documentation, self._labels, self._options
+                    )
+        return metric
+
+    def labels(self, *values: str) -> Metric:
+        return self.resolve().labels(*values)
+
+    def inc(self, amount: float = 1) -> None:
+        self.resolve().inc(amount)
+
+    def observe(self, amount: float) -> None:
+        self.resolve().observe(amount)
+
+    def set(self, value: float) -> None:
+        self.resolve().set(value)
 
 
-def _metric(kind: str, name: str, documentation: str, labels: list[str], **options: Any) -> Metric:
-    METRICS[name] = (kind, tuple(labels))
+def _create(
+    kind: str, name: str, documentation: str, labels: list[str], options: dict[str, Any]
+) -> Metric:
     try:
         import prometheus_client
     except ImportError:
@@ -45,6 +83,28 @@ def _metric(kind: str, name: str, documentation: str, labels: list[str], **optio
     factory = getattr(prometheus_client, kind)
     metric: Metric = factory(name, documentation, labels, **options)
     return metric
+
+
+_CREATING = threading.Lock()
+_DEFERRED: list[_Deferred] = []
+
+#: Every metric txmq defines: its name (as defined; a Counter is exposed with ``_total``, a
+#: Histogram as ``_bucket``, ``_sum`` and ``_count``), to its kind and label names.
+METRICS: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+
+def _metric(kind: str, name: str, documentation: str, labels: list[str], **options: Any) -> Metric:
+    METRICS[name] = (kind, tuple(labels))
+    deferred = _Deferred(kind, name, documentation, labels, options)
+    _DEFERRED.append(deferred)
+    return deferred
+
+
+def register_all() -> None:
+    """Create every txmq metric on prometheus-client's default registry now, so that an
+    exposition shows each one (with its zero values) before it is first used."""
+    for deferred in _DEFERRED:
+        deferred.resolve()
 
 
 RELAY_PUBLISHED = _metric(

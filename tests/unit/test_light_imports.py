@@ -53,6 +53,16 @@ def test_import_txmq_loads_neither_provisioning_nor_drivers_nor_typer() -> None:
     assert among(modules, (*HEAVY, "typer", "rich")) == []
 
 
+def test_import_txmq_leaves_prometheus_client_until_a_metric_is_used() -> None:
+    untouched = loaded("import json, sys, txmq; print(json.dumps(sorted(sys.modules)))")
+    assert among(untouched, ("prometheus_client",)) == []
+    counted = loaded(
+        "import json, sys, txmq.telemetry as t; t.STAGED.labels('g', 'outbox').inc(); "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    assert "prometheus_client" in counted
+
+
 @pytest.mark.parametrize(
     "command",
     [

@@ -28,7 +28,7 @@ from typing import Any
 from txmq.config import describe
 from txmq.errors import ConfigurationError, MissingDependency
 from txmq.supervision import Health, LoopState
-from txmq.telemetry import READY
+from txmq.telemetry import READY, register_all
 
 log = logging.getLogger("txmq.probes")
 
@@ -137,6 +137,7 @@ def _metrics_exposition() -> Callable[[], tuple[bytes, str]]:
         raise MissingDependency(
             "--metrics-port needs prometheus-client: pip install 'txmq[prometheus]'"
         ) from None
+    register_all()
 
     def render() -> tuple[bytes, str]:
         return prometheus_client.generate_latest(), prometheus_client.CONTENT_TYPE_LATEST
