@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -127,6 +128,26 @@ def test_release_gives_messages_back_and_partial_ack_keeps_the_rest(
     with adapter.subscribe(topology.group, [topology.work_queue]) as subscription:
         rest = drain(subscription, 3)
     assert sorted(d.message.body for d in rest if d.message) == [b"2", b"3", b"5"]
+
+
+def test_acks_do_not_wait_for_a_busy_io_thread_and_are_written_before_close(
+    adapter: RabbitMQAdapter, declared: Callable[..., Topology], depth: Callable[[str], int]
+) -> None:
+    topology = declared()
+    publish(adapter, [Message(topology.topic, b"%d" % i) for i in range(50)])
+    gate = threading.Event()
+    with adapter.subscribe(topology.group, [topology.work_queue], prefetch=100) as subscription:
+        deliveries = drain(subscription, 50, ack=False)
+        # Holds the IO thread in one callback, as a long turn of its event loop would
+        # (the bound only keeps a broken test from hanging).
+        subscription._connection.add_callback_threadsafe(lambda: gate.wait(60))
+        for delivery in deliveries:
+            subscription.ack([delivery])  # returns at once: nothing waits for the IO thread
+        gate.set()
+    # Every ack handed over before close() was written before the connection closed.
+    assert depth(topology.work_queue) == 0
+    with adapter.subscribe(topology.group, [topology.work_queue]) as again:
+        assert again.poll(1.0) == []
 
 
 def test_members_of_one_group_share_messages(

@@ -7,7 +7,13 @@ connection belongs to one IO thread that runs the event loop all the time: it an
 heartbeats, puts what the broker pushes (up to ``prefetch`` unacknowledged messages) into a
 buffer that :meth:`RabbitMQSubscription.poll` empties, and performs the acks and rejects that
 the caller's thread hands it with ``add_callback_threadsafe``, the one thread-safe call of a
-``BlockingConnection``. The caller waits until its settlement is written to the socket.
+``BlockingConnection``.
+
+An ack is handed over and not waited for: per-message acks would otherwise cost the caller
+two thread switches each, and the ack only ever follows the work it settles (the consumer
+commits first). Acks handed over while the IO thread is busy are written together, as one
+multiple-ack where contiguous; those still waiting when the subscription closes are written
+before the connection closes. A release is waited for until it is written.
 """
 
 from __future__ import annotations
@@ -69,10 +75,11 @@ class RabbitMQSubscription(Subscription):
 
     ``prefetch`` bounds the unacknowledged messages of each source queue (RabbitMQ applies
     ``basic.qos`` per consumer). Heartbeats are answered however long the caller takes
-    between calls. :meth:`ack` and :meth:`release` return once the broker's socket has taken
-    the settlement. A lost connection makes :meth:`poll`, :meth:`ack` and :meth:`release`
-    raise :class:`BrokerUnavailable` (the undelivered and unacked messages go back to their
-    queues); the subscription does not reconnect.
+    between calls. :meth:`ack` hands the acks to the IO thread and returns; :meth:`release`
+    returns once the broker's socket has taken the rejects. A lost connection makes
+    :meth:`poll`, :meth:`ack` and :meth:`release` raise :class:`BrokerUnavailable` (the
+    undelivered and unacked messages go back to their queues, acks not yet written
+    included); the subscription does not reconnect.
 
     Raises (when opened):
         BrokerUnavailable: the broker cannot be reached.
@@ -92,7 +99,8 @@ class RabbitMQSubscription(Subscription):
         self._buffer: deque[Delivery] = deque()
         self._cancelled: list[str] = []  # queues whose consumer the broker cancelled
         self._lost: BrokerUnavailable | None = None  # why the IO thread stopped
-        self._pending: set[_Settlement] = set()  # handed over, not yet taken up
+        self._pending: deque[_Settlement] = deque()  # handed over, not yet taken up, in order
+        self._wake_queued = False  # an _apply_pending call is on its way to the IO thread
         self._stopping = threading.Event()
         # The IO thread's own, once it runs. Delivery tags received and not settled yet,
         # oldest first (a dict keeps order).
@@ -142,15 +150,16 @@ class RabbitMQSubscription(Subscription):
             return [self._buffer.popleft() for _ in range(count)]
 
     def ack(self, deliveries: Iterable[Delivery]) -> None:
-        """Acknowledge ``deliveries`` (see :class:`Subscription`); returns once the acks are
-        written to the connection's socket.
+        """Acknowledge ``deliveries`` (see :class:`Subscription`): hands the acks to the IO
+        thread and returns without waiting for them to be written. If the connection is
+        lost before they are, the messages are redelivered; acks handed over before
+        :meth:`close` are written before the connection closes.
 
         Raises:
-            BrokerUnavailable: the connection is lost, or the acks could not be written
-                within the connect timeout (the messages may then be redelivered).
+            BrokerUnavailable: the connection is already lost.
             BrokerError: the subscription is closed.
         """
-        self._settle(deliveries, requeue=False)
+        self._hand_over(deliveries, requeue=False)
 
     def release(self, deliveries: Iterable[Delivery]) -> None:
         """Give ``deliveries`` back to their queues; returns once the rejects are written.
@@ -159,7 +168,17 @@ class RabbitMQSubscription(Subscription):
             BrokerUnavailable: the connection is lost (the messages go back anyway).
             BrokerError: the subscription is closed.
         """
-        self._settle(deliveries, requeue=True)
+        settlement = self._hand_over(deliveries, requeue=True)
+        if settlement is None:
+            return
+        bound = self._settings.common.connect_timeout + _GRACE
+        if not settlement.done.wait(bound):
+            raise BrokerUnavailable(
+                f"RabbitMQ at {self._settings.redacted_url()}: releasing "
+                f"{len(settlement.tags)} message(s) was not written within {bound:g} s"
+            )
+        if settlement.error is not None:
+            raise _again(settlement.error)
 
     def close(self) -> None:
         """Stop the IO thread, which closes the connection: unsettled messages, buffered
@@ -186,28 +205,32 @@ class RabbitMQSubscription(Subscription):
         if self._closed:
             raise BrokerError("the subscription is closed")
 
-    def _settle(self, deliveries: Iterable[Delivery], *, requeue: bool) -> None:
+    def _hand_over(self, deliveries: Iterable[Delivery], *, requeue: bool) -> _Settlement | None:
+        """Queue the settlement of ``deliveries`` for the IO thread (None: nothing to settle).
+
+        An ack joins the ack queued before it if the IO thread has not taken that up yet,
+        and only the first settlement queued since the IO thread last took them up wakes it.
+        """
         self._check_open()
         tags = [d.token for d in deliveries]
         if not tags:
-            return
-        settlement = _Settlement(tags, requeue=requeue)
+            return None
         with self._lock:
             if self._lost is not None:
                 raise _again(self._lost)
-            self._pending.add(settlement)
-        # Closed under us: the IO thread fails what is pending as it stops.
-        with contextlib.suppress(pika.exceptions.ConnectionWrongStateError):
-            self._connection.add_callback_threadsafe(functools.partial(self._apply, settlement))
-        bound = self._settings.common.connect_timeout + _GRACE
-        if not settlement.done.wait(bound):
-            doing = "releasing" if requeue else "acknowledging"
-            raise BrokerUnavailable(
-                f"RabbitMQ at {self._settings.redacted_url()}: {doing} {len(tags)} "
-                f"message(s) was not written within {bound:g} s"
-            )
-        if settlement.error is not None:
-            raise _again(settlement.error)
+            last = self._pending[-1] if self._pending else None
+            if not requeue and last is not None and not last.requeue:
+                last.tags.extend(tags)
+                settlement = last
+            else:
+                settlement = _Settlement(tags, requeue=requeue)
+                self._pending.append(settlement)
+            wake, self._wake_queued = not self._wake_queued, True
+        if wake:
+            # Closed under us: the IO thread fails what is pending as it stops.
+            with contextlib.suppress(pika.exceptions.ConnectionWrongStateError):
+                self._connection.add_callback_threadsafe(self._apply_pending)
+        return settlement
 
     def _wake(self) -> None:
         """Have the IO thread's event loop return now."""
@@ -226,6 +249,8 @@ class RabbitMQSubscription(Subscription):
                         f"RabbitMQ at {self._settings.redacted_url()} closed the consumer channel"
                     )
                     break
+            if reason is None:
+                self._apply_pending()  # handed over before close(): written before it closes
         except _AMQP_ERRORS as exc:
             reason = unavailable(self._settings, exc, "consuming")
             reason.__cause__ = exc
@@ -243,7 +268,7 @@ class RabbitMQSubscription(Subscription):
         """Fail what is pending, and every later call, with ``reason``."""
         with self._arrived:
             self._lost = reason
-            pending, self._pending = self._pending, set()
+            pending, self._pending = self._pending, deque()
             self._arrived.notify_all()
         for settlement in pending:
             settlement.finish(reason)
@@ -263,11 +288,21 @@ class RabbitMQSubscription(Subscription):
             self._buffer.append(delivery)
             self._arrived.notify()
 
-    def _apply(self, settlement: _Settlement) -> None:
+    def _apply_pending(self) -> None:
+        """Write every settlement handed over so far, in order."""
         with self._lock:
-            if settlement not in self._pending:
-                return  # already failed
-            self._pending.discard(settlement)
+            batch, self._pending = self._pending, deque()
+            self._wake_queued = False
+        while batch:
+            settlement = batch.popleft()
+            try:
+                self._apply(settlement)
+            except _AMQP_ERRORS:
+                for rest in batch:  # no longer pending: _lose would not fail them
+                    rest.finish(settlement.error)
+                raise
+
+    def _apply(self, settlement: _Settlement) -> None:
         outstanding = self._outstanding
         # A tag settled twice (or not ours) would make the broker close the channel.
         tags = {tag for tag in settlement.tags if tag in outstanding}
