@@ -1,10 +1,11 @@
-"""Brokers as plain processes on this machine: Debian's RabbitMQ and PostgreSQL, Kafka's jars.
+"""Brokers as plain processes on this machine: Debian's RabbitMQ, PostgreSQL and MariaDB,
+Kafka's jars.
 
 Every broker runs in a new session (so it outlives the command that started it and can be
 stopped as one process group), in a fresh run directory under ``$TXMQ_RUN_DIR`` (default:
 the system temp dir), with its output in a log file there. Run as root, RabbitMQ runs as
-user ``rabbitmq`` and PostgreSQL as ``postgres`` (PostgreSQL refuses root); otherwise both
-run as the calling user.
+user ``rabbitmq``, PostgreSQL as ``postgres`` and MariaDB as ``mysql`` (PostgreSQL and
+MariaDB refuse root); otherwise they run as the calling user.
 """
 
 from __future__ import annotations
@@ -317,6 +318,44 @@ def _spawn_kafka(
     )
 
 
+def _start_mariadb(
+    ports: Ports, run_dir: Path, owner: pwd.struct_passwd | None
+) -> tuple[Running, Callable[[], str | None]]:
+    install = _find(["mariadb-install-db"], "MariaDB (mariadb-install-db)", "mariadb-server")
+    init_file = run_dir / "init.sql"
+    init_file.write_text(launch.MARIADB_INIT_SQL)
+    _run_setup(
+        [install, *launch.mariadb_install_args(str(run_dir / "data"))],
+        env=_base_env(),
+        owner=owner,
+    )
+    return _spawn_mariadb(ports, run_dir, owner)
+
+
+def _spawn_mariadb(
+    ports: Ports, run_dir: Path, owner: pwd.struct_passwd | None
+) -> tuple[Running, Callable[[], str | None]]:
+    """Run the server on the data directory ``run_dir/data`` (already initialised)."""
+    server = _find(["mariadbd", "/usr/sbin/mariadbd"], "MariaDB (mariadbd)", "mariadb-server")
+    log = run_dir / "mariadb.log"
+    process = _spawn(
+        [
+            server,
+            *launch.mariadb_local_args(
+                data_dir=str(run_dir / "data"),
+                socket=str(run_dir / "mariadbd.sock"),
+                init_file=str(run_dir / "init.sql"),
+            ),
+            *launch.mariadb_args(ports, bind_host=LOOPBACK),
+        ],
+        env=_base_env(),
+        cwd=run_dir,
+        log=log,
+        owner=owner,
+    )
+    return _record("mariadb", ports, run_dir, log, [process.pid]), _liveness(process, log)
+
+
 Starter = Callable[
     [Ports, Path, pwd.struct_passwd | None], tuple[Running, Callable[[], str | None]]
 ]
@@ -324,18 +363,21 @@ _STARTERS: dict[Broker, Starter] = {
     "rabbitmq": _start_rabbitmq,
     "kafka": _start_kafka,
     "postgres": _start_postgres,
+    "mariadb": _start_mariadb,
 }
 #: Starting again on the data of a stopped broker (nothing to initialise or format).
 _RESTARTERS: dict[Broker, Starter] = {
     "rabbitmq": _start_rabbitmq,
     "kafka": _spawn_kafka,
     "postgres": _spawn_postgres,
+    "mariadb": _spawn_mariadb,
 }
-#: Accounts the brokers run as when started by root (PostgreSQL refuses to run as root).
+#: Accounts the brokers run as when started by root (PostgreSQL and MariaDB refuse root).
 _SERVICE_USERS: dict[Broker, str | None] = {
     "rabbitmq": "rabbitmq",
     "kafka": None,
     "postgres": "postgres",
+    "mariadb": "mysql",
 }
 
 
