@@ -67,6 +67,9 @@ def _run(
     return log.read_text().splitlines()
 
 
+UP_ALL = "up --mode auto --print-env --only rabbitmq --only kafka --only postgres --only mariadb"
+
+
 def _line(broker: str, state: str) -> str:
     return f"{broker:<9} {state:<11} url{' ' * 40} pids 1 in /tmp/x\n"
 
@@ -75,7 +78,7 @@ def test_brokers_it_starts_are_stopped_when_the_script_exits(tmp_path: Path) -> 
     calls = _run(tmp_path, status="no brokers started by 'txmq brokers up'\n", status_rc=1)
     assert calls == [
         "status",
-        "up --mode auto --print-env --only rabbitmq --only kafka --only postgres --only mariadb",
+        UP_ALL,
         "rabbitmq://stub/ kafka://stub postgresql://stub mysql+pymysql://stub",
         "down --only rabbitmq --only kafka --only postgres --only mariadb",
     ]
@@ -83,7 +86,7 @@ def test_brokers_it_starts_are_stopped_when_the_script_exits(tmp_path: Path) -> 
 
 def test_brokers_an_earlier_up_runs_are_used_and_left_running(tmp_path: Path) -> None:
     calls = _run(tmp_path, status=_line("postgres", "running"), status_rc=0)
-    assert calls[1] == "up --mode auto --print-env --only rabbitmq --only kafka --only postgres --only mariadb"
+    assert calls[1] == UP_ALL
     assert calls[-1] == "down --only rabbitmq --only kafka --only mariadb"
 
 

@@ -1,0 +1,18 @@
+"""The ``producer`` contract suite with its database on MariaDB, on memory, RabbitMQ and Kafka.
+
+The same suite as test_producer_contract.py; only ``database_url`` (every suite's database)
+points at the plugin's MariaDB instead of PostgreSQL.
+"""
+
+import pytest
+
+from txmq.testing.contract import expose, producer
+from txmq.testing.contract.builtin import ADAPTERS
+
+
+@pytest.fixture(scope="session")
+def database_url(mysql_url: str) -> str:
+    return mysql_url
+
+
+expose(producer, globals(), ADAPTERS)
