@@ -131,13 +131,13 @@ def retry_lock_conflicts(transaction: Callable[[], _T], what: str) -> _T:
     loses a lock conflict (:func:`is_lock_conflict`), up to :data:`LOCK_CONFLICT_ATTEMPTS`.
 
     Raises:
-        sqlalchemy.exc.DBAPIError: any other database error, at once; a lock conflict of
-            the last attempt.
+        Exception: whatever ``transaction`` raised that is no lock conflict, at once; a
+            lock conflict of the last attempt.
     """
     for attempt in range(1, LOCK_CONFLICT_ATTEMPTS + 1):
         try:
             return transaction()
-        except DBAPIError as exc:
+        except Exception as exc:  # a conflict may come wrapped (a handler's error)
             if attempt == LOCK_CONFLICT_ATTEMPTS or not is_lock_conflict(exc):
                 raise
             log.info(

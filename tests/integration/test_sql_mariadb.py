@@ -236,3 +236,51 @@ def test_an_idle_relay_polls_and_publishes_within_its_poll_interval(
     finally:
         relay.stop()
         broker.close()
+
+
+def test_a_handler_that_loses_a_lock_wait_runs_again_and_spends_no_attempt(
+    engine: Engine, txmq_memory_url: str, connections: Callable[[], Connection]
+) -> None:
+    """InnoDB gives up a lock wait (errno 1205) in the handler's transaction: that is no
+    failure of the message. The transaction runs again; no retry copy is published."""
+    from txmq.consumer import Consumer, make_inbox_table
+
+    suffix = uuid.uuid4().hex[:8]
+    topic = f"t{suffix}"
+    tables = MetaData()
+    inbox = make_inbox_table(tables, name=f"inbox_{suffix}")
+    counter = Table(f"counter_{suffix}", tables, Column("n", Integer, primary_key=True))
+    tables.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(counter.insert().values(n=1))
+    adapter = txmq.connect(txmq_memory_url)
+    consumer = Consumer(
+        broker=adapter, engine=engine, group=f"g{suffix}", inbox=inbox, poll_interval=0.1
+    )
+    attempts: list[int] = []
+
+    @consumer.handler(topic)
+    def bump(message: txmq.Message, session: Session) -> None:
+        attempts.append(1)
+        session.execute(text("SET SESSION innodb_lock_wait_timeout = 1"))
+        session.execute(counter.update().values(n=counter.c.n + 1))
+
+    blocker = connections()
+    blocker.execute(counter.update().values(n=counter.c.n))  # holds the row's lock
+    consumer.start()
+    try:
+        publisher = adapter.publisher()
+        assert all(o.ok for o in publisher.publish([txmq.Message(topic, b"bump")]))
+        publisher.close()
+        # The first attempt timed out waiting for the blocker; now let the next one through.
+        assert wait_for(lambda: len(attempts) >= 2, timeout=60)
+        blocker.rollback()
+        assert wait_for(lambda: consumer.stats.processed == 1, timeout=60)
+        with engine.connect() as connection:
+            assert connection.execute(select(counter.c.n)).scalar_one() == 2
+        assert consumer.stats.retried == 0, consumer.stats
+        assert consumer.stats.dead_lettered == 0, consumer.stats
+    finally:
+        consumer.stop()
+        adapter.close()
+        tables.drop_all(engine)
