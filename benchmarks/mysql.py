@@ -22,6 +22,7 @@ import txmq
 from benchmarks.environment import remove_topologies
 from benchmarks.harness import Results, alternate, wait
 from benchmarks.relay import relay_run
+from txmq.adapters.base import Subscription
 
 #: How often an idle relay polls (the relay's default): the bound of MariaDB's wake-up.
 POLL_INTERVAL = 1.0
@@ -46,7 +47,7 @@ def wakeup_run(
                 received: list[txmq.Message] = []
 
                 def arrived(
-                    sub: txmq.Subscription = subscription, got: list[txmq.Message] = received
+                    sub: Subscription = subscription, got: list[txmq.Message] = received
                 ) -> bool:
                     deliveries = sub.poll(0.001)
                     got.extend(d.message for d in deliveries if d.message is not None)

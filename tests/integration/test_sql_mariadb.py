@@ -4,6 +4,7 @@ its deadlocks run again, the inbox's duplicate detection, and the relay's pollin
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -196,7 +197,7 @@ def test_the_inbox_applies_a_redelivery_once_under_repeatable_read(
         first, redelivered = connections(), connections()
         redelivered.execute(select(func.count()).select_from(inbox.table)).scalar_one()
         assert inbox.claim(first, key, "orders")
-        waiting = Background(lambda c=redelivered, k=key: inbox.claim(c, k, "orders"))
+        waiting = Background(functools.partial(inbox.claim, redelivered, key, "orders"))
         assert wait_for(lambda: lock_waits(engine) == 1, timeout=30)
         getattr(first, outcome)()
         assert waiting.result() is (outcome == "rollback")
