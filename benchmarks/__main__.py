@@ -1,7 +1,9 @@
 """``python -m benchmarks``: txmq against its baselines, side by side, in one run.
 
-Uses the brokers and PostgreSQL of ``--rabbitmq/--kafka/--database``, else of
-``TXMQ_TEST_*_URL``, else starts them with ``txmq brokers up``. Everything is measured in a
+Uses the brokers, PostgreSQL and MariaDB of ``--rabbitmq/--kafka/--database/--mysql``, else
+of ``TXMQ_TEST_*_URL``, else starts them with ``txmq brokers up`` (MariaDB only for the
+``mysql`` section: relay throughput and wake-up latency with the outbox on MariaDB beside
+PostgreSQL). Everything is measured in a
 new database on that server (dropped at the end) and in queues and topics of its own
 (deleted at the end). Each section alternates txmq and its baselines round by round.
 
@@ -26,7 +28,7 @@ import txmq
 from benchmarks import database, environment, report
 from benchmarks.harness import Results
 
-SECTIONS = ("relay", "consumer", "staging", "latency", "checkback")
+SECTIONS = ("relay", "consumer", "staging", "latency", "checkback", "mysql")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +44,11 @@ class Scale:
     checkback_messages: int
     checkback_immunity: float
     rounds: int
+    mysql_count: int
 
 
-FULL = Scale(50_000, 200_000, 20_000, 3_000, 2_000, 15.0, 5, 1.0, 3)
-SMOKE = Scale(300, 1_000, 300, 100, 50, 0.5, 2, 0.2, 1)
+FULL = Scale(50_000, 200_000, 20_000, 3_000, 2_000, 15.0, 5, 1.0, 3, 20_000)
+SMOKE = Scale(300, 1_000, 300, 100, 50, 0.5, 2, 0.2, 1, 300)
 RATES = (300, 1000)
 BODY = 200
 BATCH = 1000
@@ -65,6 +68,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rabbitmq", help="RabbitMQ URL (default $TXMQ_TEST_RABBITMQ_URL)")
     parser.add_argument("--kafka", help="Kafka URL (default $TXMQ_TEST_KAFKA_URL)")
     parser.add_argument("--database", help="PostgreSQL URL (default $TXMQ_TEST_DATABASE_URL)")
+    parser.add_argument("--mysql", help="MariaDB/MySQL URL (default $TXMQ_TEST_MYSQL_URL)")
     parser.add_argument("--rounds", type=int, help="rounds per figure (full 3, smoke 1)")
     parser.add_argument("--history", type=int, help="SENT rows in the relay's history table")
     parser.add_argument("--latency-seconds", type=float, help="length of one latency phase")
@@ -101,13 +105,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.checkback import checkback_section
     from benchmarks.consumer import consumer_section
     from benchmarks.latency import latency_section
+    from benchmarks.mysql import mysql_section
     from benchmarks.relay import Sizes, relay_section
 
     scale = scale_of(args)
     urls = environment.endpoints(args.rabbitmq, args.kafka, args.database, args.broker_names)
+    mysql_server = environment.mysql_endpoint(args.mysql) if "mysql" in args.sections else None
     results = Results()
     timings: dict[str, float] = {}
-    with environment.benchmark_database(urls.database) as database_url:
+    with (
+        environment.benchmark_database(urls.database) as database_url,
+        environment.benchmark_mysql_database(mysql_server) as mysql_url,
+    ):
         engine = environment.engine_for(database_url, pool_size=10)
         plain = MetaData()
         database.plain_tables(plain)
@@ -146,6 +155,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             scale.latency_seconds,
                             scale.rounds,
                         )
+                    elif section == "mysql":
+                        assert mysql_url is not None
+                        mysql_engine = environment.engine_for(mysql_url, pool_size=10)
+                        try:
+                            mysql_section(
+                                results,
+                                broker,
+                                url,
+                                {"mariadb": mysql_engine, "postgresql": engine},
+                                scale.mysql_count,
+                                scale.rounds,
+                            )
+                        finally:
+                            mysql_engine.dispose()
                     elif section == "checkback":
                         checkback_section(
                             results,

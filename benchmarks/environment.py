@@ -68,6 +68,32 @@ def benchmark_database(server_url: str) -> Iterator[str]:
         yield url
 
 
+def mysql_endpoint(url: str | None) -> str:
+    """The MariaDB/MySQL server URL given, else ``TXMQ_TEST_MYSQL_URL``, else one started by
+    ``txmq brokers up`` (left running afterwards)."""
+    found = url or os.environ.get("TXMQ_TEST_MYSQL_URL")
+    if found:
+        return found
+    from txmq.testing import provision
+
+    print("starting mariadb with txmq brokers up ...", file=sys.stderr)
+    started = provision.up(brokers=["mariadb"]).mysql_url
+    assert started is not None
+    return started
+
+
+@contextmanager
+def benchmark_mysql_database(server_url: str | None) -> Iterator[str | None]:
+    """A new database on the MariaDB/MySQL server (dropped afterwards); None without one."""
+    if server_url is None:
+        yield None
+        return
+    from txmq.testing.databases import fresh_mariadb_database
+
+    with fresh_mariadb_database(server_url) as url:
+        yield url
+
+
 def engine_for(url: str, pool_size: int = 5) -> Engine:
     return create_engine(url, pool_size=pool_size, max_overflow=10)
 

@@ -1,5 +1,5 @@
-# Sourced by scripts/test and scripts/demo: make TXMQ_TEST_RABBITMQ_URL, TXMQ_TEST_KAFKA_URL
-# and TXMQ_TEST_DATABASE_URL point at running brokers.
+# Sourced by scripts/test and scripts/demo: make TXMQ_TEST_RABBITMQ_URL, TXMQ_TEST_KAFKA_URL,
+# TXMQ_TEST_DATABASE_URL (PostgreSQL) and TXMQ_TEST_MYSQL_URL (MariaDB) point at running servers.
 #
 # Variables already set are used as they are. Missing brokers are started with
 # `txmq brokers up --mode $TXMQ_BROKERS_MODE` (default auto: containers where a Docker
@@ -11,11 +11,12 @@ ensure_brokers() {
         [rabbitmq]=TXMQ_TEST_RABBITMQ_URL
         [kafka]=TXMQ_TEST_KAFKA_URL
         [postgres]=TXMQ_TEST_DATABASE_URL
+        [mariadb]=TXMQ_TEST_MYSQL_URL
     )
     local only=() ours=() running broker env_lines line
     # `status` lines start with the broker and "running" (exit 1 when nothing is recorded).
     running=$("$python" -m txmq.cli brokers status 2>/dev/null | awk '$2 == "running" {print $1}' || true)
-    for broker in rabbitmq kafka postgres; do
+    for broker in rabbitmq kafka postgres mariadb; do
         if [[ -z "${!url_env[$broker]:-}" ]]; then
             only+=(--only "$broker")
             if ! grep -qx "$broker" <<<"$running"; then

@@ -30,7 +30,7 @@ RUN_SYNC_HINT = (
 #: Ports a URL without one means, by backend.
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
 #: Extras of txmq that install a database driver, by the driver's top-level module.
-_DRIVER_EXTRAS = {"psycopg": "postgres"}
+_DRIVER_EXTRAS = {"psycopg": "postgres", "pymysql": "mysql"}
 
 
 def require_sync_engine(engine: object, owner: str) -> Engine:

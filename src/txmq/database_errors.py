@@ -3,15 +3,22 @@
 Background loops reconnect after an outage (connection refused or lost, server restarting
 or failing over) and stop for good on a refusal (bad password, no such role or database),
 which only a change of configuration can fix. Works on SQLAlchemy's wrapped errors and on
-the driver's own, without importing a driver.
+the driver's own, without importing a driver. A lost lock conflict (deadlock, lock wait
+timeout) is neither: the transaction is run again (:func:`retry_lock_conflicts`).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from txmq.config import redact
+from txmq.config import describe, redact
 from txmq.errors import DatabaseRefused
+
+log = logging.getLogger("txmq.sql")
 
 # What servers say when they refuse a client for good (PostgreSQL, MySQL/MariaDB). Drivers
 # give no SQLSTATE for errors raised while connecting, so the text is all there is.
@@ -77,3 +84,66 @@ def _is_outage_itself(exc: BaseException) -> bool:
     return isinstance(sqlstate, str) and (
         sqlstate.startswith("08") or sqlstate in _OUTAGE_SQLSTATES
     )
+
+
+# A transaction that lost a lock conflict, which running it again settles: MySQL/MariaDB's
+# deadlock (1213: InnoDB rolled the whole transaction back) and lock wait timeout (1205:
+# the statement was rolled back), PostgreSQL's deadlock_detected (40P01).
+_LOCK_CONFLICT_ERRNOS = (1213, 1205)
+_LOCK_CONFLICT_SQLSTATES = ("40P01",)
+
+#: How often :func:`retry_lock_conflicts` runs a transaction before letting the conflict pass.
+LOCK_CONFLICT_ATTEMPTS = 5
+
+_T = TypeVar("_T")
+
+
+def is_lock_conflict(exc: BaseException) -> bool:
+    """Whether ``exc``, or an error it was raised while handling, is a deadlock or lock wait
+    timeout: the transaction lost a race for a lock, and nothing about its data is known
+    from it (it is no outcome).
+
+    The chain counts: after an InnoDB deadlock inside a savepoint, the rollback to that
+    savepoint fails too (the deadlock took the whole transaction, savepoint included).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _is_lock_conflict_itself(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _is_lock_conflict_itself(exc: BaseException) -> bool:
+    driver = _driver_error(exc)
+    sqlstate = getattr(driver, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate in _LOCK_CONFLICT_SQLSTATES
+    # PyMySQL and mysqlclient: args == (errno, message).
+    args: tuple[object, ...] = getattr(driver, "args", ())
+    return isinstance(exc, DBAPIError) and bool(args) and args[0] in _LOCK_CONFLICT_ERRNOS
+
+
+def retry_lock_conflicts(transaction: Callable[[], _T], what: str) -> _T:
+    """Run ``transaction`` (a whole transaction: it begins and ends inside) again while it
+    loses a lock conflict (:func:`is_lock_conflict`), up to :data:`LOCK_CONFLICT_ATTEMPTS`.
+
+    Raises:
+        Exception: whatever ``transaction`` raised that is no lock conflict, at once; a
+            lock conflict of the last attempt.
+    """
+    for attempt in range(1, LOCK_CONFLICT_ATTEMPTS + 1):
+        try:
+            return transaction()
+        except Exception as exc:  # a conflict may come wrapped (a handler's error)
+            if attempt == LOCK_CONFLICT_ATTEMPTS or not is_lock_conflict(exc):
+                raise
+            log.info(
+                "%s lost a lock conflict (attempt %d), running it again: %s",
+                what,
+                attempt,
+                describe(exc),
+            )
+    raise AssertionError("unreachable")  # the last attempt returns or raises

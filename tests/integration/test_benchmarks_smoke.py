@@ -32,6 +32,8 @@ def expected_figures(broker: str) -> set[str]:
         names |= {f"latency.{broker}.{rate}.{where}_backlog" for where in ("outbox", "broker")}
         names |= {f"cpu.e2e.{broker}.{rate}.{role}" for role in ("producer", "consumer")}
     names |= {f"checkback.{broker}.median", f"checkback.{broker}.max"}
+    names |= {f"mysql.{broker}.{name}" for name in ("relay", "wakeup")}
+    names |= {f"mysql.{broker}.{name}_postgresql" for name in ("relay", "wakeup")}
     return names
 
 
@@ -48,7 +50,9 @@ TARGETED = {
 }
 
 
-def test_smoke_report_has_every_figure(broker_url: str, database_url: str, tmp_path: Path) -> None:
+def test_smoke_report_has_every_figure(
+    broker_url: str, database_url: str, mysql_url: str, tmp_path: Path
+) -> None:
     broker = "kafka" if broker_url.startswith("kafka") else "rabbitmq"
     out = tmp_path / "out.json"
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
@@ -64,6 +68,8 @@ def test_smoke_report_has_every_figure(broker_url: str, database_url: str, tmp_p
             broker_url,
             "--database",
             database_url,
+            "--mysql",
+            mysql_url,
             "--json",
             str(out),
         ],

@@ -116,3 +116,48 @@ def test_a_database_that_cannot_be_created_says_why_without_the_password() -> No
         pass
     assert "s3cret" not in str(caught.value)
     assert "postgresql+psycopg://u:***@127.0.0.1:1/postgres" in str(caught.value)
+
+
+def test_txmq_mysql_engine_is_a_fresh_mariadb_database_dropped_after_the_test(
+    mysql_url: str, txmq_memory_url: str, txmq_unique: Callable[[str], str]
+) -> None:
+    from sqlalchemy import create_engine
+
+    from txmq.testing.databases import fresh_mariadb_database
+
+    with fresh_mariadb_database(mysql_url) as url:
+        engine = create_engine(url)
+        try:
+            assert engine.dialect.name == "mysql"
+            assert set(inspect(engine).get_table_names()) >= TABLES
+            stage_and_relay(engine, txmq_memory_url, txmq_unique("g"), txmq_unique("t"))
+            # A connection left open (a relay the test did not stop) does not hold the drop.
+            held = engine.connect()
+            held.execute(text("SELECT 1"))
+        finally:
+            engine.dispose(close=False)
+    held.invalidate()  # the drop killed it: nothing to roll back
+    name = url.rsplit("/", 1)[1]
+    server = create_engine(mysql_url)
+    try:
+        with server.connect() as connection:
+            left = connection.execute(
+                text("SELECT schema_name FROM information_schema.schemata WHERE schema_name = :n"),
+                {"n": name},
+            ).scalars()
+            assert list(left) == []
+    finally:
+        server.dispose()
+
+
+def test_a_mariadb_database_that_cannot_be_created_says_why_without_the_password() -> None:
+    from txmq.testing.databases import fresh_mariadb_database
+    from txmq.testing.provision import ProvisionError
+
+    with (
+        pytest.raises(ProvisionError, match="cannot create a test database on") as caught,
+        fresh_mariadb_database("mysql+pymysql://u:s3cret@127.0.0.1:1/txmq"),
+    ):
+        pass
+    assert "s3cret" not in str(caught.value)
+    assert "mysql+pymysql://u:***@127.0.0.1:1/txmq" in str(caught.value)

@@ -78,13 +78,13 @@ def _round_trip_kafka(url: str) -> None:
         consumer.close()
 
 
-def _round_trip_postgres(url: str) -> None:
+def _round_trip_sql(url: str) -> None:
     import sqlalchemy
 
     db = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     try:
         with db.begin() as connection:
-            connection.execute(sqlalchemy.text("CREATE TEMP TABLE t (v text)"))
+            connection.execute(sqlalchemy.text("CREATE TEMPORARY TABLE t (v varchar(8))"))
             connection.execute(sqlalchemy.text("INSERT INTO t VALUES ('ping')"))
             assert connection.execute(sqlalchemy.text("SELECT v FROM t")).scalar_one() == "ping"
     finally:
@@ -94,7 +94,8 @@ def _round_trip_postgres(url: str) -> None:
 ROUND_TRIPS = {
     "rabbitmq": _round_trip_rabbitmq,
     "kafka": _round_trip_kafka,
-    "postgres": _round_trip_postgres,
+    "postgres": _round_trip_sql,
+    "mariadb": _round_trip_sql,
 }
 
 
@@ -132,6 +133,7 @@ def test_each_broker_starts_answers_and_stops(mode: provision.Mode) -> None:
     assert not tcp_open("127.0.0.1", ports.rabbitmq)
     assert not tcp_open("127.0.0.1", ports.kafka)
     assert not tcp_open("127.0.0.1", ports.postgres)
+    assert not tcp_open("127.0.0.1", ports.mariadb)
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -163,11 +165,13 @@ def test_cli_brokers_outlive_up_and_down_stops_exactly_them(tmp_path: Path) -> N
             "TXMQ_TEST_DATABASE_URL": (
                 f"postgresql+psycopg://postgres@127.0.0.1:{ports.postgres}/postgres"
             ),
+            "TXMQ_TEST_MYSQL_URL": f"mysql+pymysql://root@127.0.0.1:{ports.mariadb}/txmq",
         }
         # The command has exited; its brokers must not have gone with it.
         _round_trip_rabbitmq(printed["TXMQ_TEST_RABBITMQ_URL"])
         _round_trip_kafka(printed["TXMQ_TEST_KAFKA_URL"])
-        _round_trip_postgres(printed["TXMQ_TEST_DATABASE_URL"])
+        _round_trip_sql(printed["TXMQ_TEST_DATABASE_URL"])
+        _round_trip_sql(printed["TXMQ_TEST_MYSQL_URL"])
 
         status = _cli("status", env=env)
         assert status.returncode == 0, status.stdout + status.stderr

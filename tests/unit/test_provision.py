@@ -19,7 +19,7 @@ from txmq.testing.provision.engine import Engine
 from txmq.testing.provision.lifecycle import Endpoints, resolve_mode
 from txmq.testing.provision.state import Running
 
-DEV_PORTS = {5672, 25672, 4369, 9092, 9093, 5432}
+DEV_PORTS = {5672, 25672, 4369, 9092, 9093, 5432, 3306}
 
 
 def test_default_ports_stay_clear_of_usual_and_ephemeral_ports() -> None:
@@ -53,6 +53,15 @@ def test_urls_point_at_loopback_on_the_configured_ports() -> None:
     assert url_for("rabbitmq", ports) == "rabbitmq://guest:guest@127.0.0.1:1111/"
     assert url_for("kafka", ports) == "kafka://127.0.0.1:2222"
     assert url_for("postgres", ports) == "postgresql+psycopg://postgres@127.0.0.1:3333/postgres"
+
+
+def test_mariadb_has_its_own_port_variable_and_a_pymysql_url() -> None:
+    ports = Ports.from_env({"TXMQ_PORT_MARIADB": "23306"})
+    assert url_for("mariadb", ports) == "mysql+pymysql://root@127.0.0.1:23306/txmq"
+    endpoints = Endpoints(mysql_url=url_for("mariadb", ports))
+    assert endpoints.env_lines() == [
+        "TXMQ_TEST_MYSQL_URL=mysql+pymysql://root@127.0.0.1:23306/txmq"
+    ]
 
 
 def test_env_lines_name_the_plugin_variables_and_skip_missing_brokers() -> None:
@@ -159,7 +168,7 @@ def test_recipe_tag_is_stable_and_changes_with_the_recipe() -> None:
 def test_local_images_are_named_by_broker_and_recipe_hash() -> None:
     names = {broker: images.local_image(broker) for broker in provision.BROKERS}
     assert names["kafka"].startswith("txmq-kafka:")
-    assert len(set(names.values())) == 3
+    assert len(set(names.values())) == len(provision.BROKERS)
     assert images.local_image("kafka") == names["kafka"]
 
 
@@ -275,6 +284,11 @@ def test_host_network_containers_listen_on_loopback_at_the_chosen_ports() -> Non
     assert postgres.command is not None
     assert postgres.command[:2] == ["-p", str(Ports().postgres)]
     assert "listen_addresses=127.0.0.1" in postgres.command
+    mariadb = _configured("mariadb", "local", host_network=True)
+    assert mariadb.command is not None
+    assert mariadb.command[0] == "--no-defaults"  # no my.cnf of the image leaks in
+    assert f"--port={Ports().mariadb}" in mariadb.command
+    assert "--bind-address=127.0.0.1" in mariadb.command
     rabbitmq = _configured("rabbitmq", "local", host_network=True)
     assert rabbitmq.env["RABBITMQ_NODE_IP_ADDRESS"] == "127.0.0.1"
     assert "loopback_users" not in rabbitmq.env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
@@ -290,6 +304,12 @@ def test_published_containers_use_the_image_ports_and_advertise_the_host_port() 
     assert postgres.env["POSTGRES_HOST_AUTH_METHOD"] == "trust"
     assert postgres.command is not None
     assert postgres.command[:2] == ["-p", "5432"]
+    mariadb = _configured("mariadb", "official", host_network=False)
+    assert mariadb.env["MARIADB_ALLOW_EMPTY_ROOT_PASSWORD"] == "1"
+    assert mariadb.command is not None
+    assert "--port=3306" in mariadb.command
+    assert "--bind-address=0.0.0.0" in mariadb.command
+    assert containers._published("mariadb", Ports()) == {"3306/tcp": ("127.0.0.1", Ports().mariadb)}
     # guest may log in only from loopback; published connections come from the bridge.
     rabbitmq = _configured("rabbitmq", "local", host_network=False)
     assert "-rabbit loopback_users []" in rabbitmq.env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]

@@ -36,6 +36,16 @@ def test_a_missing_broker_fails_when_brokers_are_required(
     result.stdout.fnmatch_lines(["*TXMQ_TEST_DATABASE_URL is not set*TXMQ_REQUIRE_BROKERS*"])
 
 
+def test_a_missing_mariadb_fails_when_brokers_are_required(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TXMQ_REQUIRE_BROKERS", "1")
+    pytester.makepyfile("def test_needs_mysql(mysql_url): pass")
+    result = pytester.runpytest("--txmq-brokers=env")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*TXMQ_TEST_MYSQL_URL is not set*TXMQ_REQUIRE_BROKERS*"])
+
+
 def test_a_skipped_broker_test_fails_when_brokers_are_required(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,6 +28,7 @@ case "$1" in
                 rabbitmq) echo "TXMQ_TEST_RABBITMQ_URL=rabbitmq://stub/" ;;
                 kafka) echo "TXMQ_TEST_KAFKA_URL=kafka://stub" ;;
                 postgres) echo "TXMQ_TEST_DATABASE_URL=postgresql://stub" ;;
+                mariadb) echo "TXMQ_TEST_MYSQL_URL=mysql+pymysql://stub" ;;
             esac
         done
         ;;
@@ -44,7 +45,8 @@ def _run(
     log = tmp_path / "calls.log"
     script = (
         "set -euo pipefail; python=$STUB; source scripts/brokers.sh; ensure_brokers; "
-        'echo "$TXMQ_TEST_RABBITMQ_URL $TXMQ_TEST_KAFKA_URL $TXMQ_TEST_DATABASE_URL" >> "$STUB_LOG"'
+        'echo "$TXMQ_TEST_RABBITMQ_URL $TXMQ_TEST_KAFKA_URL $TXMQ_TEST_DATABASE_URL '
+        '$TXMQ_TEST_MYSQL_URL" >> "$STUB_LOG"'
     )
     subprocess.run(
         ["bash", "-c", script],
@@ -65,6 +67,9 @@ def _run(
     return log.read_text().splitlines()
 
 
+UP_ALL = "up --mode auto --print-env --only rabbitmq --only kafka --only postgres --only mariadb"
+
+
 def _line(broker: str, state: str) -> str:
     return f"{broker:<9} {state:<11} url{' ' * 40} pids 1 in /tmp/x\n"
 
@@ -73,30 +78,33 @@ def test_brokers_it_starts_are_stopped_when_the_script_exits(tmp_path: Path) -> 
     calls = _run(tmp_path, status="no brokers started by 'txmq brokers up'\n", status_rc=1)
     assert calls == [
         "status",
-        "up --mode auto --print-env --only rabbitmq --only kafka --only postgres",
-        "rabbitmq://stub/ kafka://stub postgresql://stub",
-        "down --only rabbitmq --only kafka --only postgres",
+        UP_ALL,
+        "rabbitmq://stub/ kafka://stub postgresql://stub mysql+pymysql://stub",
+        "down --only rabbitmq --only kafka --only postgres --only mariadb",
     ]
 
 
 def test_brokers_an_earlier_up_runs_are_used_and_left_running(tmp_path: Path) -> None:
     calls = _run(tmp_path, status=_line("postgres", "running"), status_rc=0)
-    assert calls[1] == "up --mode auto --print-env --only rabbitmq --only kafka --only postgres"
-    assert calls[-1] == "down --only rabbitmq --only kafka"
+    assert calls[1] == UP_ALL
+    assert calls[-1] == "down --only rabbitmq --only kafka --only mariadb"
 
 
 def test_a_dead_broker_of_an_earlier_up_is_restarted_and_stopped_but_not_the_live_ones(
     tmp_path: Path,
 ) -> None:
     status = (
-        _line("rabbitmq", "running") + _line("kafka", "NOT RUNNING") + _line("postgres", "running")
+        _line("rabbitmq", "running")
+        + _line("kafka", "NOT RUNNING")
+        + _line("postgres", "running")
+        + _line("mariadb", "running")
     )
     calls = _run(tmp_path, status=status, status_rc=1)
     assert calls[-1] == "down --only kafka"
 
 
 def test_nothing_is_stopped_when_an_earlier_up_runs_everything(tmp_path: Path) -> None:
-    status = "".join(_line(b, "running") for b in ("rabbitmq", "kafka", "postgres"))
+    status = "".join(_line(b, "running") for b in ("rabbitmq", "kafka", "postgres", "mariadb"))
     calls = _run(tmp_path, status=status, status_rc=0)
     assert not any(call.startswith("down") for call in calls)
 
@@ -111,6 +119,6 @@ def test_brokers_named_by_the_environment_are_neither_started_nor_stopped(
         status_rc=status_rc,
         env={"TXMQ_TEST_KAFKA_URL": "kafka://mine:9092"},
     )
-    assert calls[1] == "up --mode auto --print-env --only rabbitmq --only postgres"
-    assert calls[2] == "rabbitmq://stub/ kafka://mine:9092 postgresql://stub"
-    assert calls[3] == "down --only rabbitmq --only postgres"
+    assert calls[1] == "up --mode auto --print-env --only rabbitmq --only postgres --only mariadb"
+    assert calls[2] == "rabbitmq://stub/ kafka://mine:9092 postgresql://stub mysql+pymysql://stub"
+    assert calls[3] == "down --only rabbitmq --only postgres --only mariadb"

@@ -33,6 +33,7 @@ class BrokerChoice(enum.StrEnum):
     rabbitmq = "rabbitmq"
     kafka = "kafka"
     postgres = "postgres"
+    mariadb = "mariadb"
 
 
 def _brokers(only: list[BrokerChoice] | None) -> list[Broker]:

@@ -29,7 +29,7 @@ LAZY_GROUPS = {
     "brokers": (
         "txmq.cli.brokers",
         "app",
-        "Start, stop and list RabbitMQ, Kafka and PostgreSQL for tests.",
+        "Start, stop and list RabbitMQ, Kafka, PostgreSQL and MariaDB for tests.",
     ),
 }
 

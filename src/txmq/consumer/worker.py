@@ -42,7 +42,7 @@ from txmq.consumer.inbox import Inbox, InboxEntry
 from txmq.consumer.policy import RetryPolicy
 from txmq.consumer.stats import ConsumerStats
 from txmq.consumer.transactions import Transactions
-from txmq.database_errors import is_outage
+from txmq.database_errors import is_outage, retry_lock_conflicts
 from txmq.errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -259,15 +259,18 @@ class Worker:
 
     def _process_one(self, item: _Item, settled: list[Delivery]) -> None:
         plan = self.plan
-        entry: InboxEntry | None = None
-        fresh = False
-        try:
+
+        def apply() -> tuple[bool, InboxEntry | None]:
             with self._transactions.begin() as (session, connection):
-                fresh = plan.inbox.claim(connection, item.key, item.message.topic)
-                if fresh:
+                if plan.inbox.claim(connection, item.key, item.message.topic):
                     self._run_handler(item, session)
-                else:
-                    entry = plan.inbox.lookup(connection, [item.key]).get(item.key)
+                    return True, None
+                return False, plan.inbox.lookup(connection, [item.key]).get(item.key)
+
+        try:
+            # A deadlock or lock wait timeout (the inbox's or the handler's own statements)
+            # is no failure of the message: its transaction is rolled back and runs again.
+            fresh, entry = retry_lock_conflicts(apply, f"{self.name}: {item.message.id}")
         except HandlerRaised as raised:
             _raise_if_outage(raised.error)
             self._failed(item, raised.error)

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 
+from txmq.database_errors import retry_lock_conflicts
 from txmq.message import Message
 from txmq.outbox.store import OutboxRecord, OutboxStore, utcnow
 from txmq.outbox.worker_lock import WorkerLock
@@ -108,7 +109,13 @@ class CheckBack:
         Raises:
             WorkerBusy: on SQLite, another check-back worker of the group is working.
         """
-        with self.lock.holding(), self.store.engine.begin() as connection:
+        with self.lock.holding():
+            # A deadlock (InnoDB: a marker insert meeting another one) rolled the whole pass
+            # back: nothing was decided, so the pass runs again.
+            return retry_lock_conflicts(lambda: self._pass(limit), "a check-back pass")
+
+    def _pass(self, limit: int) -> int:
+        with self.store.engine.begin() as connection:
             now = utcnow()
             due = self.store.claim_due_checks(connection, self.group, limit, now=now)
             for record in due:

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from txmq.adapters import Adapter, connect
 from txmq.adapters.base import Transaction
 from txmq.database import outside_run_sync_is_an_error
+from txmq.database_errors import retry_lock_conflicts
 from txmq.errors import BrokerError, TransactionError, TxmqError
 from txmq.lifecycle import Closing
 from txmq.message import DEFAULT_MAX_BODY_BYTES, Message, validate_name
@@ -364,7 +365,8 @@ class Producer(Closing):
         else ROLLED_BACK (a ROLLBACK marker makes a late commit impossible). On a database
         error it logs a warning and leaves the record to the check-back; it does not raise.
         """
-        try:
+
+        def settle() -> None:
             with self.engine.begin() as connection:
                 outcome = self.store.insert_marker(
                     connection, message.id, LocalTransactionState.ROLLBACK
@@ -375,6 +377,9 @@ class Producer(Closing):
                     else RecordState.ROLLED_BACK
                 )
                 self.store.settle(connection, message.id, to)
+
+        try:
+            retry_lock_conflicts(settle, f"settling {message.id}")
         except Exception:
             log.warning("could not settle %s now; check-back will", message.id, exc_info=True)
 

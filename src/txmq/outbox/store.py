@@ -297,7 +297,7 @@ class OutboxStore:
             return outcome
         markers = self.tables.markers
         stored = connection.execute(
-            select(markers.c.outcome).where(markers.c.tx_key == tx_key)
+            self.sql.committed_read(select(markers.c.outcome).where(markers.c.tx_key == tx_key))
         ).scalar_one()
         return LocalTransactionState(stored)
 

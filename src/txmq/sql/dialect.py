@@ -13,7 +13,9 @@ questions the outbox and the inbox share:
   ``%`` placeholders, a statement compiled once runs on the DBAPI cursor of the
   connection, in its transaction;
 * **waiting for a NOTIFY** (:meth:`SqlDialect.waiter`): on PostgreSQL with psycopg 3 a
-  relay LISTENs for the outbox's NOTIFY; elsewhere it sleeps.
+  relay LISTENs for the outbox's NOTIFY; elsewhere (MySQL, MariaDB, SQLite) it polls;
+* **reading what another transaction just committed** (:meth:`SqlDialect.committed_read`):
+  on MySQL/MariaDB's REPEATABLE READ, a locking read.
 """
 
 from __future__ import annotations
@@ -105,6 +107,12 @@ class SqlDialect:
         row locks; unchanged elsewhere."""
         return query.with_for_update() if self.skip_locked else query
 
+    def committed_read(self, query: Select[Any]) -> Select[Any]:
+        """``query`` reading the latest committed rows, even in a transaction that has read
+        before: unchanged where a statement sees every commit before it (READ COMMITTED,
+        PostgreSQL's default; SQLite's one writer)."""
+        return query
+
     def in_values(self, column: Column[Any], name: str) -> ColumnElement[bool]:
         """``column IN :name``, the parameter a list of values."""
         return column.in_(bindparam(name, expanding=True))
@@ -148,6 +156,12 @@ class _SQLite(SqlDialect):
 
 class _MySQL(SqlDialect):
     skip_locked = True
+
+    def committed_read(self, query: Select[Any]) -> Select[Any]:
+        """A locking read (``LOCK IN SHARE MODE``): under InnoDB's default REPEATABLE READ a
+        plain SELECT reads the transaction's first snapshot, which misses a row committed
+        by the transaction an INSERT just waited for."""
+        return query.with_for_update(read=True)
 
 
 class _PostgreSQL(SqlDialect):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,8 @@ from txmq.config import redact
 from txmq.sql.schema import create_schema
 from txmq.testing.provision.common import ProvisionError
 
-#: Every database :func:`fresh_postgres_database` creates is named ``<prefix><hex>``.
+#: Every database :func:`fresh_postgres_database` and :func:`fresh_mariadb_database` create
+#: is named ``<prefix><hex>``.
 DATABASE_PREFIX = "txmq_test_"
 
 
@@ -54,6 +56,55 @@ def fresh_postgres_database(server_url: str) -> Iterator[str]:
         finally:
             with admin.connect() as connection:
                 connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.dispose()
+
+
+@contextmanager
+def fresh_mariadb_database(server_url: str) -> Iterator[str]:
+    """Create a new database on ``server_url``'s MariaDB or MySQL server, with txmq's
+    default tables (outbox, marker, inbox); yield its URL; drop it.
+
+    Before the drop, the connections still open on it (e.g. those of a relay the test left
+    running) are killed: their metadata locks would hold the drop back.
+
+    Raises:
+        ProvisionError: the server is unreachable or the user may not create databases
+            (the URL in the message is redacted).
+    """
+    server = make_url(server_url)
+    name = f"{DATABASE_PREFIX}{uuid.uuid4().hex[:16]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT", pool_size=1)
+    try:
+        try:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(
+                    f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                )
+        except DBAPIError as exc:
+            raise ProvisionError(
+                f"cannot create a test database on {redact(server_url)} (its user needs "
+                f"the CREATE privilege): {redact(str(exc.orig))}"
+            ) from None
+        url = server.set(database=name).render_as_string(hide_password=False)
+        try:
+            engine = create_engine(url, pool_size=1)
+            try:
+                create_schema(engine)
+            finally:
+                engine.dispose()
+            yield url
+        finally:
+            with admin.connect() as connection:
+                sessions = connection.exec_driver_sql(
+                    "SELECT id FROM information_schema.processlist WHERE db = %s "
+                    "AND id <> CONNECTION_ID()",
+                    (name,),
+                ).scalars()
+                for session in list(sessions):
+                    with contextlib.suppress(DBAPIError):  # ended meanwhile
+                        connection.exec_driver_sql(f"KILL {int(session)}")
+                connection.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
     finally:
         admin.dispose()
 

@@ -4,6 +4,7 @@ Session-scoped fixtures:
 
 - ``rabbitmq_url`` / ``kafka_url``: broker URLs (``rabbitmq://...``, ``kafka://...``).
 - ``database_url``: a PostgreSQL SQLAlchemy URL (``postgresql+psycopg://...``).
+- ``mysql_url``: a MariaDB (or MySQL) SQLAlchemy URL (``mysql+pymysql://...``).
 - ``broker_url``: parametrized over both brokers, ids ``rabbitmq`` and ``kafka``; a test
   parametrized with ``memory`` (the contract suites) gets a ``memory://`` broker instead.
 
@@ -12,6 +13,7 @@ Function-scoped fixtures, each test getting its own:
 - ``txmq_database``: the URL of a new PostgreSQL database on ``database_url``'s server,
   with txmq's tables (outbox, marker, inbox, NOTIFY trigger); dropped after the test.
 - ``txmq_engine``: an SQLAlchemy ``Engine`` on ``txmq_database``, disposed after the test.
+- ``txmq_mysql_database`` / ``txmq_mysql_engine``: the same on ``mysql_url``'s server.
 - ``txmq_sqlite_engine``: an ``Engine`` on a SQLite file in ``tmp_path``, tables created.
 - ``txmq_memory_url``: ``memory://<unique name>``, an empty in-process broker for
   ``txmq.connect`` (or ``--broker``), forgotten after the test.
@@ -20,7 +22,8 @@ Function-scoped fixtures, each test getting its own:
 
 Each broker is resolved once per session, in this order (``--txmq-brokers=auto``):
 
-1. ``TXMQ_TEST_RABBITMQ_URL`` / ``TXMQ_TEST_KAFKA_URL`` / ``TXMQ_TEST_DATABASE_URL``;
+1. ``TXMQ_TEST_RABBITMQ_URL`` / ``TXMQ_TEST_KAFKA_URL`` / ``TXMQ_TEST_DATABASE_URL`` /
+   ``TXMQ_TEST_MYSQL_URL``;
 2. a broker ``txmq brokers up`` started and that still runs;
 3. a container started through testcontainers for this session;
 4. processes started for this session.
@@ -241,6 +244,12 @@ def database_url(txmq_brokers: BrokerSupply) -> str:
     return txmq_brokers.url("postgres")
 
 
+@pytest.fixture(scope="session")
+def mysql_url(txmq_brokers: BrokerSupply) -> str:
+    """SQLAlchemy URL of a MariaDB (or MySQL) for this session (``mysql+pymysql://...``)."""
+    return txmq_brokers.url("mariadb")
+
+
 @pytest.fixture(scope="session", params=["rabbitmq", "kafka"])
 def broker_url(request: pytest.FixtureRequest, txmq_brokers: BrokerSupply) -> Iterator[str]:
     """Each broker in turn (test ids ``[rabbitmq]`` and ``[kafka]``).
@@ -270,6 +279,25 @@ def txmq_engine(txmq_database: str) -> Iterator[Engine]:
     from sqlalchemy import create_engine
 
     engine = create_engine(txmq_database)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def txmq_mysql_database(mysql_url: str) -> Iterator[str]:
+    """URL of a new MariaDB/MySQL database with txmq's tables, dropped after the test."""
+    from txmq.testing.databases import fresh_mariadb_database
+
+    with fresh_mariadb_database(mysql_url) as url:
+        yield url
+
+
+@pytest.fixture
+def txmq_mysql_engine(txmq_mysql_database: str) -> Iterator[Engine]:
+    """An ``Engine`` on :func:`txmq_mysql_database`'s fresh database, disposed after the test."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(txmq_mysql_database)
     yield engine
     engine.dispose()
 
@@ -316,7 +344,9 @@ def txmq_memory_url() -> Iterator[str]:
         yield url
 
 
-_BROKER_FIXTURES = frozenset({"rabbitmq_url", "kafka_url", "database_url", "broker_url"})
+_BROKER_FIXTURES = frozenset(
+    {"rabbitmq_url", "kafka_url", "database_url", "mysql_url", "broker_url"}
+)
 
 
 @pytest.hookimpl(wrapper=True)

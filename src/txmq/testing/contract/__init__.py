@@ -14,8 +14,10 @@ txmq runs them on ``memory://``, RabbitMQ and Kafka; an adapter of your own (reg
 A test that needs what not every broker has says so with :func:`requires`; the
 :class:`Features` you declare for your adapter decide which tests are collected for it
 (a test that does not apply is not collected, rather than skipped). Every suite test takes
-the ``broker_url`` fixture; PostgreSQL comes from the txmq pytest plugin's ``database_url``
-(``$TXMQ_TEST_DATABASE_URL``, or a server the plugin starts).
+the ``broker_url`` fixture; the database comes from the txmq pytest plugin's
+``database_url`` (PostgreSQL: ``$TXMQ_TEST_DATABASE_URL``, or a server the plugin starts).
+To run a suite on MariaDB/MySQL, override ``database_url`` in the test module with the
+plugin's ``mysql_url`` (txmq's own ``tests/contract/test_*_contract_mariadb.py`` do).
 
 Run a suite from one test module of yours per suite (they import SQLAlchemy, typer and
 OpenTelemetry's SDK, so only when asked for), e.g. ``tests/test_txmq_consumer.py``::

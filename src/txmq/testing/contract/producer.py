@@ -515,11 +515,12 @@ def test_a_sqlite_relay_in_another_process_excludes_this_one_until_it_is_killed(
             relay.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "database_url"])
 def outbox(
     request: pytest.FixtureRequest, tmp_path: Path, database_url: str
 ) -> Iterator[tuple[Engine, str]]:
-    """``(engine, table prefix)`` of an outbox on SQLite (a file) and on PostgreSQL."""
+    """``(engine, table prefix)`` of an outbox on SQLite (a file) and on the database of
+    ``database_url`` (PostgreSQL, or MariaDB where a test module points it there)."""
     prefix = f"p{uuid.uuid4().hex[:8]}_"
     url = f"sqlite:///{tmp_path / 'app.db'}" if request.param == "sqlite" else database_url
     engine = create_engine(url)

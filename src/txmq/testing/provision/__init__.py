@@ -1,10 +1,10 @@
-"""Real RabbitMQ, Kafka and PostgreSQL for tests, as containers or as plain processes.
+"""Real RabbitMQ, Kafka, PostgreSQL and MariaDB for tests, as containers or as plain processes.
 
 ``container`` mode runs them with testcontainers: official images where a registry
 answers, images built here from Debian packages where none does (a Docker engine is
-installed and started if the machine allows). ``process`` mode runs Debian's RabbitMQ and
-PostgreSQL and Kafka's jars from Maven Central directly. ``auto`` picks containers wherever
-a Docker engine can be used.
+installed and started if the machine allows). ``process`` mode runs Debian's RabbitMQ,
+PostgreSQL and MariaDB and Kafka's jars from Maven Central directly. ``auto`` picks
+containers wherever a Docker engine can be used.
 
 Example:
     >>> from txmq.testing import provision

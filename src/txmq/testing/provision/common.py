@@ -11,7 +11,7 @@ from typing import Literal, get_args
 
 from txmq.errors import TxmqError
 
-Broker = Literal["rabbitmq", "kafka", "postgres"]
+Broker = Literal["rabbitmq", "kafka", "postgres", "mariadb"]
 BROKERS: tuple[Broker, ...] = get_args(Broker)
 
 #: How a broker is run. ``env`` means "someone else runs it; its URL is in the environment".
@@ -25,9 +25,12 @@ URL_ENV: Mapping[Broker, str] = {
     "rabbitmq": "TXMQ_TEST_RABBITMQ_URL",
     "kafka": "TXMQ_TEST_KAFKA_URL",
     "postgres": "TXMQ_TEST_DATABASE_URL",
+    "mariadb": "TXMQ_TEST_MYSQL_URL",
 }
 
 LOOPBACK = "127.0.0.1"
+#: The database a provisioned MariaDB creates at start, named in its URL.
+MARIADB_DATABASE = "txmq"
 
 
 class ProvisionError(TxmqError):
@@ -38,7 +41,7 @@ class ProvisionError(TxmqError):
 class Ports:
     """Loopback ports of the provisioned brokers.
 
-    The defaults stay clear of the usual ones (5672, 4369, 25672, 9092, 9093, 5432), so the
+    The defaults stay clear of the usual ones (5672, 4369, 25672, 9092, 9093, 5432, 3306), so the
     provisioned brokers run beside brokers a developer already has, and below Linux's
     ephemeral range (32768-60999): a port in that range can be taken for a moment by any
     outgoing connection (or its TIME_WAIT) and then refuses the broker's listener. Every
@@ -55,6 +58,7 @@ class Ports:
     kafka: int = 21092
     kafka_controller: int = 21093
     postgres: int = 21432
+    mariadb: int = 21306
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Ports:
@@ -98,6 +102,9 @@ def url_for(broker: Broker, ports: Ports) -> str:
         return f"rabbitmq://guest:guest@{LOOPBACK}:{ports.rabbitmq}/"
     if broker == "kafka":
         return f"kafka://{LOOPBACK}:{ports.kafka}"
+    if broker == "mariadb":
+        # root without a password, on loopback only (or a container's own network).
+        return f"mysql+pymysql://root@{LOOPBACK}:{ports.mariadb}/{MARIADB_DATABASE}"
     return f"postgresql+psycopg://postgres@{LOOPBACK}:{ports.postgres}/postgres"
 
 

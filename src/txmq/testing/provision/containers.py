@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from txmq.testing.provision import engine, images, kafka_dist, launch
 from txmq.testing.provision.common import (
     LOOPBACK,
+    MARIADB_DATABASE,
     Broker,
     Ports,
     ProvisionError,
@@ -66,6 +67,7 @@ INNER_PORTS = Ports(
     kafka=9092,
     kafka_controller=9093,
     postgres=5432,
+    mariadb=3306,
 )
 
 
@@ -123,6 +125,22 @@ def _configure(
             )
         else:
             container.with_envs(**kafka_dist.image_env(properties), CLUSTER_ID=cluster_id)
+    elif broker == "mariadb":
+        args = launch.mariadb_args(inner, bind_host=bind)
+        if local:
+            args = [
+                *launch.mariadb_local_args(
+                    data_dir=images.MARIADB_DATA,
+                    socket="/run/mysqld/mysqld.sock",
+                    init_file=images.MARIADB_INIT_FILE,
+                ),
+                *args,
+            ]
+        else:
+            # The official image's switch for the passwordless root of txmq's test URL.
+            container.with_envs(**{"MARIADB_ALLOW_EMPTY_ROOT_PASSWORD": "1"})
+            container.with_env("MARIADB_DATABASE", MARIADB_DATABASE)
+        container.with_command(args)
     else:
         socket_dir = "/tmp" if local else "/var/run/postgresql"  # noqa: S108
         container.with_command(launch.postgres_args(inner, bind_host=bind, socket_dir=socket_dir))

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from txmq.testing.provision import debian, engine, kafka_dist
+from txmq.testing.provision import debian, engine, kafka_dist, launch
 from txmq.testing.provision.common import Broker, ProvisionError, cache_dir
 
 if TYPE_CHECKING:
@@ -43,11 +43,13 @@ OFFICIAL_IMAGES: Mapping[Broker, str] = {
     "rabbitmq": "rabbitmq:3.13-management",
     "kafka": "apache/kafka:4.1.1",
     "postgres": "postgres:16",
+    "mariadb": "mariadb:10.11",
 }
 IMAGE_ENV: Mapping[Broker, str] = {
     "rabbitmq": "TXMQ_RABBITMQ_IMAGE",
     "kafka": "TXMQ_KAFKA_IMAGE",
     "postgres": "TXMQ_POSTGRES_IMAGE",
+    "mariadb": "TXMQ_MARIADB_IMAGE",
 }
 #: ``auto`` (official if a registry answers, else local), ``official`` or ``local``.
 SOURCE_ENV = "TXMQ_IMAGE_SOURCE"
@@ -58,6 +60,9 @@ BUILD_TIMEOUT = 1200
 REGISTRY_PROBE_TIMEOUT = 10
 ENTRYPOINT = "/usr/local/bin/txmq-entrypoint"
 KAFKA_HOME = "/opt/kafka"
+#: Where the locally built MariaDB image keeps its data and its start-up SQL.
+MARIADB_DATA = "/var/lib/mysql/txmq"
+MARIADB_INIT_FILE = "/usr/local/share/txmq/mariadb-init.sql"
 
 _RABBITMQ_ENTRYPOINT = """\
 #!/bin/sh
@@ -81,6 +86,19 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
         "$BIN/initdb" -D "$PGDATA" -U postgres -A trust -E UTF8 --no-sync >/dev/null
 fi
 exec setpriv --reuid=postgres --regid=postgres --init-groups "$BIN/postgres" -D "$PGDATA" "$@"
+"""
+
+_MARIADB_ENTRYPOINT = f"""\
+#!/bin/sh
+# Arguments are mariadbd's; the data directory is created on first start.
+set -eu
+if [ ! -d "{MARIADB_DATA}/mysql" ]; then
+    install -d -o mysql -g mysql -m 700 "{MARIADB_DATA}"
+    setpriv --reuid=mysql --regid=mysql --init-groups \\
+        mariadb-install-db {" ".join(launch.mariadb_install_args(MARIADB_DATA))} >/dev/null
+fi
+install -d -o mysql -g mysql /run/mysqld
+exec setpriv --reuid=mysql --regid=mysql --init-groups mariadbd "$@"
 """
 
 _KAFKA_ENTRYPOINT = f"""\
@@ -140,6 +158,11 @@ RECIPES: Mapping[Broker, Recipe] = {
             "echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf"
         ),
         files={ENTRYPOINT: _POSTGRES_ENTRYPOINT},
+    ),
+    "mariadb": Recipe(
+        repository="txmq-mariadb",
+        packages=("mariadb-server",),
+        files={ENTRYPOINT: _MARIADB_ENTRYPOINT, MARIADB_INIT_FILE: launch.MARIADB_INIT_SQL},
     ),
     "kafka": Recipe(
         repository="txmq-kafka",

@@ -7,7 +7,7 @@ exactly the same broker configuration.
 
 from __future__ import annotations
 
-from txmq.testing.provision.common import Ports
+from txmq.testing.provision.common import MARIADB_DATABASE, Ports
 from txmq.testing.provision.kafka_dist import HEAP_OPTS
 
 
@@ -87,4 +87,52 @@ def kafka_java_args(*, libs: str, config_dir: str, logs_dir: str) -> list[str]:
         f"{libs}/*",
         "kafka.Kafka",
         f"{config_dir}/server.properties",
+    ]
+
+
+#: Run by a provisioned MariaDB at every start: the passwordless ``root`` of its URL may
+#: connect over TCP from anywhere it can be reached (loopback, or a container's published
+#: port), and the database the URL names exists.
+MARIADB_INIT_SQL = f"""\
+CREATE USER IF NOT EXISTS 'root'@'%';
+GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION;
+CREATE DATABASE IF NOT EXISTS {MARIADB_DATABASE};
+"""
+
+
+def mariadb_args(ports: Ports, *, bind_host: str) -> list[str]:
+    """Arguments of ``mariadbd`` for a fast, disposable test server (after the data,
+    socket and init-file options of the caller)."""
+    return [
+        f"--port={ports.mariadb}",
+        f"--bind-address={bind_host}",
+        # Clients are named by address, and a client's name is never looked up.
+        "--skip-name-resolve",
+        "--max-connections=300",
+        "--innodb-buffer-pool-size=128M",
+        # Test data is disposable: durability costs time and buys nothing here.
+        "--innodb-flush-log-at-trx-commit=0",
+        "--skip-log-bin",
+    ]
+
+
+def mariadb_local_args(*, data_dir: str, socket: str, init_file: str) -> list[str]:
+    """``mariadbd``'s first arguments where txmq owns the whole configuration (process
+    mode and the locally built image): no system-wide ``my.cnf`` leaks in."""
+    return [
+        "--no-defaults",
+        f"--datadir={data_dir}",
+        f"--socket={socket}",
+        f"--pid-file={data_dir}/mariadbd.pid",
+        f"--init-file={init_file}",
+    ]
+
+
+def mariadb_install_args(data_dir: str) -> list[str]:
+    """Arguments of ``mariadb-install-db`` creating an empty data directory."""
+    return [
+        "--no-defaults",
+        f"--datadir={data_dir}",
+        "--auth-root-authentication-method=normal",
+        "--skip-test-db",
     ]

@@ -37,11 +37,14 @@ class Endpoints:
     rabbitmq_url: str | None = None
     kafka_url: str | None = None
     database_url: str | None = None
+    mysql_url: str | None = None
 
     @classmethod
     def from_records(cls, records: Mapping[Broker, Running]) -> Endpoints:
         urls = {broker: record.url for broker, record in records.items()}
-        return cls(urls.get("rabbitmq"), urls.get("kafka"), urls.get("postgres"))
+        return cls(
+            urls.get("rabbitmq"), urls.get("kafka"), urls.get("postgres"), urls.get("mariadb")
+        )
 
     def env(self) -> dict[str, str]:
         """``TXMQ_TEST_*`` variables the pytest plugin reads."""
@@ -49,6 +52,7 @@ class Endpoints:
             "rabbitmq": self.rabbitmq_url,
             "kafka": self.kafka_url,
             "postgres": self.database_url,
+            "mariadb": self.mysql_url,
         }
         return {URL_ENV[broker]: url for broker, url in urls.items() if url is not None}
 
@@ -78,6 +82,7 @@ _PORT_FIELDS: Mapping[Broker, tuple[str, ...]] = {
     "rabbitmq": ("rabbitmq", "rabbitmq_dist", "rabbitmq_epmd"),
     "kafka": ("kafka", "kafka_controller"),
     "postgres": ("postgres",),
+    "mariadb": ("mariadb",),
 }
 
 

@@ -1,10 +1,11 @@
-"""Brokers as plain processes on this machine: Debian's RabbitMQ and PostgreSQL, Kafka's jars.
+"""Brokers as plain processes on this machine: Debian's RabbitMQ, PostgreSQL and MariaDB,
+Kafka's jars.
 
 Every broker runs in a new session (so it outlives the command that started it and can be
 stopped as one process group), in a fresh run directory under ``$TXMQ_RUN_DIR`` (default:
 the system temp dir), with its output in a log file there. Run as root, RabbitMQ runs as
-user ``rabbitmq`` and PostgreSQL as ``postgres`` (PostgreSQL refuses root); otherwise both
-run as the calling user.
+user ``rabbitmq``, PostgreSQL as ``postgres`` and MariaDB as ``mysql`` (PostgreSQL and
+MariaDB refuse root); otherwise they run as the calling user.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 from txmq.testing.provision import kafka_dist, launch
 from txmq.testing.provision.common import (
@@ -317,6 +319,44 @@ def _spawn_kafka(
     )
 
 
+def _start_mariadb(
+    ports: Ports, run_dir: Path, owner: pwd.struct_passwd | None
+) -> tuple[Running, Callable[[], str | None]]:
+    install = _find(["mariadb-install-db"], "MariaDB (mariadb-install-db)", "mariadb-server")
+    init_file = run_dir / "init.sql"
+    init_file.write_text(launch.MARIADB_INIT_SQL)
+    _run_setup(
+        [install, *launch.mariadb_install_args(str(run_dir / "data"))],
+        env=_base_env(),
+        owner=owner,
+    )
+    return _spawn_mariadb(ports, run_dir, owner)
+
+
+def _spawn_mariadb(
+    ports: Ports, run_dir: Path, owner: pwd.struct_passwd | None
+) -> tuple[Running, Callable[[], str | None]]:
+    """Run the server on the data directory ``run_dir/data`` (already initialised)."""
+    server = _find(["mariadbd", "/usr/sbin/mariadbd"], "MariaDB (mariadbd)", "mariadb-server")
+    log = run_dir / "mariadb.log"
+    process = _spawn(
+        [
+            server,
+            *launch.mariadb_local_args(
+                data_dir=str(run_dir / "data"),
+                socket=str(run_dir / "mariadbd.sock"),
+                init_file=str(run_dir / "init.sql"),
+            ),
+            *launch.mariadb_args(ports, bind_host=LOOPBACK),
+        ],
+        env=_base_env(),
+        cwd=run_dir,
+        log=log,
+        owner=owner,
+    )
+    return _record("mariadb", ports, run_dir, log, [process.pid]), _liveness(process, log)
+
+
 Starter = Callable[
     [Ports, Path, pwd.struct_passwd | None], tuple[Running, Callable[[], str | None]]
 ]
@@ -324,18 +364,21 @@ _STARTERS: dict[Broker, Starter] = {
     "rabbitmq": _start_rabbitmq,
     "kafka": _start_kafka,
     "postgres": _start_postgres,
+    "mariadb": _start_mariadb,
 }
 #: Starting again on the data of a stopped broker (nothing to initialise or format).
 _RESTARTERS: dict[Broker, Starter] = {
     "rabbitmq": _start_rabbitmq,
     "kafka": _spawn_kafka,
     "postgres": _spawn_postgres,
+    "mariadb": _spawn_mariadb,
 }
-#: Accounts the brokers run as when started by root (PostgreSQL refuses to run as root).
+#: Accounts the brokers run as when started by root (PostgreSQL and MariaDB refuse root).
 _SERVICE_USERS: dict[Broker, str | None] = {
     "rabbitmq": "rabbitmq",
     "kafka": None,
     "postgres": "postgres",
+    "mariadb": "mysql",
 }
 
 
@@ -424,13 +467,14 @@ def _reap() -> None:
             del _children[pid]
 
 
-class RestartablePostgres:
-    """A private PostgreSQL server for fault tests, that can be stopped and started again.
+class RestartableServer:
+    """A private database server for fault tests, that can be stopped and started again.
 
     The server runs as a process (see :func:`start`) on free ports. :meth:`restart` stops it
-    the way an operator's restart does (fast shutdown: every client connection is closed),
-    keeps it down for a while, and starts it again on the same data directory and port, so
-    clients reconnect to the same URL and find their data. Never use it on a shared server.
+    the way an operator's restart does (every client connection is closed), keeps it down
+    for a while, and starts it again on the same data directory and port, so clients
+    reconnect to the same URL and find their data. Never use it on a shared server.
+    Subclasses name the server (:class:`RestartablePostgres`, :class:`RestartableMariaDB`).
 
     Example:
         >>> with RestartablePostgres() as server:  # doctest: +SKIP
@@ -438,24 +482,28 @@ class RestartablePostgres:
         ...     server.restart(down_for=2.5)
     """
 
+    broker: Broker = "postgres"
+
     def __init__(self, *, timeout: float = 180.0) -> None:
         self._timeout = timeout
         self._ports = Ports.free()
-        self._owner = _service_user("postgres")
-        self._record: Running | None = start("postgres", self._ports, timeout=timeout)
+        account = _SERVICE_USERS[self.broker]
+        self._owner = _service_user(account) if account else None
+        self._record: Running | None = start(self.broker, self._ports, timeout=timeout)
         self._run_dir = Path(self._record.run_dir or "")
 
     @property
     def url(self) -> str:
-        """The server's SQLAlchemy URL (``postgresql+psycopg://postgres@127.0.0.1:PORT/postgres``)."""
-        return url_for("postgres", self._ports)
+        """The server's SQLAlchemy URL (on 127.0.0.1 and the server's own free port)."""
+        return url_for(self.broker, self._ports)
 
     @property
     def running(self) -> bool:
         return self._record is not None and alive(self._record)
 
     def stop_server(self) -> None:
-        """Fast shutdown; return once the server process has exited (data kept)."""
+        """Shut down (every client connection is closed); return once the server process
+        has exited (data kept)."""
         if self._record is not None:
             stop(self._record, keep_data=True)
 
@@ -466,12 +514,12 @@ class RestartablePostgres:
             ProvisionError: it did not come up within the timeout.
         """
         if self._record is None:
-            raise ProvisionError("this PostgreSQL was closed")
+            raise ProvisionError(f"this {self.broker} server was closed")
         if self.running:
             return
-        record, liveness = _spawn_postgres(self._ports, self._run_dir, self._owner)
+        record, liveness = _RESTARTERS[self.broker](self._ports, self._run_dir, self._owner)
         self._record = record
-        wait_ready("postgres", record.url, timeout=self._timeout, alive=liveness)
+        wait_ready(self.broker, record.url, timeout=self._timeout, alive=liveness)
 
     def restart(self, *, down_for: float = 2.5) -> None:
         """Stop the server, keep it down ``down_for`` seconds, start it again."""
@@ -486,8 +534,22 @@ class RestartablePostgres:
             record, self._record = self._record, None
             stop(record)
 
-    def __enter__(self) -> RestartablePostgres:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class RestartablePostgres(RestartableServer):
+    """A private PostgreSQL (``postgresql+psycopg://postgres@127.0.0.1:PORT/postgres``);
+    a stop is PostgreSQL's fast shutdown."""
+
+    broker: Broker = "postgres"
+
+
+class RestartableMariaDB(RestartableServer):
+    """A private MariaDB (``mysql+pymysql://root@127.0.0.1:PORT/txmq``); a stop is
+    ``mariadbd``'s normal shutdown on SIGTERM (client connections are killed)."""
+
+    broker: Broker = "mariadb"

@@ -1,7 +1,8 @@
 """Waiting until a broker really answers: TCP first, then one call of its own protocol.
 
 A broker is ready when a client can use it, not when its port opens: RabbitMQ must accept
-an AMQP login, Kafka must return cluster metadata, PostgreSQL must run ``SELECT 1``.
+an AMQP login, Kafka must return cluster metadata, PostgreSQL and MariaDB must run
+``SELECT 1``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _host_port(broker: Broker, url: str) -> tuple[str, int]:
         host, _, port = first.rpartition(":")
         return host, int(port)
     parts = urlsplit(url)
-    default = 5672 if broker == "rabbitmq" else 5432
+    default = {"rabbitmq": 5672, "mariadb": 3306}.get(broker, 5432)
     return parts.hostname or "127.0.0.1", parts.port or default
 
 
@@ -75,11 +76,14 @@ def _check_kafka(url: str, timeout: float) -> None:
         raise ProvisionError("Kafka returned metadata without brokers")
 
 
-def _check_postgres(url: str, timeout: float) -> None:
+def _check_sql(url: str, timeout: float) -> None:
     import sqlalchemy
 
+    # Both psycopg and PyMySQL take connect_timeout in whole seconds.
     engine = sqlalchemy.create_engine(
-        url, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": int(timeout)}
+        url,
+        poolclass=sqlalchemy.pool.NullPool,
+        connect_args={"connect_timeout": max(1, int(timeout))},
     )
     try:
         with engine.connect() as connection:
@@ -91,7 +95,8 @@ def _check_postgres(url: str, timeout: float) -> None:
 _CHECKS: dict[Broker, Callable[[str, float], None]] = {
     "rabbitmq": _check_rabbitmq,
     "kafka": _check_kafka,
-    "postgres": _check_postgres,
+    "postgres": _check_sql,
+    "mariadb": _check_sql,
 }
 
 
