@@ -336,11 +336,17 @@ class Relay:
 
     def _release_due(self) -> None:
         """Move the due delayed records of the relayed groups to READY, if it is time to
-        look (see :class:`_DueClock`); one lane looks at a time, the others go on."""
-        now = utcnow()
-        if not self._due.time_to_look(now) or not self._due.looking.acquire(blocking=False):
+        look (see :class:`_DueClock`).
+
+        One lane looks at a time; another that finds it is time waits for that look, so
+        that no lane claims a later record of a key ahead of a due delayed one.
+        """
+        if not self._due.time_to_look(utcnow()):
             return
-        try:
+        with self._due.looking:
+            now = utcnow()
+            if not self._due.time_to_look(now):
+                return  # another lane just looked
             store = self.store
             if self.groups is None:
                 with store.engine.begin() as connection:
@@ -358,8 +364,6 @@ class Relay:
                 log.debug("%d delayed records are due", released)
                 self._floor.reset()  # they keep their sequence numbers, below the floor
             self._due.looked(now, now if more else upcoming)
-        finally:
-            self._due.looking.release()
 
     def _maybe_purge(self) -> None:
         with self._purge_lock:
