@@ -57,7 +57,7 @@ from txmq.outbox import (
     SendResult,
     make_outbox_tables,
 )
-from txmq.sql.schema import create_schema
+from txmq.sql.schema import create_schema, upgrade_schema
 from txmq.sql.tables import metadata
 from txmq.states import CheckLimitPolicy, LocalTransactionState, RecordState
 from txmq.supervision import Health, LoopHealth, LoopState
@@ -127,4 +127,5 @@ __all__ = [
     "parse_broker_url",
     "purge_inbox",
     "redact",
+    "upgrade_schema",
 ]

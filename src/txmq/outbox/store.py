@@ -9,6 +9,7 @@ where they differ, :mod:`txmq.sql.dialect` decides.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,12 +37,19 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from txmq.database import require_sync_engine, same_database, session_connection
 from txmq.database_errors import refusal
-from txmq.errors import RecordNotFound, WrongDatabase
+from txmq.errors import RecordNotFound, SchemaMissing, WrongDatabase
 from txmq.message import Message, restore_message
 from txmq.sql.dialect import DirectStatement, UniqueInsert, dialect_of
-from txmq.sql.schema import raises_schema_missing
+from txmq.sql.schema import (
+    UPGRADE_HINT,
+    is_missing_column,
+    raises_schema_missing,
+    upgrade_statements,
+)
 from txmq.sql.tables import OutboxTables
 from txmq.states import LocalTransactionState, RecordState
+
+log = logging.getLogger("txmq.outbox")
 
 #: How long transaction markers are kept at least, whatever the records' retention: a
 #: ROLLBACK marker is what makes a local transaction that starts after its check-back fail
@@ -159,18 +167,33 @@ class OutboxStore:
         )
 
     def check_schema(self) -> None:
-        """Raise :class:`~txmq.errors.SchemaMissing` unless both tables exist (one query of
-        no rows from each), or :class:`~txmq.errors.DatabaseRefused` if the database refuses
+        """Raise :class:`~txmq.errors.SchemaMissing` unless both tables exist with every
+        column (one query of no rows from each; a missing column is named with the DDL that
+        adds it), or :class:`~txmq.errors.DatabaseRefused` if the database refuses
         the connection (wrong password, no such role or database)."""
         try:
             with self.engine.connect() as connection:
                 for table in (self.tables.records, self.tables.markers):
                     connection.execute(select(table).limit(0)).close()
         except DBAPIError as exc:
+            if is_missing_column(exc):
+                raise self._lacking(exc) from exc
             refused = refusal(exc)
             if refused is None:
                 raise
             raise refused from exc
+
+    def _lacking(self, exc: DBAPIError) -> SchemaMissing:
+        """What tables made by an older txmq lack, with the DDL that adds it."""
+        try:
+            statements = upgrade_statements(self.engine, self.tables)
+        except Exception:  # the hint still says how; the database's error is the cause
+            log.debug("could not list the missing columns", exc_info=True)
+            statements = []
+        ddl = "; ".join(statements) or str(exc.orig).strip().splitlines()[0]
+        return SchemaMissing(
+            f"txmq's outbox tables lack what this version needs ({ddl}): {UPGRADE_HINT}"
+        )
 
     # -- writing ---------------------------------------------------------------------------
 
