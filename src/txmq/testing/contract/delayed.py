@@ -165,6 +165,7 @@ def test_cancel_works_in_the_callers_transaction(
     with Session(outbox) as session, session.begin():
         assert not producer.cancel(session, kept.id)  # already sent
     assert producer.store.counts() == {"SENT": 2, "CANCELLED": 1}
+    assert producer.store.purge(timedelta(0)) == 3  # cancelled records are purged like sent ones
 
 
 def test_a_relay_that_polls_rarely_wakes_at_the_due_time(
