@@ -311,7 +311,10 @@ class Relay:
             name=f"txmq-relay-{lane.number}",
             step=step,
             stop=self._stop,
-            idle=lambda: notifications.wait(self._due.idle_wait()),
+            # Standing by, it has no due time to wake for: the working relay has.
+            idle=lambda: notifications.wait(
+                self._due.idle_wait() if self.active else self.poll_interval
+            ),
             on_error=on_error,
             on_exit=on_exit,
             max_backoff=self.max_backoff,
