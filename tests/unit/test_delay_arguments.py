@@ -1,4 +1,4 @@
-"""What ``deliver_at=`` / ``delay=`` accept (:func:`txmq.outbox.producer.due_time`), and that
+"""What ``deliver_at=`` / ``delay=`` accept (:func:`txmq.outbox.producer.delivery_time`), and that
 a bad one is refused before anything is written."""
 
 from __future__ import annotations
@@ -13,25 +13,25 @@ from sqlalchemy.orm import Session
 
 import txmq
 from txmq.outbox import Producer, make_outbox_tables
-from txmq.outbox.producer import due_time
+from txmq.outbox.producer import delivery_time
 
 PARIS = timezone(timedelta(hours=1))
 
 
 def test_neither_is_no_delay() -> None:
-    assert due_time(None, None) is None
+    assert delivery_time(None, None) is None
 
 
 def test_an_aware_datetime_is_kept_as_utc() -> None:
     at = datetime(2030, 1, 1, 12, 0, tzinfo=PARIS)
-    assert due_time(at, None) == at
-    assert due_time(at, None).tzinfo is UTC  # type: ignore[union-attr]
+    assert delivery_time(at, None) == at
+    assert delivery_time(at, None).tzinfo is UTC  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("delay", [timedelta(seconds=5), 5, 5.0])
 def test_a_delay_counts_from_now(delay: Any) -> None:
     before = datetime.now(UTC)
-    due = due_time(None, delay)
+    due = delivery_time(None, delay)
     assert due is not None
     assert before + timedelta(seconds=5) <= due <= datetime.now(UTC) + timedelta(seconds=5)
 
@@ -52,7 +52,7 @@ def test_a_delay_counts_from_now(delay: Any) -> None:
 )
 def test_a_bad_time_is_an_invalid_delay(deliver_at: Any, delay: Any, says: str) -> None:
     with pytest.raises(txmq.InvalidDelay, match=says) as raised:
-        due_time(deliver_at, delay)
+        delivery_time(deliver_at, delay)
     assert isinstance(raised.value, txmq.InvalidMessage)
 
 

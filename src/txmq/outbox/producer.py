@@ -80,7 +80,7 @@ class SendResult:
 _LONGEST_DELAY = 100 * 365 * 86400.0
 
 
-def due_time(deliver_at: datetime | None, delay: timedelta | float | None) -> datetime | None:
+def delivery_time(deliver_at: datetime | None, delay: timedelta | float | None) -> datetime | None:
     """When a message given ``deliver_at`` or ``delay`` (seconds, or a timedelta, from now)
     is due, in UTC; None if neither is given.
 
@@ -211,7 +211,7 @@ class Producer(Closing):
             InvalidDelay: both ``deliver_at`` and ``delay``, a naive datetime, a negative
                 delay, or another type.
         """
-        due = due_time(deliver_at, delay)
+        due = delivery_time(deliver_at, delay)
         if due is not None and due <= utcnow():
             due = None
         with creating("stage", group=self.group, system=self._system) as traced:
@@ -272,7 +272,7 @@ class Producer(Closing):
             TxmqError: the half record could not be written (the executor did not run).
             InvalidDelay: as :meth:`stage`, before anything is written.
         """
-        due = due_time(deliver_at, delay)
+        due = delivery_time(deliver_at, delay)
         immunity = self.check_policy.immunity if immunity is None else immunity
         first_check = utcnow() + immunity
         with creating("send_in_transaction", group=self.group, system=self._system) as traced:
@@ -385,7 +385,7 @@ class Producer(Closing):
                 local transaction could start (it then did nothing).
             InvalidDelay: as :meth:`stage`, before anything is written.
         """
-        due = due_time(deliver_at, delay)
+        due = delivery_time(deliver_at, delay)
         message = self.prepare_local(message, immunity=immunity, deliver_at=due)
         try:
             with Session(self.engine) as session, session.begin():
@@ -421,7 +421,7 @@ class Producer(Closing):
         connection. That transaction's first statement must then be
         ``store.insert_marker(connection, message.id, COMMIT)``; afterwards call
         :meth:`settle_committed`, or :meth:`settle_by_marker` if it did not commit.
-        ``deliver_at`` (aware, see :func:`due_time`): its COMMIT makes it DELAYED until then.
+        ``deliver_at`` (aware, see :func:`delivery_time`): its COMMIT makes it DELAYED until then.
 
         Returns:
             the message as written (trace context and producer group header added).
