@@ -404,18 +404,19 @@ class OutboxStore:
             records.c.producer_group == group,
         ]
         with self.engine.begin() as connection:
-            seqs = list(
-                connection.execute(
-                    select(records.c.seq)
-                    .where(*delayed, records.c.deliver_at <= now)
-                    .order_by(records.c.deliver_at)
-                    .limit(limit)
-                ).scalars()
+            # Locked, skipping those a cancel (or another relay) holds: no relay waits for
+            # an application's transaction, and none can deadlock with it.
+            due = (
+                select(records.c.seq)
+                .where(*delayed, records.c.deliver_at <= now)
+                .order_by(records.c.deliver_at)
+                .limit(limit)
             )
+            seqs = list(connection.execute(self.sql.claim_lock(due)).scalars())
             if seqs:
                 connection.execute(
                     update(records)
-                    # DELAYED still: a cancel may have committed since the select.
+                    # DELAYED still: on SQLite a cancel may have committed since the select.
                     .where(records.c.seq.in_(seqs), records.c.state == RecordState.DELAYED.value)
                     .values(state=RecordState.READY.value, updated_at=utcnow())
                 )
