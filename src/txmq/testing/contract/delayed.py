@@ -25,6 +25,8 @@ pytestmark = [pytest.mark.broker, pytest.mark.database]
 
 #: Long enough for a relay to have passed over the record several times before it is due.
 DELAY = timedelta(seconds=2)
+#: For a test that must do something before the record is due, on a loaded machine too.
+LONG_DELAY = timedelta(seconds=5)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -116,12 +118,12 @@ def test_a_delay_survives_a_relay_restart(
     first = producer_for(outbox, tables, broker)
     message, at_once = txmq.Message(topic, b"later"), txmq.Message(topic, b"at once")
     with Session(outbox) as session, session.begin():
-        first.stage(session, message, delay=DELAY)
+        first.stage(session, message, delay=LONG_DELAY)
         first.stage(session, at_once)
     relay = first.relay(poll_interval=0.2).start()
     try:
         # Published after the relay's first look for due delayed records.
-        assert ids(arrivals(broker, topic, 1)) == [at_once.id]
+        wait_for(lambda: first.store.get(at_once.id).state is RecordState.SENT, 30, "a relay pass")
     finally:
         relay.stop()
         first.close()
@@ -129,7 +131,7 @@ def test_a_delay_survives_a_relay_restart(
     second = producer_for(outbox, tables, broker)
     relay = second.relay(poll_interval=0.2).start()
     try:
-        assert ids(arrivals(broker, topic, 1)) == [message.id]
+        assert ids(arrivals(broker, topic, 2)) == [at_once.id, message.id]
     finally:
         relay.stop()
         second.close()
@@ -161,7 +163,7 @@ def test_cancel_works_in_the_callers_transaction(
         received = arrivals(broker, topic, 2)
     finally:
         relay.stop()
-    assert ids(received) == [sent.id, kept.id]
+    assert sorted(ids(received)) == sorted([sent.id, kept.id])
     with Session(outbox) as session, session.begin():
         assert not producer.cancel(session, kept.id)  # already sent
     assert producer.store.counts() == {"SENT": 2, "CANCELLED": 1}
@@ -196,7 +198,7 @@ def test_a_delayed_message_holds_nothing_back_and_takes_its_staging_place_once_d
     delayed, overtaking, behind = (
         txmq.Message(topic, body, key="order-7") for body in (b"delayed", b"overtaking", b"behind")
     )
-    due = datetime.now(UTC) + DELAY
+    due = datetime.now(UTC) + LONG_DELAY
     with Session(outbox) as session, session.begin():
         producer.stage(session, delayed, deliver_at=due)
     with Session(outbox) as session, session.begin():
@@ -252,7 +254,6 @@ def test_a_committed_half_message_is_delivered_at_its_due_time(
         producer.send_in_local_transaction(local, lambda session: None, deliver_at=due).record_state
         is RecordState.DELAYED
     )
-    assert producer.relay().drain() == 0  # none is due yet
     relay = producer.relay(poll_interval=0.2).start()
     try:
         received = arrivals(broker, topic, 3)
