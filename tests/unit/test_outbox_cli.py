@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -193,3 +193,19 @@ def test_status_of_an_empty_outbox_says_so(producer: txmq.Producer, database: st
     code, output = outbox("status", database=database)
     assert code == 0
     assert output.splitlines()[-1] == "no records"
+
+
+def test_delayed_records_are_counted_and_listed_with_their_due_time(
+    producer: txmq.Producer, database: str
+) -> None:
+    due = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+    message = txmq.Message("t", b"later")
+    with Session(producer.engine) as session, session.begin():
+        producer.stage(session, message, deliver_at=due)
+    code, output = outbox("status", "--json", database=database)
+    assert code == 0
+    assert json.loads(output)["groups"]["orders"]["DELAYED"] == 1
+    code, output = outbox("list", "--state", "delayed", database=database)
+    assert (code, "due=2031-05-06 07:08:09" in output) == (0, True)
+    code, output = outbox("list", "--state", "delayed", "--json", database=database)
+    assert json.loads(output)["deliver_at"] == due.isoformat()

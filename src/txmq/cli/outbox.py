@@ -123,10 +123,13 @@ def list_records(
         if as_json:
             typer.echo(json.dumps(_record_as_dict(record)))
         else:
+            due = (
+                "" if record.deliver_at is None else f"due={record.deliver_at:%Y-%m-%d %H:%M:%S}  "
+            )
             typer.echo(
                 f"{record.message.id}  {record.producer_group}  {record.message.topic}  "
                 f"checks={record.check_count}  attempts={record.publish_attempts}  "
-                f"created={record.created_at:%Y-%m-%d %H:%M:%S}  "
+                f"created={record.created_at:%Y-%m-%d %H:%M:%S}  {due}"
                 f"{record.last_error or ''}".rstrip()
             )
     if not records:
@@ -147,6 +150,7 @@ def _record_as_dict(record: OutboxRecord) -> dict[str, Any]:
         "check_count": record.check_count,
         "publish_attempts": record.publish_attempts,
         "check_after": when(record.check_after),
+        "deliver_at": when(record.deliver_at),
         "created_at": when(record.created_at),
         "updated_at": when(record.updated_at),
         "last_error": record.last_error,
