@@ -1,0 +1,26 @@
+"""Sagas on txmq's transactional messages: barrier-safe participants, an orchestrator whose
+saga instances advance one local transaction per step, and choreography helpers.
+
+See docs/sagas.md for the guarantees.
+"""
+
+from __future__ import annotations
+
+from txmq.errors import SagaError, SagaNotFound, StepFailed
+from txmq.saga.barrier import Barrier, BarrierOutcome, BarrierResult
+from txmq.saga.commands import SagaCommand
+from txmq.saga.participant import SagaParticipant
+from txmq.saga.tables import make_barrier_table, make_saga_table
+
+__all__ = [
+    "Barrier",
+    "BarrierOutcome",
+    "BarrierResult",
+    "SagaCommand",
+    "SagaError",
+    "SagaNotFound",
+    "SagaParticipant",
+    "StepFailed",
+    "make_barrier_table",
+    "make_saga_table",
+]
