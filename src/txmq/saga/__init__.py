@@ -9,18 +9,30 @@ from __future__ import annotations
 from txmq.errors import SagaError, SagaNotFound, StepFailed
 from txmq.saga.barrier import Barrier, BarrierOutcome, BarrierResult
 from txmq.saga.commands import SagaCommand
+from txmq.saga.definition import SagaDefinition, SagaState, Step
+from txmq.saga.operators import abort_saga, retry_saga
+from txmq.saga.orchestrator import Orchestrator
 from txmq.saga.participant import SagaParticipant
+from txmq.saga.store import SagaInstance, SagaStore
 from txmq.saga.tables import make_barrier_table, make_saga_table
 
 __all__ = [
     "Barrier",
     "BarrierOutcome",
     "BarrierResult",
+    "Orchestrator",
     "SagaCommand",
+    "SagaDefinition",
     "SagaError",
+    "SagaInstance",
     "SagaNotFound",
     "SagaParticipant",
+    "SagaState",
+    "SagaStore",
+    "Step",
     "StepFailed",
+    "abort_saga",
     "make_barrier_table",
     "make_saga_table",
+    "retry_saga",
 ]
