@@ -86,3 +86,34 @@ def make_saga_table(
     Index(f"ix_{name}_deadline", table.c.deadline)
     Index(f"ix_{name}_state", table.c.state, table.c.updated_at)
     return table
+
+
+def make_saga_event_table(
+    metadata: MetaData, *, prefix: str = DEFAULT_PREFIX, schema: str | None = None
+) -> Table:
+    """Define the choreography tracker's table ``<prefix>saga_event`` on ``metadata``: one
+    row per event of a choreographed saga the tracker saw (primary key ``(saga id, message
+    id)``, so an event delivered twice is recorded once).
+
+    Example:
+        >>> make_saga_event_table(MetaData()).name
+        'txmq_saga_event'
+    """
+    name = f"{prefix}saga_event"
+    existing = metadata.tables.get(name if schema is None else f"{schema}.{name}")
+    if existing is not None:
+        return existing
+    table = Table(
+        name,
+        metadata,
+        Column("saga_id", String(64), primary_key=True),
+        Column("message_id", String(64), primary_key=True),
+        Column("saga_name", String(NAME_MAX_LENGTH), nullable=False),
+        Column("topic", String(NAME_MAX_LENGTH), nullable=False),
+        Column("step", String(NAME_MAX_LENGTH), nullable=True),
+        Column("data", Text, nullable=False),
+        Column("seen_at", _UTC, nullable=False),
+        schema=schema,
+    )
+    Index(f"ix_{name}_seen_at", table.c.seen_at)
+    return table
