@@ -31,6 +31,7 @@ LAZY_GROUPS = {
         "app",
         "Start, stop and list RabbitMQ, Kafka and PostgreSQL for tests.",
     ),
+    "saga": ("txmq.cli.saga", "app", "List, show, retry and abort sagas."),
 }
 
 
