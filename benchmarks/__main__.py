@@ -42,10 +42,12 @@ class Scale:
     checkback_messages: int
     checkback_immunity: float
     rounds: int
+    #: Future-dated DELAYED records waiting in the relay's table in the delayed run.
+    delayed: int
 
 
-FULL = Scale(50_000, 200_000, 20_000, 3_000, 2_000, 15.0, 5, 1.0, 3)
-SMOKE = Scale(300, 1_000, 300, 100, 50, 0.5, 2, 0.2, 1)
+FULL = Scale(50_000, 200_000, 20_000, 3_000, 2_000, 15.0, 5, 1.0, 3, 50_000)
+SMOKE = Scale(300, 1_000, 300, 100, 50, 0.5, 2, 0.2, 1, 1_000)
 RATES = (300, 1000)
 BODY = 200
 BATCH = 1000
@@ -113,7 +115,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         database.plain_tables(plain)
         plain.create_all(engine)
         described = environment.describe(urls, engine)
-        sizes = Sizes(scale.relay_count, scale.history, BODY, BATCH, scale.rounds)
+        sizes = Sizes(
+            scale.relay_count, scale.history, BODY, BATCH, scale.rounds, delayed=scale.delayed
+        )
         try:
             for section in (s for s in SECTIONS if s in args.sections):
                 started = time.monotonic()

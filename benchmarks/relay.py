@@ -10,7 +10,9 @@ Each round, on one broker:
   retention) on a new, empty outbox table, and on one that already holds ``history`` SENT
   records. The records are staged (1000 per transaction) before the clock starts; it runs
   from the first claim to the last record marked SENT. The history run also counts the
-  WAL and dead tuples each published message costs (staging included).
+  WAL and dead tuples each published message costs (staging included);
+* txmq's relay on a new table that also holds ``delayed`` DELAYED records due in a day:
+  what waiting delayed messages cost the relay of the others (the ratio to the empty run).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Sizes:
     body: int
     batch: int
     rounds: int
+    delayed: int = 50_000
 
 
 def stage(producer: txmq.Producer, topic: str, count: int, body: bytes) -> None:
@@ -84,6 +87,25 @@ def add_history(
                 " check_count, publish_attempts, created_at, updated_at)"
                 " SELECT md5(:salt || g::text), :group, :topic, '{}', :body, 'SENT', 0, 1,"
                 " now(), now() FROM generate_series(1, :rows) AS g"
+            ),
+            {"salt": uuid.uuid4().hex, "group": group, "topic": topic, "body": body, "rows": rows},
+        )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text(f"VACUUM ANALYZE {name}"))
+
+
+def add_delayed(
+    engine: Engine, tables: txmq.OutboxTables, group: str, topic: str, rows: int, body: bytes
+) -> None:
+    """``rows`` DELAYED records of ``group`` due in a day (then VACUUM ANALYZE)."""
+    name = tables.records.name
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                f"INSERT INTO {name} (id, producer_group, topic, headers, body, state,"
+                " check_count, publish_attempts, deliver_at, created_at, updated_at)"
+                " SELECT md5(:salt || g::text), :group, :topic, '{}', :body, 'DELAYED', 0, 0,"
+                " now() + interval '1 day', now(), now() FROM generate_series(1, :rows) AS g"
             ),
             {"salt": uuid.uuid4().hex, "group": group, "topic": topic, "body": body, "rows": rows},
         )
@@ -203,6 +225,12 @@ def relay_section(
         target=target,
     )
     results.figure(
+        f"{p}.delayed_waiting",
+        f"relay -> {broker}, {sizes.delayed:,} DELAYED rows waiting",
+        "msg/s",
+        baseline=f"{p}.empty",
+    )
+    results.figure(
         f"{p}.history_vs_naive",
         f"relay -> {broker} vs the naive outbox",
         "msg/s",
@@ -283,6 +311,22 @@ def relay_section(
             producer.close()
             metadata.drop_all(engine)
 
+    def delayed_run() -> dict[str, float]:
+        metadata = MetaData()
+        tables = txmq.make_outbox_tables(
+            metadata, prefix=f"{tables_prefix}_delayed_{uuid.uuid4().hex[:6]}_"
+        )
+        metadata.create_all(engine)
+        add_delayed(engine, tables, group, topic, sizes.delayed, body)
+        producer = txmq.Producer(group=group, engine=engine, broker=adapter, tables=tables)
+        try:
+            rate = relay_run(producer, topic, sizes.count, body)
+            assert producer.store.counts().get("DELAYED") == sizes.delayed
+            return {f"{p}.delayed_waiting": rate.per_second}
+        finally:
+            producer.close()
+            metadata.drop_all(engine)
+
     def history_run() -> dict[str, float]:
         name = history_tables.records.name
         engine.dispose()  # every backend's statistics reported: see settled_tuple_changes
@@ -310,6 +354,7 @@ def relay_section(
                 "raw (second way)": on_empty_queue(raw_second),
                 "naive outbox": on_empty_queue(naive_run),
                 "relay, empty outbox": on_empty_queue(empty_run),
+                "relay, delayed rows waiting": on_empty_queue(delayed_run),
                 "relay, history": on_empty_queue(history_run),
             },
             results,

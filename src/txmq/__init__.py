@@ -29,6 +29,7 @@ from txmq.errors import (
     ConfigurationError,
     DatabaseRefused,
     DatabaseUnavailable,
+    InvalidDelay,
     InvalidMessage,
     InvalidURL,
     MessageDecodeError,
@@ -56,7 +57,7 @@ from txmq.outbox import (
     SendResult,
     make_outbox_tables,
 )
-from txmq.sql.schema import create_schema
+from txmq.sql.schema import create_schema, upgrade_schema
 from txmq.sql.tables import metadata
 from txmq.states import CheckLimitPolicy, LocalTransactionState, RecordState
 from txmq.supervision import Health, LoopHealth, LoopState
@@ -82,6 +83,7 @@ __all__ = [
     "DeadLetters",
     "Delivery",
     "Health",
+    "InvalidDelay",
     "InvalidMessage",
     "InvalidURL",
     "KafkaSettings",
@@ -125,4 +127,5 @@ __all__ = [
     "parse_broker_url",
     "purge_inbox",
     "redact",
+    "upgrade_schema",
 ]

@@ -56,6 +56,11 @@ class InvalidMessage(TxmqError, ValueError):
     """A message cannot be sent as given: a bad topic or key, a body that is not bytes, ..."""
 
 
+class InvalidDelay(InvalidMessage):
+    """A delivery time cannot be used as given: both ``deliver_at`` and ``delay``, a naive
+    datetime (no time zone), a negative delay, or a type that is neither."""
+
+
 class MessageTooLarge(InvalidMessage):
     """The body (plus headers) is larger than the configured maximum."""
 

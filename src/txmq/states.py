@@ -25,6 +25,13 @@ class RecordState(StrEnum):
     ``READY`` -> ``FAILED`` when the broker refused the message for good (too large, not
     authorised, invalid topic): it keeps its ``last_error`` until an operator retries it
     (back to ``READY``) or discards it.
+
+    A delayed message (``deliver_at=`` / ``delay=``) waits as ``DELAYED`` until its due time,
+    when a relay moves it to ``READY``; a staged one is ``DELAYED`` from its transaction's
+    commit, a half message from its COMMIT (``PREPARED`` -> ``DELAYED``; already due: straight
+    to ``READY``). ``DELAYED`` -> ``CANCELLED`` when the application cancels it before then
+    (:meth:`txmq.Producer.cancel`); a cancelled record is never published, and is purged
+    like a SENT one.
     """
 
     PREPARED = "PREPARED"
@@ -33,6 +40,8 @@ class RecordState(StrEnum):
     ROLLED_BACK = "ROLLED_BACK"
     PARKED = "PARKED"
     FAILED = "FAILED"
+    DELAYED = "DELAYED"
+    CANCELLED = "CANCELLED"
 
 
 class CheckLimitPolicy(StrEnum):

@@ -21,7 +21,10 @@ def expected_figures(broker: str) -> set[str]:
         "rabbitmq": ("raw_pipelined", "raw_confirm_each"),
         "kafka": ("raw_transactional", "raw_idempotent"),
     }[broker]
-    names = {f"relay.{broker}.{name}" for name in (*relay, "naive", "empty", "history")}
+    names = {
+        f"relay.{broker}.{name}"
+        for name in (*relay, "naive", "empty", "history", "delayed_waiting")
+    }
     names |= {f"relay.{broker}.history_vs_naive", f"cpu.relay.{broker}", f"cpu.raw.{broker}"}
     names |= {f"wal.{broker}", f"wal.{broker}.plain_row", f"dead_tuples.{broker}"}
     names |= {f"consumer.{broker}.{name}" for name in ("raw", "pg_commits", "batch", "per_message")}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -127,24 +127,38 @@ class AsyncProducer:
 
     # -- outbox mode -----------------------------------------------------------------------
 
-    async def stage(self, session: AsyncSession, *messages: Message) -> None:
+    async def stage(
+        self,
+        session: AsyncSession,
+        *messages: Message,
+        deliver_at: datetime | None = None,
+        delay: timedelta | float | None = None,
+    ) -> None:
         """Write ``messages`` to the outbox inside ``session``'s current transaction: they
         exist (READY) if and only if it commits. One INSERT, through the session's driver.
+        ``deliver_at`` / ``delay``: delayed, exactly as :meth:`txmq.Producer.stage`.
 
         Raises:
             ConfigurationError: ``session`` is not an ``AsyncSession``.
             WrongDatabase: the session is on another database than the outbox's.
             InvalidMessage / MessageTooLarge: a message cannot be sent as given.
+            InvalidDelay: as :meth:`txmq.Producer.stage`.
         """
         if not isinstance(session, AsyncSession):
             raise ConfigurationError(
                 f"AsyncProducer.stage needs an AsyncSession, not {type(session).__name__}; "
                 "use txmq.Producer.stage with a synchronous Session"
             )
-        await session.run_sync(self._stage_sync, messages)
+        await session.run_sync(self._stage_sync, messages, deliver_at, delay)
 
-    def _stage_sync(self, session: Session, messages: tuple[Message, ...]) -> None:
-        self.producer.stage(session, *messages)
+    def _stage_sync(
+        self,
+        session: Session,
+        messages: tuple[Message, ...],
+        deliver_at: datetime | None,
+        delay: timedelta | float | None,
+    ) -> None:
+        self.producer.stage(session, *messages, deliver_at=deliver_at, delay=delay)
 
     # -- half messages ---------------------------------------------------------------------
 

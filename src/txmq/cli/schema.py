@@ -1,5 +1,5 @@
-"""``txmq schema create|check``: create txmq's tables where they do not exist yet, or compare
-the database with them."""
+"""``txmq schema create|check|upgrade``: create txmq's tables where they do not exist yet,
+compare the database with them, or add what a newer txmq needs to existing ones."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from txmq.config import ENV_DATABASE_URL, database_url, redact
 from txmq.database import open_engine
 from txmq.errors import TxmqError
-from txmq.sql.schema import create_schema
+from txmq.sql.schema import create_schema, upgrade_schema, upgrade_statements
 from txmq.sql.tables import DEFAULT_INBOX_TABLE, make_inbox_table, make_outbox_tables
 
 app = typer.Typer(help="Create txmq's tables, or check them.", no_args_is_help=True)
@@ -72,8 +72,42 @@ def check(
     if differences:
         typer.echo(
             f"{len(differences)} difference(s) from txmq's schema in {where}; "
-            "`txmq schema create` adds missing tables (not indexes or triggers of existing ones)",
+            "`txmq schema create` adds missing tables, `txmq schema upgrade` missing columns "
+            "and indexes of existing ones (not triggers)",
             err=True,
         )
         raise typer.Exit(code=1)
     typer.echo(f"txmq's schema matches in {where}")
+
+
+@app.command()
+def upgrade(
+    database: Annotated[
+        str | None,
+        typer.Option("--database", envvar=ENV_DATABASE_URL, help="SQLAlchemy URL."),
+    ] = None,
+    prefix: Annotated[str, typer.Option(help="Table name prefix of the outbox tables.")] = "txmq_",
+    inbox: Annotated[str, typer.Option(help="Name of the inbox table.")] = DEFAULT_INBOX_TABLE,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the DDL (for your migrations); run none.")
+    ] = False,
+) -> None:
+    """Add the missing nullable columns and indexes of existing txmq tables (additive: it
+    drops and alters nothing; e.g. ``deliver_at`` of delayed messages), printing each
+    statement. Tables that do not exist are left to ``txmq schema create``."""
+    metadata = MetaData()
+    tables = (make_outbox_tables(metadata, prefix=prefix), make_inbox_table(metadata, inbox))
+    try:
+        engine = open_engine(database_url(database))
+        run = upgrade_statements if dry_run else upgrade_schema
+        statements = run(engine, *tables)
+    except (TxmqError, SQLAlchemyError) as exc:
+        typer.echo(f"error: {redact(str(exc)).splitlines()[0]}", err=True)
+        raise typer.Exit(code=1) from None
+    for statement in statements:
+        typer.echo(f"{statement};")
+    where = engine.url.render_as_string(hide_password=True)
+    if not statements:
+        typer.echo(f"txmq's tables in {where} need no upgrade", err=True)
+    elif not dry_run:
+        typer.echo(f"{len(statements)} statement(s) run in {where}", err=True)

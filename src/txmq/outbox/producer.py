@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from txmq.adapters import Adapter, connect
 from txmq.adapters.base import Transaction
 from txmq.database import outside_run_sync_is_an_error
-from txmq.errors import BrokerError, TransactionError, TxmqError
+from txmq.errors import BrokerError, InvalidDelay, TransactionError, TxmqError
 from txmq.lifecycle import Closing
 from txmq.message import DEFAULT_MAX_BODY_BYTES, Message, validate_name
 from txmq.outbox.checkback import CheckBack, CheckBackPolicy, Checker
@@ -74,6 +74,39 @@ class SendResult:
     message_id: str
     local_state: LocalTransactionState
     record_state: RecordState
+
+
+#: Longer delays are refused as mistakes (about a hundred years, in seconds).
+_LONGEST_DELAY = 100 * 365 * 86400.0
+
+
+def due_time(deliver_at: datetime | None, delay: timedelta | float | None) -> datetime | None:
+    """When a message given ``deliver_at`` or ``delay`` (seconds, or a timedelta, from now)
+    is due, in UTC; None if neither is given.
+
+    Raises:
+        InvalidDelay: both are given, ``deliver_at`` is naive (no time zone) or not a
+            datetime, or ``delay`` is negative or neither a number nor a timedelta.
+    """
+    if deliver_at is not None and delay is not None:
+        raise InvalidDelay("give deliver_at or delay, not both")
+    if deliver_at is not None:
+        if not isinstance(deliver_at, datetime):
+            raise InvalidDelay(f"deliver_at must be a datetime, not {type(deliver_at).__name__}")
+        if deliver_at.tzinfo is None or deliver_at.utcoffset() is None:
+            raise InvalidDelay(
+                f"deliver_at must be timezone-aware (e.g. datetime.now(UTC) + ...), not the "
+                f"naive {deliver_at.isoformat()}"
+            )
+        return deliver_at.astimezone(UTC)
+    if delay is None:
+        return None
+    if isinstance(delay, bool) or not isinstance(delay, (timedelta, int, float)):
+        raise InvalidDelay(f"delay must be a timedelta or seconds, not {type(delay).__name__}")
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+    if not 0 <= seconds < _LONGEST_DELAY:  # also refuses NaN and infinity
+        raise InvalidDelay(f"delay must be from 0 to {_LONGEST_DELAY:.0f} seconds, not {delay!r}")
+    return utcnow() + timedelta(seconds=seconds)
 
 
 class Producer(Closing):
@@ -150,11 +183,22 @@ class Producer(Closing):
 
     # -- outbox mode -----------------------------------------------------------------------
 
-    def stage(self, session: Session, *messages: Message) -> None:
+    def stage(
+        self,
+        session: Session,
+        *messages: Message,
+        deliver_at: datetime | None = None,
+        delay: timedelta | float | None = None,
+    ) -> None:
         """Write ``messages`` to the outbox inside the session's current transaction.
 
         They exist (READY) if and only if that transaction commits, and are then published
         by a relay.
+
+        With ``deliver_at`` (an aware datetime) or ``delay`` (a timedelta, or seconds) they
+        wait in the outbox as DELAYED until then, and a relay publishes them within its
+        ``poll_interval`` of that time; until then :meth:`cancel` can withdraw them. A time
+        already past publishes them at once.
 
         With SQLAlchemy's asyncio, call it through ``AsyncSession.run_sync``:
         ``await session.run_sync(lambda s: producer.stage(s, message))`` (any driver).
@@ -164,13 +208,35 @@ class Producer(Closing):
             ConfigurationError: not a synchronous ``Session`` (an ``AsyncSession`` passed
                 directly), or an asyncio-bound session used outside ``run_sync``.
             InvalidMessage / MessageTooLarge: a message cannot be sent as given.
+            InvalidDelay: both ``deliver_at`` and ``delay``, a naive datetime, a negative
+                delay, or another type.
         """
+        due = due_time(deliver_at, delay)
+        if due is not None and due <= utcnow():
+            due = None
         with creating("stage", group=self.group, system=self._system) as traced:
             checked = self._checked(messages, traced)
             with outside_run_sync_is_an_error("stage()"):
                 connection = self.store.check_session(session)
-                self.store.stage(connection, checked, self.group)
+                self.store.stage(connection, checked, self.group, deliver_at=due)
         STAGED.labels(self.group, "outbox").inc(len(checked))
+
+    def cancel(self, session: Session, message_id: str) -> bool:
+        """Withdraw this group's delayed message ``message_id`` before it is due, inside the
+        session's current transaction: if that transaction commits, the record is CANCELLED
+        and never published; if it rolls back, nothing changed.
+
+        Returns:
+            True if a DELAYED record was cancelled; False if there is none: unknown id,
+            another group's, not delayed, already due (handed to the relays; it may be
+            published already), or already cancelled.
+
+        Raises:
+            WrongDatabase / ConfigurationError: as :meth:`stage`.
+        """
+        with outside_run_sync_is_an_error("cancel()"):
+            connection = self.store.check_session(session)
+            return self.store.cancel(connection, message_id, self.group)
 
     # -- half-message mode -------------------------------------------------------------
 
@@ -181,6 +247,8 @@ class Producer(Closing):
         arg: A,
         *,
         immunity: timedelta | None = None,
+        deliver_at: datetime | None = None,
+        delay: timedelta | float | None = None,
     ) -> SendResult:
         """RocketMQ's ``sendMessageInTransaction``.
 
@@ -188,6 +256,11 @@ class Producer(Closing):
         COMMIT makes the message deliverable, ROLLBACK discards it, UNKNOWN (or an exception,
         or a crash) leaves it PREPARED for the check-back, no earlier than ``immunity``
         (default: the check policy's) from now.
+
+        With ``deliver_at`` or ``delay`` (as :meth:`stage`; the delay counts from this
+        call), COMMIT (the executor's, a check-back's or an operator's) makes it DELAYED
+        until then, READY if that time has passed; it then always goes through the relay,
+        never a native broker transaction.
 
         While the executor runs, no check-back decides the record: it is row-locked (or, on
         SQLite, leased; see :attr:`CheckBackPolicy.executor_lease`).
@@ -197,14 +270,17 @@ class Producer(Closing):
             TransactionError: a check-back or an operator decided the half record before the
                 executor could start; the executor did not run.
             TxmqError: the half record could not be written (the executor did not run).
+            InvalidDelay: as :meth:`stage`, before anything is written.
         """
+        due = due_time(deliver_at, delay)
         immunity = self.check_policy.immunity if immunity is None else immunity
         first_check = utcnow() + immunity
         with creating("send_in_transaction", group=self.group, system=self._system) as traced:
             (message,) = self._checked((message,), traced)
-            self.store.prepare(message, self.group, immunity=immunity)
+            self.store.prepare(message, self.group, immunity=immunity, deliver_at=due)
         STAGED.labels(self.group, "half").inc()
-        transaction = self._acquire_transaction() if self.kafka_native else None
+        native = self.kafka_native and due is None
+        transaction = self._acquire_transaction() if native else None
         if transaction is not None:
             return self._send_native(transaction, message, executor, arg, first_check)
         with self.engine.begin() as connection:
@@ -217,7 +293,7 @@ class Producer(Closing):
                 if state is LocalTransactionState.COMMIT
                 else RecordState.ROLLED_BACK
             )
-            to = self.store.settle(connection, message.id, to)
+            to = self.store.settle(connection, message.id, to, delayed=due is not None)
         return SendResult(message.id, state, to)
 
     def _send_native(
@@ -291,8 +367,13 @@ class Producer(Closing):
         work: Callable[[Session], Any],
         *,
         immunity: timedelta | None = None,
+        deliver_at: datetime | None = None,
+        delay: timedelta | float | None = None,
     ) -> SendResult:
         """Run ``work(session)`` as the local transaction, on the outbox's database.
+
+        With ``deliver_at`` or ``delay`` (as :meth:`send_in_transaction`), the committed
+        message is DELAYED until then.
 
         A transaction marker is the first statement of that transaction, so a check-back
         can always tell whether it committed: no checker is needed, and the outcome is never
@@ -302,8 +383,10 @@ class Producer(Closing):
         Raises:
             TransactionError: a check-back had already rolled the message back before the
                 local transaction could start (it then did nothing).
+            InvalidDelay: as :meth:`stage`, before anything is written.
         """
-        message = self.prepare_local(message, immunity=immunity)
+        due = due_time(deliver_at, delay)
+        message = self.prepare_local(message, immunity=immunity, deliver_at=due)
         try:
             with Session(self.engine) as session, session.begin():
                 standing = self.store.insert_marker(
@@ -320,18 +403,25 @@ class Producer(Closing):
             # now says how the transaction ended.
             self.settle_by_marker(message)
             raise
-        to = self.settle_committed(message.id)
+        to = self.settle_committed(message.id, delayed=due is not None)
         return SendResult(message.id, LocalTransactionState.COMMIT, to)
 
     # -- the steps of a local transaction, for a caller that runs the transaction itself --
 
-    def prepare_local(self, message: Message, *, immunity: timedelta | None = None) -> Message:
+    def prepare_local(
+        self,
+        message: Message,
+        *,
+        immunity: timedelta | None = None,
+        deliver_at: datetime | None = None,
+    ) -> Message:
         """Write ``message``'s PREPARED half record whose transaction marker key is its id:
         the first step of :meth:`send_in_local_transaction`, for a caller (such as
         :class:`txmq.aio.AsyncProducer`) that runs the local transaction on its own
         connection. That transaction's first statement must then be
         ``store.insert_marker(connection, message.id, COMMIT)``; afterwards call
         :meth:`settle_committed`, or :meth:`settle_by_marker` if it did not commit.
+        ``deliver_at`` (aware, see :func:`due_time`): its COMMIT makes it DELAYED until then.
 
         Returns:
             the message as written (trace context and producer group header added).
@@ -347,16 +437,18 @@ class Producer(Closing):
                 self.group,
                 immunity=self.check_policy.immunity if immunity is None else immunity,
                 tx_key=message.id,
+                deliver_at=deliver_at,
             )
         STAGED.labels(self.group, "local").inc()
         return message
 
-    def settle_committed(self, message_id: str) -> RecordState:
+    def settle_committed(self, message_id: str, *, delayed: bool = False) -> RecordState:
         """Move the record of a committed local transaction (see :meth:`prepare_local`) to
-        READY for the relay; return the state it has now."""
+        READY for the relay (DELAYED if it has a ``deliver_at`` still to come: say so with
+        ``delayed``); return the state it has now."""
         with self.engine.begin() as connection:
             # A check-back that ran after the commit may have moved it to READY already.
-            return self.store.settle(connection, message_id, RecordState.READY)
+            return self.store.settle(connection, message_id, RecordState.READY, delayed=delayed)
 
     def settle_by_marker(self, message: Message) -> None:
         """Settle the record of a local transaction (see :meth:`prepare_local`) that ended

@@ -10,6 +10,12 @@ A relay runs ``concurrency`` lanes, each with its own database transaction and p
 connection, so that one lane claims and marks while another waits for the broker. The claim
 keeps same-key records in order across lanes and across relays.
 
+Delayed records (DELAYED, see :mod:`txmq.states`) are not claimed: a relay moves those due
+to READY at least every ``poll_interval``, and at the due time of the earliest one it saw
+waiting (it wakes for it), so a delayed message is published within ``poll_interval`` of
+its due time unless the relay is behind. With none waiting that costs one indexed query per
+``poll_interval``, not one per batch.
+
 A relay publishes the records of the producer groups it is given, and no other group's:
 groups sharing an outbox table may publish to different brokers. On SQLite only one relay of
 a group works at a time (see :mod:`txmq.outbox.worker_lock`); the others stand by.
@@ -23,7 +29,7 @@ import time
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from txmq.adapters.base import Adapter, Publisher, PublishOutcome
 from txmq.errors import (
@@ -63,7 +69,8 @@ class Relay:
         concurrency: lanes working at once (one DB connection and one broker connection
             each); 1 on databases without ``SKIP LOCKED`` (SQLite).
         poll_interval: longest wait between passes when idle (PostgreSQL wakes it earlier
-            through LISTEN/NOTIFY).
+            through LISTEN/NOTIFY, and it wakes for a delayed record's due time), and
+            between two looks for due delayed records.
         retention: SENT and ROLLED_BACK records older than this are purged; with
             ``timedelta(0)`` a record is deleted as soon as the broker confirmed it (no SENT
             history, and the cheapest mark).
@@ -129,6 +136,7 @@ class Relay:
         self._worker_lock = WorkerLock(store, "relay", self.groups)
         self._standing_by = False
         self._floor = _ClaimFloor()
+        self._due = _DueClock(poll_interval)
         self._lanes = [_Lane(self, n) for n in range(concurrency)]
         self._stop = threading.Event()
         self._loops: list[SupervisedLoop] = []
@@ -303,7 +311,7 @@ class Relay:
             name=f"txmq-relay-{lane.number}",
             step=step,
             stop=self._stop,
-            idle=lambda: notifications.wait(self.poll_interval),
+            idle=lambda: notifications.wait(self._due.idle_wait()),
             on_error=on_error,
             on_exit=on_exit,
             max_backoff=self.max_backoff,
@@ -326,6 +334,37 @@ class Relay:
             self._standing_by = True
         return False
 
+    def _release_due(self) -> None:
+        """Move the due delayed records of the relayed groups to READY, if it is time to
+        look (see :class:`_DueClock`).
+
+        One lane looks at a time; another that finds it is time waits for that look, so
+        that no lane claims a later record of a key ahead of a due delayed one.
+        """
+        if not self._due.time_to_look(utcnow()):
+            return
+        with self._due.looking:
+            now = utcnow()
+            if not self._due.time_to_look(now):
+                return  # another lane just looked
+            store = self.store
+            if self.groups is None:
+                with store.engine.begin() as connection:
+                    groups: Collection[str] = store.delayed_groups(connection)
+            else:
+                groups = self.groups
+            released, upcoming, more = 0, None, False
+            for group in groups:
+                moved, due = store.release_due(group, now=now, limit=RELEASE_BATCH)
+                released += moved
+                more = more or moved == RELEASE_BATCH
+                if due is not None and (upcoming is None or due < upcoming):
+                    upcoming = due
+            if released:
+                log.debug("%d delayed records are due", released)
+                self._floor.reset()  # they keep their sequence numbers, below the floor
+            self._due.looked(now, now if more else upcoming)
+
     def _maybe_purge(self) -> None:
         with self._purge_lock:
             now = time.monotonic()
@@ -335,6 +374,36 @@ class Relay:
         purged = self.store.purge(self.retention, groups=self.groups)
         if purged:
             log.info("purged %d finished outbox records", purged)
+
+
+#: Most delayed records of one group a relay moves to READY in one transaction.
+RELEASE_BATCH = 10_000
+
+
+class _DueClock:
+    """When a relay next looks for due delayed records, shared by its lanes: at the due
+    time of the earliest record it saw waiting, and at least every ``poll_interval``."""
+
+    def __init__(self, poll_interval: float) -> None:
+        self.poll_interval = poll_interval
+        self.looking = threading.Lock()
+        self._next: datetime | None = None  # None: look at the next pass
+
+    def time_to_look(self, now: datetime) -> bool:
+        return self._next is None or now >= self._next
+
+    def looked(self, now: datetime, upcoming: datetime | None) -> None:
+        """Record a look at ``now`` that found ``upcoming`` the earliest still waiting."""
+        latest = now + timedelta(seconds=self.poll_interval)
+        self._next = latest if upcoming is None else min(latest, upcoming)
+
+    def idle_wait(self) -> float:
+        """How long an idle lane waits: ``poll_interval``, or less to wake for the next look."""
+        if self._next is None:
+            return self.poll_interval
+        until = (self._next - utcnow()).total_seconds()
+        # Not below a hundredth of a second: a look in progress moves the time on.
+        return max(0.01, min(self.poll_interval, until))
 
 
 #: Longest time a relay working through a backlog goes without a claim from the start of
@@ -485,6 +554,7 @@ class _Lane:
         """One batch of each relayed group (:attr:`_Pass.full` if any batch was full)."""
         done = _Pass()
         try:
+            self.relay._release_due()
             for group in self.relay.groups or self._ready_groups():
                 done.add(self._run_once(group))
         except BaseException:

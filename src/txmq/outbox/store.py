@@ -9,6 +9,7 @@ where they differ, :mod:`txmq.sql.dialect` decides.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Row,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -35,12 +37,19 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from txmq.database import require_sync_engine, same_database, session_connection
 from txmq.database_errors import refusal
-from txmq.errors import RecordNotFound, WrongDatabase
+from txmq.errors import RecordNotFound, SchemaMissing, WrongDatabase
 from txmq.message import Message, restore_message
 from txmq.sql.dialect import DirectStatement, UniqueInsert, dialect_of
-from txmq.sql.schema import raises_schema_missing
+from txmq.sql.schema import (
+    UPGRADE_HINT,
+    is_missing_column,
+    raises_schema_missing,
+    upgrade_statements,
+)
 from txmq.sql.tables import OutboxTables
 from txmq.states import LocalTransactionState, RecordState
+
+log = logging.getLogger("txmq.outbox")
 
 #: How long transaction markers are kept at least, whatever the records' retention: a
 #: ROLLBACK marker is what makes a local transaction that starts after its check-back fail
@@ -84,6 +93,7 @@ class OutboxRecord:
     check_count: int
     publish_attempts: int
     check_after: datetime | None
+    deliver_at: datetime | None
     created_at: datetime
     updated_at: datetime
     tx_key: str | None
@@ -147,6 +157,9 @@ class OutboxStore:
         self._delete_sent = DirectStatement(delete(records).where(seqs))
         # Only the columns a READY record needs (the others have server defaults or are NULL).
         self._stage = DirectStatement(insert(records), column_keys=_STAGED_COLUMNS)
+        self._stage_delayed = DirectStatement(
+            insert(records), column_keys=(*_STAGED_COLUMNS, "deliver_at")
+        )
         self._insert_marker = UniqueInsert(
             tables.markers,
             key=tables.markers.c.tx_key,
@@ -154,18 +167,33 @@ class OutboxStore:
         )
 
     def check_schema(self) -> None:
-        """Raise :class:`~txmq.errors.SchemaMissing` unless both tables exist (one query of
-        no rows from each), or :class:`~txmq.errors.DatabaseRefused` if the database refuses
+        """Raise :class:`~txmq.errors.SchemaMissing` unless both tables exist with every
+        column (one query of no rows from each; a missing column is named with the DDL that
+        adds it), or :class:`~txmq.errors.DatabaseRefused` if the database refuses
         the connection (wrong password, no such role or database)."""
         try:
             with self.engine.connect() as connection:
                 for table in (self.tables.records, self.tables.markers):
                     connection.execute(select(table).limit(0)).close()
         except DBAPIError as exc:
+            if is_missing_column(exc):
+                raise self._lacking(exc) from exc
             refused = refusal(exc)
             if refused is None:
                 raise
             raise refused from exc
+
+    def _lacking(self, exc: DBAPIError) -> SchemaMissing:
+        """What tables made by an older txmq lack, with the DDL that adds it."""
+        try:
+            statements = upgrade_statements(self.engine, self.tables)
+        except Exception:  # the hint still says how; the database's error is the cause
+            log.debug("could not list the missing columns", exc_info=True)
+            statements = []
+        ddl = "; ".join(statements) or str(exc.orig).strip().splitlines()[0]
+        return SchemaMissing(
+            f"txmq's outbox tables lack what this version needs ({ddl}): {UPGRADE_HINT}"
+        )
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -206,17 +234,38 @@ class OutboxStore:
             )
         return connection
 
-    def stage(self, connection: Connection, messages: Sequence[Message], group: str) -> None:
-        """Insert READY records through ``connection`` inside the caller's transaction."""
+    def stage(
+        self,
+        connection: Connection,
+        messages: Sequence[Message],
+        group: str,
+        *,
+        deliver_at: datetime | None = None,
+    ) -> None:
+        """Insert READY records through ``connection`` inside the caller's transaction, or
+        DELAYED ones due at ``deliver_at`` (an aware datetime)."""
         if not messages:
             return  # an empty parameter list would run one INSERT of default values
-        rows = [self._values(m, group, RecordState.READY) for m in messages]
-        self._stage.run(connection, rows[0] if len(rows) == 1 else rows)
+        if deliver_at is None:
+            rows = [self._values(m, group, RecordState.READY) for m in messages]
+            self._stage.run(connection, rows[0] if len(rows) == 1 else rows)
+            return
+        rows = [
+            self._values(m, group, RecordState.DELAYED, deliver_at=deliver_at) for m in messages
+        ]
+        self._stage_delayed.run(connection, rows[0] if len(rows) == 1 else rows)
 
     def prepare(
-        self, message: Message, group: str, *, immunity: timedelta, tx_key: str | None = None
+        self,
+        message: Message,
+        group: str,
+        *,
+        immunity: timedelta,
+        tx_key: str | None = None,
+        deliver_at: datetime | None = None,
     ) -> None:
-        """Insert a PREPARED half record and commit it (durable before the local transaction)."""
+        """Insert a PREPARED half record and commit it (durable before the local transaction);
+        with ``deliver_at``, its COMMIT makes it DELAYED until then."""
         with self.engine.begin() as connection:
             connection.execute(
                 insert(self.tables.records),
@@ -226,6 +275,7 @@ class OutboxStore:
                     RecordState.PREPARED,
                     tx_key=tx_key,
                     check_after=utcnow() + immunity,
+                    deliver_at=deliver_at,
                 ),
             )
 
@@ -248,9 +298,13 @@ class OutboxStore:
         due: datetime | None = None,
     ) -> bool:
         """Move one record to ``to`` if it is in one of ``expected`` (and, with ``due``, if
-        its next check is due by then); return whether it moved."""
+        its next check is due by then); return whether it moved.
+
+        ``to`` READY means DELAYED for a record whose ``deliver_at`` is still to come.
+        """
         records = self.tables.records
-        values: dict[str, Any] = {"state": to.value, "updated_at": utcnow()}
+        now = utcnow()
+        values: dict[str, Any] = {"state": self._ready_or_delayed(to, now), "updated_at": now}
         if to is RecordState.READY:
             values["check_after"] = None
         if error is not None:
@@ -266,13 +320,28 @@ class OutboxStore:
         )
         return bool(result.rowcount == 1)
 
-    def settle(self, connection: Connection, message_id: str, to: RecordState) -> RecordState:
+    def _ready_or_delayed(self, to: RecordState, now: datetime) -> Any:
+        """The new state of a record moved to ``to``: for READY, DELAYED while its
+        ``deliver_at`` is still to come (NULL compares as not, so READY)."""
+        if to is not RecordState.READY:
+            return to.value
+        return case(
+            (self.tables.records.c.deliver_at > now, RecordState.DELAYED.value),
+            else_=RecordState.READY.value,
+        )
+
+    def settle(
+        self, connection: Connection, message_id: str, to: RecordState, *, delayed: bool = False
+    ) -> RecordState:
         """Move a PREPARED record to ``to``; return the state it ends in.
 
         That is ``to``, unless a check-back or an operator decided the record first: their
-        decision stands and is returned.
+        decision stands and is returned. ``delayed``: the record has a ``deliver_at``, so
+        READY may have been DELAYED (read back).
         """
-        if self.transition(connection, message_id, to):
+        if self.transition(connection, message_id, to) and not (
+            delayed and to is RecordState.READY
+        ):
             return to
         records = self.tables.records
         current = connection.execute(
@@ -301,6 +370,60 @@ class OutboxStore:
         ).scalar_one()
         return LocalTransactionState(stored)
 
+    # -- delayed messages ----------------------------------------------------------------
+
+    def cancel(self, connection: Connection, message_id: str, group: str) -> bool:
+        """Move ``group``'s DELAYED record ``message_id`` to CANCELLED through ``connection``
+        (the caller's transaction); False if there is none (unknown, of another group, not
+        delayed, already due and handed to the relays, or cancelled)."""
+        records = self.tables.records
+        moved = connection.execute(
+            update(records)
+            .where(
+                records.c.id == message_id,
+                records.c.producer_group == group,
+                records.c.state == RecordState.DELAYED.value,
+            )
+            .values(state=RecordState.CANCELLED.value, updated_at=utcnow())
+        ).rowcount
+        return bool(moved == 1)
+
+    def release_due(
+        self, group: str, *, now: datetime, limit: int = 10_000
+    ) -> tuple[int, datetime | None]:
+        """Move up to ``limit`` of ``group``'s DELAYED records due by ``now`` to READY, in a
+        transaction of its own; return how many moved, and when the earliest record still
+        DELAYED is due (None: none is).
+
+        Both statements read only the DELAYED index. A record keeps its sequence number, so
+        among its key's READY records it takes its place in staging order.
+        """
+        records = self.tables.records
+        delayed = [
+            records.c.state == RecordState.DELAYED.value,
+            records.c.producer_group == group,
+        ]
+        with self.engine.begin() as connection:
+            seqs = list(
+                connection.execute(
+                    select(records.c.seq)
+                    .where(*delayed, records.c.deliver_at <= now)
+                    .order_by(records.c.deliver_at)
+                    .limit(limit)
+                ).scalars()
+            )
+            if seqs:
+                connection.execute(
+                    update(records)
+                    # DELAYED still: a cancel may have committed since the select.
+                    .where(records.c.seq.in_(seqs), records.c.state == RecordState.DELAYED.value)
+                    .values(state=RecordState.READY.value, updated_at=utcnow())
+                )
+            upcoming = connection.execute(
+                select(records.c.deliver_at).where(*delayed).order_by(records.c.deliver_at).limit(1)
+            ).scalar()
+        return len(seqs), _aware(upcoming)
+
     # -- relay ---------------------------------------------------------------------------
 
     def ready_groups(self, connection: Connection) -> list[str]:
@@ -317,6 +440,22 @@ class OutboxStore:
             # aggregate over every entry above the last name.
             query = select(records.c.producer_group).where(
                 records.c.state == RecordState.READY.value
+            )
+            if found:
+                query = query.where(records.c.producer_group > found[-1])
+            group = connection.execute(query.order_by(records.c.producer_group).limit(1)).scalar()
+            if group is None:
+                return found
+            found.append(group)
+
+    def delayed_groups(self, connection: Connection) -> list[str]:
+        """The producer groups that have DELAYED records, in name order (one probe of the
+        DELAYED index per group, as :meth:`ready_groups`)."""
+        records = self.tables.records
+        found: list[str] = []
+        while True:
+            query = select(records.c.producer_group).where(
+                records.c.state == RecordState.DELAYED.value
             )
             if found:
                 query = query.where(records.c.producer_group > found[-1])
@@ -588,6 +727,7 @@ class OutboxStore:
             values |= {"check_count": 0, "check_after": utcnow()}
         elif to is RecordState.READY:
             values["check_after"] = None
+        values["state"] = self._ready_or_delayed(to, values["updated_at"])
         expected_values = [s.value for s in expected]
         where = [records.c.id == message_id, records.c.state.in_(expected_values)]
         if group is not None:
@@ -637,26 +777,28 @@ class OutboxStore:
         groups: Collection[str] | None = None,
         batch: int = 5000,
     ) -> int:
-        """Delete SENT and ROLLED_BACK records of ``groups`` (None: of every group) older than
-        ``older_than``, and markers older than that and :data:`MARKER_RETENTION` whose record
-        is no longer PREPARED (markers belong to no group: a marker outlives its record)."""
+        """Delete SENT, ROLLED_BACK and CANCELLED records of ``groups`` (None: of every
+        group) older than ``older_than``, and markers older than that and
+        :data:`MARKER_RETENTION` whose record is no longer PREPARED (markers belong to no
+        group: a marker outlives its record)."""
         records, markers = self.tables.records, self.tables.markers
         cutoff = utcnow() - older_than
         done = 0
         finished = [RecordState.SENT.value, RecordState.ROLLED_BACK.value]
-        while True:
-            with self.engine.begin() as connection:
-                victims = select(records.c.seq).where(
-                    records.c.state.in_(finished), records.c.updated_at < cutoff
-                )
-                if groups is not None:
-                    victims = victims.where(records.c.producer_group.in_(groups))
-                victims = victims.limit(batch)
-                seqs = list(connection.execute(victims).scalars())
-                if not seqs:
-                    break
-                connection.execute(delete(records).where(records.c.seq.in_(seqs)))
-                done += len(seqs)
+        # Two conditions, each the predicate of its own partial index.
+        cancelled = records.c.state == RecordState.CANCELLED.value
+        for ended in (records.c.state.in_(finished), cancelled):
+            while True:
+                with self.engine.begin() as connection:
+                    victims = select(records.c.seq).where(ended, records.c.updated_at < cutoff)
+                    if groups is not None:
+                        victims = victims.where(records.c.producer_group.in_(groups))
+                    victims = victims.limit(batch)
+                    seqs = list(connection.execute(victims).scalars())
+                    if not seqs:
+                        break
+                    connection.execute(delete(records).where(records.c.seq.in_(seqs)))
+                    done += len(seqs)
         with self.engine.begin() as connection:
             still_pending = select(records.c.tx_key).where(
                 records.c.tx_key.is_not(None), records.c.state == RecordState.PREPARED.value
@@ -695,6 +837,7 @@ class OutboxStore:
             check_count=m["check_count"],
             publish_attempts=m["publish_attempts"],
             check_after=_aware(m["check_after"]),
+            deliver_at=_aware(m["deliver_at"]),
             created_at=created,
             updated_at=updated,
             tx_key=m["tx_key"],

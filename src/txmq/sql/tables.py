@@ -75,7 +75,8 @@ class OutboxTables:
         records: one row per outbox / half message. ``seq`` orders publishing; ``state`` is a
             :class:`~txmq.states.RecordState`; ``tx_key`` is set for self-answering half
             messages; ``check_after`` is when the next check-back (PREPARED) or publish attempt
-            (READY) is due.
+            (READY) is due; ``deliver_at`` is when a delayed message is due (NULL: at once),
+            kept while it is PREPARED or DELAYED.
         markers: transaction markers of self-answering half messages: ``tx_key`` is unique;
             ``outcome`` is ``COMMIT`` (written first thing by the local transaction) or
             ``ROLLBACK`` (written by a check-back that found the key free).
@@ -116,6 +117,7 @@ def make_outbox_tables(
         Column("check_count", Integer, nullable=False, server_default=text("0")),
         Column("publish_attempts", Integer, nullable=False, server_default=text("0")),
         Column("check_after", _UTC, nullable=True),
+        Column("deliver_at", _UTC, nullable=True),
         Column("created_at", _UTC, nullable=False),
         Column("updated_at", _UTC, nullable=False),
         Column("last_error", Text, nullable=True),
@@ -142,6 +144,19 @@ def make_outbox_tables(
         records.c.check_after,
     )
     _partial_index(f"ix_{records_name}_finished", finished, records.c.updated_at)
+    # Delayed records wait outside the READY indexes, so that however many wait, a claim
+    # reads none of them; a relay finds the due ones through this index.
+    _partial_index(
+        f"ix_{records_name}_delayed",
+        records.c.state == RecordState.DELAYED.value,
+        records.c.producer_group,
+        records.c.deliver_at,
+    )
+    _partial_index(
+        f"ix_{records_name}_cancelled",
+        records.c.state == RecordState.CANCELLED.value,
+        records.c.updated_at,
+    )
     _notify_relays_on_ready(records)
     markers = Table(
         markers_name,

@@ -5,6 +5,7 @@ txmq runs them on ``memory://``, RabbitMQ and Kafka; an adapter of your own (reg
 
 - ``adapter``: publish, consume, ack, redelivery, competing consumers, per-key order;
 - ``producer``: staged and half messages, check-back, relays, crashes, SQLite outboxes;
+- ``delayed``: delayed messages: due time, relay restarts, cancel, wake-up, per-key order;
 - ``consumer``: inbox, retries, DLQ, compensation, graceful stop, batches;
 - ``dlq``: listing, replaying and purging dead letters, and the ``txmq dlq`` CLI;
 - ``refusals``: messages the broker refuses, at stage or as FAILED records;
@@ -44,7 +45,16 @@ import pytest
 from txmq.testing.contract.features import Features, requirements_of, requires
 
 #: The suites, by module name.
-SUITES = ("adapter", "producer", "consumer", "dlq", "refusals", "unbound_topics", "tracing")
+SUITES = (
+    "adapter",
+    "producer",
+    "delayed",
+    "consumer",
+    "dlq",
+    "refusals",
+    "unbound_topics",
+    "tracing",
+)
 
 #: The fixture every suite test takes: the URL of the adapter under test.
 URL_FIXTURE = "broker_url"
