@@ -188,6 +188,18 @@ class Shop:
         with Session(self.engine) as session, session.begin():
             return orchestrator.begin(session, order, saga_id=f"order-{order.order_id}")
 
+    def timeout_states(self, orchestrator: Orchestrator[Order]) -> dict[str, int]:
+        """The outbox states of the orchestrator's timeout messages, counted."""
+        records = orchestrator.producer.tables.records
+        topic = orchestrator.definition.timeout_topic
+        with self.engine.connect() as connection:
+            query = (
+                select(records.c.state, func.count())
+                .where(records.c.topic == topic)
+                .group_by(records.c.state)
+            )
+            return {state: int(count) for state, count in connection.execute(query)}
+
     def rows(self, table: Table) -> set[int]:
         with self.engine.connect() as connection:
             return {row[0] for row in connection.execute(select(table.c.order_id))}

@@ -19,6 +19,7 @@ import txmq
 from txmq.saga import (
     Orchestrator,
     SagaState,
+    abort_saga,
     retry_saga,
 )
 from txmq.testing import wait_for
@@ -62,6 +63,8 @@ def test_orders_complete_or_fail_with_every_effect_compensated(shop: Shop) -> No
         ("inventory", "failed"),
         ("payment", "compensated"),
     ]
+    # Every step's timeout (a delayed message) was cancelled by the step's reply.
+    assert shop.timeout_states(orchestrator) == {"CANCELLED": 9}
     assert orchestrator.get(ok[0]).results["payment"] == {"charged": 10}
     assert orchestrator.data_of(orchestrator.get(ok[1])) == Order(2, 20)
 
@@ -85,6 +88,20 @@ def test_a_timed_out_step_is_compensated_and_its_late_action_is_a_no_op(shop: Sh
     wait_for(lambda: actions.stats.processed >= 2, what="the late actions")
     assert shop.rows(shop.reservations) == set()
     assert _state(orchestrator, saga_id) is SagaState.FAILED
+
+
+def test_an_operator_aborts_a_running_saga_and_its_done_steps_are_compensated(
+    shop: Shop,
+) -> None:
+    shop.participants(late=("shipping",))
+    orchestrator = shop.orchestrator(shop.definition())
+    saga_id = shop.begin(orchestrator, Order(11, 110))
+    wait_for(lambda: orchestrator.get(saga_id).step_index == 2, what="the saga at shipping")
+    abort_saga(shop.engine, shop.sagas, saga_id)
+    wait_for(lambda: _state(orchestrator, saga_id) is SagaState.FAILED, what="the abort")
+    assert shop.rows(shop.payments) == set()
+    assert shop.rows(shop.reservations) == set()
+    assert "aborted by an operator" in (orchestrator.get(saga_id).last_error or "")
 
 
 def test_a_compensation_that_keeps_failing_parks_the_saga_until_retried(shop: Shop) -> None:

@@ -107,7 +107,7 @@ def test_retry_and_abort_hand_the_saga_to_the_orchestrator(store: SagaStore, dat
     code, out, _ = saga("retry", "parked", "--json", database=database)
     assert code == 0
     retried = json.loads(out)
-    assert (retried["state"], retried["attempt"], retried["deadline"] is not None) == (
+    assert (retried["state"], retried["attempt"], retried["nudged_at"] is not None) == (
         "COMPENSATING",
         0,
         True,

@@ -86,6 +86,8 @@ class SagaDefinition(Generic[D]):
         steps: the steps, run in order; compensated in reverse.
         data: the data's type.
         reply_topic: where participants reply (default ``<name>.saga-replies``).
+        timeout_topic: where the step timeouts (delayed messages) go (default
+            ``<name>.saga-timeouts``).
 
     Raises:
         InvalidMessage: the name is not valid.
@@ -110,6 +112,7 @@ class SagaDefinition(Generic[D]):
     steps: Sequence[Step]
     data: type[D]
     reply_topic: str = ""
+    timeout_topic: str = ""
     _index: Mapping[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -123,6 +126,8 @@ class SagaDefinition(Generic[D]):
         object.__setattr__(self, "_index", {name: n for n, name in enumerate(names)})
         reply_topic = self.reply_topic or f"{self.name}.saga-replies"
         object.__setattr__(self, "reply_topic", validate_name(reply_topic, "topic"))
+        timeout_topic = self.timeout_topic or f"{self.name}.saga-timeouts"
+        object.__setattr__(self, "timeout_topic", validate_name(timeout_topic, "topic"))
 
     def index_of(self, step: str) -> int | None:
         """The position of the step named ``step``; None if there is none."""

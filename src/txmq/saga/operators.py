@@ -1,5 +1,6 @@
 """What an operator does to a saga instance, without its definition (``txmq saga``): the
-orchestrator's timeout loop carries it out at its next pass."""
+request is written on the saga row, and the orchestrator's operator loop carries it out at
+its next pass."""
 
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ def retry_saga(engine: Engine, table: Table, saga_id: str) -> SagaInstance:
         if instance is None or instance.state is not SagaState.PARKED:
             raise SagaNotFound(f"no PARKED saga {saga_id!r}")
         instance.state = SagaState.COMPENSATING
-        # attempt 0 + due now: the timeout loop's retry sends attempt 1 again.
+        # attempt 0: the orchestrator's retry sends attempt 1 again, with a fresh budget.
         instance.attempt = 0
-        instance.deadline = datetime.now(UTC)
+        instance.nudged_at = datetime.now(UTC)
         instance.note(_step(instance), instance.op, "retried by an operator")
         store.save(connection, instance)
         return instance
@@ -50,7 +51,7 @@ def abort_saga(engine: Engine, table: Table, saga_id: str) -> SagaInstance:
         else:
             instance.op = ABORT
         instance.state = SagaState.COMPENSATING
-        instance.deadline = datetime.now(UTC)
+        instance.nudged_at = datetime.now(UTC)
         instance.note(_step(instance), instance.op, "abort asked by an operator")
         store.save(connection, instance)
         return instance

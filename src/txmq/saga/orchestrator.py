@@ -4,9 +4,9 @@ per step.
 A reply is consumed through the inbox (the orchestrator's handler on its consumer), and in
 that same transaction the instance is updated and the next command staged through the
 outbox, so a crash anywhere leaves either the old step (the reply is redelivered) or the new
-one (its command is in the outbox). Timeouts are the rows' deadlines
-(:mod:`txmq.saga.timeouts`), handled by a supervised loop that any number of orchestrator
-instances run.
+one (its command is in the outbox). A step's timeout is a delayed message staged with its
+command (:mod:`txmq.saga.timeouts`) and consumed by the same consumer; operators' retries
+and aborts are carried out by a supervised loop that any number of orchestrators run.
 """
 
 from __future__ import annotations
@@ -46,12 +46,12 @@ class Orchestrator(Generic[D]):
 
     Args:
         definition: the saga.
-        consumer: the orchestrator's consumer group; the orchestrator registers the handler
-            of the definition's reply topic on it (start the consumer yourself).
+        consumer: the orchestrator's consumer group; the orchestrator registers the handlers
+            of the definition's reply and timeout topics on it (start it yourself).
         producer: stages the commands; its engine is the orchestrator's database, where the
             consumer's inbox and the saga table live too.
         table: the saga table from :func:`~txmq.saga.make_saga_table`.
-        poll_interval: how often the timeout loop looks for timed-out steps.
+        poll_interval: how often the operator loop looks for retries and aborts asked.
 
     Raises:
         ConfigurationError: the consumer and the producer use different databases, or the
@@ -87,11 +87,12 @@ class Orchestrator(Generic[D]):
         self.consumer = consumer
         self.producer = producer
         self.store = SagaStore(producer.engine, table)
-        self.timeouts = StepTimeouts(self.store)
+        self.timeouts = StepTimeouts(producer, definition.timeout_topic)
         self.poll_interval = poll_interval
         self._stop = threading.Event()
         self._loop: SupervisedLoop | None = None
         consumer.add_handler(definition.reply_topic, self._on_reply)
+        consumer.add_handler(definition.timeout_topic, self._on_timeout)
 
     # -- starting a saga ----------------------------------------------------------------
 
@@ -124,41 +125,44 @@ class Orchestrator(Generic[D]):
     # -- the loops ----------------------------------------------------------------------
 
     def start(self) -> Orchestrator[D]:
-        """Start the timeout loop in a daemon thread (replies are handled by the consumer).
-        It survives database and broker outages; :meth:`health` says whether it died."""
+        """Start the operator loop in a daemon thread (replies and timeouts are handled by
+        the consumer). It survives database outages; :meth:`health` says whether it died."""
         if self._loop is None or not self._loop.alive:
             self._stop.clear()
             self._loop = SupervisedLoop(
                 name=f"txmq-saga-{self.definition.name}",
-                step=lambda: self.check_timeouts() > 0,
+                step=lambda: self.run_operator_requests() > 0,
                 stop=self._stop,
                 idle=lambda: self._stop.wait(self.poll_interval),
             ).start()
         return self
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Stop the timeout loop."""
+        """Stop the operator loop."""
         self._stop.set()
         if self._loop is not None:
             self._loop.join(timeout)
 
     def health(self) -> Health:
-        """How the timeout loop is doing (see :mod:`txmq.supervision`)."""
+        """How the operator loop is doing (see :mod:`txmq.supervision`)."""
         return health_of([self._loop] if self._loop is not None else [])
 
-    def check_timeouts(self, limit: int = 50) -> int:
-        """Handle up to ``limit`` timed-out steps (and operators' retries and aborts) in one
-        transaction; return how many."""
+    def run_operator_requests(self, limit: int = 50) -> int:
+        """Carry out up to ``limit`` retries and aborts operators asked for
+        (:func:`~txmq.saga.retry_saga`, :func:`~txmq.saga.abort_saga`) in one transaction;
+        return how many."""
         with Session(self.store.engine) as session, session.begin():
             connection = session.connection()
             handled = 0
-            for saga_id in self.timeouts.due(connection, limit):
+            for saga_id in self.store.nudged(connection, limit):
                 instance = self.store.lock(connection, saga_id)
-                if instance is None or instance.state not in ACTIVE_STATES:
+                if instance is None or instance.nudged_at is None:
                     continue
                 if instance.saga_name != self.definition.name:
                     continue
-                self._time_out(session, instance)
+                instance.nudged_at = None
+                if instance.state in ACTIVE_STATES:
+                    self._time_out(session, instance)
                 self.store.save(connection, instance)
                 handled += 1
             return handled
@@ -212,6 +216,21 @@ class Orchestrator(Generic[D]):
             )
         self.store.save(connection, instance)
 
+    def _on_timeout(self, message: Message, session: Session) -> None:
+        connection = session.connection()
+        instance = self.store.lock(connection, message.headers.get(HEADER_SAGA_ID, ""))
+        if (
+            instance is None
+            or instance.saga_name != self.definition.name
+            or instance.state not in ACTIVE_STATES
+            or instance.timeout_id != message.id
+        ):
+            # Cancelled too late (the saga moved on in the meantime): nothing to do.
+            return
+        instance.timeout_id = None  # it fired: there is nothing left to cancel
+        self._time_out(session, instance)
+        self.store.save(connection, instance)
+
     def _action_replied(
         self,
         session: Session,
@@ -232,7 +251,7 @@ class Orchestrator(Generic[D]):
             if index + 1 < len(self.definition.steps):
                 self._send(session, instance, index + 1, ACTION, 1)
             else:
-                self._end(instance, SagaState.COMPLETED)
+                self._end(session, instance, SagaState.COMPLETED)
             return
         instance.last_error = f"step {step.name} failed: {error}"
         instance.note(step.name, ACTION, "failed", error=str(error))
@@ -289,7 +308,7 @@ class Orchestrator(Generic[D]):
         instance.note(step.name, COMPENSATION, "parked", attempt=instance.attempt)
         COMPENSATIONS.labels(self.definition.name, step.name, "parked").inc()
         log.warning("saga %s parked: %s", instance.id, instance.last_error)
-        self._end(instance, SagaState.PARKED)
+        self._end(session, instance, SagaState.PARKED)
 
     def _compensate_from(self, session: Session, instance: SagaInstance, index: int) -> None:
         """Send the compensation of the last step at or before ``index`` that has one, or
@@ -299,7 +318,7 @@ class Orchestrator(Generic[D]):
                 instance.state = SagaState.COMPENSATING
                 self._send(session, instance, candidate, COMPENSATION, 1)
                 return
-        self._end(instance, SagaState.FAILED)
+        self._end(session, instance, SagaState.FAILED)
 
     def _send(
         self, session: Session, instance: SagaInstance, index: int, op: str, attempt: int
@@ -311,7 +330,7 @@ class Orchestrator(Generic[D]):
         if attempt == 1:
             instance.step_started_at = datetime.now(UTC)
         instance.step_index, instance.op, instance.attempt = index, op, attempt
-        self.timeouts.schedule(instance, step)
+        self.timeouts.schedule(session, instance, step)
         message = command_message(
             topic=topic,
             saga_id=instance.id,
@@ -323,7 +342,7 @@ class Orchestrator(Generic[D]):
         )
         self.producer.stage(session, message)
 
-    def _end(self, instance: SagaInstance, state: SagaState) -> None:
+    def _end(self, session: Session, instance: SagaInstance, state: SagaState) -> None:
         instance.state = state
-        self.timeouts.cancel(instance)
+        self.timeouts.cancel(session, instance)
         SAGAS_ENDED.labels(self.definition.name, state.value).inc()

@@ -26,7 +26,9 @@ class SagaInstance:
         step_index: the step whose command is outstanding (or was last).
         op: ``action`` or ``compensation``: which of that step's commands.
         attempt: how often that command was sent.
-        deadline: when the orchestrator gives up waiting for the reply (None when done).
+        deadline: when the outstanding command times out (None when done).
+        timeout_id: the id of the delayed timeout message of the outstanding command.
+        nudged_at: when an operator asked for a retry or an abort not yet carried out.
         data: the saga data (JSON).
         results: each step's reply result, by step name.
         history: what happened, oldest first (dicts with ``at``, ``step``, ``op``, ``event``).
@@ -43,6 +45,8 @@ class SagaInstance:
     attempt: int
     deadline: datetime | None
     data: dict[str, Any]
+    timeout_id: str | None = None
+    nudged_at: datetime | None = None
     results: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     last_error: str | None = None
@@ -66,6 +70,8 @@ class SagaInstance:
             "op": self.op,
             "attempt": self.attempt,
             "deadline": self.deadline.isoformat() if self.deadline else None,
+            "timeout_id": self.timeout_id,
+            "nudged_at": self.nudged_at.isoformat() if self.nudged_at else None,
             "data": self.data,
             "results": self.results,
             "history": self.history,
@@ -107,14 +113,14 @@ class SagaStore:
         row = connection.execute(query).first()
         return None if row is None else _instance(row)
 
-    def due(self, connection: Connection, now: datetime, limit: int) -> list[str]:
-        """Ids of active instances whose deadline has passed, skipping those locked by
-        another orchestrator."""
+    def nudged(self, connection: Connection, limit: int) -> list[str]:
+        """Ids of active instances an operator asked to retry or abort, skipping those
+        locked by another orchestrator."""
         c = self.table.c
         query = (
             select(c.id)
-            .where(c.deadline <= now, c.state.in_([s.value for s in ACTIVE_STATES]))
-            .order_by(c.deadline)
+            .where(c.nudged_at.is_not(None), c.state.in_([s.value for s in ACTIVE_STATES]))
+            .order_by(c.nudged_at)
             .limit(limit)
         )
         return [row[0] for row in connection.execute(self.sql.claim_lock(query))]
@@ -154,6 +160,8 @@ class SagaStore:
             "op": instance.op,
             "attempt": instance.attempt,
             "deadline": instance.deadline,
+            "timeout_id": instance.timeout_id,
+            "nudged_at": instance.nudged_at,
             "data": json.dumps(instance.data, separators=(",", ":")),
             "results": json.dumps(instance.results, separators=(",", ":")),
             "history": json.dumps(instance.history, separators=(",", ":")),
@@ -175,6 +183,8 @@ def _instance(row: Row[Any]) -> SagaInstance:
         op=m["op"],
         attempt=m["attempt"],
         deadline=_aware(m["deadline"]),
+        timeout_id=m["timeout_id"],
+        nudged_at=_aware(m["nudged_at"]),
         data=json.loads(m["data"]),
         results=json.loads(m["results"]),
         history=json.loads(m["history"]),

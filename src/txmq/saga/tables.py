@@ -52,8 +52,9 @@ def make_saga_table(
 
     One row per saga instance: its state (:class:`~txmq.saga.SagaState`), the step it is at
     and whether that step's action or compensation is outstanding, the attempt, the
-    deadline of the outstanding command, the saga data and step results (JSON) and the
-    history of what happened (JSON).
+    deadline of the outstanding command and the id of its delayed timeout message, when an
+    operator asked for a retry or an abort (``nudged_at``), the saga data and step results
+    (JSON) and the history of what happened (JSON).
 
     Example:
         >>> make_saga_table(MetaData(), prefix="shop_").name
@@ -73,6 +74,8 @@ def make_saga_table(
         Column("op", String(16), nullable=False),
         Column("attempt", Integer, nullable=False, server_default=text("1")),
         Column("deadline", _UTC, nullable=True),
+        Column("timeout_id", String(64), nullable=True),
+        Column("nudged_at", _UTC, nullable=True),
         Column("data", Text, nullable=False),
         Column("results", Text, nullable=False, server_default=text("'{}'")),
         Column("history", Text, nullable=False, server_default=text("'[]'")),
@@ -83,7 +86,7 @@ def make_saga_table(
         Column("updated_at", _UTC, nullable=False),
         schema=schema,
     )
-    Index(f"ix_{name}_deadline", table.c.deadline)
+    Index(f"ix_{name}_nudged", table.c.nudged_at)
     Index(f"ix_{name}_state", table.c.state, table.c.updated_at)
     return table
 
