@@ -170,6 +170,6 @@ COMPENSATIONS = _metric(
 SAGAS = _metric(
     "Gauge",
     "txmq_sagas",
-    "Saga instances by state, as last sampled.",
-    ["saga_table", "state"],
+    "Saga instances by saga name and state (sampled).",
+    ["saga", "state"],
 )

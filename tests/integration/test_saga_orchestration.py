@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from saga_shop import Order, Shop  # next to this file: pytest puts its folder on sys.path
 from sqlalchemy import Engine
 
 import txmq
+from txmq.metrics import SagaSampler
 from txmq.saga import (
     Orchestrator,
     SagaState,
@@ -37,6 +39,10 @@ def shop(broker_url: str, txmq_engine: Engine, unique: Callable[[str], str]) -> 
         for close in reversed(shop.closers):
             close()
         broker.close()
+
+
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def _state(orchestrator: Orchestrator[Order], saga_id: str) -> SagaState:
@@ -63,6 +69,16 @@ def test_orders_complete_or_fail_with_every_effect_compensated(shop: Shop) -> No
         ("inventory", "failed"),
         ("payment", "compensated"),
     ]
+    name = orchestrator.definition.name
+    counts = SagaSampler(store=orchestrator.store).sample()[name]
+    assert {s: n for s, n in counts.items() if n} == {SagaState.COMPLETED: 2, SagaState.FAILED: 1}
+    assert REGISTRY.get_sample_value("txmq_sagas", {"saga": name, "state": "COMPLETED"}) == 2
+    assert _metric("txmq_saga_ended_total", saga=name, state="FAILED") == 1
+    assert _metric("txmq_saga_compensations_total", saga=name, step="payment", outcome="done") == 1
+    assert (
+        _metric("txmq_saga_step_duration_seconds_count", saga=name, step="shipping", op="action")
+        == 2
+    )
     # Every step's timeout (a delayed message) was cancelled by the step's reply.
     assert shop.timeout_states(orchestrator) == {"CANCELLED": 9}
     assert orchestrator.get(ok[0]).results["payment"] == {"charged": 10}

@@ -144,12 +144,15 @@ class SagaStore:
         with self.engine.connect() as connection:
             return [_instance(row) for row in connection.execute(query)]
 
-    def count_by_state(self) -> dict[str, int]:
-        """How many instances are in each state (for the metrics sampler)."""
+    def count_by_state(self) -> dict[str, dict[SagaState, int]]:
+        """How many instances of each saga name are in each state (every state present)."""
         c = self.table.c
+        counts: dict[str, dict[SagaState, int]] = {}
         with self.engine.connect() as connection:
-            rows = connection.execute(select(c.state, func.count()).group_by(c.state))
-            return {state: int(count) for state, count in rows}
+            query = select(c.saga_name, c.state, func.count()).group_by(c.saga_name, c.state)
+            for name, state, count in connection.execute(query):
+                counts.setdefault(name, dict.fromkeys(SagaState, 0))[SagaState(state)] = count
+        return counts
 
     @staticmethod
     def _values(instance: SagaInstance) -> dict[str, Any]:
