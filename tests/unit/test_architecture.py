@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("txmq", "txmq.aio", "txmq.metrics", "txmq.schema_check", "txmq.unroutable"),
     ("txmq.process", "txmq.doctor"),
     ("txmq.testing",),
-    ("txmq.cli", "txmq.demo", "txmq.chaos"),
+    ("txmq.cli", "txmq.demo", "txmq.chaos", "txmq.saga.demo"),
     ("txmq.testing.contract",),
 ]
 
