@@ -12,11 +12,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 from saga_shop import Order, Shop  # next to this file: pytest puts its folder on sys.path
 from sqlalchemy import Engine
 
 import txmq
+from txmq import tracing
 from txmq.metrics import SagaSampler
 from txmq.saga import (
     Orchestrator,
@@ -186,3 +191,31 @@ def test_a_sigkilled_orchestrator_is_resumed_by_another_instance(
             ("inventory", "succeeded"),
             ("shipping", "succeeded"),
         ]
+
+
+@pytest.fixture
+def exporter(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
+    sdk = TracerProvider()
+    memory = InMemorySpanExporter()
+    sdk.add_span_processor(SimpleSpanProcessor(memory))
+    monkeypatch.setattr(tracing, "_OTEL", (propagate, trace, sdk.get_tracer("txmq")))
+    return memory
+
+
+def test_a_sagas_steps_are_spans_of_one_trace(shop: Shop, exporter: InMemorySpanExporter) -> None:
+    shop.participants()
+    orchestrator = shop.orchestrator(shop.definition())
+    saga_id = shop.begin(orchestrator, Order(12, 120))
+    wait_for(lambda: _state(orchestrator, saga_id) is SagaState.COMPLETED, what="completion")
+    spans = exporter.get_finished_spans()
+    steps = [s for s in spans if (s.attributes or {}).get("txmq.saga.id") == saga_id]
+    assert [s.name for s in steps] == [
+        "saga payment action",
+        "saga begin " + orchestrator.definition.name,
+        "saga inventory action",
+        "saga shipping action",
+    ]
+    (trace_id,) = {s.context.trace_id for s in steps}
+    charged = [s for s in spans if s.name == f"process {shop.topics['charge']}"]
+    shipped = [s for s in spans if s.name == f"process {shop.topics['ship']}"]
+    assert [s.context.trace_id for s in charged + shipped] == [trace_id, trace_id]

@@ -30,6 +30,7 @@ from txmq.saga.store import SagaInstance, SagaStore
 from txmq.saga.timeouts import StepTimeouts
 from txmq.supervision import Health, SupervisedLoop, health_of
 from txmq.telemetry import COMPENSATIONS, SAGAS_ENDED, STEP_DURATION
+from txmq.tracing import saga_span
 from txmq.wire.headers import HEADER_SAGA_ID, HEADER_SAGA_OP, HEADER_SAGA_OUTCOME, HEADER_SAGA_STEP
 
 log = logging.getLogger("txmq.saga")
@@ -118,7 +119,15 @@ class Orchestrator(Generic[D]):
             updated_at=now,
         )
         instance.note(self.definition.steps[0].name, ACTION, "started")
-        self._send(session, instance, 0, ACTION, 1)
+        with saga_span(
+            f"begin {self.definition.name}",
+            saga=self.definition.name,
+            saga_id=instance.id,
+            traceparent=None,
+        ) as context:
+            # The saga's trace: every later step's span is a child of this one.
+            instance.trace_context = context
+            self._send(session, instance, 0, ACTION, 1)
         self.store.insert(session.connection(), instance)
         return instance.id
 
@@ -330,7 +339,6 @@ class Orchestrator(Generic[D]):
         if attempt == 1:
             instance.step_started_at = datetime.now(UTC)
         instance.step_index, instance.op, instance.attempt = index, op, attempt
-        self.timeouts.schedule(session, instance, step)
         message = command_message(
             topic=topic,
             saga_id=instance.id,
@@ -340,7 +348,14 @@ class Orchestrator(Generic[D]):
             data=instance.data,
             reply_to=self.definition.reply_topic,
         )
-        self.producer.stage(session, message)
+        with saga_span(
+            f"{step.name} {op}",
+            saga=self.definition.name,
+            saga_id=instance.id,
+            traceparent=instance.trace_context,
+        ):
+            self.timeouts.schedule(session, instance, step)
+            self.producer.stage(session, message)
 
     def _end(self, session: Session, instance: SagaInstance, state: SagaState) -> None:
         instance.state = state
