@@ -45,7 +45,8 @@ class SagaProgress:
         saga_id: the saga.
         saga_name: its name.
         status: ``COMPLETED``, ``FAILED`` or ``IN_PROGRESS``.
-        events: its events in the order the tracker saw them.
+        events: its events in the order they were created (their UUIDv7 ids; within a
+            millisecond, events staged by different processes may come out swapped).
     """
 
     saga_id: str
@@ -136,7 +137,9 @@ def progress_of(
     """The progress of ``saga_id`` from the tracker's ``table``; None if it has no event.
     Without ``completed`` / ``failed`` topics the status stays ``IN_PROGRESS``."""
     c = table.c
-    query = select(table).where(c.saga_id == saga_id).order_by(c.seen_at, c.message_id)
+    # By message id: UUIDv7s sort by creation time, so the events come out in the order
+    # they were staged, whatever order the tracker received them in from several topics.
+    query = select(table).where(c.saga_id == saga_id).order_by(c.message_id)
     with engine.connect() as connection:
         rows = list(connection.execute(query))
     if not rows:
