@@ -138,3 +138,19 @@ class RecordNotFound(TxmqError, LookupError):
 class WorkerBusy(TxmqError):
     """Another relay or check-back worker of the same producer groups holds the SQLite
     database (where only one may work at a time); this one stands by."""
+
+
+class SagaError(TxmqError):
+    """A saga cannot be started, advanced or operated on as asked."""
+
+
+class SagaNotFound(SagaError, LookupError):
+    """No saga instance has the given id (or it is not in a state the operation accepts)."""
+
+
+class StepFailed(SagaError):
+    """Raised by a saga participant's action to say "this step failed for good" (a business
+    failure such as "out of stock"): the action's effects are rolled back, the failure is
+    recorded by the barrier and replied to the orchestrator, which compensates the steps
+    done before it. Any other exception is a technical failure: the consumer retries it.
+    """

@@ -13,7 +13,9 @@ seconds; each sets gauges of :mod:`txmq.telemetry` (no-ops without prometheus-cl
 * ``txmq_dlq_depth{group, topic}`` (:class:`DeadLetterSampler`): the letters waiting in
   each dead-letter queue, where the broker can tell (see :meth:`txmq.Adapter.queue_depth`);
 * ``txmq_consumer_lag{group, topic}`` (:class:`ConsumerLagSampler`): what each consumer
-  group has yet to take (see :meth:`txmq.Adapter.consumer_lag`).
+  group has yet to take (see :meth:`txmq.Adapter.consumer_lag`);
+* ``txmq_sagas{saga, state}`` (:class:`SagaSampler`): the orchestrated saga instances by
+  saga name and :class:`~txmq.saga.SagaState` (one ``GROUP BY`` over the saga table).
 """
 
 from __future__ import annotations
@@ -34,9 +36,18 @@ from txmq.database_errors import is_outage, refusal
 from txmq.errors import ConfigurationError, DatabaseUnavailable
 from txmq.message import validate_name
 from txmq.outbox.store import OutboxStore, utcnow
+from txmq.saga.definition import SagaState
+from txmq.saga.store import SagaStore
 from txmq.sql.schema import as_schema_missing
 from txmq.states import RecordState
-from txmq.telemetry import CONSUMER_LAG, DLQ_DEPTH, OUTBOX_OLDEST_AGE, OUTBOX_RECORDS, Metric
+from txmq.telemetry import (
+    CONSUMER_LAG,
+    DLQ_DEPTH,
+    OUTBOX_OLDEST_AGE,
+    OUTBOX_RECORDS,
+    SAGAS,
+    Metric,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +224,31 @@ def _age(now: datetime, staged: datetime | None) -> float | None:
     return max(0.0, (now - staged).total_seconds())
 
 
+class SagaSampler:
+    """Samples the saga instances of a saga table into ``txmq_sagas{saga, state}``."""
+
+    def __init__(self, *, store: SagaStore) -> None:
+        self.store = store
+
+    def sample(self) -> dict[str, dict[SagaState, int]]:
+        """Count the instances per saga name and state, set the gauges, return the counts.
+
+        Raises:
+            DatabaseUnavailable: the database cannot be reached (the gauges keep their
+                last values).
+            DatabaseRefused: the database refused the connection.
+            SchemaMissing: the saga table does not exist.
+        """
+        try:
+            found = self.store.count_by_state()
+        except DBAPIError as exc:
+            raise _database_error(exc) from exc
+        for saga, counts in found.items():
+            for state, count in counts.items():
+                SAGAS.labels(saga, state.value).set(count)
+        return found
+
+
 def _database_error(exc: DBAPIError) -> Exception:
     missing = as_schema_missing(exc)
     if missing is not None:
@@ -230,5 +266,6 @@ __all__ = [
     "DeadLetterSampler",
     "GroupSample",
     "OutboxSampler",
+    "SagaSampler",
     "oldest_staged",
 ]

@@ -207,3 +207,29 @@ READY = _metric(
     "1 while the process's readiness check passes, else 0.",
     ["process"],
 )
+# -- sagas (txmq.saga) -------------------------------------------------------------------
+
+SAGAS_ENDED = _metric(
+    "Counter",
+    "txmq_saga_ended",
+    "Saga instances that reached COMPLETED, FAILED or PARKED.",
+    ["saga", "state"],
+)
+STEP_DURATION = _metric(
+    "Histogram",
+    "txmq_saga_step_duration_seconds",
+    "From sending a step's command (first attempt) to its reply.",
+    ["saga", "step", "op"],
+)
+COMPENSATIONS = _metric(
+    "Counter",
+    "txmq_saga_compensations",
+    "Compensations that completed (done) or gave up (parked).",
+    ["saga", "step", "outcome"],
+)
+SAGAS = _metric(
+    "Gauge",
+    "txmq_sagas",
+    "Saga instances by saga name and state (sampled).",
+    ["saga", "state"],
+)

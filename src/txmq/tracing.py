@@ -308,3 +308,37 @@ def check_span(message: Message, *, group: str, count: int) -> Iterator[Callable
 
 def _ignore_result(result: str) -> None:
     """Where nothing traces, a check-back's answer has nowhere to go."""
+
+
+@contextlib.contextmanager
+def saga_span(
+    operation: str, *, saga: str, saga_id: str, traceparent: str | None
+) -> Iterator[str | None]:
+    """A span of saga ``saga_id`` (named ``saga <operation>``), current inside the block:
+    the child of the saga's trace (``traceparent``, the context its first span carried), or
+    of the current span when the saga has none yet. Yields the span's own ``traceparent``,
+    which :class:`~txmq.saga.Orchestrator` keeps with the saga, so that every step, whichever
+    process or thread advances it, is a span of one trace. Without OpenTelemetry it yields
+    ``traceparent`` unchanged.
+    """
+    otel = _otel()
+    if otel is None:
+        yield traceparent
+        return
+    propagate, trace, tracer = otel
+    parent = propagate.extract({"traceparent": traceparent}) if traceparent else None
+    attributes = {"txmq.saga.name": saga, "txmq.saga.id": saga_id}
+    with tracer.start_as_current_span(
+        f"saga {operation}",
+        context=parent,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        try:
+            yield carrier.get("traceparent", traceparent)
+        except BaseException as exc:
+            _fail(span, trace, exc)
+            raise

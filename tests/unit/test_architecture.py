@@ -24,10 +24,11 @@ LAYERS: list[tuple[str, ...]] = [
     ("txmq.adapters", "txmq.sql", "txmq.database", "txmq.database_errors"),
     ("txmq.supervision", "txmq.telemetry", "txmq.tracing"),
     ("txmq.outbox", "txmq.consumer"),
+    ("txmq.saga",),
     ("txmq", "txmq.aio", "txmq.metrics", "txmq.schema_check", "txmq.unroutable"),
     ("txmq.process", "txmq.doctor"),
     ("txmq.testing",),
-    ("txmq.cli", "txmq.demo", "txmq.chaos"),
+    ("txmq.cli", "txmq.demo", "txmq.chaos", "txmq.saga.demo"),
     ("txmq.testing.contract",),
 ]
 

@@ -31,6 +31,7 @@ LAZY_GROUPS = {
         "app",
         "Start, stop and list RabbitMQ, Kafka, PostgreSQL and MariaDB for tests.",
     ),
+    "saga": ("txmq.cli.saga", "app", "List, show, retry and abort sagas."),
 }
 
 
@@ -105,6 +106,13 @@ app.command()(chaos)
 
 @app.command()
 def demo(
+    flow: Annotated[
+        str | None,
+        typer.Argument(
+            help="'saga': the order saga, orchestrated and choreographed, with its invariant "
+            "report (needs --broker); none: every flow of txmq.",
+        ),
+    ] = None,
     broker: Annotated[
         list[str] | None,
         typer.Option(
@@ -129,6 +137,16 @@ def demo(
     ] = False,
 ) -> None:
     """Run every txmq flow on each broker, each checked; exit 1 unless all pass."""
+    if flow == "saga":
+        from txmq.saga.demo import run as run_saga
+
+        if not broker:
+            typer.echo("error: txmq demo saga needs --broker URL (repeatable)", err=True)
+            raise typer.Exit(2)
+        raise typer.Exit(run_saga(broker, database, as_json=as_json))
+    if flow is not None:
+        typer.echo(f"error: unknown demo {flow!r}; try 'saga'", err=True)
+        raise typer.Exit(2)
     from txmq.demo import run
 
     raise typer.Exit(run(broker, database, as_json=as_json))

@@ -83,6 +83,24 @@ HEADER_COMPENSATES = "x-txmq-compensates"
 #: ``Compensation``.
 HEADER_ORIGINAL_TOPIC = "x-txmq-original-topic"
 
+# -- sagas (written by txmq.saga's orchestrator, participants and choreography) ----------
+
+#: The saga instance a command, reply or choreography event belongs to. Written by the
+#: orchestrator on commands, by participants on replies and by choreography steps on the
+#: events they stage; read by participants (their barrier), the orchestrator and the tracker.
+HEADER_SAGA_ID = "x-txmq-saga-id"
+#: The saga's name (its definition). Written with ``x-txmq-saga-id``; read by the tracker.
+HEADER_SAGA_NAME = "x-txmq-saga-name"
+#: The step a command or reply is about (the barrier's branch). Written by the orchestrator
+#: and echoed by participants; read by both.
+HEADER_SAGA_STEP = "x-txmq-saga-step"
+#: ``action`` or ``compensation``. Written by the orchestrator; echoed on replies.
+HEADER_SAGA_OP = "x-txmq-saga-op"
+#: The topic a participant replies to. Written by the orchestrator; read by participants.
+HEADER_SAGA_REPLY_TO = "x-txmq-saga-reply-to"
+#: ``success`` or ``failure``. Written by participants on replies; read by the orchestrator.
+HEADER_SAGA_OUTCOME = "x-txmq-saga-outcome"
+
 # -- broker-specific ---------------------------------------------------------------------
 
 #: On a Kafka DLQ settlement marker: the offset (decimal) of the letter it settles. Written
