@@ -101,7 +101,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_async_engine(database_url)
-        producer = AsyncProducer(
+        # open(): connecting to the broker happens in a thread, not on the event loop.
+        producer = await AsyncProducer.open(
             group=f"{prefix}orders", engine=engine, broker=broker_url, tables=schema.outbox
         )
         consumer = AsyncConsumer(
