@@ -547,3 +547,62 @@ def test_a_handler_heavy_load_never_blocks_the_event_loop(
     slow_txmq = [text for text in slow.messages if "txmq" in text]
     assert from_txmq == [], f"{from_txmq}; slow callbacks of txmq's tasks: {slow_txmq}"
     assert len(database.ids("cart")) == count
+
+
+def test_async_dead_letters_on_a_broker_url_connect_off_the_loop_and_close(
+    broker_url: str, unique: Callable[[str], str]
+) -> None:
+    """Given a URL, AsyncDeadLetters connects in its thread (the loop's thread makes no
+    broker call), lists, shows, replays and purges, and closes its connection; a missing
+    DLQ and a bad name are typed errors."""
+    from txmq.aio import AsyncDeadLetters
+    from txmq.wire import dead_letter_copy
+
+    topology = txmq.Topology(unique("billing"), unique("invoices").replace("-", "_"))
+    adapter = txmq.connect(broker_url)
+    adapter.declare([topology])
+    letters = [txmq.Message(topology.topic, b"%d" % n) for n in range(2)]
+    with adapter.publisher() as publisher:
+        for letter in letters:
+            copy = dead_letter_copy(
+                letter,
+                group=topology.group,
+                error_type="builtins.ValueError",
+                error_message="bad",
+                attempt=1,
+                now=1_700_000_000,
+            )
+            assert all(o.ok for o in publisher.send_to_queue(topology.dead_letter_queue, [copy]))
+    connected_on: list[str] = []
+    connect = txmq.adapters.connect
+
+    def watched_connect(*args: Any, **kwargs: Any) -> Any:
+        connected_on.append("loop" if _on_loop_thread() else "thread")
+        return connect(*args, **kwargs)
+
+    async def scenario() -> None:
+        dlq = AsyncDeadLetters(broker_url, group=topology.group, topic=topology.topic)
+        async with dlq:
+            assert sorted(x.message.id for x in await dlq.list(timeout=15)) == sorted(
+                m.id for m in letters
+            )
+            shown = await dlq.show(letters[0].id, timeout=15)
+            assert shown is not None
+            assert shown.error_type == "builtins.ValueError"
+            assert (await dlq.replay([letters[0].id], timeout=15)).replayed == [letters[0].id]
+            assert await dlq.purge() == 1
+            assert await dlq.list(timeout=5) == []
+        missing = AsyncDeadLetters(broker_url, group=unique("nobody"), topic="t.evt")
+        with pytest.raises(txmq.QueueNotFound):
+            await missing.list(timeout=5)
+        await missing.close()
+        with pytest.raises(txmq.InvalidMessage):
+            AsyncDeadLetters(broker_url, group="no spaces", topic="t.evt")
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("txmq.consumer.dlq.connect", watched_connect)
+            asyncio.run(scenario())
+    finally:
+        adapter.close()
+    assert connected_on == ["thread", "thread"]
