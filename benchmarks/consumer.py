@@ -8,11 +8,14 @@ not counted):
   100 messages; Kafka, confluent-kafka committing synchronously per poll of 1000;
 * PostgreSQL's single-row commit rate (one INSERT + COMMIT per row, raw psycopg);
 * txmq per-message mode (the defaults: one database transaction, the inbox row, per
-  message, one worker) and batch mode (``batch_size=500, prefetch=1000``).
+  message, one worker) and batch mode (``batch_size=500, prefetch=1000``);
+* ``txmq.aio.AsyncConsumer`` per message, against the synchronous per-message figure
+  (:mod:`benchmarks.aio`).
 
 The txmq handlers do nothing, so the inbox row is the one write per message, like the
 PostgreSQL baseline's row, and the figures are txmq's own cost. Targets: batch >= 0.5x the
-raw consumer; per-message >= 0.8x PostgreSQL's single-row commit rate.
+raw consumer; per-message >= 0.8x PostgreSQL's single-row commit rate; async per-message
+>= 0.8x the synchronous per-message figure.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 import txmq
-from benchmarks import database
+from benchmarks import aio, database
 from benchmarks.environment import remove_topologies
 from benchmarks.harness import CpuClock, Rate, Results, Target, alternate, wait
 
@@ -105,6 +108,13 @@ def consumer_section(
         target=Target(0.8, "ratio"),
     )
     results.figure(
+        f"{p}.async_per_message",
+        f"txmq AsyncConsumer ({broker}), per message",
+        "msg/s",
+        baseline=f"{p}.per_message",
+        target=Target(0.8, "ratio"),
+    )
+    results.figure(
         f"cpu.consumer.{broker}.per_message",
         f"txmq consumer ({broker}), per message: CPU per 1,000",
         "s",
@@ -143,6 +153,10 @@ def consumer_section(
             f"cpu.consumer.{broker}.per_message": rate.cpu_per_1000,
         }
 
+    def async_per_message_run() -> dict[str, float]:
+        rate = aio.async_consumer_rate(adapter, engine, unique(), per_message)
+        return {f"{p}.async_per_message": rate.per_second}
+
     def batch_run() -> dict[str, float]:
         rate = txmq_consumer(adapter, engine, unique(), count, **BATCH)
         return {f"{p}.batch": rate.per_second, f"cpu.consumer.{broker}.batch": rate.cpu_per_1000}
@@ -155,6 +169,7 @@ def consumer_section(
                 "txmq batch": batch_run,
                 "PostgreSQL commits": pg_commits,
                 "txmq per message": per_message_run,
+                "txmq async per message": async_per_message_run,
             },
             results,
         )

@@ -4,7 +4,9 @@
   connection (the floor of a consumer that writes one inbox row per message).
 * Staging cost: a one-row business transaction plus ``Producer.stage`` of one message,
   against the same transaction plus one plain INSERT of the same row into a plain table
-  with the outbox's columns, primary key and unique id (the floor: one more statement).
+  with the outbox's columns, primary key and unique id (the floor: one more statement);
+  and ``AsyncProducer.stage`` in an ``AsyncSession`` against ``Producer.stage``
+  (:mod:`benchmarks.aio`).
 * WAL bytes per message (``pg_current_wal_lsn()`` before and after) and dead tuples per
   message (updates plus deletes counted on the outbox table). WAL is counted for the whole
   server, so other work on a shared server adds to it: the minimum over rounds is the
@@ -37,6 +39,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 import txmq
+from benchmarks import aio
 from benchmarks.harness import Results, Target, alternate
 
 
@@ -129,6 +132,14 @@ def staging_section(results: Results, engine: Engine, count: int, body: bytes, r
         baseline="staging.plain_insert",
         target=Target(1.1, "ratio"),
     )
+    results.figure(
+        "staging.async_stage",
+        "AsyncSession tx + await AsyncProducer.stage()",
+        "us/tx",
+        better="lower",
+        baseline="staging.stage",
+        target=Target(1.1, "ratio"),
+    )
     orders, rows = plain_tables(MetaData())
     producer = txmq.Producer(group="bench-stage", engine=engine)
 
@@ -148,6 +159,11 @@ def staging_section(results: Results, engine: Engine, count: int, body: bytes, r
                 "plain insert": lambda: {
                     "staging.plain_insert": business_transactions(
                         engine, orders, count, plain_insert
+                    )
+                },
+                "async stage": lambda: {
+                    "staging.async_stage": aio.async_business_transactions(
+                        engine, orders, count, body
                     )
                 },
             },

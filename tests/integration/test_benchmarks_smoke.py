@@ -27,9 +27,12 @@ def expected_figures(broker: str) -> set[str]:
     }
     names |= {f"relay.{broker}.history_vs_naive", f"cpu.relay.{broker}", f"cpu.raw.{broker}"}
     names |= {f"wal.{broker}", f"wal.{broker}.plain_row", f"dead_tuples.{broker}"}
-    names |= {f"consumer.{broker}.{name}" for name in ("raw", "pg_commits", "batch", "per_message")}
+    names |= {
+        f"consumer.{broker}.{name}"
+        for name in ("raw", "pg_commits", "batch", "per_message", "async_per_message")
+    }
     names |= {f"cpu.consumer.{broker}.{name}" for name in ("raw", "batch", "per_message")}
-    names |= {"staging.stage", "staging.plain_insert"}
+    names |= {"staging.stage", "staging.plain_insert", "staging.async_stage"}
     for rate in (300, 1000):
         names |= {f"latency.{broker}.{rate}.{p}" for p in ("p50", "p99", "p99.9", "achieved")}
         names |= {f"latency.{broker}.{rate}.{where}_backlog" for where in ("outbox", "broker")}
@@ -46,7 +49,9 @@ TARGETED = {
     "relay.{b}.history": True,
     "consumer.{b}.batch": True,
     "consumer.{b}.per_message": True,
+    "consumer.{b}.async_per_message": True,
     "staging.stage": True,
+    "staging.async_stage": True,
     "latency.{b}.1000.p99": False,
     "latency.{b}.1000.p99.9": False,
     "checkback.{b}.median": False,

@@ -6,18 +6,21 @@
 * :class:`AsyncConsumer`: ``async def handler(message, async_session)`` in one transaction
   with the inbox row, with the retries, dead-lettering and compensation of
   :class:`txmq.Consumer`; ``await run()``, or ``start()``/``stop()`` in a lifespan.
+* :class:`AsyncDeadLetters`: list, show, replay and purge a group's DLQ, awaited.
 
 Needs ``txmq[asyncio]`` (greenlet) and an asyncio database driver (asyncpg, psycopg,
 aiosqlite). Broker I/O (pika, confluent-kafka) runs in threads of txmq's, never on the loop.
 """
 
 from txmq.aio.consumer import AsyncCompensationHandler, AsyncConsumer, AsyncHandler
+from txmq.aio.dlq import AsyncDeadLetters
 from txmq.aio.producer import AsyncChecker, AsyncExecutor, AsyncProducer
 
 __all__ = [
     "AsyncChecker",
     "AsyncCompensationHandler",
     "AsyncConsumer",
+    "AsyncDeadLetters",
     "AsyncExecutor",
     "AsyncHandler",
     "AsyncProducer",

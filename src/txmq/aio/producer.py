@@ -19,6 +19,7 @@ the ``txmq worker`` process; an async checker is awaited on the event loop that 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -71,8 +72,9 @@ class AsyncProducer:
             :class:`txmq.Producer`.
         threads: most blocking calls (half messages in flight, operator queries) at once.
 
-    Construction is synchronous and may ask a Kafka broker its message size limit once
-    (within its connect timeout): make the producer at startup, not per request.
+    Construction is synchronous: it connects to a broker URL and asks a Kafka broker its
+    message size limit once (each within the connect timeout). On a running event loop,
+    make it with ``await AsyncProducer.open(...)``, which does that in a thread.
 
     Raises:
         ConfigurationError: ``engine`` is not an ``AsyncEngine``, or no synchronous driver is
@@ -124,6 +126,16 @@ class AsyncProducer:
         )
         self.group = self.producer.group
         self._threads = Threads(name=f"txmq-aio-producer-{self.group}", size=threads)
+
+    @classmethod
+    async def open(cls, **options: Any) -> Self:
+        """``AsyncProducer(**options)``, made in a thread so that connecting to the broker
+        and asking Kafka its size limit do not hold up the event loop.
+
+        Raises:
+            what the constructor raises.
+        """
+        return await asyncio.to_thread(functools.partial(cls, **options))
 
     # -- outbox mode -----------------------------------------------------------------------
 

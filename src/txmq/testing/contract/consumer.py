@@ -1,6 +1,8 @@
 """Consumer contract: the same scenarios on every adapter (``broker_url``), PostgreSQL.
 
-Every test uses its own group, topic and tables, so it can run next to anyone else's.
+Every test uses its own group, topic and tables, so it can run next to anyone else's, and
+runs on both APIs (``api``): :class:`txmq.Consumer`, and :class:`txmq.aio.AsyncConsumer`
+through asyncpg with the scenario's handlers awaited as ``async def`` ones.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from txmq.consumer import (
 )
 from txmq.message import Message
 from txmq.testing import wait_for
+from txmq.testing.contract.apis import Api
 from txmq.testing.contract.features import Features, requires
 
 pytestmark = [pytest.mark.broker, pytest.mark.database, pytest.mark.slow]
@@ -57,16 +60,19 @@ class Env:
     group: str
     topic: str
     suffix: str
+    api: Api
 
     def consumer(self, group: str | None = None, **kwargs: object) -> Consumer:
+        """A consumer of the test's API (an ``AsyncConsumer`` used as a ``Consumer``)."""
         kwargs.setdefault("poll_interval", 0.2)
-        return Consumer(
+        made: Consumer = self.api.consumer(
             broker=self.adapter,
             engine=self.engine,
             group=group or self.group,
             inbox=self.inbox,
-            **kwargs,  # type: ignore[arg-type]
+            **kwargs,
         )
+        return made
 
     def record(self, message: Message, session: Session) -> None:
         session.execute(
@@ -87,7 +93,7 @@ class Env:
 
 
 @pytest.fixture
-def env(broker_url: str, database_url: str) -> Iterator[Env]:
+def env(broker_url: str, database_url: str, api: Api) -> Iterator[Env]:
     suffix = uuid.uuid4().hex[:10]
     metadata = MetaData()
     inbox = make_inbox_table(metadata, name=f"inbox_{suffix}")
@@ -108,7 +114,9 @@ def env(broker_url: str, database_url: str) -> Iterator[Env]:
     metadata.create_all(engine)
     adapter = txmq.connect(broker_url)
     try:
-        yield Env(adapter, engine, inbox, applied, accounts, f"g{suffix}", f"t{suffix}.evt", suffix)
+        yield Env(
+            adapter, engine, inbox, applied, accounts, f"g{suffix}", f"t{suffix}.evt", suffix, api
+        )
     finally:
         adapter.close()
         metadata.drop_all(engine)

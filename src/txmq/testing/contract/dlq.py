@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -22,6 +23,7 @@ from txmq.cli import dlq as cli
 from txmq.consumer import DeadLetters
 from txmq.errors import QueueNotFound
 from txmq.message import Message
+from txmq.testing.contract.apis import Api
 from txmq.testing.contract.features import Features, requires
 from txmq.wire import dead_letter_copy
 
@@ -68,8 +70,11 @@ class Parked:
                     pass
         return originals
 
-    def dead_letters(self) -> DeadLetters:
-        return DeadLetters(self.adapter, group=self.group, topic=self.topic)
+    def dead_letters(self, api: Api | None = None) -> Any:
+        """The group's :class:`DeadLetters` on ``api`` (the synchronous one by default)."""
+        if api is None:
+            return DeadLetters(self.adapter, group=self.group, topic=self.topic)
+        return api.dead_letters(self.adapter, group=self.group, topic=self.topic)
 
     def listed(self, **kwargs: bool) -> list[str]:
         with self.dead_letters() as dlq:
@@ -106,19 +111,19 @@ def ids(messages: list[Message]) -> list[str]:
     return [m.id for m in messages]
 
 
-def test_a_replayed_letter_is_listed_no_more(parked: Parked) -> None:
+def test_a_replayed_letter_is_listed_no_more(parked: Parked, api: Api) -> None:
     a, b, c = parked.park(3)
     assert parked.listed() == ids([a, b, c])  # oldest first, on both brokers
-    with parked.dead_letters() as dlq:
+    with parked.dead_letters(api) as dlq:
         result = dlq.replay([b.id], timeout=15)
     assert result.replayed == [b.id]
     assert parked.listed() == ids([a, c])
     assert parked.sent_back() == [b.id]
 
 
-def test_selective_replay_then_replay_all_sends_each_letter_once(parked: Parked) -> None:
+def test_selective_replay_then_replay_all_sends_each_letter_once(parked: Parked, api: Api) -> None:
     letters = parked.park(4)
-    with parked.dead_letters() as dlq:
+    with parked.dead_letters(api) as dlq:
         assert dlq.replay([letters[2].id], timeout=15).replayed == [letters[2].id]
         everything = dlq.replay(timeout=15)
         again = dlq.replay(timeout=15)
@@ -128,9 +133,9 @@ def test_selective_replay_then_replay_all_sends_each_letter_once(parked: Parked)
     assert parked.sent_back() == sorted(ids(letters))  # each exactly once
 
 
-def test_replayed_letters_are_replayed_again_only_when_asked(parked: Parked) -> None:
+def test_replayed_letters_are_replayed_again_only_when_asked(parked: Parked, api: Api) -> None:
     a, b = parked.park(2)
-    with parked.dead_letters() as dlq:
+    with parked.dead_letters(api) as dlq:
         dlq.replay([a.id], timeout=15)
         asked = dlq.replay([a.id], include_replayed=True, timeout=15)
     if parked.features.dead_letters_stay_after_replay:
@@ -146,9 +151,9 @@ def test_replayed_letters_are_replayed_again_only_when_asked(parked: Parked) -> 
     assert parked.listed() == [b.id]
 
 
-def test_purged_letters_are_listed_no_more(parked: Parked) -> None:
+def test_purged_letters_are_listed_no_more(parked: Parked, api: Api) -> None:
     a, *_ = parked.park(3)
-    with parked.dead_letters() as dlq:
+    with parked.dead_letters(api) as dlq:
         dlq.replay([a.id], timeout=15)
         assert dlq.purge() == 2  # the letters still listed, on both brokers
         assert dlq.list(timeout=15, include_replayed=True) == []
@@ -157,11 +162,11 @@ def test_purged_letters_are_listed_no_more(parked: Parked) -> None:
     assert parked.sent_back() == [a.id]
 
 
-def test_a_missing_dlq_is_a_typed_error(broker_url: str) -> None:
+def test_a_missing_dlq_is_a_typed_error(broker_url: str, api: Api) -> None:
     adapter = txmq.connect(broker_url)
     group, topic = f"nobody{uuid.uuid4().hex[:10]}", "orders.created"
     try:
-        with DeadLetters(adapter, group=group, topic=topic) as dlq:
+        with api.dead_letters(adapter, group=group, topic=topic) as dlq:
             for call in (
                 lambda: dlq.list(timeout=5),
                 lambda: dlq.show("some-id", timeout=5),
@@ -247,12 +252,12 @@ def test_cli_on_a_missing_dlq_prints_one_line_and_fails(
 
 
 def test_replay_reports_its_progress_chunk_by_chunk(
-    parked: Parked, monkeypatch: pytest.MonkeyPatch
+    parked: Parked, api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("txmq.consumer.dlq.REPLAY_CHUNK", 2)
     letters = parked.park(5)
     reported: list[tuple[int, int]] = []
-    with parked.dead_letters() as dlq:
+    with parked.dead_letters(api) as dlq:
         result = dlq.replay(timeout=15, progress=lambda done, total: reported.append((done, total)))
     assert result.replayed == ids(letters)
     assert reported == [(0, 5), (2, 5), (4, 5), (5, 5)]

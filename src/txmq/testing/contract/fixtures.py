@@ -1,6 +1,7 @@
-"""Fixtures the suites share: an adapter on the URL under test, and an engine on the test
-database. A suite imports them, so :func:`~txmq.testing.contract.expose` hands them to the
-test module with the suite's own."""
+"""Fixtures the suites share: an adapter on the URL under test, an engine on the test
+database, and the API a scenario drives (``api``: sync or async, see :mod:`.apis`). A suite
+imports them, so :func:`~txmq.testing.contract.expose` hands them to the test module with
+the suite's own."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from sqlalchemy import Engine, create_engine
 
 import txmq
+from txmq.testing.contract.apis import api
 
 
 @pytest.fixture
@@ -28,4 +30,4 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-__all__ = ["broker", "engine"]
+__all__ = ["api", "broker", "engine"]

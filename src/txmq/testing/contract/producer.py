@@ -1,6 +1,9 @@
 """The transactional producer, written once and run on every adapter (memory, RabbitMQ, Kafka).
 
-A message is published if and only if its local transaction committed.
+A message is published if and only if its local transaction committed. The scenarios that
+take ``api`` run on :class:`txmq.Producer` and on :class:`txmq.aio.AsyncProducer` (staging
+in an ``AsyncSession``, ``async def`` executors and checkers, through asyncpg or aiosqlite);
+those that kill a process run on the synchronous API only.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import txmq
 from txmq.outbox import CheckBackPolicy, Producer, make_outbox_tables
 from txmq.states import LocalTransactionState, RecordState
 from txmq.testing import wait_for
+from txmq.testing.contract.apis import Api
 from txmq.testing.contract.features import Features, requires
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
@@ -81,30 +85,39 @@ def nothing_more(broker: txmq.Adapter, group: str, topic: str, *, wait: float = 
 
 
 def producer_for(
-    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, **kw: object
+    engine: Engine,
+    metadata: MetaData,
+    prefix: str,
+    broker: txmq.Adapter,
+    api: Api | None = None,
+    **kw: object,
 ) -> Producer:
-    return Producer(
-        group=f"orders-{prefix.strip('_')}",
-        engine=engine,
-        broker=broker,
-        tables=make_outbox_tables(metadata, prefix=prefix),
-        **kw,  # type: ignore[arg-type]
-    )
+    """The group's producer on ``api`` (an ``AsyncProducer`` used as a ``Producer``), or
+    the synchronous one."""
+    options: dict[str, object] = {
+        "group": f"orders-{prefix.strip('_')}",
+        "broker": broker,
+        "tables": make_outbox_tables(metadata, prefix=prefix),
+        **kw,
+    }
+    if api is None:
+        return Producer(engine=engine, **options)  # type: ignore[arg-type]
+    made: Producer = api.producer(engine=engine, **options)
+    return made
 
 
 def test_staged_messages_exist_only_if_committed_and_reach_every_group(
-    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str
+    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str, api: Api
 ) -> None:
     declare(broker, topic, "cart", "billing")
-    producer = producer_for(engine, metadata, prefix, broker)
+    producer = producer_for(engine, metadata, prefix, broker, api)
     orders = metadata.tables[f"{prefix}orders"]
-    with Session(engine) as session:
-        session.begin()
+    with api.transaction(engine) as session:
         session.execute(insert(orders).values(id=1))
         producer.stage(session, txmq.Message(topic, b"rolled back"))
         session.rollback()
     committed = [txmq.Message(topic, f"order {i}".encode(), key=f"c{i % 3}") for i in range(20)]
-    with Session(engine) as session, session.begin():
+    with api.transaction(engine) as session:
         session.execute(insert(orders).values(id=2))
         producer.stage(session, *committed)
     assert producer.relay().drain() == 20
@@ -120,7 +133,7 @@ def test_staged_messages_exist_only_if_committed_and_reach_every_group(
 
 
 def test_half_message_outcomes(
-    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str
+    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str, api: Api
 ) -> None:
     """COMMIT, ROLLBACK, UNKNOWN then COMMIT, UNKNOWN then ROLLBACK, executor raises,
     checker raises, limit reached -> PARKED then resumed: exactly the committed ones arrive."""
@@ -141,6 +154,7 @@ def test_half_message_outcomes(
         metadata,
         prefix,
         broker,
+        api,
         checker=checker,
         check_policy=CheckBackPolicy(
             immunity=NOW, interval=timedelta(milliseconds=1), max_checks=2
@@ -184,10 +198,10 @@ def test_half_message_outcomes(
 
 
 def test_self_answering_local_transaction(
-    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str
+    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str, api: Api
 ) -> None:
     declare(broker, topic, "cart")
-    producer = producer_for(engine, metadata, prefix, broker)
+    producer = producer_for(engine, metadata, prefix, broker, api)
     orders = metadata.tables[f"{prefix}orders"]
     ok = producer.send_in_local_transaction(
         txmq.Message(topic, b"ok"), lambda s: s.execute(insert(orders).values(id=1))
@@ -303,22 +317,22 @@ def test_relay_killed_between_confirm_and_mark_republishes_with_the_same_id(
 
 
 def test_oversized_and_foreign_session_are_rejected_and_nothing_is_written(
-    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str
+    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str, api: Api
 ) -> None:
-    producer = producer_for(engine, metadata, prefix, broker)
+    producer = producer_for(engine, metadata, prefix, broker, api)
     too_big = txmq.Message(topic, b"x" * (broker.max_body_bytes + 1))
     with pytest.raises(txmq.MessageTooLarge):
         producer.send_in_transaction(too_big, lambda m, a: COMMIT, None)
-    with Session(engine) as session, session.begin(), pytest.raises(txmq.MessageTooLarge):
+    with api.transaction(engine) as session, pytest.raises(txmq.MessageTooLarge):
         producer.stage(session, too_big)
     sqlite = create_engine("sqlite://")
-    with Session(sqlite) as session, pytest.raises(txmq.WrongDatabase):
+    with api.transaction(sqlite) as session, pytest.raises(txmq.WrongDatabase):
         producer.stage(session, txmq.Message(topic, b"x"))
     assert producer.store.counts() == {}
 
 
 def test_two_relays_and_two_check_backs_publish_once_in_key_order(
-    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str
+    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str, api: Api
 ) -> None:
     declare(broker, topic, "cart")
     producer = producer_for(
@@ -326,10 +340,11 @@ def test_two_relays_and_two_check_backs_publish_once_in_key_order(
         metadata,
         prefix,
         broker,
+        api,
         checker=lambda m, c: COMMIT,
         check_policy=QUICK_CHECKS,
     )
-    with Session(engine) as session, session.begin():
+    with api.transaction(engine) as session:
         producer.stage(
             session,
             *(txmq.Message(topic, str(i).encode(), key=f"k{i % 7}") for i in range(600)),
@@ -393,19 +408,21 @@ def test_a_native_half_message_is_invisible_until_committed(
 
 
 def test_a_relay_leaves_another_groups_records_ready(
-    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str
+    engine: Engine, metadata: MetaData, prefix: str, broker: txmq.Adapter, topic: str, api: Api
 ) -> None:
     """Group B's relay is not running: group A's relay does not publish B's records, and
     B's earlier record with the same topic and key does not hold A's back."""
     declare(broker, topic, "cart")
     tables = make_outbox_tables(metadata, prefix=prefix)
     ours, theirs = (
-        Producer(group=f"{name}-{prefix.strip('_')}", engine=engine, broker=broker, tables=tables)
+        api.producer(
+            group=f"{name}-{prefix.strip('_')}", engine=engine, broker=broker, tables=tables
+        )
         for name in ("a", "b")
     )
     theirs_message = txmq.Message(topic, b"b's", key="customer-1")
     ours_message = txmq.Message(topic, b"a's", key="customer-1")
-    with Session(engine) as session, session.begin():
+    with api.transaction(engine) as session:
         theirs.stage(session, theirs_message)
         ours.stage(session, ours_message)
     assert ours.relay().drain() == 1
@@ -533,7 +550,7 @@ def outbox(
 
 
 def test_a_check_back_never_decides_a_record_whose_executor_runs(
-    outbox: tuple[Engine, str], broker: txmq.Adapter, topic: str
+    outbox: tuple[Engine, str], broker: txmq.Adapter, topic: str, api: Api
 ) -> None:
     """Immunity 0 and a checker that says ROLLBACK (the order does not exist yet): while the
     executor runs, check-backs of other instances of the group decide nothing; its COMMIT
@@ -543,8 +560,8 @@ def test_a_check_back_never_decides_a_record_whose_executor_runs(
     tables = make_outbox_tables(MetaData(), prefix=prefix)
     checked: list[str] = []
 
-    def instance() -> Producer:
-        return Producer(
+    def instance(on: Api) -> Producer:
+        made: Producer = on.producer(
             group="orders",
             engine=engine,
             broker=broker,
@@ -552,8 +569,11 @@ def test_a_check_back_never_decides_a_record_whose_executor_runs(
             checker=lambda m, c: checked.append(m.id) or ROLLBACK,  # type: ignore[func-returns-value]
             check_policy=QUICK_CHECKS,
         )
+        return made
 
-    producer, others = instance(), [instance() for _ in range(2)]
+    # The other instances are synchronous: an async executor runs on the event loop, where
+    # awaiting another async producer's check-back from synchronous code cannot be done.
+    producer, others = instance(api), [instance(Api("sync")) for _ in range(2)]
     looked_at: list[int] = []
 
     def executor(message: txmq.Message, arg: None) -> LocalTransactionState:
