@@ -21,6 +21,7 @@ from txmq.chaos.scenario import (
     KILL_IN_EXECUTOR,
 )
 from txmq.chaos.schedule import PlannedFault
+from txmq.outbox.relay import KILL_AFTER_CONFIRM
 
 #: How long an armed process may take to reach its kill point.
 KILL_POINT_TIMEOUT = 90.0
@@ -164,6 +165,7 @@ INJECTORS: dict[str, Callable[[Rig, PlannedFault], Injected]] = {
     schedule.PRODUCER_IN_EXECUTOR: _kill_point("bank", KILL_IN_EXECUTOR),
     schedule.PRODUCER_AFTER_LOCAL_COMMIT: _kill_point("bank", KILL_AFTER_LOCAL_COMMIT),
     schedule.RELAY: _kill_relay,
+    schedule.RELAY_AFTER_CONFIRM: _kill_point("worker", KILL_AFTER_CONFIRM),
     schedule.CONSUMER_BEFORE_DB_COMMIT: _kill_point("consumer", KILL_BEFORE_DB_COMMIT),
     schedule.CONSUMER_AFTER_DB_COMMIT: _kill_point("consumer", KILL_AFTER_DB_COMMIT),
     schedule.BROKER_KILL: _server_fault("broker", _kill_server),

@@ -51,6 +51,7 @@ class FinalState:
         dead_letters: the message ids in the crediting group's DLQ.
         opening: every account's opening balance.
         balances: every account's balance at the end.
+        inbox_duplicates: deliveries the inbox stopped before the handler.
     """
 
     committed: Mapping[str, Committed]
@@ -60,6 +61,7 @@ class FinalState:
     dead_letters: Sequence[str]
     opening: Mapping[str, int]
     balances: Mapping[str, int]
+    inbox_duplicates: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ class Invariants:
     order_violations: int
     stalls: int
     redeliveries: int
+    #: Raw duplicate deliveries: copies of an applied message the inbox stopped.
+    inbox_duplicates: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -118,6 +122,7 @@ class Invariants:
             "order_violations": self.order_violations,
             "stalls": self.stalls,
             "redeliveries": self.redeliveries,
+            "inbox_duplicates": self.inbox_duplicates,
             "examples": self.examples,
         }
 
@@ -188,6 +193,7 @@ def check(
         order_violations=len(violations),
         stalls=stalls,
         redeliveries=redeliveries,
+        inbox_duplicates=state.inbox_duplicates,
         examples=examples,
     )
 

@@ -16,7 +16,7 @@ from txmq import DeadLetters, RecordState, connect, create_schema, redact
 from txmq.adapters.registry import parse_broker_url
 from txmq.chaos import faults as injectors
 from txmq.chaos import schedule as schedules
-from txmq.chaos.history import Operation, read_deliveries, read_history
+from txmq.chaos.history import Operation, read_deliveries, read_duplicates, read_history
 from txmq.chaos.invariants import Committed, Credit, FinalState, Invariants, check
 from txmq.chaos.report import BrokerRun, FaultResult, Report
 from txmq.chaos.rig import PrivateServer, Rig, services
@@ -174,6 +174,7 @@ class _Run:
             dead_letters=self.dead_letters(),
             opening=dict.fromkeys(ACCOUNTS, OPENING_BALANCE),
             balances=balances,
+            inbox_duplicates=read_duplicates(Path(self.scenario.run_dir)),
         )
 
     def dead_letters(self) -> list[str]:

@@ -14,6 +14,7 @@ SCHEDULES = ("short", "long", "cluster")
 PRODUCER_IN_EXECUTOR = "sigkill-producer-in-executor"
 PRODUCER_AFTER_LOCAL_COMMIT = "sigkill-producer-after-local-commit"
 RELAY = "sigkill-relay"
+RELAY_AFTER_CONFIRM = "sigkill-relay-between-confirm-and-sent"
 CONSUMER_BEFORE_DB_COMMIT = "sigkill-consumer-before-db-commit"
 CONSUMER_AFTER_DB_COMMIT = "sigkill-consumer-after-db-commit"
 BROKER_KILL = "broker-kill-9-restart"
@@ -28,6 +29,7 @@ INJECTED = (
     PRODUCER_IN_EXECUTOR,
     PRODUCER_AFTER_LOCAL_COMMIT,
     RELAY,
+    RELAY_AFTER_CONFIRM,
     CONSUMER_BEFORE_DB_COMMIT,
     CONSUMER_AFTER_DB_COMMIT,
     BROKER_KILL,
@@ -41,10 +43,6 @@ INJECTED = (
 )
 #: Faults of the issue this slice does not inject yet, and why: reported as not run.
 NOT_YET: dict[str, str] = {
-    "sigkill-relay-between-confirm-and-sent": (
-        "needs a kill point inside the relay (library code); sigkill-relay kills it at a "
-        "random moment under load instead"
-    ),
     "kafka-relays-sharing-transactional-id": "not in this slice yet",
     "kafka-transaction-timeout": "not in this slice yet",
     "handler-slower-than-heartbeat": "not in this slice yet",
