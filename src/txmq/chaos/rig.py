@@ -138,6 +138,15 @@ class Service:
         )
         self.starts += 1
 
+    def twin(self, name: str) -> Service:
+        """Another process like this one, with a probe port of its own and its own log."""
+        argv = list(self.argv)
+        port = None if self.metrics_port is None else free_port()
+        if port is not None:
+            argv[argv.index("--metrics-port") + 1] = str(port)
+        log_path = self.log_path.with_name(f"{name}.log")
+        return Service(name, argv, self.scenario_path, log_path, port)
+
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
