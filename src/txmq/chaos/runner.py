@@ -129,6 +129,9 @@ class _Run:
         self.engine = engine
         self.tables = BankTables(scenario)
         self.say = say
+        #: Times nothing recovered within the bound while every service went on running and
+        #: saying it was ready: a stall nobody was told about.
+        self.silent_stalls = 0
 
     def idle(self, seconds: float) -> None:
         """Let the workload run for ``seconds``, starting again any service that died."""
@@ -148,11 +151,19 @@ class _Run:
 
     def recovery(self, since: float, bound: float) -> float | None:
         """Seconds from ``since`` until a transfer made after it was credited (None: not
-        within ``bound``)."""
+        within ``bound``; a silent stall too, counted, if no service exited or said it was
+        not ready meanwhile)."""
         deadline = time.monotonic() + bound
         credits = self.tables.credits
+        said_so = False
+        asked = 0.0
         while time.monotonic() < deadline:
-            self.rig.revive()
+            said_so = bool(self.rig.revive()) or said_so
+            if time.monotonic() - asked >= 1.0:
+                asked = time.monotonic()
+                said_so = said_so or any(
+                    service.ready() is False for service in self.rig.services.values()
+                )
             fresh = [
                 op.message_id
                 for op in read_history(self.scenario.history_path)
@@ -168,6 +179,12 @@ class _Run:
                 if applied is not None:
                     return round(max(0.0, float(applied) - since), 2)
             time.sleep(0.25)
+        if not said_so:
+            self.silent_stalls += 1
+            self.say(
+                f"{self.rig.system}: a silent stall: nothing recovered within {bound:.0f} s, "
+                "and every service went on running and saying it was ready"
+            )
         return None
 
     def final_state(self) -> FinalState:
@@ -283,7 +300,13 @@ def _run_one(target: str, database: str | None, plan: schedules.Schedule, say: S
         history = read_history(chaos.scenario.history_path)
         state = chaos.final_state()
         native = _native_transactions(chaos.scenario.broker_url)
-        invariants = check(history, state, transactional_broker=native, stalls=stalls)
+        invariants = check(
+            history,
+            state,
+            transactional_broker=native,
+            stalls=stalls,
+            silent_stalls=chaos.silent_stalls,
+        )
         if plan.name != schedules.CRASH:  # the demo makes no claim about the other faults
             results += _not_run(plan.system)
         results.append(_poison(state))
