@@ -127,8 +127,23 @@ def demo(
             "instead of the report.",
         ),
     ] = False,
+    crash: Annotated[
+        bool,
+        typer.Option(
+            "--crash",
+            help="Instead: make transfers while the worker and then the consumer are "
+            "SIGKILLed midway and started again, and check nothing was lost or applied "
+            "twice. Needs PostgreSQL; without --broker / --database it starts a private "
+            "RabbitMQ, Kafka and PostgreSQL as processes (--broker rabbitmq|kafka: one).",
+        ),
+    ] = False,
+    seed: Annotated[
+        int | None, typer.Option(help="With --crash: replay a run (the same moments).")
+    ] = None,
 ) -> None:
     """Run every txmq flow on each broker, each checked; exit 1 unless all pass."""
-    from txmq.demo import run
+    from txmq.demo import run, run_crash
 
+    if crash:
+        raise typer.Exit(run_crash(broker, database, as_json=as_json, seed=seed))
     raise typer.Exit(run(broker, database, as_json=as_json))
