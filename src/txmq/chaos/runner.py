@@ -20,7 +20,7 @@ from txmq.chaos import schedule as schedules
 from txmq.chaos.history import Operation, read_deliveries, read_duplicates, read_history
 from txmq.chaos.invariants import Committed, Credit, FinalState, Invariants, check
 from txmq.chaos.report import BrokerRun, FaultResult, Report
-from txmq.chaos.rig import PrivateServer, Rig, services
+from txmq.chaos.rig import PrivateServer, Rig, Service, services
 from txmq.chaos.scenario import ACCOUNTS, FROZEN, OPENING_BALANCE, BankTables, Scenario
 from txmq.chaos.workload import POISON
 from txmq.errors import ConfigurationError
@@ -368,7 +368,24 @@ def _start(
     for name in ("consumer", "worker", "bank"):
         rig.services[name].start()
         stack.callback(rig.services[name].close)
+        if name == "consumer":
+            # Transfers start once the crediting group's queues exist, as in a deployment
+            # that declares them first: on RabbitMQ, a message published while the group
+            # declares them can overtake those held for it until then (they are re-routed
+            # after the binding), and per-key order would not hold.
+            _wait_started(rig.services[name], RECOVERY_BOUND, say)
     return _Run(scenario, rig, engine, say)
+
+
+def _wait_started(service: Service, timeout: float, say: Say) -> None:
+    """Wait until ``service`` says it started (its topology declared), or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not service.log_has(f"{service.name} started", since=0):
+        if time.monotonic() > deadline:
+            say(f"{service.name} did not start within {timeout:.0f} s: {service.last_line()}")
+            return
+        service.revive_if_dead()
+        time.sleep(0.2)
 
 
 def _native_transactions(broker_url: str) -> bool:
