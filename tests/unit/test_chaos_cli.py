@@ -51,3 +51,24 @@ def test_chaos_refuses_a_broker_it_cannot_run_without_the_password(target: str, 
     with pytest.raises(ConfigurationError, match=says) as caught:
         system_of(target)
     assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--database", "sqlite:///demo.db"], "needs PostgreSQL"),
+        (["--broker", "nats://127.0.0.1:4222"], "nats"),
+    ],
+)
+def test_demo_crash_refuses_what_it_cannot_run_in_one_line(args: list[str], says: str) -> None:
+    result = CliRunner().invoke(app, ["demo", "--crash", *args])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: ")
+    assert says in line
+
+
+def test_chaos_does_not_offer_the_demos_crash_schedule() -> None:
+    result = CliRunner().invoke(app, ["chaos", "--schedule", "crash"])
+    assert result.exit_code == 2
+    assert "unknown schedule 'crash'" in result.output

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+from pathlib import Path
 
 from sqlalchemy import create_engine, event, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +29,9 @@ from txmq.chaos.scenario import (
     KillPoint,
     Scenario,
 )
+
+#: How often the consumer writes down how many duplicates its inbox stopped.
+DUPLICATES_EVERY = 0.5
 
 #: One retry, soon: a frozen account's credit reaches the DLQ within a second or so.
 RETRY = RetryPolicy(delays=(0.5,), non_retryable=(ValueError,))
@@ -59,6 +64,13 @@ def consumer() -> Consumer:
         poll_interval=0.2,
     )
 
+    threading.Thread(
+        target=_count_duplicates,
+        args=(credit_consumer, scenario.duplicates_path(os.getpid())),
+        name="chaos-duplicates",
+        daemon=True,
+    ).start()
+
     def die_after_commit(session: Session) -> None:
         kill.reached(KILL_AFTER_DB_COMMIT)
 
@@ -90,3 +102,15 @@ def consumer() -> Consumer:
             event.listen(session, "after_commit", die_after_commit, once=True)
 
     return credit_consumer
+
+
+def _count_duplicates(consumer: Consumer, path: Path) -> None:
+    """Keep ``path`` holding the consumer's inbox duplicates (a SIGKILL loses at most the
+    last :data:`DUPLICATES_EVERY` seconds of them)."""
+    written = -1
+    while True:
+        duplicates = consumer.stats.duplicates
+        if duplicates != written:
+            path.write_text(str(duplicates), encoding="utf-8")
+            written = duplicates
+        time.sleep(DUPLICATES_EVERY)  # a sampling period, not a synchronisation

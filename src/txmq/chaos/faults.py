@@ -19,8 +19,10 @@ from txmq.chaos.scenario import (
     KILL_AFTER_LOCAL_COMMIT,
     KILL_BEFORE_DB_COMMIT,
     KILL_IN_EXECUTOR,
+    WOKE,
 )
 from txmq.chaos.schedule import PlannedFault
+from txmq.outbox.relay import KILL_AFTER_CONFIRM
 
 #: How long an armed process may take to reach its kill point.
 KILL_POINT_TIMEOUT = 90.0
@@ -64,6 +66,80 @@ def _kill_relay(rig: Rig, fault: PlannedFault) -> Injected:
     worker.sigkill()
     worker.start()
     return Injected(count=1, undone_at=time.time(), detail=f"{fault.nth / 10:.1f} s in")
+
+
+def _twin_relay(rig: Rig, fault: PlannedFault) -> Injected:
+    """A second ``txmq worker`` with the first one's instance id (so the same Kafka
+    transactional ids) for ``fault.seconds``: each fences the other's transactions."""
+    twin = rig.services["worker"].twin("worker-twin")
+    twin.start()
+    try:
+        time.sleep(fault.seconds)  # the fight itself
+        if not twin.running():
+            return Injected(reason=f"the second relay exited at once: {twin.last_line()}")
+    finally:
+        code = twin.stop()
+        twin.close()
+    return Injected(
+        count=1, undone_at=time.time(), detail=f"{fault.seconds:.0f} s, the twin exited {code}"
+    )
+
+
+def _transaction_timeout(rig: Rig, fault: PlannedFault) -> Injected:
+    """The bank, with a short ``transaction.timeout.ms``, stops itself in the executor of
+    a half message (its Kafka transaction open) for longer than that: the broker aborts the
+    transaction. It is then continued, and started again with the usual timeout."""
+    bank = rig.services["bank"]
+    bank.stop()
+    bank.start(
+        kill=f"{KILL_IN_EXECUTOR}:{fault.nth}:stop",
+        broker_options=f"transaction.timeout.ms={schedule.TRANSACTION_TIMEOUT_MS}",
+    )
+    if not bank.wait_stopped(KILL_POINT_TIMEOUT):
+        bank.stop()
+        bank.start()
+        return Injected(
+            reason=f"the bank did not stop in its executor within {KILL_POINT_TIMEOUT} s"
+        )
+    try:
+        time.sleep(fault.seconds)  # the open transaction times out meanwhile
+    finally:
+        bank.resume()
+    bank.stop()  # it finishes the transfer it was making first
+    bank.start()
+    return Injected(
+        count=1,
+        undone_at=time.time(),
+        detail=(
+            f"stopped {fault.seconds:.0f} s in executor {fault.nth}, "
+            f"transaction.timeout.ms={schedule.TRANSACTION_TIMEOUT_MS}"
+        ),
+    )
+
+
+def _slow_handler(rig: Rig, fault: PlannedFault) -> Injected:
+    """The consumer's handler sleeps once, inside its transaction, for longer than the
+    RabbitMQ heartbeat timeout and Kafka's ``max.poll.interval.ms``."""
+    consumer = rig.services["consumer"]
+    consumer.stop()
+    since = consumer.log_size()
+    options = "" if rig.system != "kafka" else "max.poll.interval.ms=10000"
+    consumer.start(
+        kill=f"{KILL_BEFORE_DB_COMMIT}:{fault.nth}:sleep={fault.seconds}", broker_options=options
+    )
+    deadline = time.monotonic() + KILL_POINT_TIMEOUT + fault.seconds
+    while not consumer.log_has(WOKE, since=since):
+        if not consumer.running() or time.monotonic() > deadline:
+            consumer.stop()
+            consumer.start()
+            return Injected(reason=f"the consumer's handler did not sleep: {consumer.last_line()}")
+        time.sleep(0.2)
+    return Injected(
+        count=1,
+        undone_at=time.time(),
+        detail=f"slept {fault.seconds:.0f} s in delivery {fault.nth}"
+        + (f" ({options})" if options else " (heartbeat 5 s)"),
+    )
 
 
 def _server_fault(
@@ -164,6 +240,7 @@ INJECTORS: dict[str, Callable[[Rig, PlannedFault], Injected]] = {
     schedule.PRODUCER_IN_EXECUTOR: _kill_point("bank", KILL_IN_EXECUTOR),
     schedule.PRODUCER_AFTER_LOCAL_COMMIT: _kill_point("bank", KILL_AFTER_LOCAL_COMMIT),
     schedule.RELAY: _kill_relay,
+    schedule.RELAY_AFTER_CONFIRM: _kill_point("worker", KILL_AFTER_CONFIRM),
     schedule.CONSUMER_BEFORE_DB_COMMIT: _kill_point("consumer", KILL_BEFORE_DB_COMMIT),
     schedule.CONSUMER_AFTER_DB_COMMIT: _kill_point("consumer", KILL_AFTER_DB_COMMIT),
     schedule.BROKER_KILL: _server_fault("broker", _kill_server),
@@ -174,4 +251,7 @@ INJECTORS: dict[str, Callable[[Rig, PlannedFault], Injected]] = {
     schedule.DATABASE_PAUSE: _server_fault("database", _pause_server),
     schedule.PARTITION_BROKER: _partition("broker"),
     schedule.PARTITION_DATABASE: _partition("database"),
+    schedule.RELAYS_SHARING_ID: _twin_relay,
+    schedule.TRANSACTION_TIMEOUT: _transaction_timeout,
+    schedule.SLOW_HANDLER: _slow_handler,
 }

@@ -132,3 +132,13 @@ def read_deliveries(run_dir: Path) -> dict[str, int]:
                 continue
             counts[message_id] = counts.get(message_id, 0) + 1
     return counts
+
+
+def read_duplicates(run_dir: Path) -> int:
+    """Deliveries the inbox stopped before the handler (copies of a message already
+    applied), over every consumer process."""
+    total = 0
+    for path in sorted(run_dir.glob("duplicates-*.txt")):
+        text = path.read_text(encoding="utf-8").strip()
+        total += int(text) if text.isdigit() else 0
+    return total

@@ -51,6 +51,7 @@ class FinalState:
         dead_letters: the message ids in the crediting group's DLQ.
         opening: every account's opening balance.
         balances: every account's balance at the end.
+        inbox_duplicates: deliveries the inbox stopped before the handler.
     """
 
     committed: Mapping[str, Committed]
@@ -60,6 +61,7 @@ class FinalState:
     dead_letters: Sequence[str]
     opening: Mapping[str, int]
     balances: Mapping[str, int]
+    inbox_duplicates: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,10 @@ class Invariants:
     order_violations: int
     stalls: int
     redeliveries: int
+    #: Raw duplicate deliveries: copies of an applied message the inbox stopped.
+    inbox_duplicates: int = 0
+    #: Stalls during which no service exited or said it was not ready (among ``stalls``).
+    silent_stalls: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -92,6 +98,7 @@ class Invariants:
                 ("aborted_reads", self.aborted_reads or 0),
                 ("order_violations", self.order_violations),
                 ("stalls", self.stalls),
+                ("silent_stalls", self.silent_stalls),
             )
             if value
         ]
@@ -117,7 +124,9 @@ class Invariants:
             "dlq_matches": self.dlq_matches,
             "order_violations": self.order_violations,
             "stalls": self.stalls,
+            "silent_stalls": self.silent_stalls,
             "redeliveries": self.redeliveries,
+            "inbox_duplicates": self.inbox_duplicates,
             "examples": self.examples,
         }
 
@@ -128,6 +137,7 @@ def check(
     *,
     transactional_broker: bool,
     stalls: int = 0,
+    silent_stalls: int = 0,
 ) -> Invariants:
     """Judge a run.
 
@@ -137,6 +147,8 @@ def check(
         transactional_broker: whether aborted reads can exist (Kafka: half messages are
             written inside Kafka transactions that a rollback aborts).
         stalls: times the system did not recover within its bound (counted by the runner).
+        silent_stalls: those of them no service said anything about (no exit, no readiness
+            false).
     """
     examples: dict[str, list[str]] = {}
     committed = state.committed
@@ -187,7 +199,9 @@ def check(
         dlq_matches=expected_dlq == dead,
         order_violations=len(violations),
         stalls=stalls,
+        silent_stalls=silent_stalls,
         redeliveries=redeliveries,
+        inbox_duplicates=state.inbox_duplicates,
         examples=examples,
     )
 

@@ -139,7 +139,8 @@ class Report:
                 f"{'n/a' if inv.aborted_reads is None else inv.aborted_reads}, money conserved "
                 f"{'yes' if inv.money_conserved else 'NO'}, DLQ {inv.dlq_actual}/"
                 f"{inv.dlq_expected} expected, order violations {inv.order_violations}, "
-                f"stalls {inv.stalls}, redeliveries {inv.redeliveries}"
+                f"stalls {inv.stalls} ({inv.silent_stalls} silent), redeliveries "
+                f"{inv.redeliveries}, duplicates stopped by the inbox {inv.inbox_duplicates}"
             )
             for exit_ in run.unexpected_exits:
                 lines.append(f"  exited by itself: {exit_}")

@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from txmq.chaos.scenario import ENV_KILL, ENV_NO_TRANSFERS, ENV_SCENARIO, Scenario
+from txmq.chaos.scenario import (
+    ENV_BROKER_OPTIONS,
+    ENV_KILL,
+    ENV_NO_TRANSFERS,
+    ENV_SCENARIO,
+    Scenario,
+)
 from txmq.testing.provision import Broker, Ports, Running, processes
 from txmq.testing.provision import start as provision_start
 
@@ -105,25 +111,41 @@ class Service:
     unexpected_exits: list[Exit] = field(default_factory=list)
     _log: IO[bytes] | None = None
 
-    def start(self, *, kill: str | None = None, settle_only: bool = False) -> None:
+    def start(
+        self, *, kill: str | None = None, settle_only: bool = False, broker_options: str = ""
+    ) -> None:
         """Start the process; ``kill`` arms ``TXMQ_CHAOS_KILL`` in it; ``settle_only`` sets
-        ``TXMQ_CHAOS_NO_TRANSFERS`` (a bank that only answers check-backs and refunds)."""
-        env = {k: v for k, v in os.environ.items() if k not in (ENV_KILL, ENV_NO_TRANSFERS)}
+        ``TXMQ_CHAOS_NO_TRANSFERS`` (a bank that only answers check-backs and refunds);
+        ``broker_options`` (``a=1&b=2``) go into its broker URL (``TXMQ_CHAOS_BROKER_OPTIONS``,
+        read by the bank and the consumer)."""
+        ours = (ENV_KILL, ENV_NO_TRANSFERS, ENV_BROKER_OPTIONS)
+        env = {k: v for k, v in os.environ.items() if k not in ours}
         env[ENV_SCENARIO] = str(self.scenario_path)
         if kill:
             env[ENV_KILL] = kill
+        if broker_options:
+            env[ENV_BROKER_OPTIONS] = broker_options
         if settle_only:
             env[ENV_NO_TRANSFERS] = "1"
         self.settle_only = settle_only
         if self._log is None:
             self._log = self.log_path.open("ab")
-        self._log.write(f"--- start {self.starts} kill={kill}\n".encode())
+        self._log.write(f"--- start {self.starts} kill={kill} options={broker_options}\n".encode())
         self._log.flush()
         self.wanted = True
         self.process = subprocess.Popen(  # noqa: S603  # our own argv
             self.argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
         )
         self.starts += 1
+
+    def twin(self, name: str) -> Service:
+        """Another process like this one, with a probe port of its own and its own log."""
+        argv = list(self.argv)
+        port = None if self.metrics_port is None else free_port()
+        if port is not None:
+            argv[argv.index("--metrics-port") + 1] = str(port)
+        log_path = self.log_path.with_name(f"{name}.log")
+        return Service(name, argv, self.scenario_path, log_path, port)
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -146,6 +168,42 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.sigkill()
         return self.process.returncode
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """Whether the process stopped itself (SIGSTOP) within ``timeout``; False also when
+        it ended, or where ``/proc`` cannot tell."""
+        deadline = time.monotonic() + timeout
+        while self.running() and time.monotonic() < deadline:
+            assert self.process is not None
+            try:
+                stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+            except OSError:
+                return False
+            if stat.rpartition(")")[2].split()[0] == "T":
+                return True
+            time.sleep(0.1)
+        return False
+
+    def resume(self) -> None:
+        """SIGCONT the process (a no-op if it ended)."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGCONT)
+
+    def log_has(self, text: str, *, since: int) -> bool:
+        """Whether the log, from byte ``since`` on, holds ``text``."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(since)
+                return text.encode() in log.read()
+        except OSError:
+            return False
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
 
     def wait_exit(self, timeout: float) -> int | None:
         """The exit code once the process ends, or None if it still runs after ``timeout``."""

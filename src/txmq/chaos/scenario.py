@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-from dataclasses import asdict, dataclass
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table
@@ -18,8 +20,15 @@ from sqlalchemy import Column, Float, Integer, MetaData, String, Table
 from txmq import ConfigurationError, OutboxTables, make_inbox_table, make_outbox_tables
 
 ENV_SCENARIO = "TXMQ_CHAOS_SCENARIO"
-#: ``<point>:<n>``: the process SIGKILLs itself the n-th time it reaches ``point``.
+#: ``<point>:<n>[:<action>]``: the n-th time the process reaches ``point`` it SIGKILLs itself
+#: (action ``kill``, the default), SIGSTOPs itself (``stop``: whoever armed it continues
+#: it), or sleeps there once (``sleep=<seconds>``; it then prints :data:`WOKE` on stderr).
 ENV_KILL = "TXMQ_CHAOS_KILL"
+#: URL query options this process adds to the scenario's broker URL (a fault's short
+#: timeouts, for the one process it is aimed at).
+ENV_BROKER_OPTIONS = "TXMQ_CHAOS_BROKER_OPTIONS"
+#: What a process armed with a ``sleep`` action prints once it has slept.
+WOKE = "txmq chaos: woke at"
 #: Set: the bank makes no new transfers, but still answers check-backs and refunds (the drain).
 ENV_NO_TRANSFERS = "TXMQ_CHAOS_NO_TRANSFERS"
 
@@ -96,6 +105,9 @@ class Scenario:
     def deliveries_path(self, pid: int) -> Path:
         return Path(self.run_dir) / f"deliveries-{pid}.jsonl"
 
+    def duplicates_path(self, pid: int) -> Path:
+        return Path(self.run_dir) / f"duplicates-{pid}.txt"
+
     def save(self) -> Path:
         path = Path(self.run_dir) / "scenario.json"
         path.write_text(json.dumps(asdict(self)))
@@ -112,9 +124,14 @@ class Scenario:
         if not path:
             raise ConfigurationError(f"{ENV_SCENARIO} must name a chaos scenario file")
         try:
-            return cls(**json.loads(Path(path).read_text()))
+            scenario = cls(**json.loads(Path(path).read_text()))
         except (OSError, ValueError, TypeError) as exc:
             raise ConfigurationError(f"cannot read the chaos scenario {path}: {exc}") from exc
+        options = os.environ.get(ENV_BROKER_OPTIONS)
+        if not options:
+            return scenario
+        url = scenario.broker_url
+        return replace(scenario, broker_url=url + ("&" if "?" in url else "?") + options)
 
 
 class BankTables:
@@ -170,16 +187,29 @@ class BankTables:
 
 
 class KillPoint:
-    """The ``TXMQ_CHAOS_KILL`` point of this process: SIGKILL itself on its n-th arrival."""
+    """The ``TXMQ_CHAOS_KILL`` point of this process: on its n-th arrival, SIGKILL itself,
+    SIGSTOP itself, or sleep (see :data:`ENV_KILL`); a stop or a sleep happens once."""
 
     def __init__(self, spec: str | None) -> None:
         self.point: str | None = None
         self._left = 0
+        self._action = "kill"
+        self._sleep = 0.0
         if spec:
-            point, _, count = spec.partition(":")
-            if point not in KILL_POINTS or not count.isdigit() or int(count) < 1:
-                raise ConfigurationError(f"{ENV_KILL}={spec!r}: use <point>:<n>, n >= 1")
+            point, _, rest = spec.partition(":")
+            count, _, action = rest.partition(":")
+            action = action or "kill"
+            seconds = action.removeprefix("sleep=")
+            valid = action in ("kill", "stop") or (
+                action.startswith("sleep=") and seconds.replace(".", "", 1).isdigit()
+            )
+            if point not in KILL_POINTS or not count.isdigit() or int(count) < 1 or not valid:
+                raise ConfigurationError(
+                    f"{ENV_KILL}={spec!r}: use <point>:<n>[:kill|stop|sleep=<seconds>], n >= 1"
+                )
             self.point, self._left = point, int(count)
+            self._action = "sleep" if action.startswith("sleep=") else action
+            self._sleep = float(seconds) if self._action == "sleep" else 0.0
 
     @classmethod
     def from_env(cls) -> KillPoint:
@@ -190,5 +220,13 @@ class KillPoint:
         if point != self.point:
             return
         self._left -= 1
-        if self._left <= 0:
+        if self._left > 0:
+            return
+        if self._action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        self.point = None  # a stop or a sleep happens once
+        if self._action == "stop":
+            os.kill(os.getpid(), signal.SIGSTOP)
+        else:
+            time.sleep(self._sleep)  # the slow step itself
+            print(f"{WOKE} {point}", file=sys.stderr, flush=True)

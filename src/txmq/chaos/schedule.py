@@ -9,11 +9,15 @@ from dataclasses import dataclass, field
 from txmq.errors import ConfigurationError
 
 SCHEDULES = ("short", "long", "cluster")
+#: ``txmq demo --crash``: the worker and the consumer SIGKILLed midway (not a ``txmq chaos``
+#: schedule).
+CRASH = "crash"
 
 # The single-node faults this slice injects.
 PRODUCER_IN_EXECUTOR = "sigkill-producer-in-executor"
 PRODUCER_AFTER_LOCAL_COMMIT = "sigkill-producer-after-local-commit"
 RELAY = "sigkill-relay"
+RELAY_AFTER_CONFIRM = "sigkill-relay-between-confirm-and-sent"
 CONSUMER_BEFORE_DB_COMMIT = "sigkill-consumer-before-db-commit"
 CONSUMER_AFTER_DB_COMMIT = "sigkill-consumer-after-db-commit"
 BROKER_KILL = "broker-kill-9-restart"
@@ -24,10 +28,14 @@ DATABASE_RESTART = "database-restart"
 DATABASE_PAUSE = "database-pause"
 PARTITION_BROKER = "partition-broker"
 PARTITION_DATABASE = "partition-database"
+RELAYS_SHARING_ID = "kafka-relays-sharing-transactional-id"
+TRANSACTION_TIMEOUT = "kafka-transaction-timeout"
+SLOW_HANDLER = "handler-slower-than-heartbeat"
 INJECTED = (
     PRODUCER_IN_EXECUTOR,
     PRODUCER_AFTER_LOCAL_COMMIT,
     RELAY,
+    RELAY_AFTER_CONFIRM,
     CONSUMER_BEFORE_DB_COMMIT,
     CONSUMER_AFTER_DB_COMMIT,
     BROKER_KILL,
@@ -38,21 +46,41 @@ INJECTED = (
     DATABASE_PAUSE,
     PARTITION_BROKER,
     PARTITION_DATABASE,
+    RELAYS_SHARING_ID,
+    TRANSACTION_TIMEOUT,
+    SLOW_HANDLER,
 )
-#: Faults of the issue this slice does not inject yet, and why: reported as not run.
-NOT_YET: dict[str, str] = {
-    "sigkill-relay-between-confirm-and-sent": (
-        "needs a kill point inside the relay (library code); sigkill-relay kills it at a "
-        "random moment under load instead"
+#: Faults on Kafka's own transactions; on another broker they are reported not run, for
+#: this reason.
+KAFKA_ONLY: dict[str, str] = {
+    RELAYS_SHARING_ID: (
+        "not applicable: RabbitMQ publisher confirms have no transactional.id to share or fence"
     ),
-    "kafka-relays-sharing-transactional-id": "not in this slice yet",
-    "kafka-transaction-timeout": "not in this slice yet",
-    "handler-slower-than-heartbeat": "not in this slice yet",
+    TRANSACTION_TIMEOUT: (
+        "not applicable: a RabbitMQ half message is a PREPARED record, not an open broker "
+        "transaction that can time out"
+    ),
 }
 #: Seconds a broker or database stays paused: longer than the services' heartbeat (the
 #: runner sets RabbitMQ's heartbeat to 5 s; Kafka's session timeout is 10 s).
 PAUSE_SECONDS = {"rabbitmq": 12.0, "kafka": 12.0, "database": 8.0}
 PARTITION_SECONDS = (10.0, 30.0)
+#: Seconds a second relay with the same Kafka transactional ids fights the first one.
+TWIN_SECONDS = 8.0
+#: ``transaction.timeout.ms`` of the bank whose half message transaction is left open, and
+#: how long it stays stopped: past the timeout and the broker's check for timed-out
+#: transactions (``transaction.abort.timed.out.transaction.cleanup.interval.ms``, 10 s).
+TRANSACTION_TIMEOUT_MS = 5_000
+TRANSACTION_STOP_SECONDS = 18.0
+#: How long the slow handler sleeps: past RabbitMQ's heartbeat timeout (the services use
+#: a 5 s heartbeat) and past Kafka's ``max.poll.interval.ms`` (the slow consumer gets 10 s).
+SLOW_HANDLER_SECONDS = 15.0
+#: The faults that last a fixed time (their ``nth``, where they have one, is seeded).
+FIXED_SECONDS = {
+    RELAYS_SHARING_ID: TWIN_SECONDS,
+    TRANSACTION_TIMEOUT: TRANSACTION_STOP_SECONDS,
+    SLOW_HANDLER: SLOW_HANDLER_SECONDS,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +126,23 @@ def plan(name: str, seed: int, system: str) -> Schedule:
     rounds = 1 if name == "short" else 12
     faults: list[PlannedFault] = []
     for number in range(rounds):
-        order = list(INJECTED)
+        order = [f for f in INJECTED if system == "kafka" or f not in KAFKA_ONLY]
         rng.shuffle(order)
         # Partitions last 10 s, and in every other round of the long schedule 30 s.
         partition = PARTITION_SECONDS[number % len(PARTITION_SECONDS)]
         faults += [_parameters(fault, rng, system, partition) for fault in order]
     return Schedule(name=name, seed=seed, system=system, faults=tuple(faults))
+
+
+def crash(seed: int, system: str) -> Schedule:
+    """What ``txmq demo --crash`` runs: the relay SIGKILLed between the broker's confirm and
+    marking SENT, then the consumer between its database commit and the ack."""
+    rng = random.Random(f"{CRASH}:{seed}:{system}")
+    faults = tuple(
+        PlannedFault(fault, round(rng.uniform(2.0, 4.0), 2), nth=rng.randint(1, 3))
+        for fault in (RELAY_AFTER_CONFIRM, CONSUMER_AFTER_DB_COMMIT)
+    )
+    return Schedule(name=CRASH, seed=seed, system=system, faults=faults)
 
 
 def _parameters(fault: str, rng: random.Random, system: str, partition: float) -> PlannedFault:
@@ -113,6 +152,8 @@ def _parameters(fault: str, rng: random.Random, system: str, partition: float) -
     if fault in (BROKER_PAUSE, DATABASE_PAUSE):
         key = system if fault == BROKER_PAUSE else "database"
         return PlannedFault(fault, settle, seconds=PAUSE_SECONDS[key])
+    if fault in FIXED_SECONDS:
+        return PlannedFault(fault, settle, nth=rng.randint(1, 3), seconds=FIXED_SECONDS[fault])
     if fault in (BROKER_KILL, BROKER_RESTART, DATABASE_RESTART):
         return PlannedFault(fault, settle, seconds=round(rng.uniform(1.0, 4.0), 2))
     nth = rng.randint(2, 20) if fault == RELAY else rng.randint(1, 5)

@@ -113,6 +113,7 @@ def demo(
             "report (needs --broker); none: every flow of txmq.",
         ),
     ] = None,
+    *,
     broker: Annotated[
         list[str] | None,
         typer.Option(
@@ -135,6 +136,19 @@ def demo(
             "instead of the report.",
         ),
     ] = False,
+    crash: Annotated[
+        bool,
+        typer.Option(
+            "--crash",
+            help="Instead: make transfers while the worker and then the consumer are "
+            "SIGKILLed midway and started again, and check nothing was lost or applied "
+            "twice. Needs PostgreSQL; without --broker / --database it starts a private "
+            "RabbitMQ, Kafka and PostgreSQL as processes (--broker rabbitmq|kafka: one).",
+        ),
+    ] = False,
+    seed: Annotated[
+        int | None, typer.Option(help="With --crash: replay a run (the same moments).")
+    ] = None,
 ) -> None:
     """Run every txmq flow on each broker, each checked; exit 1 unless all pass."""
     if flow == "saga":
@@ -147,6 +161,8 @@ def demo(
     if flow is not None:
         typer.echo(f"error: unknown demo {flow!r}; try 'saga'", err=True)
         raise typer.Exit(2)
-    from txmq.demo import run
+    from txmq.demo import run, run_crash
 
+    if crash:
+        raise typer.Exit(run_crash(broker, database, as_json=as_json, seed=seed))
     raise typer.Exit(run(broker, database, as_json=as_json))

@@ -24,6 +24,8 @@ a group works at a time (see :mod:`txmq.outbox.worker_lock`); the others stand b
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 import uuid
@@ -54,6 +56,12 @@ from txmq.telemetry import (
 from txmq.tracing import publishing
 
 log = logging.getLogger("txmq.relay")
+
+#: Set by ``txmq chaos`` only: ``relay-after-confirm:<n>`` makes the relay SIGKILL its own
+#: process once the broker has confirmed its n-th batch, before that batch is marked SENT
+#: (the crash the outbox's at-least-once promise is about).
+ENV_KILL = "TXMQ_CHAOS_KILL"
+KILL_AFTER_CONFIRM = "relay-after-confirm"
 
 
 class Relay:
@@ -142,6 +150,7 @@ class Relay:
         self._loops: list[SupervisedLoop] = []
         self._purge_lock = threading.Lock()
         self._last_purge = 0.0
+        self._kill_after_confirm = _KillAfterConfirm.from_env()
 
     @property
     def active(self) -> bool:
@@ -368,6 +377,12 @@ class Relay:
                 self._floor.reset()  # they keep their sequence numbers, below the floor
             self._due.looked(now, now if more else upcoming)
 
+    def _confirmed(self, outcomes: list[PublishOutcome]) -> None:
+        """The broker answered a batch, not yet marked SENT: the armed kill point's moment
+        (when it confirmed any of it)."""
+        if self._kill_after_confirm is not None and any(o.ok for o in outcomes):
+            self._kill_after_confirm.confirmed()
+
     def _maybe_purge(self) -> None:
         with self._purge_lock:
             now = time.monotonic()
@@ -517,7 +532,8 @@ class _Lane:
             with publishing(messages, system=self.relay.broker.system) as settled:
                 outcomes = self.publisher().publish(messages)
                 settled(outcomes)
-                return outcomes
+            self.relay._confirmed(outcomes)
+            return outcomes
         except BrokerError:
             self.drop_publisher()
             raise
@@ -637,6 +653,35 @@ class _Lane:
         RELAY_BATCH_SECONDS.labels(*labels).observe(time.perf_counter() - started)
         RELAY_BATCH_SIZE.labels(*labels).observe(done.claimed)
         return done
+
+
+class _KillAfterConfirm:
+    """The armed :data:`KILL_AFTER_CONFIRM` point: counts confirmed batches, all lanes
+    together, and SIGKILLs the process at the n-th."""
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls) -> _KillAfterConfirm | None:
+        """The point armed by :data:`ENV_KILL`; None when it names another point (or none).
+
+        Raises:
+            ConfigurationError: :data:`KILL_AFTER_CONFIRM` without a count of at least 1.
+        """
+        point, _, count = os.environ.get(ENV_KILL, "").partition(":")
+        if point != KILL_AFTER_CONFIRM:
+            return None
+        if not count.isdigit() or int(count) < 1:
+            raise ConfigurationError(f"{ENV_KILL}: use {KILL_AFTER_CONFIRM}:<n>, n >= 1")
+        return cls(int(count))
+
+    def confirmed(self) -> None:
+        with self._lock:
+            self._left -= 1
+            if self._left <= 0:
+                os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _key(record: ClaimedRecord) -> tuple[str, str] | None:
