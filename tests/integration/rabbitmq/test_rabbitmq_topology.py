@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -99,3 +101,33 @@ def test_ping_and_connect_check(rabbitmq_url: str) -> None:
     assert broker.system == "rabbitmq"
     broker.close()
     broker.close()
+
+
+def test_a_url_with_several_hosts_fails_over_past_a_dead_node(
+    rabbitmq_url: str, declared: Callable[..., Topology]
+) -> None:
+    """The nodes of a cluster in one URL: a node that refuses connections is passed over by
+    declare, the publisher and the subscription alike."""
+    with socket.socket() as reserved:
+        # Bound and not listening: connecting to it is refused, like a node that is down.
+        reserved.bind(("127.0.0.1", 0))
+        dead = reserved.getsockname()[1]
+        parts = urlsplit(rabbitmq_url)
+        userinfo, _, live = parts.netloc.rpartition("@")
+        url = urlunsplit(parts._replace(netloc=f"{userinfo}@127.0.0.1:{dead},{live}"))
+        broker = txmq.connect(url)
+        assert isinstance(broker, RabbitMQAdapter)
+        topology = declared(broker=broker)
+        message = Message(topology.topic, b"via the second node")
+        with broker.publisher() as publisher:
+            assert publisher.publish([message])[0].ok
+        with broker.subscribe(topology.group, broker.sources_for([topology])) as subscription:
+            deadline = time.monotonic() + 10
+            got: list[Message] = []
+            while not got:
+                assert time.monotonic() < deadline
+                batch = subscription.poll(0.2)
+                subscription.ack(batch)
+                got += [d.message for d in batch]
+        broker.close()
+    assert got == [message]

@@ -123,7 +123,7 @@ class _Link:
     reconnects: once it is dead the publisher replaces it.
     """
 
-    def __init__(self, settings: RabbitMQSettings, *, name: str) -> None:
+    def __init__(self, settings: RabbitMQSettings, *, name: str, node: int = 0) -> None:
         self._settings = settings
         self._lock = threading.Lock()
         self._dead = False  # guarded by _lock
@@ -139,7 +139,7 @@ class _Link:
         # message came back, by (message id, exchange, routing key), until its ack settles it.
         self._returned: dict[tuple[str, str, str], str] = {}
         self._connection = pika.SelectConnection(
-            connection_parameters(settings, name=name),
+            connection_parameters(settings, name=name, node=node),
             on_open_callback=self._on_connection_open,
             on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_connection_closed,
@@ -416,13 +416,24 @@ class RabbitMQPublisher(Publisher):
         if self._link is not None:
             self._link.close()
             self._link = None
-        try:
-            link = _Link(self._settings, name="txmq publisher")
-        except (pika.exceptions.AMQPError, OSError) as exc:
-            raise unavailable(self._settings, exc, "connecting") from exc
-        link.wait_ready()
-        self._link = link
-        return link
+        # The nodes of a cluster in order, like pika's BlockingConnection does with a list.
+        for node in range(len(self._settings.nodes)):
+            last = node == len(self._settings.nodes) - 1
+            try:
+                link = _Link(self._settings, name="txmq publisher", node=node)
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                if last:
+                    raise unavailable(self._settings, exc, "connecting") from exc
+                continue
+            try:
+                link.wait_ready()
+            except BrokerUnavailable:
+                if last:
+                    raise
+                continue
+            self._link = link
+            return link
+        raise AssertionError("settings.nodes is never empty")  # pragma: no cover
 
 
 def outgoing(exchange: str, routing_key: str, message: Message) -> _Outgoing:
