@@ -29,9 +29,12 @@ def _host_port(broker: Broker, url: str) -> tuple[str, int]:
         )
         host, _, port = first.rpartition(":")
         return host, int(port)
+    if broker == "rabbitmq":
+        settings = parse_broker_url(url)
+        assert isinstance(settings, RabbitMQSettings)
+        return settings.host, settings.port
     parts = urlsplit(url)
-    default = 5672 if broker == "rabbitmq" else 5432
-    return parts.hostname or "127.0.0.1", parts.port or default
+    return parts.hostname or "127.0.0.1", parts.port or 5432
 
 
 def tcp_open(host: str, port: int, timeout: float = 1.0) -> bool:
