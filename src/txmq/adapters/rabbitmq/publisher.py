@@ -32,6 +32,7 @@ from txmq.adapters.rabbitmq.unroutable import (
     exchange_arguments,
     exchange_hint,
     holding_declarations,
+    holding_queue_hint,
 )
 from txmq.adapters.rabbitmq.wire import PERSISTENT, encode_headers
 from txmq.errors import BrokerError, BrokerUnavailable, PublishError, TopologyError
@@ -267,7 +268,14 @@ class _Link:
         )
 
     def _on_channel_closed(self, _channel: Any, reason: BaseException) -> None:
-        if reply_code(reason) == PRECONDITION_FAILED:
+        if reply_code(reason) == PRECONDITION_FAILED and "x-queue-type" in str(reason):
+            self._fail_open(
+                TopologyError(
+                    f"{holding_queue_hint(self._settings)}: {describe(self._settings, reason)}"
+                ),
+                reason,
+            )
+        elif reply_code(reason) == PRECONDITION_FAILED:
             self._fail_open(
                 TopologyError(
                     f"exchange {self._settings.exchange!r} exists but is not a durable topic "
