@@ -83,12 +83,12 @@ def test_cluster_urls_name_every_node_and_parse() -> None:
 
 def test_cluster_record_holds_every_process_so_down_stops_them_all() -> None:
     ports = cluster.ClusterPorts(base=25600)
-    nodes = tuple(
+    nodes = [
         Running(broker="rabbitmq", mode="process", url="u", pgids=(n,), start_times=(n,))
         for n in (11, 12, 13)
-    )
+    ]
     epmd = Running(broker="rabbitmq", mode="process", url="e", pgids=(9,), start_times=(9,))
-    record = cluster.Cluster("rabbitmq", ports, "/run/c", nodes, (epmd,)).record()
+    record = cluster.Cluster("rabbitmq", ports, "/run/c", nodes, [epmd]).record()
     assert record.pgids == record.start_times == (11, 12, 13, 9)
     assert record.run_dir == "/run/c"
     assert record.url == cluster.cluster_url("rabbitmq", ports)

@@ -24,7 +24,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -162,7 +162,7 @@ def rabbitmq_node_config(ports: ClusterPorts) -> str:
 # --- running ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cluster:
     """A running cluster: its URL, its nodes and what they share.
 
@@ -170,15 +170,16 @@ class Cluster:
         broker: ``rabbitmq`` or ``kafka``.
         ports: where the nodes listen.
         run_dir: the cluster's directory (one ``node<N>`` directory per node).
-        nodes: one process record per node, in node order.
+        nodes: the process record of each node, in node order (:func:`start_node` puts a
+            restarted node's new record here).
         shared: processes every node needs (RabbitMQ's epmd).
     """
 
     broker: ClusterBroker
     ports: ClusterPorts
     run_dir: str
-    nodes: tuple[Running, ...]
-    shared: tuple[Running, ...] = ()
+    nodes: list[Running] = field(default_factory=list)
+    shared: list[Running] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -320,20 +321,20 @@ def start(broker: ClusterBroker, ports: ClusterPorts, *, timeout: float = 240.0)
         )
     owner = _owner(broker)
     cluster_dir = processes._make_run_dir(broker, owner)
-    cluster = Cluster(broker=broker, ports=ports, run_dir=str(cluster_dir), nodes=())
+    cluster = Cluster(broker=broker, ports=ports, run_dir=str(cluster_dir))
     try:
-        cluster = _start_nodes(cluster, owner, timeout)
+        _start_nodes(cluster, owner, timeout)
     except BaseException:
         stop(cluster)
         raise
     return cluster
 
 
-def _start_nodes(cluster: Cluster, owner: pwd.struct_passwd | None, timeout: float) -> Cluster:
+def _start_nodes(cluster: Cluster, owner: pwd.struct_passwd | None, timeout: float) -> None:
     ports, cluster_dir = cluster.ports, Path(cluster.run_dir)
     deadline = time.monotonic() + timeout
     if cluster.broker == "rabbitmq":
-        cluster = replace(cluster, shared=(_start_epmd(cluster_dir, ports, owner),))
+        cluster.shared.append(_start_epmd(cluster_dir, ports, owner))
         cookie = secrets.token_hex(20)
     else:
         cookie = kafka_dist.new_cluster_id()
@@ -349,16 +350,15 @@ def _start_nodes(cluster: Cluster, owner: pwd.struct_passwd | None, timeout: flo
         # two blank nodes could each form a cluster of their own.
         for number in range(ports.size):
             record = _spawn_node(cluster, number)
-            cluster = replace(cluster, nodes=(*cluster.nodes, record))
+            cluster.nodes.append(record)
             _wait_node(cluster, number, record, deadline - time.monotonic())
     else:
         # The controller quorum needs a majority of the voters before any node is ready.
-        records = tuple(_spawn_node(cluster, number) for number in range(ports.size))
-        cluster = replace(cluster, nodes=records)
-        for number, record in enumerate(records):
+        for number in range(ports.size):
+            cluster.nodes.append(_spawn_node(cluster, number))
+        for number, record in enumerate(cluster.nodes):
             _wait_node(cluster, number, record, deadline - time.monotonic())
     wait_joined(cluster, timeout=max(1.0, deadline - time.monotonic()))
-    return cluster
 
 
 def _start_epmd(cluster_dir: Path, ports: ClusterPorts, owner: pwd.struct_passwd | None) -> Running:
@@ -466,21 +466,19 @@ def stop_node(cluster: Cluster, number: int, *, kill: bool = False) -> None:
     processes.stop(record, keep_data=True)
 
 
-def start_node(cluster: Cluster, number: int, *, timeout: float = 180.0) -> Cluster:
-    """Start node ``number`` again on its data; return the cluster with its new record once
-    the node answers and the cluster counts it again.
+def start_node(cluster: Cluster, number: int, *, timeout: float = 180.0) -> float:
+    """Start node ``number`` again on its data; return the seconds until it answered and
+    the cluster counted it again.
 
     Raises:
         ProvisionError: it did not come back within ``timeout``.
     """
+    started = time.monotonic()
     record = _spawn_node(cluster, number)
-    nodes = list(cluster.nodes)
-    nodes[number] = record
-    again = replace(cluster, nodes=tuple(nodes))
-    deadline = time.monotonic() + timeout
-    _wait_node(again, number, record, timeout)
-    wait_joined(again, timeout=max(1.0, deadline - time.monotonic()), via=number)
-    return again
+    cluster.nodes[number] = record
+    _wait_node(cluster, number, record, timeout)
+    wait_joined(cluster, timeout=max(1.0, started + timeout - time.monotonic()), via=number)
+    return time.monotonic() - started
 
 
 def stop(cluster: Cluster) -> None:
