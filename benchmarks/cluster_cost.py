@@ -41,7 +41,8 @@ def _targets(broker: cluster.ClusterBroker, single: str, clustered: str) -> dict
     if broker == "rabbitmq":
         return {
             "one node, classic queues": single,
-            "one node, quorum queues": single + "?queue_type=quorum",
+            # An exchange of its own: the classic runs hold unroutable messages in a classic queue.
+            "one node, quorum queues": single + "?queue_type=quorum&exchange=txmq-quorum",
             "3 nodes, quorum queues": clustered,
         }
     return {"one node, RF 1": single, "3 nodes, RF 3, min ISR 2": clustered}

@@ -81,6 +81,8 @@ def test_quorum_deployments_hold_unroutable_messages_in_a_quorum_queue(
     classic = connect_with(exchange=quorum.settings.exchange)
     with classic.publisher() as publisher, pytest.raises(TopologyError, match="own exchange"):
         publisher.publish([Message("nobody-bound", b"")])
+    with pytest.raises(TopologyError, match="own exchange"):
+        classic.declare([])
     classic.close()
 
 
