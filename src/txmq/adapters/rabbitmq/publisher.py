@@ -128,6 +128,9 @@ class _Link:
         self._settings = settings
         self._lock = threading.Lock()
         self._dead = False  # guarded by _lock
+        # Set by a nack: the publisher replaces this link before its next publish (read
+        # without the lock: a bool flips atomically, and only ever from False to True).
+        self._nacked = False
         self._batches: set[Batch] = set()  # guarded by _lock: submitted, not yet finished
         self._ready = threading.Event()
         self._failure: Exception | None = None  # why the link could not be opened
@@ -152,8 +155,11 @@ class _Link:
 
     @property
     def dead(self) -> bool:
+        """Lost, or it received a nack: a channel whose quorum-queue publishes were nacked
+        while a queue's leader moved to another node can go on nacking every publish
+        (seen on RabbitMQ 3.10 for minutes); a new channel finds the new leader."""
         with self._lock:
-            return self._dead
+            return self._dead or self._nacked
 
     def wait_ready(self) -> None:
         """Block until the channel is in confirm mode.
@@ -344,6 +350,7 @@ class _Link:
                 error = PublishError(f"message {item.message_id} was returned: {reason}")
             elif nacked:
                 error = PublishError(f"message {item.message_id} was rejected (nack) by RabbitMQ")
+                self._nacked = True
             batch.settle(index, error)
         while self._oldest_unconfirmed < self._next_tag and self._oldest_unconfirmed not in pending:
             self._oldest_unconfirmed += 1
