@@ -3,6 +3,7 @@ gives the brokers, databases and unique names; the contract suites bring their o
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -10,6 +11,9 @@ import pytest
 
 import txmq
 from txmq.testing import wait_for
+
+# Three-node clusters take minutes and six broker processes: collected on demand only.
+collect_ignore = [] if os.environ.get("TXMQ_CLUSTER_TESTS") == "1" else ["cluster"]
 
 
 @pytest.fixture

@@ -23,7 +23,13 @@ from txmq.adapters.rabbitmq.wire import (
     settlement_plan,
 )
 from txmq.adapters.registry import parse_broker_url
-from txmq.errors import ConfigurationError, MessageDecodeError, MissingDependency, PublishError
+from txmq.errors import (
+    ConfigurationError,
+    InvalidURL,
+    MessageDecodeError,
+    MissingDependency,
+    PublishError,
+)
 from txmq.message import Message
 
 URL = "rabbitmq://app:s3cr3t-pw@127.0.0.1:5672/prod?connect_timeout=2.5"
@@ -258,6 +264,31 @@ def test_connection_parameters_bound_every_wait_by_connect_timeout() -> None:
     assert params.ssl_options is None
     assert params.client_properties == {"connection_name": "txmq test"}
     assert "s3cr3t" not in repr(params)
+
+
+def test_several_hosts_are_nodes_tried_in_order() -> None:
+    parsed = settings("rabbitmq://app:s3cr3t-pw@n1:5701, n2 ,n3:5703/prod?queue_type=quorum")
+    assert parsed.nodes == (("n1", 5701), ("n2", 5672), ("n3", 5703))
+    assert (parsed.host, parsed.port, parsed.virtual_host) == ("n1", 5701, "prod")
+    assert (parsed.username, parsed.password, parsed.queue_type) == ("app", "s3cr3t-pw", "quorum")
+    assert parsed.redacted_url() == "rabbitmq://app:***@n1:5701,n2:5672,n3:5703/prod"
+    params = [connection_parameters(parsed, name="t", node=node) for node in range(3)]
+    assert [(p.host, p.port, p.virtual_host) for p in params] == [
+        ("n1", 5701, "prod"),
+        ("n2", 5672, "prod"),
+        ("n3", 5703, "prod"),
+    ]
+    assert settings("amqps://u:p@a,b:1/").nodes == (("a", 5671), ("b", 1))
+    assert settings(URL).failover == ()
+
+
+@pytest.mark.parametrize(
+    "url", ["rabbitmq://u:hunter2@n1:5672,/", "rabbitmq://u:hunter2@n1,n2:notaport/"]
+)
+def test_a_bad_further_host_is_an_invalid_url_without_the_password(url: str) -> None:
+    with pytest.raises(InvalidURL) as caught:
+        settings(url)
+    assert "hunter2" not in str(caught.value)
 
 
 def test_amqps_uses_verifying_tls_context() -> None:

@@ -6,6 +6,7 @@ provisioning, and through it docker and testcontainers); the group's help is the
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import logging
@@ -16,7 +17,7 @@ import typer
 
 from txmq.config import redact
 from txmq.errors import MissingDependency
-from txmq.testing.provision import engine, lifecycle
+from txmq.testing.provision import cluster, engine, lifecycle
 from txmq.testing.provision.common import BROKERS, Broker, ProvisionError
 from txmq.testing.provision.state import Running
 
@@ -76,10 +77,38 @@ def up(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for each broker.")
     ] = lifecycle.READY_TIMEOUT,
+    nodes: Annotated[
+        int,
+        typer.Option(
+            "--cluster",
+            help=(
+                "3: RabbitMQ and Kafka as three-node clusters (processes, ports from "
+                f"${cluster.PORT_BASE_ENV}, default {cluster.DEFAULT_PORT_BASE}); PostgreSQL "
+                "stays one server."
+            ),
+        ),
+    ] = 1,
 ) -> None:
     """Start the brokers (detached) and wait until each answers its protocol."""
+    if nodes not in (1, cluster.SIZE):
+        typer.echo(f"error: --cluster takes 1 or {cluster.SIZE}, not {nodes}", err=True)
+        raise typer.Exit(2)
+    if nodes > 1 and mode is ModeChoice.container:
+        typer.echo("error: clusters run as processes only: use --mode process or auto", err=True)
+        raise typer.Exit(2)
+    chosen = _brokers(only)
+    clustered = [b for b in cluster.CLUSTER_BROKERS if b in chosen] if nodes > 1 else []
     try:
-        endpoints = lifecycle.up(mode=mode.value, brokers=_brokers(only), timeout=timeout)
+        endpoints = lifecycle.up(
+            mode=mode.value, brokers=[b for b in chosen if b not in clustered], timeout=timeout
+        )
+        if clustered:
+            urls = cluster.up(clustered, cluster.ClusterPorts.from_env(), timeout=timeout + 60)
+            endpoints = dataclasses.replace(
+                endpoints,
+                rabbitmq_url=urls.get("rabbitmq", endpoints.rabbitmq_url),
+                kafka_url=urls.get("kafka", endpoints.kafka_url),
+            )
     except (ProvisionError, MissingDependency) as exc:
         raise _fail(exc) from exc
     if print_env:
@@ -97,8 +126,10 @@ def down(
     ] = None,
 ) -> None:
     """Stop what 'up' started, and nothing else."""
+    chosen = _brokers(only)
     try:
-        stopped = lifecycle.down(_brokers(only))
+        stopped = lifecycle.down(chosen)
+        stopped += cluster.down([b for b in cluster.CLUSTER_BROKERS if b in chosen])
     except (ProvisionError, MissingDependency) as exc:
         raise _fail(exc) from exc
     for record in stopped:
@@ -118,7 +149,7 @@ def status(
     Exits 0 when at least one broker is recorded and all recorded ones run, else 1.
     """
     try:
-        found = lifecycle.status()
+        found = lifecycle.status() + cluster.status()
     except (ProvisionError, MissingDependency) as exc:
         raise _fail(exc) from exc
     if not found:

@@ -135,6 +135,30 @@ def test_nacked_messages_fail(
     assert "rejected (nack)" in str(outcomes[1].error)
 
 
+def test_a_nack_makes_the_next_publish_use_a_new_channel(
+    adapter: RabbitMQAdapter,
+    raw_channel: Any,
+    unique: Callable[[str], str],
+    cleanup: list[str],
+) -> None:
+    """A channel nacked while a quorum queue's leader moved to another node went on nacking
+    every publish on RabbitMQ 3.10 (tests/cluster shows it on a real cluster); after a nack
+    the publisher opens a new channel, and what it publishes then is confirmed."""
+    topic, queue = unique("nack-topic"), unique("nack-queue")
+    cleanup.append(queue)
+    raw_channel.queue_declare(
+        queue, durable=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+    )
+    raw_channel.queue_bind(queue, adapter.settings.exchange, routing_key=topic)
+    with adapter.publisher() as publisher:
+        assert not publisher.publish([Message(topic, b"")])[0].ok
+        nacked_link = publisher._link  # type: ignore[attr-defined]
+        raw_channel.queue_purge(queue)
+        raw_channel.queue_delete(queue)
+        assert publisher.publish([Message(unique("unbound"), b"")])[0].ok
+        assert publisher._link is not nacked_link  # type: ignore[attr-defined]
+
+
 def test_oversized_batch_is_refused_before_anything_is_sent(
     connect_with: Callable[..., RabbitMQAdapter],
     declared: Callable[..., Topology],

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -43,13 +45,45 @@ def test_conflicting_redeclare_is_a_topology_error_and_the_adapter_recovers(
         assert publisher.publish([Message(topology.topic, b"")])[0].ok
 
 
+@pytest.fixture
+def quorum(
+    connect_with: Callable[..., RabbitMQAdapter], raw_channel: Any, unique: Callable[[str], str]
+) -> Iterator[RabbitMQAdapter]:
+    """An adapter declaring quorum queues, on an exchange of its own: the shared broker's
+    default exchange holds unroutable messages in a classic queue."""
+    exchange = unique("quorum")
+    adapter = connect_with(queue_type="quorum", exchange=exchange)
+    yield adapter
+    adapter.close()
+    raw_channel.queue_delete(f"{exchange}.unroutable")
+    raw_channel.exchange_delete(f"{exchange}.unroutable")
+    raw_channel.exchange_delete(exchange)
+
+
 def test_queue_type_conflict_is_a_topology_error(
-    connect_with: Callable[..., RabbitMQAdapter], declared: Callable[..., Topology]
+    quorum: RabbitMQAdapter, declared: Callable[..., Topology]
 ) -> None:
     topology = declared()
-    quorum = connect_with(queue_type="quorum")
     with pytest.raises(TopologyError, match="x-queue-type"):
         quorum.declare([topology])
+
+
+def test_quorum_deployments_hold_unroutable_messages_in_a_quorum_queue(
+    quorum: RabbitMQAdapter, raw_channel: Any, connect_with: Callable[..., RabbitMQAdapter]
+) -> None:
+    """A classic holding queue lives on one node: in a cluster, that node down would stop
+    every publisher of the deployment (each declares the holding queue)."""
+    with quorum.publisher() as publisher:
+        assert publisher.publish([Message("nobody-bound", b"held")])[0].ok
+    holding = f"{quorum.settings.exchange}.unroutable"
+    assert quorum.queue_depth(holding) == 1
+    # A classic deployment on the same exchange is refused, saying what to do.
+    classic = connect_with(exchange=quorum.settings.exchange)
+    with classic.publisher() as publisher, pytest.raises(TopologyError, match="own exchange"):
+        publisher.publish([Message("nobody-bound", b"")])
+    with pytest.raises(TopologyError, match="own exchange"):
+        classic.declare([])
+    classic.close()
 
 
 def test_publisher_refuses_an_exchange_of_another_type(
@@ -69,10 +103,8 @@ def test_publisher_refuses_an_exchange_of_another_type(
 
 
 def test_quorum_queues_carry_messages_and_retries(
-    connect_with: Callable[..., RabbitMQAdapter], declared: Callable[..., Topology]
+    quorum: RabbitMQAdapter, declared: Callable[..., Topology]
 ) -> None:
-    quorum = connect_with(queue_type="quorum")
-    assert isinstance(quorum, RabbitMQAdapter)
     topology = declared(retry_delays=(0.5,), broker=quorum)
     # A quorum queue refuses a classic redeclare; declaring as quorum again is fine.
     quorum.declare([topology])
@@ -99,3 +131,33 @@ def test_ping_and_connect_check(rabbitmq_url: str) -> None:
     assert broker.system == "rabbitmq"
     broker.close()
     broker.close()
+
+
+def test_a_url_with_several_hosts_fails_over_past_a_dead_node(
+    rabbitmq_url: str, declared: Callable[..., Topology]
+) -> None:
+    """The nodes of a cluster in one URL: a node that refuses connections is passed over by
+    declare, the publisher and the subscription alike."""
+    with socket.socket() as reserved:
+        # Bound and not listening: connecting to it is refused, like a node that is down.
+        reserved.bind(("127.0.0.1", 0))
+        dead = reserved.getsockname()[1]
+        parts = urlsplit(rabbitmq_url)
+        userinfo, _, live = parts.netloc.rpartition("@")
+        url = urlunsplit(parts._replace(netloc=f"{userinfo}@127.0.0.1:{dead},{live}"))
+        broker = txmq.connect(url)
+        assert isinstance(broker, RabbitMQAdapter)
+        topology = declared(broker=broker)
+        message = Message(topology.topic, b"via the second node")
+        with broker.publisher() as publisher:
+            assert publisher.publish([message])[0].ok
+        with broker.subscribe(topology.group, broker.sources_for([topology])) as subscription:
+            deadline = time.monotonic() + 10
+            got: list[Message] = []
+            while not got:
+                assert time.monotonic() < deadline
+                batch = subscription.poll(0.2)
+                subscription.ack(batch)
+                got += [d.message for d in batch]
+        broker.close()
+    assert got == [message]

@@ -37,6 +37,7 @@ from txmq.adapters.rabbitmq.subscription import RabbitMQSubscription
 from txmq.adapters.rabbitmq.unroutable import (
     declare_exchanges,
     exchange_hint,
+    holding_queue_hint,
     reroute,
     unroutable_name,
 )
@@ -93,6 +94,8 @@ class RabbitMQAdapter(Adapter):
                     topology.work_queue, self.settings.exchange, routing_key=topology.topic
                 )
         except _AMQP_ERRORS as exc:
+            if unroutable_name(self.settings) in str(exc) and "x-queue-type" in str(exc):
+                doing = f"declaring the holding queue ({holding_queue_hint(self.settings)})"
             raise channel_error(self.settings, exc, doing) from exc
         finally:
             # A refused declaration closes its channel; the connection goes with it.

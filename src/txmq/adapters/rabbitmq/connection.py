@@ -28,16 +28,18 @@ NOT_FOUND = 404
 PRECONDITION_FAILED = 406
 
 
-def connection_parameters(settings: RabbitMQSettings, *, name: str) -> Any:
-    """pika ``ConnectionParameters`` for ``settings``; ``name`` shows in the management UI."""
+def connection_parameters(settings: RabbitMQSettings, *, name: str, node: int = 0) -> Any:
+    """pika ``ConnectionParameters`` for node ``node`` of ``settings.nodes`` (counted
+    round, so any number picks one); ``name`` shows in the management UI."""
+    host, port = settings.nodes[node % len(settings.nodes)]
     timeout = settings.common.connect_timeout
     ssl_options = None
     if settings.tls:
         # Default context: certificate and host name are verified.
-        ssl_options = pika.SSLOptions(ssl.create_default_context(), server_hostname=settings.host)
+        ssl_options = pika.SSLOptions(ssl.create_default_context(), server_hostname=host)
     return pika.ConnectionParameters(
-        host=settings.host,
-        port=settings.port,
+        host=host,
+        port=port,
         virtual_host=settings.virtual_host,
         credentials=pika.PlainCredentials(settings.username, settings.password),
         ssl_options=ssl_options,
@@ -85,13 +87,18 @@ def channel_error(
 
 
 def open_blocking(settings: RabbitMQSettings, *, name: str) -> Any:
-    """A connected ``pika.BlockingConnection``.
+    """A connected ``pika.BlockingConnection`` to the first of ``settings.nodes`` that
+    answers (pika tries them in order).
 
     Raises:
-        BrokerUnavailable: refused, timed out, authentication failed (URL redacted).
+        BrokerUnavailable: refused, timed out, authentication failed, on every node (URL
+            redacted).
     """
+    every_node = [
+        connection_parameters(settings, name=name, node=node) for node in range(len(settings.nodes))
+    ]
     try:
-        return pika.BlockingConnection(connection_parameters(settings, name=name))
+        return pika.BlockingConnection(every_node)
     except (pika.exceptions.AMQPError, OSError) as exc:
         raise unavailable(settings, exc, "connecting") from exc
 

@@ -32,6 +32,7 @@ from txmq.adapters.rabbitmq.unroutable import (
     exchange_arguments,
     exchange_hint,
     holding_declarations,
+    holding_queue_hint,
 )
 from txmq.adapters.rabbitmq.wire import PERSISTENT, encode_headers
 from txmq.errors import BrokerError, BrokerUnavailable, PublishError, TopologyError
@@ -123,10 +124,13 @@ class _Link:
     reconnects: once it is dead the publisher replaces it.
     """
 
-    def __init__(self, settings: RabbitMQSettings, *, name: str) -> None:
+    def __init__(self, settings: RabbitMQSettings, *, name: str, node: int = 0) -> None:
         self._settings = settings
         self._lock = threading.Lock()
         self._dead = False  # guarded by _lock
+        # Set by a nack: the publisher replaces this link before its next publish (read
+        # without the lock: a bool flips atomically, and only ever from False to True).
+        self._nacked = False
         self._batches: set[Batch] = set()  # guarded by _lock: submitted, not yet finished
         self._ready = threading.Event()
         self._failure: Exception | None = None  # why the link could not be opened
@@ -139,7 +143,7 @@ class _Link:
         # message came back, by (message id, exchange, routing key), until its ack settles it.
         self._returned: dict[tuple[str, str, str], str] = {}
         self._connection = pika.SelectConnection(
-            connection_parameters(settings, name=name),
+            connection_parameters(settings, name=name, node=node),
             on_open_callback=self._on_connection_open,
             on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_connection_closed,
@@ -151,8 +155,11 @@ class _Link:
 
     @property
     def dead(self) -> bool:
+        """Lost, or it received a nack: a channel whose quorum-queue publishes were nacked
+        while a queue's leader moved to another node can go on nacking every publish
+        (seen on RabbitMQ 3.10 for minutes); a new channel finds the new leader."""
         with self._lock:
-            return self._dead
+            return self._dead or self._nacked
 
     def wait_ready(self) -> None:
         """Block until the channel is in confirm mode.
@@ -267,7 +274,14 @@ class _Link:
         )
 
     def _on_channel_closed(self, _channel: Any, reason: BaseException) -> None:
-        if reply_code(reason) == PRECONDITION_FAILED:
+        if reply_code(reason) == PRECONDITION_FAILED and "x-queue-type" in str(reason):
+            self._fail_open(
+                TopologyError(
+                    f"{holding_queue_hint(self._settings)}: {describe(self._settings, reason)}"
+                ),
+                reason,
+            )
+        elif reply_code(reason) == PRECONDITION_FAILED:
             self._fail_open(
                 TopologyError(
                     f"exchange {self._settings.exchange!r} exists but is not a durable topic "
@@ -336,6 +350,7 @@ class _Link:
                 error = PublishError(f"message {item.message_id} was returned: {reason}")
             elif nacked:
                 error = PublishError(f"message {item.message_id} was rejected (nack) by RabbitMQ")
+                self._nacked = True
             batch.settle(index, error)
         while self._oldest_unconfirmed < self._next_tag and self._oldest_unconfirmed not in pending:
             self._oldest_unconfirmed += 1
@@ -416,13 +431,24 @@ class RabbitMQPublisher(Publisher):
         if self._link is not None:
             self._link.close()
             self._link = None
-        try:
-            link = _Link(self._settings, name="txmq publisher")
-        except (pika.exceptions.AMQPError, OSError) as exc:
-            raise unavailable(self._settings, exc, "connecting") from exc
-        link.wait_ready()
-        self._link = link
-        return link
+        # The nodes of a cluster in order, like pika's BlockingConnection does with a list.
+        for node in range(len(self._settings.nodes)):
+            last = node == len(self._settings.nodes) - 1
+            try:
+                link = _Link(self._settings, name="txmq publisher", node=node)
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                if last:
+                    raise unavailable(self._settings, exc, "connecting") from exc
+                continue
+            try:
+                link.wait_ready()
+            except BrokerUnavailable:
+                if last:
+                    raise
+                continue
+            self._link = link
+            return link
+        raise AssertionError("settings.nodes is never empty")  # pragma: no cover
 
 
 def outgoing(exchange: str, routing_key: str, message: Message) -> _Outgoing:

@@ -5,6 +5,10 @@ Accepted forms::
     rabbitmq://user:pass@host:5672/vhost?exchange=txmq&queue_type=quorum
     amqp://user:pass@host:5672/%2F            (same as rabbitmq://)
     amqps://user:pass@host:5671/vhost         (TLS; rabbitmqs:// too)
+    rabbitmq://user:pass@h1:5672,h2:5672,h3:5672/vhost?queue_type=quorum   (a cluster)
+
+With several hosts, every connection tries them in the order given and uses the first that
+answers (the nodes of one cluster: same user, virtual host and options).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from txmq.config import REDACTED, CommonSettings, pop_common, redact
+from txmq.config import REDACTED, CommonSettings, host_port, pop_common, redact
 from txmq.errors import InvalidURL
 from txmq.message import validate_name
 
@@ -23,10 +27,15 @@ _TLS_SCHEMES = frozenset({"amqps", "rabbitmqs"})
 
 @dataclass(frozen=True, slots=True, repr=False)
 class RabbitMQSettings:
-    """Where and how to reach RabbitMQ. Built by :func:`txmq.parse_broker_url`."""
+    """Where and how to reach RabbitMQ. Built by :func:`txmq.parse_broker_url`.
+
+    ``host``/``port`` is the first node to try; ``failover`` the further nodes of the same
+    cluster, tried in order when the ones before cannot be reached.
+    """
 
     host: str
     port: int
+    failover: tuple[tuple[str, int], ...] = ()
     virtual_host: str = "/"
     username: str = "guest"
     password: str = field(default="guest")
@@ -42,10 +51,16 @@ class RabbitMQSettings:
 
     system: Literal["rabbitmq"] = "rabbitmq"
 
+    @property
+    def nodes(self) -> tuple[tuple[str, int], ...]:
+        """Every ``(host, port)`` to try, in order."""
+        return ((self.host, self.port), *self.failover)
+
     def redacted_url(self) -> str:
         scheme = "amqps" if self.tls else "rabbitmq"
         vhost = quote(self.virtual_host, safe="")
-        return f"{scheme}://{self.username}:{REDACTED}@{self.host}:{self.port}/{vhost}"
+        hosts = ",".join(f"{host}:{port}" for host, port in self.nodes)
+        return f"{scheme}://{self.username}:{REDACTED}@{hosts}/{vhost}"
 
     def __repr__(self) -> str:
         return f"RabbitMQSettings({self.redacted_url()!r})"
@@ -57,15 +72,16 @@ def parse_url(url: str, scheme: str) -> RabbitMQSettings:
     Raises:
         InvalidURL: missing host, bad port or option (the URL in the message is redacted).
     """
+    tls = scheme in _TLS_SCHEMES
+    first_node_url, failover = _split_failover(url, 5671 if tls else 5672)
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(first_node_url)
         port = parts.port
         host = parts.hostname
     except ValueError as exc:
         raise InvalidURL(f"malformed broker URL {redact(url)}: {exc}") from None
     if not host:
         raise InvalidURL(f"missing host in broker URL {redact(url)}")
-    tls = scheme in _TLS_SCHEMES
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     common = pop_common(query, url)
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
@@ -88,6 +104,7 @@ def parse_url(url: str, scheme: str) -> RabbitMQSettings:
     return RabbitMQSettings(
         host=host,
         port=port or (5671 if tls else 5672),
+        failover=failover,
         virtual_host=vhost,
         username=unquote(parts.username) if parts.username else "guest",
         password=unquote(parts.password) if parts.password else "guest",
@@ -98,3 +115,21 @@ def parse_url(url: str, scheme: str) -> RabbitMQSettings:
         unroutable=unroutable,  # type: ignore[arg-type]  # checked above
         common=common,
     )
+
+
+def _split_failover(url: str, default_port: int) -> tuple[str, tuple[tuple[str, int], ...]]:
+    """``url`` with only its first host, and the ``(host, port)`` of the hosts after it.
+
+    Raises:
+        InvalidURL: an empty host or a bad port among the further hosts.
+    """
+    head, separator, rest = url.partition("://")
+    end = len(rest)
+    for mark in "/?#":
+        found = rest.find(mark)
+        if found != -1:
+            end = min(end, found)
+    userinfo, at, hosts = rest[:end].rpartition("@")
+    first, *others = hosts.split(",")
+    failover = tuple(host_port(other.strip(), default_port, url) for other in others)
+    return f"{head}{separator}{userinfo}{at}{first}{rest[end:]}", failover

@@ -53,6 +53,17 @@ def exchange_hint(settings: RabbitMQSettings) -> str:
     return EXCHANGE_HINT.format(unroutable=unroutable_name(settings))
 
 
+def holding_queue_hint(settings: RabbitMQSettings) -> str:
+    """What to do when the holding queue exists with another queue type."""
+    name = unroutable_name(settings)
+    return (
+        f"the holding queue {name!r} exists with another x-queue-type than "
+        f"queue_type={settings.queue_type}: give deployments of each queue type their own "
+        f"exchange (?exchange=...), or move the held messages (txmq unroutable reroute) and "
+        f"delete {name!r}"
+    )
+
+
 def holding_declarations(settings: RabbitMQSettings) -> list[tuple[str, dict[str, Any]]]:
     """``(method, keyword arguments)`` of the channel calls that make the holding queue,
     before the deployment exchange is declared (none with ``unroutable=return``)."""
@@ -63,9 +74,14 @@ def holding_declarations(settings: RabbitMQSettings) -> list[tuple[str, dict[str
         ("exchange_declare", {"exchange": name, "exchange_type": "fanout", "durable": True}),
         (
             "queue_declare",
-            # Classic whatever ``queue_type`` says: one exchange may serve deployments of
-            # both types, and a queue's type cannot change once declared.
-            {"queue": name, "durable": True, "arguments": {"x-queue-type": "classic"}},
+            # Of the deployment's queue type: every publisher declares it, and a classic
+            # queue lives on one node, so in a cluster that node being down would stop
+            # every publish. (Deployments of both types therefore need their own exchange.)
+            {
+                "queue": name,
+                "durable": True,
+                "arguments": {"x-queue-type": settings.queue_type},
+            },
         ),
         ("queue_bind", {"queue": name, "exchange": name}),
     ]

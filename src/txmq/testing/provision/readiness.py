@@ -30,8 +30,12 @@ def _host_port(broker: Broker, url: str) -> tuple[str, int]:
         )
         host, _, port = first.rpartition(":")
         return host, int(port)
+    if broker == "rabbitmq":
+        settings = parse_broker_url(url)
+        assert isinstance(settings, RabbitMQSettings)
+        return settings.host, settings.port
     parts = urlsplit(url)
-    default = {"rabbitmq": 5672, "mariadb": 3306}.get(broker, 5432)
+    default = {"mariadb": 3306}.get(broker, 5432)
     return parts.hostname or "127.0.0.1", parts.port or default
 
 
@@ -48,16 +52,18 @@ def _check_rabbitmq(url: str, timeout: float) -> None:
 
     settings = parse_broker_url(url)
     assert isinstance(settings, RabbitMQSettings)
-    parameters = pika.ConnectionParameters(
-        host=settings.host,
-        port=settings.port,
-        virtual_host=settings.virtual_host,
-        credentials=pika.PlainCredentials(settings.username, settings.password),
-        socket_timeout=timeout,
-        blocked_connection_timeout=timeout,
-        connection_attempts=1,
-    )
-    pika.BlockingConnection(parameters).close()
+    # Every node of a cluster must answer, not just the first.
+    for host, port in settings.nodes:
+        parameters = pika.ConnectionParameters(
+            host=host,
+            port=port,
+            virtual_host=settings.virtual_host,
+            credentials=pika.PlainCredentials(settings.username, settings.password),
+            socket_timeout=timeout,
+            blocked_connection_timeout=timeout,
+            connection_attempts=1,
+        )
+        pika.BlockingConnection(parameters).close()
 
 
 def _check_kafka(url: str, timeout: float) -> None:
