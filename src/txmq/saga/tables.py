@@ -6,12 +6,12 @@ migrations or :func:`txmq.create_schema`.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Index, Integer, MetaData, String, Table, Text, text
+from sqlalchemy import Column, Index, Integer, MetaData, String, Table, Text, text
 
 from txmq.message import NAME_MAX_LENGTH
-from txmq.sql.tables import DEFAULT_PREFIX
+from txmq.sql.tables import DEFAULT_PREFIX, Timestamp
 
-_UTC = DateTime(timezone=True)
+_UTC = Timestamp()
 
 
 def make_barrier_table(

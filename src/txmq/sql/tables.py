@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -35,10 +36,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     event,
     text,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import TypeEngine
 
 from txmq.errors import ConfigurationError
 from txmq.message import KEY_MAX_LENGTH, NAME_MAX_LENGTH
@@ -64,7 +68,25 @@ metadata = MetaData()
 
 #: BIGINT on servers; SQLite only auto-increments an INTEGER PRIMARY KEY.
 _SEQ_TYPE = BigInteger().with_variant(Integer(), "sqlite")
-_UTC = DateTime(timezone=True)
+
+
+class Timestamp(TypeDecorator[datetime]):
+    """A point in time: ``TIMESTAMP WITH TIME ZONE`` where the server has it, and
+    ``DATETIME(6)`` on MySQL and MariaDB, whose plain ``DATETIME`` keeps whole seconds only
+    (a delayed message would then be due up to a second early). Values are UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import DATETIME
+
+            return dialect.type_descriptor(DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+
+_UTC = Timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +230,7 @@ def make_inbox_table(
         Column("message_key", String(96), primary_key=True),
         Column("topic", String(120), nullable=False),
         Column("status", String(8), nullable=False),
-        Column("processed_at", DateTime(timezone=True), nullable=False),
+        Column("processed_at", _UTC, nullable=False),
         Column("error_type", String(200), nullable=True),
         Column("error_message", String(500), nullable=True),
         Index(f"ix_{name}_processed_at", "processed_at"),
