@@ -38,6 +38,7 @@ from txmq.adapters.rabbitmq.unroutable import (
     declare_exchanges,
     exchange_hint,
     holding_queue_hint,
+    move_into_queues,
     reroute,
     unroutable_name,
 )
@@ -70,9 +71,11 @@ class RabbitMQAdapter(Adapter):
         close_quietly(open_blocking(self.settings, name="txmq ping"))
 
     def declare(self, topologies: Iterable[Topology]) -> None:
-        """Declare the exchange, each topology's queues and bindings; then re-route the
-        messages held for their topics (see :meth:`reroute_unroutable`), so that the first
-        consumer group of a topic gets what was published before it existed.
+        """Declare the exchange and each topology's queues; move the messages held for
+        their topics into the new work queues; bind the work queues; then re-route what
+        was held meanwhile (see :meth:`reroute_unroutable`). The first consumer group of a
+        topic gets what was published before it existed, ahead of what is published while
+        and after it declares: per-key order holds across held and live messages.
 
         Raises:
             TopologyError: an existing object conflicts (e.g. an exchange declared by an
@@ -89,6 +92,17 @@ class RabbitMQAdapter(Adapter):
                 for queue, arguments in self._queues(topology):
                     doing = f"declaring queue {queue!r} with {arguments}"
                     channel.queue_declare(queue, durable=True, arguments=arguments)
+            if topologies:
+                # Before any work queue is bound: no live message can reach it yet, so the
+                # held ones go in first. What is held meanwhile is re-routed below.
+                doing = f"moving the messages held in {unroutable_name(self.settings)!r}"
+                mover = connection.channel()
+                mover.confirm_delivery()
+                targets: dict[str, list[str]] = {}
+                for topology in topologies:
+                    targets.setdefault(topology.topic, []).append(topology.work_queue)
+                move_into_queues(mover, self.settings, targets)
+            for topology in topologies:
                 doing = f"binding queue {topology.work_queue!r} to topic {topology.topic!r}"
                 channel.queue_bind(
                     topology.work_queue, self.settings.exchange, routing_key=topology.topic

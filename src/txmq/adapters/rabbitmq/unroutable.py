@@ -16,7 +16,7 @@ error says what to do (:data:`EXCHANGE_HINT`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from txmq.adapters.rabbitmq.connection import channel_error, close_quietly, open_blocking, pika
@@ -121,34 +121,81 @@ def reroute(
         return 0
     name = unroutable_name(settings)
     connection = open_blocking(settings, name="txmq reroute")
-    moved = 0
     try:
         channel = connection.channel()
         declare_exchanges(channel, settings)
         channel.confirm_delivery()
-        waiting = channel.queue_declare(name, passive=True).method.message_count
-        if scan_limit is not None and waiting > scan_limit:
-            log.warning(
-                "%d messages are held in %r (topics nobody consumes?); re-routing looks at "
-                "the first %d only: run `txmq unroutable reroute` for the rest",
-                *(waiting, name, scan_limit),
-            )
-            waiting = scan_limit
-        kept = False
-        for _ in range(waiting):
-            method, properties, body = channel.basic_get(name, auto_ack=False)
-            if method is None:
-                break
-            if topics is not None and method.routing_key not in topics:
-                kept = True  # given back below, all at once, in their places
-                continue
+
+        def to_exchange(method: Any, properties: Any, body: bytes) -> None:
             channel.basic_publish(settings.exchange, method.routing_key, body, properties)
-            channel.basic_ack(method.delivery_tag)
-            moved += 1
-        if kept:
-            channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
+
+        return _take_held(channel, settings, topics, to_exchange, scan_limit=scan_limit)
     except (pika.exceptions.AMQPError, OSError) as exc:
         raise channel_error(settings, exc, f"re-routing the messages held in {name!r}") from exc
     finally:
         close_quietly(connection)
+
+
+def move_into_queues(
+    channel: Any,
+    settings: RabbitMQSettings,
+    queues: Mapping[str, Collection[str]],
+    *,
+    scan_limit: int | None = SCAN_LIMIT,
+) -> int:
+    """Move the held messages of each topic into its ``queues[topic]`` directly (through
+    the default exchange), on a channel in confirm mode.
+
+    Done before those queues are bound to the exchange: no live message of the topic can
+    reach them yet, so the held ones are ahead of every live one, in their order. Each is
+    acknowledged in the holding queue once every copy was confirmed (a crash in between
+    leaves a duplicate, never a loss). Returns how many held messages were moved.
+
+    Raises:
+        pika.exceptions.AMQPError, OSError: for the caller to translate.
+    """
+    if settings.unroutable != "hold":
+        return 0
+
+    def to_queues(method: Any, properties: Any, body: bytes) -> None:
+        for queue in queues[method.routing_key]:
+            # mandatory: a queue deleted meanwhile is an error, not a silent drop.
+            channel.basic_publish("", queue, body, properties, mandatory=True)
+
+    return _take_held(channel, settings, set(queues), to_queues, scan_limit=scan_limit)
+
+
+def _take_held(
+    channel: Any,
+    settings: RabbitMQSettings,
+    topics: Collection[str] | None,
+    forward: Callable[[Any, Any, bytes], None],
+    *,
+    scan_limit: int | None,
+) -> int:
+    """Forward the held messages of ``topics`` (all with ``None``), acknowledging each
+    after ``forward`` returned; the others are given back in their places."""
+    name = unroutable_name(settings)
+    waiting = channel.queue_declare(name, passive=True).method.message_count
+    if scan_limit is not None and waiting > scan_limit:
+        log.warning(
+            "%d messages are held in %r (topics nobody consumes?); re-routing looks at "
+            "the first %d only: run `txmq unroutable reroute` for the rest",
+            *(waiting, name, scan_limit),
+        )
+        waiting = scan_limit
+    moved = 0
+    kept = False
+    for _ in range(waiting):
+        method, properties, body = channel.basic_get(name, auto_ack=False)
+        if method is None:
+            break
+        if topics is not None and method.routing_key not in topics:
+            kept = True  # given back below, all at once, in their places
+            continue
+        forward(method, properties, body)
+        channel.basic_ack(method.delivery_tag)
+        moved += 1
+    if kept:
+        channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
     return moved

@@ -1,0 +1,119 @@
+"""Held messages of a topic's first consumer group stay ahead of live ones (per-key order).
+
+``declare`` moves the messages held in ``<exchange>.unroutable`` into the new work queues
+before binding them: a message published while the group declares lands behind them. The
+tests publish such a message from inside the declaration, right before or right after the
+work queue is bound, so the race is hit every time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from pika.adapters.blocking_connection import BlockingChannel
+
+from txmq import Message, Topology
+from txmq.adapters.base import Publisher
+from txmq.adapters.rabbitmq.adapter import RabbitMQAdapter
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture(params=["classic", "quorum"])
+def private(
+    request: pytest.FixtureRequest,
+    connect_with: Callable[..., RabbitMQAdapter],
+    raw_channel: Any,
+    unique: Callable[[str], str],
+) -> Iterator[RabbitMQAdapter]:
+    """An adapter on an exchange of its own, so that only this test's messages are held."""
+    exchange = unique("order")
+    adapter = connect_with(exchange=exchange, queue_type=request.param)
+    yield adapter
+    adapter.close()
+    raw_channel.queue_delete(f"{exchange}.unroutable")
+    raw_channel.exchange_delete(f"{exchange}.unroutable")
+    raw_channel.exchange_delete(exchange)
+
+
+def publish(publisher: Publisher, topic: str, *bodies: bytes) -> None:
+    outcomes = publisher.publish([Message(topic, body, key="k") for body in bodies])
+    assert all(outcome.ok for outcome in outcomes)
+
+
+def contents(raw_channel: Any, queue: str) -> list[bytes]:
+    """Every message of ``queue``, head first (taken off the queue)."""
+    bodies: list[bytes] = []
+    while True:
+        method, _properties, body = raw_channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            return bodies
+        bodies.append(body)
+
+
+def publish_while_binding(
+    monkeypatch: pytest.MonkeyPatch, publisher: Publisher, topology: Topology, *, after: bool
+) -> None:
+    """Publish ``b"live"`` to the topic as ``topology``'s work queue is bound to the
+    exchange: just before the bind (``after=False``) or just after it."""
+    original = BlockingChannel.queue_bind
+    done: list[bool] = []
+
+    def queue_bind(channel: BlockingChannel, queue: str, exchange: str, **kwargs: Any) -> Any:
+        ours = queue == topology.work_queue and not done
+        if ours and not after:
+            done.append(True)
+            publish(publisher, topology.topic, b"live")
+        result = original(channel, queue, exchange, **kwargs)
+        if ours and after:
+            done.append(True)
+            publish(publisher, topology.topic, b"live")
+        return result
+
+    monkeypatch.setattr(BlockingChannel, "queue_bind", queue_bind)
+
+
+@pytest.mark.parametrize("after", [True, False], ids=["live-after-bind", "live-before-bind"])
+def test_a_message_published_while_the_first_group_declares_stays_behind_the_held_ones(
+    private: RabbitMQAdapter,
+    raw_channel: Any,
+    unique: Callable[[str], str],
+    cleanup: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    after: bool,
+) -> None:
+    topic = unique("t")
+    groups = [Topology(unique("g1"), topic), Topology(unique("g2"), topic)]
+    for topology in groups:
+        cleanup.extend([topology.work_queue, topology.dead_letter_queue])
+    with private.publisher() as publisher:
+        publish(publisher, topic, b"0", b"1", b"2")
+        # After the last bind every group has the live message; before the first, none.
+        binding = groups[-1] if after else groups[0]
+        publish_while_binding(monkeypatch, publisher, binding, after=after)
+        private.declare(groups)
+        monkeypatch.undo()
+        publish(publisher, topic, b"3")
+    for topology in groups:
+        assert contents(raw_channel, topology.work_queue) == [b"0", b"1", b"2", b"live", b"3"]
+    assert contents(raw_channel, f"{private.settings.exchange}.unroutable") == []
+
+
+def test_a_later_group_does_not_take_what_an_earlier_group_left_held(
+    private: RabbitMQAdapter, raw_channel: Any, unique: Callable[[str], str], cleanup: list[str]
+) -> None:
+    topic = unique("t")
+    first, other = Topology(unique("g1"), topic), Topology(unique("g2"), unique("other"))
+    cleanup.extend(
+        [first.work_queue, first.dead_letter_queue, other.work_queue, other.dead_letter_queue]
+    )
+    with private.publisher() as publisher:
+        publish(publisher, topic, b"0")
+        publish(publisher, other.topic, b"x")
+        private.declare([first])
+        publish(publisher, topic, b"1")
+    assert contents(raw_channel, first.work_queue) == [b"0", b"1"]
+    private.declare([other])
+    assert contents(raw_channel, other.work_queue) == [b"x"]
