@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
-from txmq import Message, Topology
+from txmq import Message, Topology, TxmqError
 from txmq.adapters.base import Publisher
 from txmq.adapters.rabbitmq.adapter import RabbitMQAdapter
 
@@ -117,3 +118,33 @@ def test_a_later_group_does_not_take_what_an_earlier_group_left_held(
     assert contents(raw_channel, first.work_queue) == [b"0", b"1"]
     private.declare([other])
     assert contents(raw_channel, other.work_queue) == [b"x"]
+
+
+def test_a_crash_between_moving_and_acknowledging_duplicates_and_keeps_order(
+    private: RabbitMQAdapter,
+    raw_channel: Any,
+    unique: Callable[[str], str],
+    cleanup: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    topology = Topology(unique("g"), unique("t"))
+    cleanup.extend([topology.work_queue, topology.dead_letter_queue])
+    original = BlockingChannel.basic_ack
+    acks: list[int] = []
+
+    def basic_ack(channel: BlockingChannel, *args: Any, **kwargs: Any) -> Any:
+        acks.append(1)
+        if len(acks) == 2:  # "1" is in the work queue, not yet acknowledged: the crash
+            raise pika.exceptions.AMQPConnectionError("crash")
+        return original(channel, *args, **kwargs)
+
+    with private.publisher() as publisher:
+        publish(publisher, topology.topic, b"0", b"1", b"2")
+        monkeypatch.setattr(BlockingChannel, "basic_ack", basic_ack)
+        with pytest.raises(TxmqError):
+            private.declare([topology])
+        monkeypatch.undo()
+        private.declare([topology])  # the restart
+        publish(publisher, topology.topic, b"3")
+    got = contents(raw_channel, topology.work_queue)
+    assert got == [b"0", b"1", b"1", b"2", b"3"]  # a duplicate, nothing lost or reordered
