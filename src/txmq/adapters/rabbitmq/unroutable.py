@@ -4,9 +4,11 @@ Kafka keeps a message in its topic whether or not a consumer group exists yet. T
 RabbitMQ the same story, the deployment exchange ``X`` gets an alternate exchange: a
 message that matches no binding goes to the fanout exchange ``X.unroutable`` and its
 durable queue ``X.unroutable``, with its routing key (the topic) and properties intact, and
-the publish is confirmed. When a consumer declares its queues for a topic,
-:func:`reroute` publishes that topic's held messages to ``X`` again, so the first consumer
-group of a topic receives what was published before it existed.
+the publish is confirmed. When a consumer declares its queues for a topic, the topic's held
+messages are moved into its new work queues before they are bound (:func:`move_into_queues`),
+so the first consumer group of a topic receives what was published before it existed, ahead
+of anything published later; :func:`reroute` publishes held messages to ``X`` again (what was
+held while the queues were being bound, and ``txmq unroutable reroute``).
 
 RabbitMQ does not let an existing exchange change its arguments: an exchange declared by an
 older txmq (without the alternate exchange) is refused with PRECONDITION_FAILED, and the
