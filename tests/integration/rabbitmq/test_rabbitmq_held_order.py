@@ -8,12 +8,14 @@ work queue is bound, so the race is hit every time.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pika.exceptions
 import pytest
-from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from txmq import Message, Topology, TxmqError
 from txmq.adapters.base import Publisher
@@ -148,3 +150,63 @@ def test_a_crash_between_moving_and_acknowledging_duplicates_and_keeps_order(
         publish(publisher, topology.topic, b"3")
     got = contents(raw_channel, topology.work_queue)
     assert got == [b"0", b"1", b"1", b"2", b"3"]  # a duplicate, nothing lost or reordered
+
+
+def test_two_consumers_of_a_new_group_starting_at_once_keep_the_held_order(
+    private: RabbitMQAdapter,
+    connect_with: Callable[..., RabbitMQAdapter],
+    raw_channel: Any,
+    unique: Callable[[str], str],
+    cleanup: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second declaration starts while the first holds held message "0" unpublished:
+    it must wait rather than take "1" and "2" and forward them first."""
+    topology = Topology(unique("g"), unique("t"))
+    cleanup.extend([topology.work_queue, topology.dead_letter_queue])
+    second = connect_with(
+        exchange=private.settings.exchange, queue_type=private.settings.queue_type
+    )
+    first_thread = threading.current_thread()
+    second_waits, second_done = threading.Event(), threading.Event()
+    started: list[threading.Thread] = []
+
+    def declare_second() -> None:
+        second.declare([topology])
+        second_done.set()
+
+    original_publish = BlockingChannel.basic_publish
+
+    def basic_publish(channel: BlockingChannel, exchange: str, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is first_thread and not started:
+            started.append(threading.Thread(target=declare_second, daemon=True))
+            started[0].start()
+            assert wait_for_either(second_waits, second_done, timeout=60.0)
+        return original_publish(channel, exchange, *args, **kwargs)
+
+    original_sleep = BlockingConnection.sleep
+
+    def sleep(connection: BlockingConnection, duration: float) -> None:
+        if threading.current_thread() is not first_thread:
+            second_waits.set()
+        original_sleep(connection, duration)
+
+    with private.publisher() as publisher:
+        publish(publisher, topology.topic, b"0", b"1", b"2")
+        monkeypatch.setattr(BlockingChannel, "basic_publish", basic_publish)
+        monkeypatch.setattr(BlockingConnection, "sleep", sleep)
+        private.declare([topology])
+        started[0].join(timeout=60.0)
+        assert second_done.is_set()
+        monkeypatch.undo()
+        publish(publisher, topology.topic, b"3")
+    second.close()
+    assert contents(raw_channel, topology.work_queue) == [b"0", b"1", b"2", b"3"]
+
+
+def wait_for_either(a: threading.Event, b: threading.Event, *, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if a.wait(0.05) or b.is_set():
+            return True
+    return False

@@ -40,6 +40,8 @@ from txmq.adapters.rabbitmq.unroutable import (
     holding_queue_hint,
     move_into_queues,
     reroute,
+    reroute_on,
+    take_lock,
     unroutable_name,
 )
 from txmq.config import BrokerSettings
@@ -83,30 +85,42 @@ class RabbitMQAdapter(Adapter):
             BrokerUnavailable: the broker cannot be reached.
         """
         topologies = list(topologies)
+        holding = unroutable_name(self.settings)
+        moves = bool(topologies) and self.settings.unroutable == "hold"
         connection = open_blocking(self.settings, name="txmq declare")
-        doing = f"declaring exchange {self.settings.exchange!r} ({exchange_hint(self.settings)})"
+        exchange = f"declaring exchange {self.settings.exchange!r} ({exchange_hint(self.settings)})"
+        doing = exchange
         try:
+            if moves:
+                doing = f"waiting for another declaration to finish moving {holding!r}"
+                take_lock(connection, self.settings)
+                doing = exchange
             channel = connection.channel()
             declare_exchanges(channel, self.settings)
             for topology in topologies:
                 for queue, arguments in self._queues(topology):
                     doing = f"declaring queue {queue!r} with {arguments}"
                     channel.queue_declare(queue, durable=True, arguments=arguments)
-            if topologies:
+            targets: dict[str, list[str]] = {}
+            for topology in topologies:
+                targets.setdefault(topology.topic, []).append(topology.work_queue)
+            mover = connection.channel()
+            mover.confirm_delivery()
+            if moves:
                 # Before any work queue is bound: no live message can reach it yet, so the
-                # held ones go in first. What is held meanwhile is re-routed below.
-                doing = f"moving the messages held in {unroutable_name(self.settings)!r}"
-                mover = connection.channel()
-                mover.confirm_delivery()
-                targets: dict[str, list[str]] = {}
-                for topology in topologies:
-                    targets.setdefault(topology.topic, []).append(topology.work_queue)
+                # held ones go in first.
+                doing = f"moving the messages held in {holding!r}"
                 move_into_queues(mover, self.settings, targets)
             for topology in topologies:
                 doing = f"binding queue {topology.work_queue!r} to topic {topology.topic!r}"
                 channel.queue_bind(
                     topology.work_queue, self.settings.exchange, routing_key=topology.topic
                 )
+            if moves:
+                # Held while the queues were being bound: behind the moved ones, but a live
+                # message of the same key may already be ahead of them.
+                doing = f"re-routing the messages held in {holding!r}"
+                reroute_on(mover, self.settings, targets)
         except _AMQP_ERRORS as exc:
             if unroutable_name(self.settings) in str(exc) and "x-queue-type" in str(exc):
                 doing = f"declaring the holding queue ({holding_queue_hint(self.settings)})"
@@ -114,8 +128,6 @@ class RabbitMQAdapter(Adapter):
         finally:
             # A refused declaration closes its channel; the connection goes with it.
             close_quietly(connection)
-        if topologies:
-            self.reroute_unroutable({t.topic for t in topologies})
 
     @property
     def unroutable_queue(self) -> str | None:

@@ -18,6 +18,7 @@ error says what to do (:data:`EXCHANGE_HINT`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -29,6 +30,13 @@ log = logging.getLogger("txmq.rabbitmq")
 #: Most held messages one re-route looks at: each is fetched, so a holding queue that keeps
 #: growing (a topic published but never consumed) would otherwise slow every consumer start.
 SCAN_LIMIT = 10_000
+
+#: Seconds a re-route waits for another one to release the exchange's lock, and between tries.
+LOCK_TIMEOUT = 60.0
+LOCK_POLL = 0.2
+
+#: AMQP reply code for an exclusive queue another connection owns.
+RESOURCE_LOCKED = 405
 
 #: What to do about an exchange whose declaration does not match txmq's.
 EXCHANGE_HINT = (
@@ -107,7 +115,8 @@ def reroute(
     *,
     scan_limit: int | None = SCAN_LIMIT,
 ) -> int:
-    """Publish the held messages of ``topics`` (all with ``None``) to the exchange again.
+    """Publish the held messages of ``topics`` (all with ``None``) to the exchange again,
+    on a connection of its own that holds the exchange's re-route lock (:func:`take_lock`).
 
     Each is acknowledged in the holding queue only once RabbitMQ confirmed its new
     publish; one whose topic still has no bound queue comes back to the holding queue.
@@ -116,7 +125,8 @@ def reroute(
     Returns how many were re-published.
 
     Raises:
-        BrokerUnavailable: RabbitMQ cannot be reached.
+        BrokerUnavailable: RabbitMQ cannot be reached, or another re-route held the lock
+            for :data:`LOCK_TIMEOUT` seconds.
         TopologyError: the exchange or the holding queue exists with other settings.
     """
     if settings.unroutable != "hold":
@@ -124,18 +134,59 @@ def reroute(
     name = unroutable_name(settings)
     connection = open_blocking(settings, name="txmq reroute")
     try:
+        take_lock(connection, settings)
         channel = connection.channel()
         declare_exchanges(channel, settings)
         channel.confirm_delivery()
-
-        def to_exchange(method: Any, properties: Any, body: bytes) -> None:
-            channel.basic_publish(settings.exchange, method.routing_key, body, properties)
-
-        return _take_held(channel, settings, topics, to_exchange, scan_limit=scan_limit)
+        return reroute_on(channel, settings, topics, scan_limit=scan_limit)
     except (pika.exceptions.AMQPError, OSError) as exc:
         raise channel_error(settings, exc, f"re-routing the messages held in {name!r}") from exc
     finally:
         close_quietly(connection)
+
+
+def take_lock(connection: Any, settings: RabbitMQSettings) -> None:
+    """Hold the exchange's re-route lock for the life of ``connection``, waiting up to
+    :data:`LOCK_TIMEOUT` seconds for another holder.
+
+    The lock is the exclusive queue ``<exchange>.unroutable.lock``: RabbitMQ refuses it to
+    every other connection and deletes it when its connection closes, so a crashed holder
+    releases it. Without it two consumers starting at once would take the held messages
+    in turns and forward them interleaved, out of order.
+
+    Raises:
+        pika.exceptions.AMQPError, OSError: for the caller to translate (the last refusal,
+            RESOURCE_LOCKED, once the timeout passed).
+    """
+    lock = f"{unroutable_name(settings)}.lock"
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    while True:
+        try:
+            connection.channel().queue_declare(lock, exclusive=True, auto_delete=True)
+            return
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != RESOURCE_LOCKED or time.monotonic() > deadline:
+                raise
+        connection.sleep(LOCK_POLL)  # serves the connection's heartbeats meanwhile
+
+
+def reroute_on(
+    channel: Any,
+    settings: RabbitMQSettings,
+    topics: Collection[str] | None,
+    *,
+    scan_limit: int | None = SCAN_LIMIT,
+) -> int:
+    """:func:`reroute` on a channel in confirm mode whose connection holds the lock.
+
+    Raises:
+        pika.exceptions.AMQPError, OSError: for the caller to translate.
+    """
+
+    def to_exchange(method: Any, properties: Any, body: bytes) -> None:
+        channel.basic_publish(settings.exchange, method.routing_key, body, properties)
+
+    return _take_held(channel, settings, topics, to_exchange, scan_limit=scan_limit)
 
 
 def move_into_queues(
@@ -146,7 +197,8 @@ def move_into_queues(
     scan_limit: int | None = SCAN_LIMIT,
 ) -> int:
     """Move the held messages of each topic into its ``queues[topic]`` directly (through
-    the default exchange), on a channel in confirm mode.
+    the default exchange), on a channel in confirm mode whose connection holds the lock
+    (:func:`take_lock`).
 
     Done before those queues are bound to the exchange: no live message of the topic can
     reach them yet, so the held ones are ahead of every live one, in their order. Each is
