@@ -38,7 +38,10 @@ from txmq.adapters.rabbitmq.unroutable import (
     declare_exchanges,
     exchange_hint,
     holding_queue_hint,
+    move_into_queues,
     reroute,
+    reroute_on,
+    take_lock,
     unroutable_name,
 )
 from txmq.config import BrokerSettings
@@ -70,9 +73,11 @@ class RabbitMQAdapter(Adapter):
         close_quietly(open_blocking(self.settings, name="txmq ping"))
 
     def declare(self, topologies: Iterable[Topology]) -> None:
-        """Declare the exchange, each topology's queues and bindings; then re-route the
-        messages held for their topics (see :meth:`reroute_unroutable`), so that the first
-        consumer group of a topic gets what was published before it existed.
+        """Declare the exchange and each topology's queues; move the messages held for
+        their topics into the new work queues; bind the work queues; then re-route what
+        was held meanwhile (see :meth:`reroute_unroutable`). The first consumer group of a
+        topic gets what was published before it existed, ahead of what is published while
+        and after it declares: per-key order holds across held and live messages.
 
         Raises:
             TopologyError: an existing object conflicts (e.g. an exchange declared by an
@@ -80,19 +85,42 @@ class RabbitMQAdapter(Adapter):
             BrokerUnavailable: the broker cannot be reached.
         """
         topologies = list(topologies)
+        holding = unroutable_name(self.settings)
+        moves = bool(topologies) and self.settings.unroutable == "hold"
         connection = open_blocking(self.settings, name="txmq declare")
-        doing = f"declaring exchange {self.settings.exchange!r} ({exchange_hint(self.settings)})"
+        exchange = f"declaring exchange {self.settings.exchange!r} ({exchange_hint(self.settings)})"
+        doing = exchange
         try:
+            if moves:
+                doing = f"waiting for another declaration to finish moving {holding!r}"
+                take_lock(connection, self.settings)
+                doing = exchange
             channel = connection.channel()
             declare_exchanges(channel, self.settings)
             for topology in topologies:
                 for queue, arguments in self._queues(topology):
                     doing = f"declaring queue {queue!r} with {arguments}"
                     channel.queue_declare(queue, durable=True, arguments=arguments)
+            targets: dict[str, list[str]] = {}
+            for topology in topologies:
+                targets.setdefault(topology.topic, []).append(topology.work_queue)
+            mover = connection.channel()
+            mover.confirm_delivery()
+            if moves:
+                # Before any work queue is bound: no live message can reach it yet, so the
+                # held ones go in first.
+                doing = f"moving the messages held in {holding!r}"
+                move_into_queues(mover, self.settings, targets)
+            for topology in topologies:
                 doing = f"binding queue {topology.work_queue!r} to topic {topology.topic!r}"
                 channel.queue_bind(
                     topology.work_queue, self.settings.exchange, routing_key=topology.topic
                 )
+            if moves:
+                # Held while the queues were being bound: behind the moved ones, but a live
+                # message of the same key may already be ahead of them.
+                doing = f"re-routing the messages held in {holding!r}"
+                reroute_on(mover, self.settings, targets)
         except _AMQP_ERRORS as exc:
             if unroutable_name(self.settings) in str(exc) and "x-queue-type" in str(exc):
                 doing = f"declaring the holding queue ({holding_queue_hint(self.settings)})"
@@ -100,8 +128,6 @@ class RabbitMQAdapter(Adapter):
         finally:
             # A refused declaration closes its channel; the connection goes with it.
             close_quietly(connection)
-        if topologies:
-            self.reroute_unroutable({t.topic for t in topologies})
 
     @property
     def unroutable_queue(self) -> str | None:

@@ -4,9 +4,11 @@ Kafka keeps a message in its topic whether or not a consumer group exists yet. T
 RabbitMQ the same story, the deployment exchange ``X`` gets an alternate exchange: a
 message that matches no binding goes to the fanout exchange ``X.unroutable`` and its
 durable queue ``X.unroutable``, with its routing key (the topic) and properties intact, and
-the publish is confirmed. When a consumer declares its queues for a topic,
-:func:`reroute` publishes that topic's held messages to ``X`` again, so the first consumer
-group of a topic receives what was published before it existed.
+the publish is confirmed. When a consumer declares its queues for a topic, the topic's held
+messages are moved into its new work queues before they are bound (:func:`move_into_queues`),
+so the first consumer group of a topic receives what was published before it existed, ahead
+of anything published later; :func:`reroute` publishes held messages to ``X`` again (what was
+held while the queues were being bound, and ``txmq unroutable reroute``).
 
 RabbitMQ does not let an existing exchange change its arguments: an exchange declared by an
 older txmq (without the alternate exchange) is refused with PRECONDITION_FAILED, and the
@@ -16,7 +18,8 @@ error says what to do (:data:`EXCHANGE_HINT`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+import time
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from txmq.adapters.rabbitmq.connection import channel_error, close_quietly, open_blocking, pika
@@ -27,6 +30,13 @@ log = logging.getLogger("txmq.rabbitmq")
 #: Most held messages one re-route looks at: each is fetched, so a holding queue that keeps
 #: growing (a topic published but never consumed) would otherwise slow every consumer start.
 SCAN_LIMIT = 10_000
+
+#: Seconds a re-route waits for another one to release the exchange's lock, and between tries.
+LOCK_TIMEOUT = 60.0
+LOCK_POLL = 0.2
+
+#: AMQP reply code for an exclusive queue another connection owns.
+RESOURCE_LOCKED = 405
 
 #: What to do about an exchange whose declaration does not match txmq's.
 EXCHANGE_HINT = (
@@ -105,7 +115,8 @@ def reroute(
     *,
     scan_limit: int | None = SCAN_LIMIT,
 ) -> int:
-    """Publish the held messages of ``topics`` (all with ``None``) to the exchange again.
+    """Publish the held messages of ``topics`` (all with ``None``) to the exchange again,
+    on a connection of its own that holds the exchange's re-route lock (:func:`take_lock`).
 
     Each is acknowledged in the holding queue only once RabbitMQ confirmed its new
     publish; one whose topic still has no bound queue comes back to the holding queue.
@@ -114,41 +125,131 @@ def reroute(
     Returns how many were re-published.
 
     Raises:
-        BrokerUnavailable: RabbitMQ cannot be reached.
+        BrokerUnavailable: RabbitMQ cannot be reached, or another re-route held the lock
+            for :data:`LOCK_TIMEOUT` seconds.
         TopologyError: the exchange or the holding queue exists with other settings.
     """
     if settings.unroutable != "hold":
         return 0
     name = unroutable_name(settings)
     connection = open_blocking(settings, name="txmq reroute")
-    moved = 0
     try:
+        take_lock(connection, settings)
         channel = connection.channel()
         declare_exchanges(channel, settings)
         channel.confirm_delivery()
-        waiting = channel.queue_declare(name, passive=True).method.message_count
-        if scan_limit is not None and waiting > scan_limit:
-            log.warning(
-                "%d messages are held in %r (topics nobody consumes?); re-routing looks at "
-                "the first %d only: run `txmq unroutable reroute` for the rest",
-                *(waiting, name, scan_limit),
-            )
-            waiting = scan_limit
-        kept = False
-        for _ in range(waiting):
-            method, properties, body = channel.basic_get(name, auto_ack=False)
-            if method is None:
-                break
-            if topics is not None and method.routing_key not in topics:
-                kept = True  # given back below, all at once, in their places
-                continue
-            channel.basic_publish(settings.exchange, method.routing_key, body, properties)
-            channel.basic_ack(method.delivery_tag)
-            moved += 1
-        if kept:
-            channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
+        return reroute_on(channel, settings, topics, scan_limit=scan_limit)
     except (pika.exceptions.AMQPError, OSError) as exc:
         raise channel_error(settings, exc, f"re-routing the messages held in {name!r}") from exc
     finally:
         close_quietly(connection)
+
+
+def take_lock(connection: Any, settings: RabbitMQSettings) -> None:
+    """Hold the exchange's re-route lock for the life of ``connection``, waiting up to
+    :data:`LOCK_TIMEOUT` seconds for another holder.
+
+    The lock is the exclusive queue ``<exchange>.unroutable.lock``: RabbitMQ refuses it to
+    every other connection and deletes it when its connection closes, so a crashed holder
+    releases it. Without it two consumers starting at once would take the held messages
+    in turns and forward them interleaved, out of order.
+
+    Raises:
+        pika.exceptions.AMQPError, OSError: for the caller to translate (the last refusal,
+            RESOURCE_LOCKED, once the timeout passed).
+    """
+    lock = f"{unroutable_name(settings)}.lock"
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    while True:
+        try:
+            connection.channel().queue_declare(lock, exclusive=True, auto_delete=True)
+            return
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != RESOURCE_LOCKED or time.monotonic() > deadline:
+                raise
+        connection.sleep(LOCK_POLL)  # serves the connection's heartbeats meanwhile
+
+
+def reroute_on(
+    channel: Any,
+    settings: RabbitMQSettings,
+    topics: Collection[str] | None,
+    *,
+    scan_limit: int | None = SCAN_LIMIT,
+) -> int:
+    """:func:`reroute` on a channel in confirm mode whose connection holds the lock.
+
+    Raises:
+        pika.exceptions.AMQPError, OSError: for the caller to translate.
+    """
+
+    def to_exchange(method: Any, properties: Any, body: bytes) -> None:
+        channel.basic_publish(settings.exchange, method.routing_key, body, properties)
+
+    return _take_held(channel, settings, topics, to_exchange, scan_limit=scan_limit)
+
+
+def move_into_queues(
+    channel: Any,
+    settings: RabbitMQSettings,
+    queues: Mapping[str, Collection[str]],
+    *,
+    scan_limit: int | None = SCAN_LIMIT,
+) -> int:
+    """Move the held messages of each topic into its ``queues[topic]`` directly (through
+    the default exchange), on a channel in confirm mode whose connection holds the lock
+    (:func:`take_lock`).
+
+    Done before those queues are bound to the exchange: no live message of the topic can
+    reach them yet, so the held ones are ahead of every live one, in their order. Each is
+    acknowledged in the holding queue once every copy was confirmed (a crash in between
+    leaves a duplicate, never a loss). Returns how many held messages were moved.
+
+    Raises:
+        pika.exceptions.AMQPError, OSError: for the caller to translate.
+    """
+    if settings.unroutable != "hold":
+        return 0
+
+    def to_queues(method: Any, properties: Any, body: bytes) -> None:
+        for queue in queues[method.routing_key]:
+            # mandatory: a queue deleted meanwhile is an error, not a silent drop.
+            channel.basic_publish("", queue, body, properties, mandatory=True)
+
+    return _take_held(channel, settings, set(queues), to_queues, scan_limit=scan_limit)
+
+
+def _take_held(
+    channel: Any,
+    settings: RabbitMQSettings,
+    topics: Collection[str] | None,
+    forward: Callable[[Any, Any, bytes], None],
+    *,
+    scan_limit: int | None,
+) -> int:
+    """Forward the held messages of ``topics`` (all with ``None``), acknowledging each
+    after ``forward`` returned; the others are given back in their places."""
+    name = unroutable_name(settings)
+    waiting = channel.queue_declare(name, passive=True).method.message_count
+    if scan_limit is not None and waiting > scan_limit:
+        log.warning(
+            "%d messages are held in %r (topics nobody consumes?); re-routing looks at "
+            "the first %d only: run `txmq unroutable reroute` for the rest",
+            *(waiting, name, scan_limit),
+        )
+        waiting = scan_limit
+    moved = 0
+    kept = False
+    for _ in range(waiting):
+        method, properties, body = channel.basic_get(name, auto_ack=False)
+        if method is None:
+            break
+        if topics is not None and method.routing_key not in topics:
+            kept = True  # given back below, all at once, in their places
+            continue
+        forward(method, properties, body)
+        channel.basic_ack(method.delivery_tag)
+        moved += 1
+    if kept:
+        channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
     return moved
