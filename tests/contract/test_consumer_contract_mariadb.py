@@ -6,9 +6,12 @@ consumer's SQL (inbox claims, dead-letter bookkeeping, the handler's transaction
 same whichever broker delivers; RabbitMQ and Kafka run this suite on PostgreSQL.
 """
 
+from collections.abc import Iterator
+
 import pytest
 
 from txmq.testing.contract import consumer, expose
+from txmq.testing.contract.apis import Api
 from txmq.testing.contract.builtin import ADAPTERS
 
 
@@ -18,3 +21,12 @@ def database_url(mysql_url: str) -> str:
 
 
 expose(consumer, globals(), {"memory": ADAPTERS["memory"]})
+
+
+@pytest.fixture(params=["sync"])
+def api(request: pytest.FixtureRequest) -> Iterator[Api]:
+    """The synchronous API only: txmq.aio has no asyncio MySQL driver to run on yet, so the
+    async scenarios run on PostgreSQL and SQLite (test_*_contract.py)."""
+    made = Api(request.param)
+    yield made
+    made.close()
