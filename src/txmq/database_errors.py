@@ -34,6 +34,12 @@ _REFUSALS = (
 # SQLSTATEs of a connection that is gone or cannot be had now: class 08 (connection
 # exception) and 57P01-57P03 (server shutting down, crashed, starting up).
 _OUTAGE_SQLSTATES = ("57P01", "57P02", "57P03")
+# MySQL/MariaDB error numbers of a server going away or restarting: 1053 server shutdown
+# in progress (a statement running as the server stops), 1927 connection killed, 2002/2003
+# cannot connect, 2006 server has gone away, 2013 lost connection during a query, 2055
+# lost connection (system error), 4031 disconnected by the server. SQLAlchemy marks only
+# some of them as invalidating, and none when the error comes from a commit or rollback.
+_OUTAGE_ERRNOS = (1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031)
 
 
 def _connecting(exc: BaseException) -> bool:
@@ -80,9 +86,21 @@ def _is_outage_itself(exc: BaseException) -> bool:
             return True
         if isinstance(exc, OperationalError | InterfaceError) and _connecting(exc):
             return refusal(exc) is None
-    sqlstate = getattr(_driver_error(exc), "sqlstate", None)
-    return isinstance(sqlstate, str) and (
-        sqlstate.startswith("08") or sqlstate in _OUTAGE_SQLSTATES
+    driver = _driver_error(exc)
+    sqlstate = getattr(driver, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate.startswith("08") or sqlstate in _OUTAGE_SQLSTATES
+    # PyMySQL and mysqlclient: args == (errno, message).
+    args: tuple[object, ...] = getattr(driver, "args", ())
+    return _is_mysql_error(exc, driver) and bool(args) and args[0] in _OUTAGE_ERRNOS
+
+
+def _is_mysql_error(exc: BaseException, driver: BaseException) -> bool:
+    """Whether ``driver`` is a DBAPI error (wrapped by SQLAlchemy or not), whose first
+    argument is then an error number, not any exception's first argument."""
+    return isinstance(exc, DBAPIError) or type(driver).__module__.split(".")[0] in (
+        "pymysql",
+        "MySQLdb",
     )
 
 

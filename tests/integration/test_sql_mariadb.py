@@ -297,3 +297,27 @@ def test_a_handler_that_loses_a_lock_wait_runs_again_and_spends_no_attempt(
         consumer.stop()
         adapter.close()
         tables.drop_all(engine)
+
+
+def test_a_relay_claim_takes_no_gap_locks_that_block_staging_or_another_lanes_mark(
+    engine: Engine, store: OutboxStore
+) -> None:
+    """Under REPEATABLE READ a claim that reached the end of its group's READY records
+    locked the gap behind them: a producer staging the group's next record waited for the
+    relay's whole publish, and another lane's mark (it moves records in that index) waited
+    too, which is how lanes deadlocked (1213) or timed out (1205) marking a batch SENT.
+    The relay's transactions run at READ COMMITTED: no gap locks, SKIP LOCKED as before."""
+    group = f"g{uuid.uuid4().hex[:8]}"
+    producer = txmq.Producer(group=group, engine=engine)
+    _stage(engine, producer, *(txmq.Message("orders", f"m{n}".encode(), key="k") for n in range(3)))
+    with store.queue_engine.connect() as relay_lane:
+        relay_lane.begin()
+        assert len(store.claim_ready(relay_lane, 10, group=group)) == 3
+        with engine.connect() as staging:
+            # Fail fast instead of waiting for the claim's transaction to end.
+            staging.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 2")
+            staging.commit()
+            with Session(bind=staging) as session, session.begin():
+                producer.stage(session, txmq.Message("orders", b"next", key="k"))
+        relay_lane.rollback()
+    assert store.counts(groups=[group])[RecordState.READY.value] == 4

@@ -361,7 +361,7 @@ class Relay:
                 return  # another lane just looked
             store = self.store
             if self.groups is None:
-                with store.engine.begin() as connection:
+                with store.queue_engine.begin() as connection:
                     groups: Collection[str] = store.delayed_groups(connection)
             else:
                 groups = self.groups
@@ -583,7 +583,7 @@ class _Lane:
 
     def _ready_groups(self) -> list[str]:
         store = self.relay.store
-        with store.engine.begin() as connection:
+        with store.queue_engine.begin() as connection:
             return store.ready_groups(connection)
 
     def _run_once(self, group: str) -> _Pass:
@@ -592,7 +592,7 @@ class _Lane:
         started = time.perf_counter()
         done = _Pass()
         limit = relay.broker.publish_limit()  # asks the broker once, outside the transaction
-        with store.engine.begin() as connection:
+        with store.queue_engine.begin() as connection:
             after = relay._floor.next(group)
             claimed = store.claim_ready(connection, relay.batch_size, group=group, after=after)
             if not claimed and after:

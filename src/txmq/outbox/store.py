@@ -123,6 +123,9 @@ class OutboxStore:
         # The relay, the producer and the SQLite worker lock read these two.
         self.dialect = self.sql.name
         self.skip_locked = self.sql.skip_locked
+        #: The engine of the relay's own transactions (claim and mark, release of due
+        #: delayed records, purge): on MySQL/MariaDB at READ COMMITTED, without gap locks.
+        self.queue_engine = self.sql.queue_engine(self.engine)
         records = tables.records
         # One producer group per claim, through the READY index on (group, seq): it reads
         # only its batch, however large another group's backlog.
@@ -403,7 +406,7 @@ class OutboxStore:
             records.c.state == RecordState.DELAYED.value,
             records.c.producer_group == group,
         ]
-        with self.engine.begin() as connection:
+        with self.queue_engine.begin() as connection:
             # Locked, skipping those a cancel (or another relay) holds: no relay waits for
             # an application's transaction, and none can deadlock with it.
             due = (
@@ -790,7 +793,7 @@ class OutboxStore:
         cancelled = records.c.state == RecordState.CANCELLED.value
         for ended in (records.c.state.in_(finished), cancelled):
             while True:
-                with self.engine.begin() as connection:
+                with self.queue_engine.begin() as connection:
                     victims = select(records.c.seq).where(ended, records.c.updated_at < cutoff)
                     if groups is not None:
                         victims = victims.where(records.c.producer_group.in_(groups))
@@ -800,7 +803,7 @@ class OutboxStore:
                         break
                     connection.execute(delete(records).where(records.c.seq.in_(seqs)))
                     done += len(seqs)
-        with self.engine.begin() as connection:
+        with self.queue_engine.begin() as connection:
             still_pending = select(records.c.tx_key).where(
                 records.c.tx_key.is_not(None), records.c.state == RecordState.PREPARED.value
             )

@@ -113,6 +113,11 @@ class SqlDialect:
         PostgreSQL's default; SQLite's one writer)."""
         return query
 
+    def queue_engine(self, engine: Engine) -> Engine:
+        """``engine`` as txmq's own queue work (claims, marks, releases, purges) uses it:
+        unchanged where the default isolation takes no gap locks."""
+        return engine
+
     def in_values(self, column: Column[Any], name: str) -> ColumnElement[bool]:
         """``column IN :name``, the parameter a list of values."""
         return column.in_(bindparam(name, expanding=True))
@@ -156,6 +161,13 @@ class _SQLite(SqlDialect):
 
 class _MySQL(SqlDialect):
     skip_locked = True
+
+    def queue_engine(self, engine: Engine) -> Engine:
+        """READ COMMITTED (same pool): under InnoDB's REPEATABLE READ a claim also locks
+        the rows it skips past and the gaps between index entries, so one relay lane's
+        claim blocked another's mark and a producer's insert, and lanes deadlocked (1213)
+        or timed out (1205) marking a batch SENT. SKIP LOCKED works the same at either."""
+        return engine.execution_options(isolation_level="READ COMMITTED")
 
     def committed_read(self, query: Select[Any]) -> Select[Any]:
         """A locking read (``LOCK IN SHARE MODE``): under InnoDB's default REPEATABLE READ a
