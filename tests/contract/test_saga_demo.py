@@ -1,5 +1,5 @@
 """``txmq demo saga`` as tests: both forms of the order saga on both brokers, with
-PostgreSQL and with SQLite, every invariant holding; a violated invariant fails the run."""
+PostgreSQL, MariaDB and SQLite, every invariant holding; a violated invariant fails the run."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from txmq.saga.demo import FormResult, run
 pytestmark = [pytest.mark.broker, pytest.mark.database, pytest.mark.slow]
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
+@pytest.fixture(params=["postgres", "mariadb", "sqlite"])
 def demo_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'saga.db'}"
+    if request.param == "mariadb":
+        return str(request.getfixturevalue("txmq_mysql_database"))
     return str(request.getfixturevalue("txmq_database"))
 
 
