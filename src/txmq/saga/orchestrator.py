@@ -163,11 +163,9 @@ class Orchestrator(Generic[D]):
         with Session(self.store.engine) as session, session.begin():
             connection = session.connection()
             handled = 0
-            for saga_id in self.store.nudged(connection, limit):
+            for saga_id in self.store.nudged(connection, limit, saga_name=self.definition.name):
                 instance = self.store.lock(connection, saga_id)
                 if instance is None or instance.nudged_at is None:
-                    continue
-                if instance.saga_name != self.definition.name:
                     continue
                 instance.nudged_at = None
                 if instance.state in ACTIVE_STATES:
