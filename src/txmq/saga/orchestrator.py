@@ -288,6 +288,9 @@ class Orchestrator(Generic[D]):
         index = instance.step_index
         step = self.definition.steps[index]
         if instance.op == ABORT:
+            # Carried out (by the operator loop, or by the step's timeout that came first):
+            # the operator loop must not carry it out again.
+            instance.nudged_at = None
             instance.note(step.name, ABORT, "aborted by an operator")
             instance.last_error = instance.last_error or "aborted by an operator"
             # The outstanding action may have been applied: its compensation is safe either
