@@ -61,3 +61,28 @@ def test_a_relay_skips_a_due_record_an_open_transaction_is_cancelling(
     else:  # the cancel was rolled back: released at the relay's next look
         assert relay.drain() == 1
         assert producer.store.get(cancelled.id).state is RecordState.SENT
+
+
+def test_a_look_that_skips_a_locked_due_record_names_the_next_due_time_to_come(
+    producer: Producer,
+) -> None:
+    """The skipped record is released at a later look (within ``poll_interval``): the next
+    look is not scheduled at its due time, already past, which had every idle lane of the
+    relay look again every hundredth of a second while the transaction stayed open."""
+    locked, later = txmq.Message("t", b"locked"), txmq.Message("t", b"later")
+    due = datetime.now(UTC) + timedelta(seconds=1)
+    later_due = due + timedelta(hours=1)
+    with Session(producer.engine) as session, session.begin():
+        producer.stage(session, locked, deliver_at=due)
+        producer.stage(session, later, deliver_at=later_due)
+    wait_for(lambda: datetime.now(UTC) >= due, 10, "the due time")
+    with Session(producer.engine) as session:
+        session.begin()
+        assert producer.cancel(session, locked.id)  # its row is locked until the end
+        try:
+            moved, upcoming = producer.store.release_due("g", now=datetime.now(UTC))
+        finally:
+            session.rollback()
+    assert moved == 0
+    assert upcoming is not None
+    assert abs((upcoming - later_due).total_seconds()) < 1

@@ -125,6 +125,33 @@ def test_an_operator_aborts_a_running_saga_and_its_done_steps_are_compensated(
     assert "aborted by an operator" in (orchestrator.get(saga_id).last_error or "")
 
 
+def test_an_abort_carried_out_by_the_steps_timeout_is_not_carried_out_again(
+    shop: Shop,
+) -> None:
+    """The step's timeout fires before the operator loop comes to the abort: the abort is
+    done then, and the operator loop later finds nothing to do (it would send the
+    compensation under way again, spending its retry budget)."""
+    shop.participants(late=("inventory",))
+    orchestrator = shop.orchestrator(shop.definition(inventory_timeout=1), start=False)
+    orchestrator.consumer.start()
+    orchestrator.producer.start()
+    saga_id = shop.begin(orchestrator, Order(12, 120))
+    wait_for(lambda: orchestrator.get(saga_id).step_index == 1, what="the saga at inventory")
+    shop.refund_broken.set()  # the refund stays unanswered: the saga stays COMPENSATING
+    abort_saga(shop.engine, shop.sagas, saga_id)
+
+    def refund_sent() -> bool:
+        instance = orchestrator.get(saga_id)
+        return instance.step_index == 0 and instance.op == "compensation"
+
+    wait_for(refund_sent, what="the abort, by the inventory step's timeout")
+    assert orchestrator.run_operator_requests() == 0
+    instance = orchestrator.get(saga_id)
+    assert instance.nudged_at is None
+    assert instance.attempt == 1
+    assert instance.state is SagaState.COMPENSATING
+
+
 def test_a_compensation_that_keeps_failing_parks_the_saga_until_retried(shop: Shop) -> None:
     shop.participants()
     orchestrator = shop.orchestrator(shop.definition(payment_timeout=1, compensation_retries=1))

@@ -7,6 +7,7 @@ listed, replayed and purged is exactly what ``txmq dlq`` and the sync API do.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Collection
 from types import TracebackType
 from typing import Self
@@ -49,13 +50,16 @@ class AsyncDeadLetters:
         self._sync: DeadLetters | None = (
             DeadLetters(broker, group=group, topic=topic) if isinstance(broker, Adapter) else None
         )
+        # Calls that come first together connect once: another connection would never close.
+        self._connecting = asyncio.Lock()
 
     async def _dead_letters(self) -> DeadLetters:
-        if self._sync is None:
-            self._sync = await self._threads.run(
-                DeadLetters, self._broker, group=self.group, topic=self.topic
-            )
-        return self._sync
+        async with self._connecting:
+            if self._sync is None:
+                self._sync = await self._threads.run(
+                    DeadLetters, self._broker, group=self.group, topic=self.topic
+                )
+            return self._sync
 
     async def list(
         self, *, limit: int = 100, timeout: float = 5.0, include_replayed: bool = False

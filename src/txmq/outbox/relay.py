@@ -185,6 +185,7 @@ class Relay:
             RecordsFailed: records of the batch went FAILED (the rest were marked as usual).
             WorkerBusy: on SQLite, another relay of these groups is working.
         """
+        self._due.look_now()
         with self._worker_lock.holding():
             done = self._lanes[0].run_once()
         if done.failed:
@@ -205,6 +206,7 @@ class Relay:
             RecordsFailed: records went FAILED during the drain (after it finished).
             WorkerBusy: on SQLite, another relay of these groups is working.
         """
+        self._due.look_now()
         with self._worker_lock.holding():
             return self._drain(timeout)
 
@@ -406,6 +408,10 @@ class _DueClock:
         self.poll_interval = poll_interval
         self.looking = threading.Lock()
         self._next: datetime | None = None  # None: look at the next pass
+
+    def look_now(self) -> None:
+        """Have the next pass look, whenever the last one did (a caller's drain or pass)."""
+        self._next = None
 
     def time_to_look(self, now: datetime) -> bool:
         return self._next is None or now >= self._next

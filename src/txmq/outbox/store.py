@@ -396,7 +396,8 @@ class OutboxStore:
     ) -> tuple[int, datetime | None]:
         """Move up to ``limit`` of ``group``'s DELAYED records due by ``now`` to READY, in a
         transaction of its own; return how many moved, and when the earliest record still
-        DELAYED is due (None: none is).
+        DELAYED and not due by ``now`` is due (None: none is; a due record skipped because a
+        transaction holds it is left to a later look).
 
         Both statements read only the DELAYED index. A record keeps its sequence number, so
         among its key's READY records it takes its place in staging order.
@@ -423,8 +424,13 @@ class OutboxStore:
                     .where(records.c.seq.in_(seqs), records.c.state == RecordState.DELAYED.value)
                     .values(state=RecordState.READY.value, updated_at=utcnow())
                 )
+            # Still to come: a due record skipped (locked) waits for a later look, not for a
+            # look at its due time, already past (the relay would look again at once).
             upcoming = connection.execute(
-                select(records.c.deliver_at).where(*delayed).order_by(records.c.deliver_at).limit(1)
+                select(records.c.deliver_at)
+                .where(*delayed, records.c.deliver_at > now)
+                .order_by(records.c.deliver_at)
+                .limit(1)
             ).scalar()
         return len(seqs), _aware(upcoming)
 

@@ -14,8 +14,9 @@ before the handler's effects:
 * an action that raises :class:`~txmq.errors.StepFailed` is rolled back to a savepoint
   (its effects undone) and recorded ``failed``, so a compensation of it is empty.
 
-On PostgreSQL an insert that meets a row of a still-running transaction waits for it, so a
-compensation racing its action either sees it committed (and undoes it) or blocks it.
+An insert that meets a row of a still-running transaction waits for it, and the row is then
+read as committed (a locking read on MariaDB/MySQL), so a compensation racing its action
+either sees it committed (and undoes it) or blocks it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from sqlalchemy import Connection, Table, select, update
 from sqlalchemy.orm import Session
 
 from txmq.errors import SagaError, StepFailed
-from txmq.sql.dialect import UniqueInsert
+from txmq.sql.dialect import UniqueInsert, dialect_of
 from txmq.sql.schema import raises_schema_missing
 
 #: What a step's action returns: a JSON-able mapping for the orchestrator, or None.
@@ -164,7 +165,9 @@ class Barrier:
         query = select(c.outcome, c.reply, c.error).where(
             c.saga_id == saga_id, c.step == step, c.op == op
         )
-        return connection.execute(query).first()
+        # The row may be one the claim's insert just waited for: a plain read would miss it
+        # under REPEATABLE READ once the transaction has read (a consumer batch).
+        return connection.execute(dialect_of(connection.dialect).committed_read(query)).first()
 
     def _earlier(self, connection: Connection, saga_id: str, step: str, op: str) -> BarrierResult:
         row = self._row(connection, saga_id, step, op)

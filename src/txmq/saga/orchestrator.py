@@ -163,11 +163,9 @@ class Orchestrator(Generic[D]):
         with Session(self.store.engine) as session, session.begin():
             connection = session.connection()
             handled = 0
-            for saga_id in self.store.nudged(connection, limit):
+            for saga_id in self.store.nudged(connection, limit, saga_name=self.definition.name):
                 instance = self.store.lock(connection, saga_id)
                 if instance is None or instance.nudged_at is None:
-                    continue
-                if instance.saga_name != self.definition.name:
                     continue
                 instance.nudged_at = None
                 if instance.state in ACTIVE_STATES:
@@ -290,6 +288,9 @@ class Orchestrator(Generic[D]):
         index = instance.step_index
         step = self.definition.steps[index]
         if instance.op == ABORT:
+            # Carried out (by the operator loop, or by the step's timeout that came first):
+            # the operator loop must not carry it out again.
+            instance.nudged_at = None
             instance.note(step.name, ABORT, "aborted by an operator")
             instance.last_error = instance.last_error or "aborted by an operator"
             # The outstanding action may have been applied: its compensation is safe either

@@ -113,13 +113,18 @@ class SagaStore:
         row = connection.execute(query).first()
         return None if row is None else _instance(row)
 
-    def nudged(self, connection: Connection, limit: int) -> list[str]:
-        """Ids of active instances an operator asked to retry or abort, skipping those
-        locked by another orchestrator."""
+    def nudged(self, connection: Connection, limit: int, *, saga_name: str) -> list[str]:
+        """Ids of ``saga_name``'s active instances an operator asked to retry or abort,
+        skipping those locked by another orchestrator (the table may hold other sagas: their
+        requests are left to their own orchestrators)."""
         c = self.table.c
         query = (
             select(c.id)
-            .where(c.nudged_at.is_not(None), c.state.in_([s.value for s in ACTIVE_STATES]))
+            .where(
+                c.nudged_at.is_not(None),
+                c.saga_name == saga_name,
+                c.state.in_([s.value for s in ACTIVE_STATES]),
+            )
             .order_by(c.nudged_at)
             .limit(limit)
         )
