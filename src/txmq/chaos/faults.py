@@ -123,7 +123,7 @@ def _slow_handler(rig: Rig, fault: PlannedFault) -> Injected:
     consumer = rig.services["consumer"]
     consumer.stop()
     since = consumer.log_size()
-    options = "" if rig.system != "kafka" else "max.poll.interval.ms=10000"
+    options = schedule.SLOW_HANDLER_BROKER_OPTIONS.get(rig.system, "")
     consumer.start(
         kill=f"{KILL_BEFORE_DB_COMMIT}:{fault.nth}:sleep={fault.seconds}", broker_options=options
     )

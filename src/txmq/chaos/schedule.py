@@ -65,6 +65,9 @@ KAFKA_ONLY: dict[str, str] = {
 #: runner sets RabbitMQ's heartbeat to 5 s; Kafka's session timeout is 10 s).
 PAUSE_SECONDS = {"rabbitmq": 12.0, "kafka": 12.0, "database": 8.0}
 PARTITION_SECONDS = (10.0, 30.0)
+#: URL options of the consumer whose handler sleeps, by broker: on Kafka a poll interval
+#: shorter than the sleep, so that the group evicts it (RabbitMQ's heartbeat is short already).
+SLOW_HANDLER_BROKER_OPTIONS = {"kafka": "max.poll.interval.ms=10000"}
 #: Seconds a second relay with the same Kafka transactional ids fights the first one.
 TWIN_SECONDS = 8.0
 #: ``transaction.timeout.ms`` of the bank whose half message transaction is left open, and
