@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -33,31 +33,17 @@ def fresh_postgres_database(server_url: str) -> Iterator[str]:
         ProvisionError: the server is unreachable or the user may not create databases
             (the URL in the message is redacted).
     """
-    server = make_url(server_url)
-    name = f"{DATABASE_PREFIX}{uuid.uuid4().hex[:16]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT", pool_size=1)
-    try:
-        try:
-            with admin.connect() as connection:
-                connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        except DBAPIError as exc:
-            raise ProvisionError(
-                f"cannot create a test database on {redact(server_url)} (its user needs "
-                f"CREATEDB): {redact(str(exc.orig))}"
-            ) from None
-        url = server.set(database=name).render_as_string(hide_password=False)
-        try:
-            engine = create_engine(url, pool_size=1)
-            try:
-                create_schema(engine)
-            finally:
-                engine.dispose()
-            yield url
-        finally:
-            with admin.connect() as connection:
-                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.dispose()
+
+    def drop(connection: Connection, name: str) -> None:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    with _fresh_database(
+        server_url,
+        create='CREATE DATABASE "{name}"',
+        needs="CREATEDB",
+        drop=drop,
+    ) as url:
+        yield url
 
 
 @contextmanager
@@ -72,19 +58,43 @@ def fresh_mariadb_database(server_url: str) -> Iterator[str]:
         ProvisionError: the server is unreachable or the user may not create databases
             (the URL in the message is redacted).
     """
+
+    def drop(connection: Connection, name: str) -> None:
+        sessions = connection.exec_driver_sql(
+            "SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()",
+            (name,),
+        ).scalars()
+        for session in list(sessions):
+            with contextlib.suppress(DBAPIError):  # ended meanwhile
+                connection.exec_driver_sql(f"KILL {int(session)}")
+        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+
+    with _fresh_database(
+        server_url,
+        create="CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+        needs="the CREATE privilege",
+        drop=drop,
+    ) as url:
+        yield url
+
+
+@contextmanager
+def _fresh_database(
+    server_url: str, *, create: str, needs: str, drop: Callable[[Connection, str], None]
+) -> Iterator[str]:
+    """Create a database with ``create`` (formatted with its ``name``) and txmq's default
+    tables; yield its URL; ``drop`` it. ``needs`` names the privilege a refusal lacks."""
     server = make_url(server_url)
     name = f"{DATABASE_PREFIX}{uuid.uuid4().hex[:16]}"
     admin = create_engine(server, isolation_level="AUTOCOMMIT", pool_size=1)
     try:
         try:
             with admin.connect() as connection:
-                connection.exec_driver_sql(
-                    f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-                )
+                connection.exec_driver_sql(create.format(name=name))
         except DBAPIError as exc:
             raise ProvisionError(
                 f"cannot create a test database on {redact(server_url)} (its user needs "
-                f"the CREATE privilege): {redact(str(exc.orig))}"
+                f"{needs}): {redact(str(exc.orig))}"
             ) from None
         url = server.set(database=name).render_as_string(hide_password=False)
         try:
@@ -96,15 +106,7 @@ def fresh_mariadb_database(server_url: str) -> Iterator[str]:
             yield url
         finally:
             with admin.connect() as connection:
-                sessions = connection.exec_driver_sql(
-                    "SELECT id FROM information_schema.processlist WHERE db = %s "
-                    "AND id <> CONNECTION_ID()",
-                    (name,),
-                ).scalars()
-                for session in list(sessions):
-                    with contextlib.suppress(DBAPIError):  # ended meanwhile
-                        connection.exec_driver_sql(f"KILL {int(session)}")
-                connection.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+                drop(connection, name)
     finally:
         admin.dispose()
 
