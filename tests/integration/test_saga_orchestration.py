@@ -18,13 +18,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 from saga_shop import Order, Shop  # next to this file: pytest puts its folder on sys.path
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 import txmq
 from txmq import tracing
 from txmq.metrics import SagaSampler
 from txmq.saga import (
     Orchestrator,
+    SagaInstance,
     SagaState,
     abort_saga,
     retry_saga,
@@ -88,6 +89,33 @@ def test_orders_complete_or_fail_with_every_effect_compensated(shop: Shop) -> No
     assert shop.timeout_states(orchestrator) == {"CANCELLED": 9}
     assert orchestrator.get(ok[0]).results["payment"] == {"charged": 10}
     assert orchestrator.data_of(orchestrator.get(ok[1])) == Order(2, 20)
+
+
+def test_a_transaction_that_rolled_back_counts_nothing(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shop.participants()
+    orchestrator = shop.orchestrator(shop.definition())
+    name = orchestrator.definition.name
+    save = orchestrator.store.save
+    failures: list[str] = []
+
+    def save_then_fail_once(connection: Connection, instance: SagaInstance) -> None:
+        save(connection, instance)
+        if instance.state is SagaState.COMPLETED and not failures:
+            failures.append(instance.id)
+            raise RuntimeError("the database connection broke just before the commit")
+
+    monkeypatch.setattr(orchestrator.store, "save", save_then_fail_once)
+    saga_id = shop.begin(orchestrator, Order(5, 50))
+    wait_for(lambda: _state(orchestrator, saga_id) is SagaState.COMPLETED, what="the saga")
+    assert failures == [saga_id]  # its last reply was handled twice: rolled back, retried
+    wait_for(lambda: orchestrator.consumer.stats.processed >= 3, what="the retried reply")
+    assert _metric("txmq_saga_ended_total", saga=name, state="COMPLETED") == 1
+    assert (
+        _metric("txmq_saga_step_duration_seconds_count", saga=name, step="shipping", op="action")
+        == 1
+    )
 
 
 def test_a_timed_out_step_is_compensated_and_its_late_action_is_a_no_op(shop: Shop) -> None:

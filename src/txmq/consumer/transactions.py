@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from txmq.database import require_sync_engine
 from txmq.errors import ConfigurationError
+from txmq.sql.hooks import committed, discarded
 
 
 class Transactions:
@@ -41,8 +42,14 @@ class Transactions:
                 run in worker threads, on synchronous sessions only).
         """
         if self._factory is not None:
-            with _synchronous(self._factory()) as session, session.begin():
-                yield session, session.connection()
+            with _synchronous(self._factory()) as session:
+                try:
+                    with session.begin():
+                        yield session, session.connection()
+                except BaseException:
+                    discarded(session)
+                    raise
+                committed(session)
             return
         if self._connection is None or self._session is None:
             self._connection = self._engine.connect()
@@ -59,9 +66,11 @@ class Transactions:
                     # The next message starts from an empty session; the connection stays.
                     session.close()
         except BaseException:
+            discarded(session)
             # The connection may be broken; a fresh one is cheap next to a failure.
             self.close()
             raise
+        committed(session)
 
     def close(self) -> None:
         self._session = None

@@ -28,6 +28,7 @@ from txmq.saga.commands import SUCCESS, command_message, decode_object
 from txmq.saga.definition import ACTIVE_STATES, SagaDefinition, SagaState
 from txmq.saga.store import SagaInstance, SagaStore
 from txmq.saga.timeouts import StepTimeouts
+from txmq.sql.hooks import after_commit, committed, discarded
 from txmq.supervision import Health, SupervisedLoop, health_of
 from txmq.telemetry import COMPENSATIONS, SAGAS_ENDED, STEP_DURATION
 from txmq.tracing import saga_span
@@ -160,19 +161,29 @@ class Orchestrator(Generic[D]):
         """Carry out up to ``limit`` retries and aborts operators asked for
         (:func:`~txmq.saga.retry_saga`, :func:`~txmq.saga.abort_saga`) in one transaction;
         return how many."""
-        with Session(self.store.engine) as session, session.begin():
-            connection = session.connection()
-            handled = 0
-            for saga_id in self.store.nudged(connection, limit, saga_name=self.definition.name):
-                instance = self.store.lock(connection, saga_id)
-                if instance is None or instance.nudged_at is None:
-                    continue
-                instance.nudged_at = None
-                if instance.state in ACTIVE_STATES:
-                    self._time_out(session, instance)
-                self.store.save(connection, instance)
-                handled += 1
+        with Session(self.store.engine) as session:
+            try:
+                with session.begin():
+                    handled = self._carry_out_requests(session, limit)
+            except BaseException:
+                discarded(session)
+                raise
+            committed(session)
             return handled
+
+    def _carry_out_requests(self, session: Session, limit: int) -> int:
+        connection = session.connection()
+        handled = 0
+        for saga_id in self.store.nudged(connection, limit, saga_name=self.definition.name):
+            instance = self.store.lock(connection, saga_id)
+            if instance is None or instance.nudged_at is None:
+                continue
+            instance.nudged_at = None
+            if instance.state in ACTIVE_STATES:
+                self._time_out(session, instance)
+            self.store.save(connection, instance)
+            handled += 1
+        return handled
 
     # -- reading ------------------------------------------------------------------------
 
@@ -250,7 +261,8 @@ class Orchestrator(Generic[D]):
     ) -> None:
         step = self.definition.steps[index]
         elapsed = (datetime.now(UTC) - instance.step_started_at).total_seconds()
-        STEP_DURATION.labels(self.definition.name, step.name, ACTION).observe(elapsed)
+        duration = STEP_DURATION.labels(self.definition.name, step.name, ACTION)
+        after_commit(session, lambda: duration.observe(elapsed))
         if succeeded:
             result = body.get("result")
             instance.results[step.name] = result if isinstance(result, dict) else {}
@@ -276,9 +288,10 @@ class Orchestrator(Generic[D]):
     ) -> None:
         step = self.definition.steps[index]
         elapsed = (datetime.now(UTC) - instance.step_started_at).total_seconds()
-        STEP_DURATION.labels(self.definition.name, step.name, COMPENSATION).observe(elapsed)
+        duration = STEP_DURATION.labels(self.definition.name, step.name, COMPENSATION)
+        after_commit(session, lambda: duration.observe(elapsed))
         if succeeded:
-            COMPENSATIONS.labels(self.definition.name, step.name, "done").inc()
+            after_commit(session, COMPENSATIONS.labels(self.definition.name, step.name, "done").inc)
             instance.note(step.name, COMPENSATION, "compensated", attempt=instance.attempt)
             self._compensate_from(session, instance, index - 1)
         else:
@@ -316,7 +329,7 @@ class Orchestrator(Generic[D]):
             return
         instance.last_error = f"step {step.name}: {why} after {instance.attempt} attempts"
         instance.note(step.name, COMPENSATION, "parked", attempt=instance.attempt)
-        COMPENSATIONS.labels(self.definition.name, step.name, "parked").inc()
+        after_commit(session, COMPENSATIONS.labels(self.definition.name, step.name, "parked").inc)
         log.warning("saga %s parked: %s", instance.id, instance.last_error)
         self._end(session, instance, SagaState.PARKED)
 
@@ -361,4 +374,4 @@ class Orchestrator(Generic[D]):
     def _end(self, session: Session, instance: SagaInstance, state: SagaState) -> None:
         instance.state = state
         self.timeouts.cancel(session, instance)
-        SAGAS_ENDED.labels(self.definition.name, state.value).inc()
+        after_commit(session, SAGAS_ENDED.labels(self.definition.name, state.value).inc)
