@@ -74,6 +74,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="rounds per figure (full 3, smoke 1)")
     parser.add_argument("--history", type=int, help="SENT rows in the relay's history table")
     parser.add_argument("--latency-seconds", type=float, help="length of one latency phase")
+    parser.add_argument(
+        "--latency-batch-size",
+        type=lambda value: value if value == "auto" else int(value),
+        help='the latency consumer\'s batch_size (default 1; "auto" or a number)',
+    )
     parser.add_argument("--json", type=Path, default=Path("bench-report.json"), help="report")
     parser.add_argument("--chart", type=Path, help="PNG chart (default: the report's name .png)")
     args = parser.parse_args(argv)
@@ -158,6 +163,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             RATES,
                             scale.latency_seconds,
                             scale.rounds,
+                            consumer_options=(
+                                {"batch_size": args.latency_batch_size}
+                                if args.latency_batch_size is not None
+                                else None
+                            ),
                         )
                     elif section == "mysql":
                         assert mysql_url is not None

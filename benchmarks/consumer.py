@@ -8,7 +8,9 @@ not counted):
   100 messages; Kafka, confluent-kafka committing synchronously per poll of 1000;
 * PostgreSQL's single-row commit rate (one INSERT + COMMIT per row, raw psycopg);
 * txmq per-message mode (the defaults: one database transaction, the inbox row, per
-  message, one worker) and batch mode (``batch_size=500, prefetch=1000``);
+  message, one worker), batch mode (``batch_size=500, prefetch=1000``) and
+  ``batch_size="auto"`` (per message while it keeps up; here, with the queue filled
+  beforehand, transactions of up to 100);
 * ``txmq.aio.AsyncConsumer`` per message, against the synchronous per-message figure
   (:mod:`benchmarks.aio`).
 
@@ -108,6 +110,12 @@ def consumer_section(
         target=Target(0.8, "ratio"),
     )
     results.figure(
+        f"{p}.auto",
+        f'txmq consumer ({broker}), batch_size="auto", backlog',
+        "msg/s",
+        baseline=f"{p}.pg_commits",
+    )
+    results.figure(
         f"{p}.async_per_message",
         f"txmq AsyncConsumer ({broker}), per message",
         "msg/s",
@@ -128,6 +136,12 @@ def consumer_section(
         baseline=f"cpu.consumer.{broker}.raw",
     )
     results.figure(f"cpu.consumer.{broker}.raw", f"{raw_label}: CPU per 1,000", "s", better="lower")
+    results.figure(
+        f"cpu.consumer.{broker}.auto",
+        f'txmq consumer ({broker}), batch_size="auto": CPU per 1,000',
+        "s",
+        better="lower",
+    )
 
     def unique() -> str:
         names.append(f"bench{suffix}{len(names)}")
@@ -153,6 +167,10 @@ def consumer_section(
             f"cpu.consumer.{broker}.per_message": rate.cpu_per_1000,
         }
 
+    def auto_run() -> dict[str, float]:
+        rate = txmq_consumer(adapter, engine, unique(), per_message, batch_size="auto")
+        return {f"{p}.auto": rate.per_second, f"cpu.consumer.{broker}.auto": rate.cpu_per_1000}
+
     def async_per_message_run() -> dict[str, float]:
         rate = aio.async_consumer_rate(adapter, engine, unique(), per_message)
         return {f"{p}.async_per_message": rate.per_second}
@@ -169,6 +187,7 @@ def consumer_section(
                 "txmq batch": batch_run,
                 "PostgreSQL commits": pg_commits,
                 "txmq per message": per_message_run,
+                "txmq auto": auto_run,
                 "txmq async per message": async_per_message_run,
             },
             results,

@@ -51,16 +51,22 @@ def _serve(pipe: Connection, main: Callable[[], None]) -> None:
 
 
 def consumer_process(
-    broker_url: str, database_url: str, group: str, topic: str, pipe: Connection, ready: Event
+    broker_url: str,
+    database_url: str,
+    group: str,
+    topic: str,
+    pipe: Connection,
+    ready: Event,
+    options: dict[str, Any],
 ) -> None:
-    """The consumer service: answers ``("begin", phase)``, ``("collect", phase, n)``
-    (with ``{message id: handler start}`` and the CPU seconds since the phase began) and
-    ``("stop",)``."""
+    """The consumer service (``Consumer`` with ``options`` over the defaults): answers
+    ``("begin", phase)``, ``("collect", phase, n)`` (with ``{message id: handler start}``
+    and the CPU seconds since the phase began) and ``("stop",)``."""
 
     def main() -> None:
         engine = create_engine(database_url, pool_size=5)
         handled: dict[str, dict[str, float]] = defaultdict(dict)
-        consumer = txmq.Consumer(broker=broker_url, engine=engine, group=group)
+        consumer = txmq.Consumer(broker=broker_url, engine=engine, group=group, **options)
 
         @consumer.handler(topic)
         def handle(message: txmq.Message, session: Session) -> None:
@@ -228,8 +234,10 @@ def latency_section(
     rates: tuple[int, ...],
     seconds: float,
     rounds: int,
+    consumer_options: dict[str, Any] | None = None,
 ) -> None:
-    """Measure one broker's end-to-end latency at each rate into ``results``."""
+    """Measure one broker's end-to-end latency at each rate into ``results``, the consumer
+    with ``consumer_options`` over txmq's defaults."""
     suffix = uuid.uuid4().hex[:8]
     group, topic = f"bench-e2e-{suffix}", f"bench.e2e.{suffix}"
     adapter = txmq.connect(url)
@@ -271,7 +279,7 @@ def latency_section(
     consumer = context.Process(
         target=consumer_process,
         name="consumer process",
-        args=(*args, topology.group, topic, consumer_end, ready),
+        args=(*args, topology.group, topic, consumer_end, ready, consumer_options or {}),
     )
     producer = context.Process(
         target=producer_process,

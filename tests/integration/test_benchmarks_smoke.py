@@ -29,9 +29,9 @@ def expected_figures(broker: str) -> set[str]:
     names |= {f"wal.{broker}", f"wal.{broker}.plain_row", f"dead_tuples.{broker}"}
     names |= {
         f"consumer.{broker}.{name}"
-        for name in ("raw", "pg_commits", "batch", "per_message", "async_per_message")
+        for name in ("raw", "pg_commits", "batch", "per_message", "auto", "async_per_message")
     }
-    names |= {f"cpu.consumer.{broker}.{name}" for name in ("raw", "batch", "per_message")}
+    names |= {f"cpu.consumer.{broker}.{name}" for name in ("raw", "batch", "per_message", "auto")}
     names |= {"staging.stage", "staging.plain_insert", "staging.async_stage"}
     for rate in (300, 1000):
         names |= {f"latency.{broker}.{rate}.{p}" for p in ("p50", "p99", "p99.9", "achieved")}

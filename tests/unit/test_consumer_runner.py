@@ -20,8 +20,9 @@ from txmq.adapters.base import Publisher, PublishOutcome, Topology
 from txmq.adapters.memory.adapter import InMemoryBroker
 from txmq.adapters.names import dead_letter_queue, work_queue
 from txmq.consumer import Consumer, DeadLetters, Reject, RetryPolicy, attempt_of
-from txmq.errors import PublishError
+from txmq.errors import ConfigurationError, PublishError
 from txmq.message import Message
+from txmq.process.consume import override
 from txmq.sql.tables import make_inbox_table
 from txmq.testing import wait_for
 
@@ -255,6 +256,66 @@ def test_a_poison_message_in_a_batch_is_isolated(engine: Engine) -> None:
         wait_for(lambda: consumer.stats.processed == 9 and consumer.stats.dead_lettered == 1)
     assert sorted(applied_ids(engine)) == sorted(m.id for m in messages if m.body == b"ok")
     assert consumer.stats.batch_fallbacks == 1
+
+
+def test_auto_batch_size_batches_a_backlog_and_runs_a_lone_message_at_once(
+    engine: Engine,
+) -> None:
+    broker = InMemoryBroker()
+    consumer = make_consumer(broker, engine, batch_size="auto", prefetch=10)
+    consumer.add_handler(TOPIC, record)
+    broker.declare(consumer.topologies())
+    backlog = [Message(TOPIC, str(i).encode()) for i in range(30)]
+    publish(broker, *backlog, backlog[3])  # waiting before the consumer starts
+    with consumer:
+        consumer.start()
+        wait_for(lambda: consumer.stats.processed == 30 and consumer.stats.duplicates == 1)
+        assert broker.acks == 31
+        assert broker.ack_calls <= 8  # a poll of up to 10 at a time, one ack per batch
+        calls = broker.ack_calls
+        lone = Message(TOPIC, b"lone")
+        publish(broker, lone)
+        wait_for(lambda: consumer.stats.processed == 31)
+        wait_for(lambda: broker.acks == 32, what="the lone message acknowledged")
+        assert broker.ack_calls == calls + 1
+    assert sorted(applied_ids(engine)) == sorted(m.id for m in [*backlog, lone])
+    assert consumer.stats.batch_fallbacks == 0
+
+
+def test_auto_batch_size_isolates_a_poison_message_like_batch_mode(engine: Engine) -> None:
+    broker = InMemoryBroker()
+    consumer = make_consumer(broker, engine, batch_size="auto", retry=RetryPolicy.no_retry())
+
+    @consumer.handler(TOPIC)
+    def handler(message: Message, session: Session) -> None:
+        record(message, session)
+        if message.body == b"poison":
+            raise ValueError("poison")
+
+    broker.declare(consumer.topologies())
+    messages = [Message(TOPIC, b"poison" if i == 4 else b"ok") for i in range(10)]
+    publish(broker, *messages)
+    with consumer:
+        consumer.start()
+        wait_for(lambda: consumer.stats.processed == 9 and consumer.stats.dead_lettered == 1)
+    assert sorted(applied_ids(engine)) == sorted(m.id for m in messages if m.body == b"ok")
+    assert consumer.stats.batch_fallbacks == 1
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, "fast", 2.5, True, None])
+def test_a_batch_size_neither_a_positive_int_nor_auto_is_refused(
+    engine: Engine, batch_size: object
+) -> None:
+    with pytest.raises(ConfigurationError, match="batch_size"):
+        make_consumer(InMemoryBroker(), engine, batch_size=batch_size)
+
+
+def test_txmq_consume_prefetch_may_be_1_with_auto_batch_size(engine: Engine) -> None:
+    consumer = make_consumer(InMemoryBroker(), engine, batch_size="auto")
+    override(consumer, concurrency=None, prefetch=1)
+    assert consumer.prefetch == 1
+    with pytest.raises(ConfigurationError, match="--prefetch"):
+        override(consumer, concurrency=None, prefetch=0)
 
 
 def test_compensation_refunds_the_producer_once(engine: Engine) -> None:
@@ -495,12 +556,14 @@ class _PartitionedBroker(InMemoryBroker):
         (InMemoryBroker(), {"concurrency": 3}, 1),
         (InMemoryBroker(), {"concurrency": 3, "batch_size": 20}, 20),
         (InMemoryBroker(), {"batch_size": 500}, 500),
+        (InMemoryBroker(), {"batch_size": "auto"}, 100),
+        (InMemoryBroker(), {"concurrency": 3, "batch_size": "auto"}, 1),
         (InMemoryBroker(), {"concurrency": 3, "prefetch": 50}, 50),
         (_PartitionedBroker(), {"concurrency": 3}, 100),
     ],
 )
 def test_workers_prefetch_little_when_they_compete_for_one_queue(
-    engine: Engine, broker: InMemoryBroker, options: dict[str, int], prefetch: int
+    engine: Engine, broker: InMemoryBroker, options: dict[str, object], prefetch: int
 ) -> None:
     consumer = make_consumer(broker, engine, **options)
     assert consumer.worker_prefetch(broker) == prefetch

@@ -32,7 +32,7 @@ from txmq.adapters.base import Publisher, Subscription
 from txmq.aio.bridge import BridgedPublisher, BridgedSubscription, Threads
 from txmq.aio.supervision import AsyncSupervisedLoop
 from txmq.consumer.compensation import Compensation, compensation_topic
-from txmq.consumer.group import ConsumerGroup
+from txmq.consumer.group import BatchSize, ConsumerGroup
 from txmq.consumer.policy import RetryPolicy
 from txmq.consumer.worker import Handler, Plan, Worker
 from txmq.errors import ConfigurationError
@@ -87,7 +87,7 @@ class AsyncConsumer(ConsumerGroup[AsyncSupervisedLoop, AsyncHandler]):
         group: str,
         retry: RetryPolicy | None = None,
         prefetch: int | None = None,
-        batch_size: int = 1,
+        batch_size: BatchSize = 1,
         concurrency: int = 1,
         compensate: bool = False,
         inbox: Table | None = None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from sqlalchemy import Engine, Table
 from sqlalchemy.orm import Session
@@ -24,19 +24,40 @@ from txmq.supervision import Health, Supervised, health_of
 
 #: Deliveries a worker holds when nothing says otherwise (see ``Consumer(prefetch=...)``).
 DEFAULT_PREFETCH = 100
+#: Most messages one transaction takes with ``batch_size="auto"`` (also bounded by the
+#: worker's prefetch): a backlog is worked through in transactions of up to this many.
+AUTO_BATCH_LIMIT = 100
+
+#: ``Consumer(batch_size=...)``: a number of messages per transaction, or ``"auto"``.
+BatchSize = int | Literal["auto"]
 
 LoopT = TypeVar("LoopT", bound=Supervised)
 #: A handler as the application registers it (the asyncio consumer's are ``async def``).
 HandlerT = TypeVar("HandlerT")
 
 
+def smallest_batch(batch_size: BatchSize) -> int:
+    """The fewest messages a worker may need to hold at once: ``batch_size``, 1 for
+    ``"auto"``.
+
+    Raises:
+        ConfigurationError: ``batch_size`` is neither a number of at least 1 nor ``"auto"``.
+    """
+    if batch_size == "auto":
+        return 1
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigurationError(f'batch_size must be at least 1 or "auto", not {batch_size!r}')
+    return batch_size
+
+
 def check_worker_options(
-    prefetch: int | None, batch_size: int, concurrency: int, poll_interval: float
+    prefetch: int | None, batch_size: BatchSize, concurrency: int, poll_interval: float
 ) -> None:
     """Raise :class:`ConfigurationError` unless the workers' numbers make sense."""
-    if (prefetch is not None and prefetch < 1) or batch_size < 1 or concurrency < 1:
+    smallest = smallest_batch(batch_size)
+    if (prefetch is not None and prefetch < 1) or concurrency < 1:
         raise ConfigurationError("prefetch, batch_size and concurrency must be at least 1")
-    if prefetch is not None and batch_size > prefetch:
+    if prefetch is not None and smallest > prefetch:
         raise ConfigurationError("batch_size cannot exceed prefetch")
     if poll_interval <= 0:
         raise ConfigurationError("poll_interval must be positive")
@@ -66,7 +87,7 @@ class ConsumerGroup(ABC, Generic[LoopT, HandlerT]):
         group: str,
         retry: RetryPolicy | None,
         prefetch: int | None,
-        batch_size: int,
+        batch_size: BatchSize,
         concurrency: int,
         compensate: bool,
         inbox: Table | None,
@@ -178,6 +199,7 @@ class ConsumerGroup(ABC, Generic[LoopT, HandlerT]):
             route = self._route(topic)
             for source in adapter.sources_for([route.topology]):
                 routes[source] = route
+        prefetch = self.worker_prefetch(adapter)
         return Plan(
             adapter=adapter,
             group=self.group,
@@ -185,8 +207,11 @@ class ConsumerGroup(ABC, Generic[LoopT, HandlerT]):
             inbox=Inbox(self.inbox_table, self.group),
             engine=engine,
             session_factory=session_factory,
-            prefetch=self.worker_prefetch(adapter),
-            batch_size=self.batch_size,
+            prefetch=prefetch,
+            batch_size=(
+                min(prefetch, AUTO_BATCH_LIMIT) if self.batch_size == "auto" else self.batch_size
+            ),
+            adaptive=self.batch_size == "auto",
             poll_interval=self.poll_interval,
             publish_timeout=self.publish_timeout,
             stats=self._stats,
@@ -195,12 +220,14 @@ class ConsumerGroup(ABC, Generic[LoopT, HandlerT]):
 
     def worker_prefetch(self, adapter: Adapter) -> int:
         """The prefetch each worker subscribes with on ``adapter``: ``prefetch`` if given,
-        else ``batch_size`` for several workers competing for one queue, else 100."""
+        else ``batch_size`` for several workers competing for one queue (1 for ``"auto"``),
+        else 100."""
         if self.prefetch is not None:
             return self.prefetch
+        smallest = smallest_batch(self.batch_size)
         if adapter.capabilities.competing_consumers and self.concurrency > 1:
-            return self.batch_size
-        return max(DEFAULT_PREFETCH, self.batch_size)
+            return smallest
+        return max(DEFAULT_PREFETCH, smallest)
 
     # -- the adapter --------------------------------------------------------------------
 

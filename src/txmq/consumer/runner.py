@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from txmq.adapters import Adapter
 from txmq.consumer.compensation import Compensation, compensation_topic
-from txmq.consumer.group import ConsumerGroup
+from txmq.consumer.group import BatchSize, ConsumerGroup
 from txmq.consumer.policy import RetryPolicy
 from txmq.consumer.worker import Handler, Worker
 from txmq.database import require_sync_engine
@@ -61,6 +61,10 @@ class Consumer(ConsumerGroup[SupervisedLoop, Handler]):
             later messages of its partition: per-key order).
         batch_size: 1 = one transaction per message; ``n`` > 1 = up to ``n`` messages in one
             transaction and one ack; a failing batch is redone message by message.
+            ``"auto"``: one transaction per message while the consumer keeps up (a poll
+            brings one message), and when a poll brings several (a backlog), transactions
+            of up to ``min(prefetch, 100)`` of them, with the same fallback. The default
+            prefetch is that of ``batch_size=1``.
         concurrency: worker threads, each with its own connection.
         compensate: default of the handlers' ``compensate`` flag.
         inbox: the inbox table (from :func:`make_inbox_table`); ``txmq_inbox`` by default.
@@ -91,7 +95,7 @@ class Consumer(ConsumerGroup[SupervisedLoop, Handler]):
         group: str,
         retry: RetryPolicy | None = None,
         prefetch: int | None = None,
-        batch_size: int = 1,
+        batch_size: BatchSize = 1,
         concurrency: int = 1,
         compensate: bool = False,
         inbox: Table | None = None,

@@ -94,11 +94,15 @@ class Plan:
     engine: Engine
     session_factory: Callable[[], Session] | None
     prefetch: int
+    #: Most messages per transaction (1: one transaction per message).
     batch_size: int
     poll_interval: float
     publish_timeout: float | None
     stats: ConsumerStats
     stop: threading.Event
+    #: ``batch_size="auto"``: a poll that brings one message runs it alone (acknowledged
+    #: at once); one that brings several runs them in transactions of up to ``batch_size``.
+    adaptive: bool = False
 
 
 @dataclass(slots=True)
@@ -194,7 +198,7 @@ class Worker:
         settled: list[Delivery] = []
         try:
             items = self._triage(subscription, deliveries, settled)
-            if self.plan.batch_size > 1:
+            if self.plan.batch_size > 1 and (len(items) > 1 or not self.plan.adaptive):
                 self._process_batches(subscription, items, settled)
             else:
                 # Each message is acknowledged as soon as it is settled, not once per poll:

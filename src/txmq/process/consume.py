@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 
 from txmq.config import describe
+from txmq.consumer.group import smallest_batch
 from txmq.consumer.runner import Consumer
 from txmq.errors import ConfigurationError
 from txmq.process.probes import Check
@@ -66,7 +67,7 @@ def override(consumer: Consumer, *, concurrency: int | None, prefetch: int | Non
             raise ConfigurationError("--concurrency must be at least 1")
         consumer.concurrency = concurrency
     if prefetch is not None:
-        if prefetch < 1 or prefetch < consumer.batch_size:
+        if prefetch < 1 or prefetch < smallest_batch(consumer.batch_size):
             raise ConfigurationError(
                 f"--prefetch must be at least 1 and at least the batch size ({consumer.batch_size})"
             )

@@ -14,6 +14,8 @@ import pytest
 from txmq import BrokerError, BrokerUnavailable, Delivery, Message, Topology, TopologyError
 from txmq.adapters.base import Subscription
 from txmq.adapters.rabbitmq.adapter import RabbitMQAdapter
+from txmq.adapters.rabbitmq.subscription import RabbitMQSubscription
+from txmq.testing import wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -148,6 +150,41 @@ def test_acks_do_not_wait_for_a_busy_io_thread_and_are_written_before_close(
     assert depth(topology.work_queue) == 0
     with adapter.subscribe(topology.group, [topology.work_queue]) as again:
         assert again.poll(1.0) == []
+
+
+def test_acks_of_buffered_work_are_coalesced_and_written_without_another_call(
+    adapter: RabbitMQAdapter, declared: Callable[..., Topology]
+) -> None:
+    topology = declared()
+    publish(adapter, [Message(topology.topic, b"%d" % i) for i in range(60)])
+    with adapter.subscribe(topology.group, [topology.work_queue], prefetch=200) as subscription:
+        assert isinstance(subscription, RabbitMQSubscription)
+        written: list[tuple[int, bool]] = []  # (delivery tag, multiple), by the IO thread
+        basic_ack = subscription._channel.basic_ack
+
+        def spy(delivery_tag: int, multiple: bool) -> None:
+            written.append((delivery_tag, multiple))
+            basic_ack(delivery_tag=delivery_tag, multiple=multiple)
+
+        subscription._channel.basic_ack = spy
+        wait_for(lambda: len(subscription._buffer) == 60, 30, "60 deliveries buffered")
+        acked = []
+        for _ in range(50):  # one at a time, ten left in the buffer: work still to do
+            (delivery,) = subscription.poll(1.0, max_messages=1)
+            time.sleep(0.002)  # a handler's work, time for the IO thread to write an ack
+            subscription.ack([delivery])
+            acked.append(delivery.token)
+
+        def all_written() -> bool:
+            done = {tag for tag, multiple in written if not multiple}
+            done |= {tag for top, multiple in written if multiple for tag in acked if tag <= top}
+            return done >= set(acked)
+
+        # Written by the IO thread's timer: nothing else is called on the subscription.
+        wait_for(all_written, 30, "the 50 acks written")
+        assert len(written) < 50, written  # coalesced into multiple-acks
+        rest = subscription.poll(1.0, max_messages=10)
+        assert len(rest) == 10
 
 
 def test_members_of_one_group_share_messages(

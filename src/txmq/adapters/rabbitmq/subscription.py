@@ -11,9 +11,13 @@ the caller's thread hands it with ``add_callback_threadsafe``, the one thread-sa
 
 An ack is handed over and not waited for: per-message acks would otherwise cost the caller
 two thread switches each, and the ack only ever follows the work it settles (the consumer
-commits first). Acks handed over while the IO thread is busy are written together, as one
-multiple-ack where contiguous; those still waiting when the subscription closes are written
-before the connection closes. A release is waited for until it is written.
+commits first). Acks are written together, as one multiple-ack where contiguous: those
+handed over while the IO thread is busy, and, while the caller still has deliveries to work
+through, those of up to :data:`ACK_INTERVAL` (a turn of pika's event loop per ack cost
+about as much CPU as the consumer's own work per message). Acks are written at once when
+the caller has nothing left to poll (so a small prefetch never waits for them), when they
+fill half the prefetch, or with a release; those still waiting when the subscription closes
+are written before the connection closes. A release is waited for until it is written.
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ _TURN = 0.5
 #: Seconds allowed, on top of the connect timeout, for the IO thread to write a settlement
 #: or to finish closing the connection.
 _GRACE = 1.0
+
+#: Longest time an ack waits to be written with the acks after it, while the caller still
+#: has deliveries buffered. A delayed ack holds a prefetch slot a little longer and, if the
+#: process dies meanwhile, means a redelivery that the inbox turns into a no-op.
+ACK_INTERVAL = 0.01
 
 _AMQP_ERRORS = (pika.exceptions.AMQPError, OSError)
 
@@ -92,6 +101,7 @@ class RabbitMQSubscription(Subscription):
         if not 0 < prefetch <= MAX_PREFETCH:
             raise ConfigurationError(f"prefetch must be between 1 and {MAX_PREFETCH}")
         self._settings = settings
+        self._prefetch = prefetch
         self._closed = False  # the caller's thread only
         # Shared between the caller's thread and the IO thread, guarded by _lock.
         self._lock = threading.Lock()
@@ -100,12 +110,14 @@ class RabbitMQSubscription(Subscription):
         self._cancelled: list[str] = []  # queues whose consumer the broker cancelled
         self._lost: BrokerUnavailable | None = None  # why the IO thread stopped
         self._pending: deque[_Settlement] = deque()  # handed over, not yet taken up, in order
-        self._wake_queued = False  # an _apply_pending call is on its way to the IO thread
+        self._wake_queued = False  # a _take_up call, or a timer, will write what is pending
         self._stopping = threading.Event()
         # The IO thread's own, once it runs. Delivery tags received and not settled yet,
         # oldest first (a dict keeps order).
         self._outstanding: dict[int, None] = {}
         self._sources: dict[str, str] = {}  # consumer tag -> queue
+        self._next_write = 0.0  # time.monotonic() from which acks are written at once
+        self._write_later = False  # a timer will write what is pending
         self._connection = open_blocking(settings, name=f"txmq consumer {group}")
         source = ""
         try:
@@ -225,11 +237,13 @@ class RabbitMQSubscription(Subscription):
             else:
                 settlement = _Settlement(tags, requeue=requeue)
                 self._pending.append(settlement)
-            wake, self._wake_queued = not self._wake_queued, True
+            # A release is written at once, even while a timer holds the acks before it.
+            wake = requeue or not self._wake_queued
+            self._wake_queued = True
         if wake:
             # Closed under us: the IO thread fails what is pending as it stops.
             with contextlib.suppress(pika.exceptions.ConnectionWrongStateError):
-                self._connection.add_callback_threadsafe(self._apply_pending)
+                self._connection.add_callback_threadsafe(self._take_up)
         return settlement
 
     def _wake(self) -> None:
@@ -288,8 +302,26 @@ class RabbitMQSubscription(Subscription):
             self._buffer.append(delivery)
             self._arrived.notify()
 
+    def _take_up(self) -> None:
+        """Write what is pending now, or at the end of the ack interval (see the module's
+        docstring) if the caller still has deliveries buffered."""
+        with self._lock:
+            urgent = (
+                not self._buffer
+                or any(settlement.requeue for settlement in self._pending)
+                or sum(len(settlement.tags) for settlement in self._pending) * 2 >= self._prefetch
+            )
+        wait = self._next_write - time.monotonic()
+        if urgent or wait <= 0:
+            self._apply_pending()
+        elif not self._write_later:
+            self._write_later = True
+            self._connection.call_later(wait, self._apply_pending)
+
     def _apply_pending(self) -> None:
         """Write every settlement handed over so far, in order."""
+        self._write_later = False
+        self._next_write = time.monotonic() + ACK_INTERVAL
         with self._lock:
             batch, self._pending = self._pending, deque()
             self._wake_queued = False

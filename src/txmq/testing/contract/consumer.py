@@ -298,9 +298,9 @@ def test_compensation_refunds_the_debited_account_and_books_balance(env: Env) ->
     assert crediter.stats.compensations == 2
 
 
-@pytest.mark.parametrize("mode", ["per-message", "batch"])
+@pytest.mark.parametrize("mode", ["per-message", "batch", "auto"])
 def test_graceful_stop_loses_and_doubles_nothing(env: Env, mode: str) -> None:
-    batch = {"batch_size": 10} if mode == "batch" else {}
+    batch = {"per-message": {}, "batch": {"batch_size": 10}, "auto": {"batch_size": "auto"}}[mode]
     handled = threading.Semaphore(0)
 
     def slow(message: Message, session: Session) -> None:
@@ -328,8 +328,9 @@ def test_graceful_stop_loses_and_doubles_nothing(env: Env, mode: str) -> None:
     assert sorted(env.applied_ids()) == sorted(m.id for m in messages)
 
 
-def test_batch_mode_isolates_a_poison_message(env: Env) -> None:
-    consumer = env.consumer(batch_size=25, prefetch=100, retry=RetryPolicy.no_retry())
+@pytest.mark.parametrize("batch_size", [25, "auto"], ids=["batch", "auto"])
+def test_batch_mode_isolates_a_poison_message(env: Env, batch_size: int | str) -> None:
+    consumer = env.consumer(batch_size=batch_size, prefetch=100, retry=RetryPolicy.no_retry())
 
     @consumer.handler(env.topic)
     def handler(message: Message, session: Session) -> None:
