@@ -239,9 +239,9 @@ def test_dlq_replay_applies_once_and_purge_removes(env: Env) -> None:
         result = dlq.replay([replayed.id], timeout=20)
         assert result.replayed == [replayed.id]
         wait_for(lambda: consumer.stats.processed == 1, what="replayed message applied")
-        assert [letter.message.id for letter in dlq.list(timeout=5)] == [purged.id]
+        assert [letter.message.id for letter in dlq.list(timeout=15)] == [purged.id]
         assert dlq.purge() == 1
-        assert dlq.list(timeout=3) == []
+        assert dlq.list(timeout=15) == []
     assert env.applied_ids() == [replayed.id]
 
 
