@@ -66,7 +66,9 @@ def examine_database(engine: Engine, *, prefix: str, inbox: str) -> list[Finding
 
     try:
         with engine.connect() as connection:
+            asked = datetime.now(UTC)
             server_time = connection.execute(select(func.current_timestamp())).scalar_one()
+            answered = datetime.now(UTC)
     except SQLAlchemyError as exc:
         refused = refusal(exc)
         if refused is not None:
@@ -86,16 +88,21 @@ def examine_database(engine: Engine, *, prefix: str, inbox: str) -> list[Finding
     if engine.dialect.name == "sqlite":
         found.append(Finding("clock", Problem.NONE, "an embedded database keeps this host's time"))
     else:
-        found.append(_clock(server_time))
+        found.append(_clock(server_time, asked, answered))
     return found
 
 
-def _clock(server_time: datetime) -> Finding:
+def _clock(server_time: datetime, asked: datetime, answered: datetime) -> Finding:
+    """The database read ``server_time`` between ``asked`` and ``answered`` (this host's
+    times): only a difference beyond that round trip is the clocks' own, however slow the
+    round trip (a loaded host) or what ran after it."""
     if server_time.tzinfo is None:  # a server that keeps no zone keeps UTC
         server_time = server_time.replace(tzinfo=UTC)
-    skew = (datetime.now(UTC) - server_time).total_seconds()
+    least = (asked - server_time).total_seconds()
+    most = (answered - server_time).total_seconds()
+    skew = (least + most) / 2
     detail = f"this host is {abs(skew):.3f} s {'ahead of' if skew >= 0 else 'behind'} the database"
-    if abs(skew) > MAX_CLOCK_SKEW:
+    if least > MAX_CLOCK_SKEW or most < -MAX_CLOCK_SKEW:
         return Finding("clock", Problem.CLOCK_SKEW, f"{detail} (more than {MAX_CLOCK_SKEW} s)")
     return Finding("clock", Problem.NONE, detail)
 

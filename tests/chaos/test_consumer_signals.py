@@ -138,8 +138,10 @@ def test_sigterm_stops_gracefully_and_a_restart_finishes_the_rest_once(
     scenario: Scenario,
 ) -> None:
     messages = scenario.publish(40)
+    # Slow handlers: the 35 messages after the fifth take 7 s, so the SIGTERM comes while
+    # they are under way even when this thread is seconds late to see the fifth.
     process = subprocess.Popen(
-        scenario.command("none", expect=0, slow=0.05),
+        scenario.command("none", expect=0, slow=0.2),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

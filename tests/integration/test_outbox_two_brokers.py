@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 import txmq
 from txmq.outbox import Producer, make_outbox_tables
 from txmq.states import RecordState
+from txmq.testing import wait_for
 from txmq.testing.contract import fixtures
 from txmq.testing.contract import producer as suite
 from txmq.wire import HEADER_PRODUCER_GROUP
@@ -59,7 +60,14 @@ def test_groups_sharing_an_outbox_each_reach_only_their_own_broker(
             assert {m.headers[HEADER_PRODUCER_GROUP] for m in received} == {group}
             assert nothing_more(broker, "cart", topic)
         for system, producer in producers.items():
-            assert {producer.store.get(i).state for i in staged[system]} == {RecordState.SENT}
+            # A relay marks its records SENT after the broker confirmed them: a consumer may
+            # have them before that commit.
+            wait_for(
+                lambda p=producer, s=system: (
+                    {p.store.get(i).state for i in staged[s]} == {RecordState.SENT}
+                ),
+                what=f"the {system} records marked SENT",
+            )
     finally:
         for producer in producers.values():
             producer.close()

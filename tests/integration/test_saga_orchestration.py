@@ -162,11 +162,15 @@ def test_an_abort_carried_out_by_the_steps_timeout_is_not_carried_out_again(
     shop.participants(late=("inventory",))
     orchestrator = shop.orchestrator(shop.definition(inventory_timeout=1), start=False)
     orchestrator.consumer.start()
-    orchestrator.producer.start()
     saga_id = shop.begin(orchestrator, Order(12, 120))
+    # The orchestrator's relay publishes the charge and then stays stopped until the abort
+    # is asked for: the inventory step's 1 s timeout cannot fire (and its retry, and the
+    # compensation without the abort) before this thread gets there, however loaded.
+    assert orchestrator.producer.relay().drain() == 1
     wait_for(lambda: orchestrator.get(saga_id).step_index == 1, what="the saga at inventory")
     shop.refund_broken.set()  # the refund stays unanswered: the saga stays COMPENSATING
     abort_saga(shop.engine, shop.sagas, saga_id)
+    orchestrator.producer.start()  # the reserve command, and the timeout once it is due
 
     def refund_sent() -> bool:
         instance = orchestrator.get(saga_id)

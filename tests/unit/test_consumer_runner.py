@@ -357,7 +357,7 @@ def test_stop_finishes_in_flight_and_a_restart_applies_the_rest_once(engine: Eng
 
     def slow(message: Message, session: Session) -> None:
         started.set()
-        proceed.wait(5)
+        proceed.wait(60)
         record(message, session)
 
     consumer = make_consumer(broker, engine, prefetch=50)
@@ -366,11 +366,14 @@ def test_stop_finishes_in_flight_and_a_restart_applies_the_rest_once(engine: Eng
     messages = [Message(TOPIC, str(i).encode()) for i in range(30)]
     publish(broker, *messages)
     consumer.start()
-    assert started.wait(5)
+    assert started.wait(30)
     stopper = threading.Thread(target=consumer.stop)
     stopper.start()
+    # The handler in flight finishes only once the stop is asked for: before that, every
+    # message after it would be applied at once, however late the stopper thread is.
+    wait_for(consumer._stop.is_set, what="the stop to be asked for")
     proceed.set()
-    stopper.join(5)
+    stopper.join(30)
     assert not consumer.running
     assert 1 <= len(applied_ids(engine)) < 30
     again = make_consumer(broker, engine, prefetch=50)

@@ -19,7 +19,7 @@ from txmq.consumer import Consumer, make_inbox_table
 from txmq.errors import ConfigurationError, DatabaseRefused
 from txmq.outbox import Producer, make_outbox_tables
 from txmq.outbox.relay import _Lane
-from txmq.supervision import LoopState, SupervisedLoop
+from txmq.supervision import LoopHealth, LoopState, SupervisedLoop
 from txmq.testing import wait_for
 
 WAIT = 30.0
@@ -47,8 +47,13 @@ def test_a_transient_error_backs_off_and_recovers(stop: threading.Event) -> None
 
     loop = SupervisedLoop(name="flaky", step=step, stop=stop, idle=lambda: stop.wait(0.01))
     loop.start()
-    wait_for(lambda: loop.health().state is LoopState.BACKING_OFF, what="backing off")
-    backing_off = loop.health()
+
+    def backing_off_now() -> LoopHealth | None:
+        # The very look that saw it backing off: a second look may come after the backoff.
+        health = loop.health()
+        return health if health.state is LoopState.BACKING_OFF else None
+
+    backing_off = wait_for(backing_off_now, what="backing off")
     assert backing_off.healthy
     assert backing_off.alive
     assert backing_off.last_error is not None

@@ -69,8 +69,9 @@ def test_poll_waits_for_the_first_message_then_returns(
         assert 0.3 <= time.monotonic() - started < 2.0
         publish(adapter, [Message(topology.topic, b"")])
         started = time.monotonic()
-        assert len(subscription.poll(5.0)) == 1
-        assert time.monotonic() - started < 2.0
+        # Returns at the message, long before its timeout (with room for a loaded machine).
+        assert len(subscription.poll(30.0)) == 1
+        assert time.monotonic() - started < 10.0
 
 
 def test_unacked_message_is_redelivered_after_close(
@@ -329,8 +330,8 @@ def test_deleting_a_consumed_queue_ends_the_subscription_loudly(
         raw_channel.queue_delete(topology.work_queue)
         started = time.monotonic()
         with pytest.raises(BrokerUnavailable, match="cancelled consuming from"):
-            subscription.poll(5.0)
-        assert time.monotonic() - started < 2.0
+            subscription.poll(30.0)
+        assert time.monotonic() - started < 10.0  # at the cancel, not at the poll's timeout
 
 
 def test_closed_subscription_refuses_and_close_is_idempotent(

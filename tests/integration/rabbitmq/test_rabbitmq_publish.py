@@ -211,8 +211,8 @@ def test_lost_connection_mid_batch_raises_and_next_publish_reconnects(
         started = time.monotonic()
         proxy.sever()
         with pytest.raises(BrokerUnavailable, match="outcome is unknown"):
-            pending.result(timeout=10)
-        assert time.monotonic() - started < 2.0
+            pending.result(timeout=30)
+        assert time.monotonic() - started < 10.0  # at the loss, not at the 30 s timeout
         proxy.resume_downstream()
         assert publisher.publish([Message(topology.topic, b"again")])[0].ok
     assert proxy.connections == connections_before + 2

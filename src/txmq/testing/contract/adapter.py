@@ -125,18 +125,28 @@ def test_consumers_of_one_group_share_and_groups_each_get_all(
     shared_sources = broker.sources_for([topologies[0]])
     first = broker.subscribe(shared, shared_sources, prefetch=10)
     second = broker.subscribe(shared, shared_sources, prefetch=10)
+    sent: list[txmq.Message] = []
+    got_first: list[Delivery] = []
+    got_second: list[Delivery] = []
     try:
-        # Both members join before publishing (a Kafka rebalance takes a few polls).
-        drain([first, second], 1, timeout=5.0)
-        sent = [txmq.Message(topic, b"x", key=f"k{i % 16}") for i in range(400)]
-        publish(broker, sent)
-        got_first, got_second = drain([first, second], len(sent), timeout=60)
+        # Published in rounds until both members have had some: a Kafka member gets
+        # partitions only once a rebalance has assigned it some, which on a loaded machine
+        # may come after a whole round went to the other member.
+        deadline = time.monotonic() + 60
+        while not (got_first and got_second) and time.monotonic() < deadline:
+            batch = [txmq.Message(topic, b"x", key=f"k{i % 16}") for i in range(100)]
+            publish(broker, batch)
+            sent += batch
+            left = len(sent) - len(got_first) - len(got_second)
+            more_first, more_second = drain([first, second], left, timeout=60)
+            got_first += more_first
+            got_second += more_second
     finally:
         first.close()
         second.close()
     assert sorted(ids(got_first) + ids(got_second)) == sorted(m.id for m in sent)
-    assert got_first, "the first consumer got nothing: not competing consumers"
-    assert got_second, "the second consumer got nothing: not competing consumers"
+    assert got_first, "the first consumer got nothing within 60 s: not competing consumers"
+    assert got_second, "the second consumer got nothing within 60 s: not competing consumers"
     with broker.subscribe(other, broker.sources_for([topologies[1]])) as subscription:
         (got_other,) = drain([subscription], len(sent))
     assert sorted(ids(got_other)) == sorted(m.id for m in sent)

@@ -239,9 +239,9 @@ def test_dlq_replay_applies_once_and_purge_removes(env: Env) -> None:
         result = dlq.replay([replayed.id], timeout=20)
         assert result.replayed == [replayed.id]
         wait_for(lambda: consumer.stats.processed == 1, what="replayed message applied")
-        assert [letter.message.id for letter in dlq.list(timeout=5)] == [purged.id]
+        assert [letter.message.id for letter in dlq.list(timeout=15)] == [purged.id]
         assert dlq.purge() == 1
-        assert dlq.list(timeout=3) == []
+        assert dlq.list(timeout=15) == []
     assert env.applied_ids() == [replayed.id]
 
 
@@ -302,15 +302,24 @@ def test_compensation_refunds_the_debited_account_and_books_balance(env: Env) ->
 def test_graceful_stop_loses_and_doubles_nothing(env: Env, mode: str) -> None:
     batch = {"per-message": {}, "batch": {"batch_size": 10}, "auto": {"batch_size": "auto"}}[mode]
     handled = threading.Semaphore(0)
+    lock, first_runs = threading.Lock(), [0]
 
-    def slow(message: Message, session: Session) -> None:
+    def working(message: Message, session: Session, seconds: float = 0.01) -> None:
         env.record(message, session)
-        time.sleep(0.01)  # a handler doing real work, so stop() finds messages in flight
+        time.sleep(seconds)  # a handler doing real work, so stop() finds messages in flight
         handled.release()
+
+    def first_handler(message: Message, session: Session) -> None:
+        # From its 16th run on, 200 ms: the 45 messages left take seconds, so the stop
+        # below comes mid-stream even when this thread is late to call it.
+        with lock:
+            first_runs[0] += 1
+            seconds = 0.2 if first_runs[0] > 15 else 0.01
+        working(message, session, seconds)
 
     messages = [Message(env.topic, str(i).encode(), key=f"k{i % 5}") for i in range(60)]
     first = env.consumer(concurrency=2, prefetch=20, **batch)  # type: ignore[arg-type]
-    first.add_handler(env.topic, slow)
+    first.add_handler(env.topic, first_handler)
     first.start()
     env.publish(*messages)
     for _ in range(15):
@@ -319,7 +328,7 @@ def test_graceful_stop_loses_and_doubles_nothing(env: Env, mode: str) -> None:
     done_first = len(env.applied_ids())
     assert 15 <= done_first < 60
     second = env.consumer(concurrency=2, prefetch=20, **batch)  # type: ignore[arg-type]
-    second.add_handler(env.topic, slow)
+    second.add_handler(env.topic, working)
     with second:
         second.start()
         wait_for(lambda: len(env.applied_ids()) >= 60, what="the rest")
