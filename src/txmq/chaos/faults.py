@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from txmq.chaos import schedule
+from txmq.chaos.partition import node_rules
 from txmq.chaos.rig import PrivateServer, Rig
 from txmq.chaos.scenario import (
     KILL_AFTER_DB_COMMIT,
@@ -22,7 +23,10 @@ from txmq.chaos.scenario import (
     WOKE,
 )
 from txmq.chaos.schedule import PlannedFault
+from txmq.errors import ConfigurationError
 from txmq.outbox.relay import KILL_AFTER_CONFIRM
+from txmq.testing.provision import cluster
+from txmq.testing.provision.common import ProvisionError
 
 #: How long an armed process may take to reach its kill point.
 KILL_POINT_TIMEOUT = 90.0
@@ -30,12 +34,14 @@ KILL_POINT_TIMEOUT = 90.0
 
 @dataclass(frozen=True, slots=True)
 class Injected:
-    """What an injector did: ``undone_at`` (epoch seconds) when it ran, else ``reason``."""
+    """What an injector did: ``undone_at`` (epoch seconds) when it ran, else ``reason``;
+    ``unrecovered`` says why what it hurt did not come back (the run then fails)."""
 
     count: int = 0
     undone_at: float | None = None
     reason: str = ""
     detail: str = ""
+    unrecovered: str = ""
 
     @property
     def ran(self) -> bool:
@@ -236,6 +242,86 @@ def _iptables(iptables: str, action: str, rule: list[str]) -> str:
     return "" if result.returncode == 0 else result.stderr.strip()[:200]
 
 
+CLUSTER_BY_URL = Injected(
+    reason=(
+        "the cluster was given by URL: txmq chaos only hurts a cluster it started "
+        "(--broker rabbitmq or kafka)"
+    )
+)
+
+
+def _cluster_fault(
+    act: Callable[[cluster.Cluster, PlannedFault], str],
+) -> Callable[[Rig, PlannedFault], Injected]:
+    def inject(rig: Rig, fault: PlannedFault) -> Injected:
+        if rig.cluster is None:
+            return CLUSTER_BY_URL
+        try:
+            detail = act(rig.cluster, fault)
+        except ProvisionError as exc:
+            return Injected(count=1, undone_at=time.time(), unrecovered=str(exc))
+        return Injected(count=1, undone_at=time.time(), detail=detail)
+
+    return inject
+
+
+#: How long a node restarted on its data has to answer and be counted by the cluster again.
+REJOIN_TIMEOUT = 180.0
+
+
+def _kill_node(running: cluster.Cluster, fault: PlannedFault) -> str:
+    cluster.stop_node(running, fault.nth, kill=True)
+    time.sleep(fault.seconds)  # the outage itself
+    took = cluster.start_node(running, fault.nth, timeout=REJOIN_TIMEOUT)
+    return (
+        f"node {fault.nth} down {fault.seconds} s, back and rejoined {took:.1f} s after its start"
+    )
+
+
+def _rolling_restart(running: cluster.Cluster, fault: PlannedFault) -> str:
+    took = []
+    for step in range(running.ports.size):
+        node = (fault.nth + step) % running.ports.size
+        cluster.stop_node(running, node)
+        took.append(
+            f"node {node} {cluster.start_node(running, node, timeout=REJOIN_TIMEOUT):.0f} s"
+        )
+    return "rejoined: " + ", ".join(took)
+
+
+def _partition_node(rig: Rig, fault: PlannedFault) -> Injected:
+    """Node ``fault.nth`` cut off from the other two for ``fault.seconds`` (see
+    :mod:`txmq.chaos.partition`); the rules are deleted again whatever happens meanwhile."""
+    running = rig.cluster
+    if running is None:
+        return CLUSTER_BY_URL
+    iptables = shutil.which("iptables")
+    if iptables is None:
+        return Injected(reason="iptables (nftables) is not installed")
+    try:
+        rules = node_rules(running.ports, running.broker, fault.nth)
+    except ConfigurationError as exc:
+        return Injected(reason=str(exc))
+    added: list[list[str]] = []
+    try:
+        for rule in rules:
+            refused = _iptables(iptables, "-A", rule)
+            if refused:
+                return Injected(reason=f"iptables refused the rule: {refused}")
+            added.append(rule)
+        time.sleep(fault.seconds)  # the partition itself
+    finally:
+        for rule in reversed(added):
+            _iptables(iptables, "-D", rule)
+    undone = time.time()
+    detail = f"node {fault.nth} cut off {fault.seconds:.0f} s"
+    try:
+        took = cluster.wait_joined(running, timeout=REJOIN_TIMEOUT, via=fault.nth)
+    except ProvisionError as exc:
+        return Injected(count=1, undone_at=undone, detail=detail, unrecovered=str(exc))
+    return Injected(count=1, undone_at=undone, detail=f"{detail}, counted again {took:.1f} s after")
+
+
 INJECTORS: dict[str, Callable[[Rig, PlannedFault], Injected]] = {
     schedule.PRODUCER_IN_EXECUTOR: _kill_point("bank", KILL_IN_EXECUTOR),
     schedule.PRODUCER_AFTER_LOCAL_COMMIT: _kill_point("bank", KILL_AFTER_LOCAL_COMMIT),
@@ -254,4 +340,7 @@ INJECTORS: dict[str, Callable[[Rig, PlannedFault], Injected]] = {
     schedule.RELAYS_SHARING_ID: _twin_relay,
     schedule.TRANSACTION_TIMEOUT: _transaction_timeout,
     schedule.SLOW_HANDLER: _slow_handler,
+    schedule.NODE_KILL: _cluster_fault(_kill_node),
+    schedule.NODE_PARTITION: _partition_node,
+    schedule.ROLLING_RESTART: _cluster_fault(_rolling_restart),
 }

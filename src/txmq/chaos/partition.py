@@ -1,0 +1,72 @@
+"""The loopback firewall rules that cut one node of a cluster off from the other two while
+every client still reaches all three.
+
+Every node listens on 127.0.0.1, so a port alone cannot tell a peer's connection to a node
+from a client's, nor a node's own outgoing connections (from ephemeral ports) from anyone
+else's. Each node therefore runs with a group id of its own
+(:meth:`~txmq.testing.provision.cluster.ClusterPorts.group`), and the rules, all in the
+``OUTPUT`` chain where a packet still knows its socket's owner:
+
+1. mark (``CONNMARK``) a connection when the cut-off node sends to a peer port of another
+   node, or another node sends to a peer port of the cut-off one (peer ports:
+   :meth:`~txmq.testing.provision.cluster.ClusterPorts.peer_ports`);
+2. drop every packet of a marked connection, in both directions.
+
+A connection is marked by the first packet its opener sends once the rules are in: an answer
+already on its way then may still arrive, nothing after it. Clients' sockets have other
+group ids, so their connections to any node are never marked.
+"""
+
+from __future__ import annotations
+
+from txmq.errors import ConfigurationError
+from txmq.testing.provision.cluster import ClusterBroker, ClusterPorts
+
+
+def node_rules(ports: ClusterPorts, broker: ClusterBroker, node: int) -> list[list[str]]:
+    """The ``iptables`` rules (each the arguments after ``-A``/``-D``) that partition
+    ``node`` from the other nodes of the cluster on ``ports``, in the order they must be
+    appended: the marks, then the drop.
+
+    Raises:
+        ConfigurationError: ``node`` is not a node of the cluster, or the nodes run without
+            groups of their own (they were not started by root).
+    """
+    if not 0 <= node < ports.size:
+        raise ConfigurationError(f"node {node} is not one of the cluster's {ports.size} nodes")
+    groups = [ports.group(number) for number in range(ports.size)]
+    own = groups[node]
+    if own is None or None in groups:
+        raise ConfigurationError(
+            "the cluster's nodes run without groups of their own: only root starts them so"
+        )
+    others = [number for number in range(ports.size) if number != node]
+    mark = str(own)
+    to_others = [port for number in others for port in ports.peer_ports(broker, number)]
+    sends = [(own, to_others)] + [
+        (groups[number], list(ports.peer_ports(broker, node))) for number in others
+    ]
+    rules = [
+        [
+            "OUTPUT",
+            "-o",
+            "lo",
+            "-p",
+            "tcp",
+            "-m",
+            "owner",
+            "--gid-owner",
+            str(group),
+            "-m",
+            "multiport",
+            "--dports",
+            ",".join(str(port) for port in targets),
+            "-j",
+            "CONNMARK",
+            "--set-mark",
+            mark,
+        ]
+        for group, targets in sends
+    ]
+    rules.append(["OUTPUT", "-o", "lo", "-m", "connmark", "--mark", mark, "-j", "DROP"])
+    return rules
