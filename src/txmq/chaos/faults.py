@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from txmq.chaos import schedule
-from txmq.chaos.partition import node_rules
+from txmq.chaos.partition import dropped_packets, node_rules
 from txmq.chaos.rig import PrivateServer, Rig
 from txmq.chaos.scenario import (
     KILL_AFTER_DB_COMMIT,
@@ -234,6 +234,14 @@ def _partition(which: str) -> Callable[[Rig, PlannedFault], Injected]:
     return inject
 
 
+def _listing(iptables: str) -> str:
+    """``iptables -v -S OUTPUT``: the rules with their counters ("" when it fails)."""
+    result = subprocess.run(  # noqa: S603  # fixed argv
+        [iptables, "-w", "5", "-v", "-S", "OUTPUT"], capture_output=True, text=True, check=False
+    )
+    return result.stdout if result.returncode == 0 else ""
+
+
 def _iptables(iptables: str, action: str, rule: list[str]) -> str:
     """Run one iptables command; its error ("" when it worked)."""
     result = subprocess.run(  # noqa: S603  # fixed argv
@@ -302,24 +310,35 @@ def _partition_node(rig: Rig, fault: PlannedFault) -> Injected:
         rules = node_rules(running.ports, running.broker, fault.nth)
     except ConfigurationError as exc:
         return Injected(reason=str(exc))
-    added: list[list[str]] = []
-    try:
-        for rule in rules:
-            refused = _iptables(iptables, "-A", rule)
-            if refused:
-                return Injected(reason=f"iptables refused the rule: {refused}")
-            added.append(rule)
-        time.sleep(fault.seconds)  # the partition itself
-    finally:
-        for rule in reversed(added):
-            _iptables(iptables, "-D", rule)
+    refused, dropped = _hold_rules(iptables, rules, fault.seconds)
     undone = time.time()
-    detail = f"node {fault.nth} cut off {fault.seconds:.0f} s"
+    if refused or not dropped:
+        # Rules that dropped nothing cut nothing off: that is no partition to report.
+        why = f"iptables refused the rule: {refused}" if refused else "no packet was dropped"
+        return Injected(reason=why)
+    detail = f"node {fault.nth} cut off {fault.seconds:.0f} s, {dropped} packets dropped"
     try:
         took = cluster.wait_joined(running, timeout=REJOIN_TIMEOUT, via=fault.nth)
     except ProvisionError as exc:
         return Injected(count=1, undone_at=undone, detail=detail, unrecovered=str(exc))
     return Injected(count=1, undone_at=undone, detail=f"{detail}, counted again {took:.1f} s after")
+
+
+def _hold_rules(iptables: str, rules: list[list[str]], seconds: float) -> tuple[str, int | None]:
+    """Append ``rules``, keep them ``seconds``, and delete them again whatever happens
+    meanwhile; iptables' refusal ("" when none) and the packets the last rule dropped."""
+    added: list[list[str]] = []
+    try:
+        for rule in rules:
+            refused = _iptables(iptables, "-A", rule)
+            if refused:
+                return refused, None
+            added.append(rule)
+        time.sleep(seconds)  # the partition itself
+        return "", dropped_packets(_listing(iptables), rules[-1])
+    finally:
+        for rule in reversed(added):
+            _iptables(iptables, "-D", rule)
 
 
 INJECTORS: dict[str, Callable[[Rig, PlannedFault], Injected]] = {

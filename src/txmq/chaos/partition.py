@@ -70,3 +70,14 @@ def node_rules(ports: ClusterPorts, broker: ClusterBroker, node: int) -> list[li
     ]
     rules.append(["OUTPUT", "-o", "lo", "-m", "connmark", "--mark", mark, "-j", "DROP"])
     return rules
+
+
+def dropped_packets(listing: str, drop_rule: list[str]) -> int | None:
+    """How many packets ``drop_rule`` (the last of :func:`node_rules`) dropped, read from
+    ``iptables -v -S OUTPUT``'s ``listing`` (None: the rule is not in it)."""
+    mark = f"0x{int(drop_rule[drop_rule.index('--mark') + 1]):x}"
+    for line in listing.splitlines():
+        words = line.split()
+        if "connmark" in words and mark in words and words[-2:] == ["-j", "DROP"] and "-c" in words:
+            return int(words[words.index("-c") + 1])
+    return None
