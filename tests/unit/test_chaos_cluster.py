@@ -7,6 +7,7 @@ import pytest
 from txmq.chaos import schedule
 from txmq.chaos.faults import INJECTORS
 from txmq.chaos.partition import dropped_packets, node_rules
+from txmq.chaos.runner import longest_gap
 from txmq.errors import ConfigurationError
 from txmq.testing.provision import cluster
 
@@ -107,3 +108,9 @@ def test_the_packets_a_partition_dropped_are_read_from_its_rule_counters() -> No
     )
     assert dropped_packets(listing, drop) == 42
     assert dropped_packets("-P OUTPUT ACCEPT -c 0 0", drop) is None
+
+
+def test_the_outage_is_the_longest_time_without_a_credit() -> None:
+    assert longest_gap(100.0, 110.0, [100.5, 101.0, 107.5, 108.0]) == 6.5
+    assert longest_gap(100.0, 110.0, [100.1]) == 9.9  # nothing after: to the undoing
+    assert longest_gap(100.0, 110.0, []) == 10.0

@@ -35,13 +35,15 @@ KILL_POINT_TIMEOUT = 90.0
 @dataclass(frozen=True, slots=True)
 class Injected:
     """What an injector did: ``undone_at`` (epoch seconds) when it ran, else ``reason``;
-    ``unrecovered`` says why what it hurt did not come back (the run then fails)."""
+    ``unrecovered`` says why what it hurt did not come back (the run then fails);
+    ``hurt_at``, where set (the cluster faults), when it started hurting."""
 
     count: int = 0
     undone_at: float | None = None
     reason: str = ""
     detail: str = ""
     unrecovered: str = ""
+    hurt_at: float | None = None
 
     @property
     def ran(self) -> bool:
@@ -264,11 +266,12 @@ def _cluster_fault(
     def inject(rig: Rig, fault: PlannedFault) -> Injected:
         if rig.cluster is None:
             return CLUSTER_BY_URL
+        hurt = time.time()
         try:
             detail = act(rig.cluster, fault)
         except ProvisionError as exc:
-            return Injected(count=1, undone_at=time.time(), unrecovered=str(exc))
-        return Injected(count=1, undone_at=time.time(), detail=detail)
+            return Injected(count=1, undone_at=time.time(), unrecovered=str(exc), hurt_at=hurt)
+        return Injected(count=1, undone_at=time.time(), detail=detail, hurt_at=hurt)
 
     return inject
 
@@ -310,6 +313,7 @@ def _partition_node(rig: Rig, fault: PlannedFault) -> Injected:
         rules = node_rules(running.ports, running.broker, fault.nth)
     except ConfigurationError as exc:
         return Injected(reason=str(exc))
+    hurt = time.time()
     refused, dropped = _hold_rules(iptables, rules, fault.seconds)
     undone = time.time()
     if refused or not dropped:
@@ -320,8 +324,11 @@ def _partition_node(rig: Rig, fault: PlannedFault) -> Injected:
     try:
         took = cluster.wait_joined(running, timeout=REJOIN_TIMEOUT, via=fault.nth)
     except ProvisionError as exc:
-        return Injected(count=1, undone_at=undone, detail=detail, unrecovered=str(exc))
-    return Injected(count=1, undone_at=undone, detail=f"{detail}, counted again {took:.1f} s after")
+        return Injected(
+            count=1, undone_at=undone, detail=detail, unrecovered=str(exc), hurt_at=hurt
+        )
+    detail += f", counted again {took:.1f} s after"
+    return Injected(count=1, undone_at=undone, detail=detail, hurt_at=hurt)
 
 
 def _hold_rules(iptables: str, rules: list[list[str]], seconds: float) -> tuple[str, int | None]:

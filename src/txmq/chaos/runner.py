@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import random
 import tempfile
 import time
@@ -268,10 +269,30 @@ class _Run:
             recovery = self.recovery(injected.undone_at, RECOVERY_BOUND)
             if recovery is None:
                 self.say(f"{self.rig.system}: no recovery within {RECOVERY_BOUND:.0f} s")
-        detail = injected.detail or injected.unrecovered
+        outage = None
+        if injected.hurt_at is not None and injected.undone_at is not None:
+            outage = self.longest_gap(injected.hurt_at, injected.undone_at)
         return FaultResult(
-            fault.name, injected.ran, injected.reason, injected.count, recovery, detail
+            fault.name,
+            injected.ran,
+            injected.reason,
+            injected.count,
+            recovery,
+            injected.detail or injected.unrecovered,
+            outage_s=outage,
         )
+
+    def longest_gap(self, start: float, end: float) -> float | None:
+        """The longest time from ``start`` to ``end`` (epoch seconds) in which no credit was
+        applied (None: the database could not be asked)."""
+        applied = self.tables.credits.c.applied_at
+        query = select(applied).where(applied.between(start, end)).order_by(applied)
+        try:
+            with self.engine.connect() as connection:
+                times = [float(at) for at in connection.execute(query).scalars()]
+        except Exception:  # the database may be down; the run says so elsewhere
+            return None
+        return longest_gap(start, end, times)
 
     def finish(self) -> int:
         """Stop the transfers, let the backlog drain, check the services are ready; the
@@ -288,6 +309,13 @@ class _Run:
             stalls += 1
             self.say(f"{self.rig.system}: a service was not ready at the end")
         return stalls
+
+
+def longest_gap(start: float, end: float, applied: list[float]) -> float:
+    """The longest time from ``start`` to ``end`` with no time of ``applied`` (sorted,
+    between the two) in it."""
+    edges = [start, *applied, end]
+    return round(max(later - earlier for earlier, later in itertools.pairwise(edges)), 2)
 
 
 def _credits_payee(operation: Operation) -> bool:
