@@ -13,7 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from txmq.chaos import schedule
-from txmq.chaos.partition import dropped_packets, node_rules
+from txmq.chaos.partition import (
+    dropped_packets,
+    listing,
+    node_rules,
+    rules_in_place,
+    run_iptables,
+)
 from txmq.chaos.rig import PrivateServer, Rig
 from txmq.chaos.scenario import (
     KILL_AFTER_DB_COMMIT,
@@ -223,33 +229,17 @@ def _partition(which: str) -> Callable[[Rig, PlannedFault], Injected]:
         added: list[list[str]] = []
         try:
             for rule in rules:
-                result = _iptables(iptables, "-I", rule)
+                result = run_iptables(iptables, "-I", rule)
                 if result:
                     return Injected(reason=f"iptables refused the rule: {result}")
                 added.append(rule)
             time.sleep(fault.seconds)  # the partition itself
         finally:
             for rule in added:
-                _iptables(iptables, "-D", rule)
+                run_iptables(iptables, "-D", rule)
         return Injected(count=1, undone_at=time.time(), detail=f"{fault.seconds:.0f} s")
 
     return inject
-
-
-def _listing(iptables: str) -> str:
-    """``iptables -v -S OUTPUT``: the rules with their counters ("" when it fails)."""
-    result = subprocess.run(  # noqa: S603  # fixed argv
-        [iptables, "-w", "5", "-v", "-S", "OUTPUT"], capture_output=True, text=True, check=False
-    )
-    return result.stdout if result.returncode == 0 else ""
-
-
-def _iptables(iptables: str, action: str, rule: list[str]) -> str:
-    """Run one iptables command; its error ("" when it worked)."""
-    result = subprocess.run(  # noqa: S603  # fixed argv
-        [iptables, "-w", "5", action, *rule], capture_output=True, text=True, check=False
-    )
-    return "" if result.returncode == 0 else result.stderr.strip()[:200]
 
 
 CLUSTER_BY_URL = Injected(
@@ -332,20 +322,13 @@ def _partition_node(rig: Rig, fault: PlannedFault) -> Injected:
 
 
 def _hold_rules(iptables: str, rules: list[list[str]], seconds: float) -> tuple[str, int | None]:
-    """Append ``rules``, keep them ``seconds``, and delete them again whatever happens
-    meanwhile; iptables' refusal ("" when none) and the packets the last rule dropped."""
-    added: list[list[str]] = []
-    try:
-        for rule in rules:
-            refused = _iptables(iptables, "-A", rule)
-            if refused:
-                return refused, None
-            added.append(rule)
+    """``rules`` in place for ``seconds``; iptables' refusal ("" when none) and the packets
+    the last rule dropped."""
+    with rules_in_place(iptables, rules) as refused:
+        if refused:
+            return refused, None
         time.sleep(seconds)  # the partition itself
-        return "", dropped_packets(_listing(iptables), rules[-1])
-    finally:
-        for rule in reversed(added):
-            _iptables(iptables, "-D", rule)
+        return "", dropped_packets(listing(iptables), rules[-1])
 
 
 INJECTORS: dict[str, Callable[[Rig, PlannedFault], Injected]] = {

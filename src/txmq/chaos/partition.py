@@ -19,6 +19,10 @@ group ids, so their connections to any node are never marked.
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+from collections.abc import Iterator
+
 from txmq.errors import ConfigurationError
 from txmq.testing.provision.cluster import ClusterBroker, ClusterPorts
 
@@ -81,3 +85,38 @@ def dropped_packets(listing: str, drop_rule: list[str]) -> int | None:
         if "connmark" in words and mark in words and words[-2:] == ["-j", "DROP"] and "-c" in words:
             return int(words[words.index("-c") + 1])
     return None
+
+
+@contextlib.contextmanager
+def rules_in_place(iptables: str, rules: list[list[str]]) -> Iterator[str]:
+    """Append ``rules`` (``OUTPUT ...`` specs) for the block, and delete them again however
+    it ends; yields iptables' refusal of one of them ("" when every rule is in; a refused
+    rule's predecessors stay until the block ends)."""
+    added: list[list[str]] = []
+    refused = ""
+    try:
+        for rule in rules:
+            refused = run_iptables(iptables, "-A", rule)
+            if refused:
+                break
+            added.append(rule)
+        yield refused
+    finally:
+        for rule in reversed(added):
+            run_iptables(iptables, "-D", rule)
+
+
+def listing(iptables: str) -> str:
+    """``iptables -v -S OUTPUT``: the rules with their counters ("" when it fails)."""
+    result = subprocess.run(  # noqa: S603  # fixed argv
+        [iptables, "-w", "5", "-v", "-S", "OUTPUT"], capture_output=True, text=True, check=False
+    )
+    return result.stdout if result.returncode == 0 else ""
+
+
+def run_iptables(iptables: str, action: str, rule: list[str]) -> str:
+    """Run one iptables command; its error ("" when it worked)."""
+    result = subprocess.run(  # noqa: S603  # fixed argv
+        [iptables, "-w", "5", action, *rule], capture_output=True, text=True, check=False
+    )
+    return "" if result.returncode == 0 else result.stderr.strip()[:200]
