@@ -128,3 +128,40 @@ def test_a_partitioned_node_loses_its_peers_and_keeps_its_clients(peers: list[Pe
     assert dropped_packets(listing(iptables), rules[-1]) is None  # deleted
     for name, link in links.items():
         wait_for(lambda link=link: link.round_trip() == "ok", 60, f"{name} healed")
+
+
+HOLDER = """
+import sys, time
+from txmq.chaos.partition import rules_in_place
+from txmq.chaos.runner import exits_on_sigterm
+rule = ["OUTPUT", "-o", "lo", "-m", "connmark", "--mark", sys.argv[2], "-j", "DROP"]
+with exits_on_sigterm(), rules_in_place(sys.argv[1], [rule]) as refused:
+    print(refused or "in", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_chaos_run_stopped_by_sigterm_deletes_its_rules() -> None:
+    """The default SIGTERM ends Python without running ``finally``: a run stopped so left
+    its partition rules (and its servers) behind."""
+    iptables = shutil.which("iptables")
+    assert iptables is not None, "iptables is not installed"
+    mark = str(100_000 + os.getpid())
+    rule = ["OUTPUT", "-o", "lo", "-m", "connmark", "--mark", mark, "-j", "DROP"]
+    holder = subprocess.Popen(  # our own argv
+        [sys.executable, "-c", HOLDER, iptables, mark], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "in"
+        assert dropped_packets(listing(iptables), rule) == 0  # in place
+        holder.terminate()
+        assert holder.wait(30) == 143
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait()
+        leftover = dropped_packets(listing(iptables), rule) is not None
+        if leftover:
+            subprocess.run([iptables, "-w", "5", "-D", *rule], check=False)  # our own argv
+    assert not leftover

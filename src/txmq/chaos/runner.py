@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import random
+import signal
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -102,8 +105,31 @@ def run_report(
     # Where a private cluster would listen, checked before anything starts.
     ports = cluster.ClusterPorts.from_env() if name == schedules.CLUSTER else None
     say(f"txmq chaos: schedule {name}, seed {seed}")
-    runs = tuple(_run_one(target, database, plan, ports=ports, say=say) for target, plan in plans)
+    with exits_on_sigterm():
+        runs = tuple(
+            _run_one(target, database, plan, ports=ports, say=say) for target, plan in plans
+        )
     return Report(schedule=name, seed=seed, runs=runs)
+
+
+@contextlib.contextmanager
+def exits_on_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM raises SystemExit (status 143) in the main thread, as
+    Ctrl-C raises KeyboardInterrupt: the run's ``finally`` blocks then stop the servers and
+    clusters it started and delete its partition rules, which the default SIGTERM skips.
+    Outside the main thread (no signal handlers there) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def system_of(target: str) -> str:
