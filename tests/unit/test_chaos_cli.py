@@ -11,14 +11,20 @@ from txmq.errors import ConfigurationError
 
 
 @pytest.mark.parametrize(
-    ("args", "says"),
+    ("args", "env", "says"),
     [
-        (["--schedule", "nope"], "unknown schedule 'nope'"),
-        (["--schedule", "cluster"], "cluster"),
+        (["--schedule", "nope"], {}, "unknown schedule 'nope'"),
+        (
+            ["--schedule", "cluster", "--broker", "kafka"],
+            {"TXMQ_CLUSTER_PORT_BASE": "65500"},
+            "TXMQ_CLUSTER_PORT_BASE must be a port number",
+        ),
     ],
 )
-def test_chaos_refuses_a_schedule_it_cannot_run_in_one_line(args: list[str], says: str) -> None:
-    result = CliRunner().invoke(app, ["chaos", *args])
+def test_chaos_refuses_a_schedule_it_cannot_run_in_one_line(
+    args: list[str], env: dict[str, str], says: str
+) -> None:
+    result = CliRunner().invoke(app, ["chaos", *args], env=env)
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1

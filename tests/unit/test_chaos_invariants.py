@@ -201,9 +201,7 @@ def test_the_same_seed_gives_the_same_schedule() -> None:
     assert sorted(f.name for f in one.faults) == sorted(schedule.INJECTED)
 
 
-def test_cluster_and_unknown_schedules_are_refused() -> None:
-    with pytest.raises(ConfigurationError, match="cluster schedule is not available"):
-        schedule.plan("cluster", 1, "kafka")
+def test_an_unknown_schedule_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="unknown schedule 'weekly'"):
         schedule.plan("weekly", 1, "kafka")
 
@@ -222,6 +220,7 @@ def test_python_m_txmq_chaos_exits_2_on_a_broker_it_does_not_know(
         schedule.CONNECTION_RESET,
         schedule.PARTITION_BROKER,
         schedule.PARTITION_DATABASE,
+        *schedule.CLUSTER_FAULTS,
     ],
 )
 def test_servers_given_by_url_are_never_hurt(fault: str) -> None:

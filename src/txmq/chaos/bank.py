@@ -204,7 +204,7 @@ def run_bank(scenario: Scenario, stop: threading.Event) -> None:
                 history.complete(index, "failed", "rolled back")
             except Exception as exc:  # an outage: the operation may or may not have committed
                 history.complete(index, "unknown", f"{type(exc).__name__}: {exc}"[:300])
-                log.warning("transfer %s: %s", operation.transfer_id, exc)
+                log.warning("transfer %s: %s", operation.transfer_id, exc, exc_info=True)
             else:
                 history.complete(index, "ok" if operation.commits else "failed")
             index += 1

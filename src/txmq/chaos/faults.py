@@ -13,6 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from txmq.chaos import schedule
+from txmq.chaos.partition import (
+    dropped_packets,
+    listing,
+    node_rules,
+    rules_in_place,
+    run_iptables,
+)
 from txmq.chaos.rig import PrivateServer, Rig
 from txmq.chaos.scenario import (
     KILL_AFTER_DB_COMMIT,
@@ -22,7 +29,10 @@ from txmq.chaos.scenario import (
     WOKE,
 )
 from txmq.chaos.schedule import PlannedFault
+from txmq.errors import ConfigurationError
 from txmq.outbox.relay import KILL_AFTER_CONFIRM
+from txmq.testing.provision import cluster
+from txmq.testing.provision.common import ProvisionError
 
 #: How long an armed process may take to reach its kill point.
 KILL_POINT_TIMEOUT = 90.0
@@ -30,12 +40,16 @@ KILL_POINT_TIMEOUT = 90.0
 
 @dataclass(frozen=True, slots=True)
 class Injected:
-    """What an injector did: ``undone_at`` (epoch seconds) when it ran, else ``reason``."""
+    """What an injector did: ``undone_at`` (epoch seconds) when it ran, else ``reason``;
+    ``unrecovered`` says why what it hurt did not come back (the run then fails);
+    ``hurt_at``, where set (the cluster faults), when it started hurting."""
 
     count: int = 0
     undone_at: float | None = None
     reason: str = ""
     detail: str = ""
+    unrecovered: str = ""
+    hurt_at: float | None = None
 
     @property
     def ran(self) -> bool:
@@ -215,25 +229,106 @@ def _partition(which: str) -> Callable[[Rig, PlannedFault], Injected]:
         added: list[list[str]] = []
         try:
             for rule in rules:
-                result = _iptables(iptables, "-I", rule)
+                result = run_iptables(iptables, "-I", rule)
                 if result:
                     return Injected(reason=f"iptables refused the rule: {result}")
                 added.append(rule)
             time.sleep(fault.seconds)  # the partition itself
         finally:
             for rule in added:
-                _iptables(iptables, "-D", rule)
+                run_iptables(iptables, "-D", rule)
         return Injected(count=1, undone_at=time.time(), detail=f"{fault.seconds:.0f} s")
 
     return inject
 
 
-def _iptables(iptables: str, action: str, rule: list[str]) -> str:
-    """Run one iptables command; its error ("" when it worked)."""
-    result = subprocess.run(  # noqa: S603  # fixed argv
-        [iptables, "-w", "5", action, *rule], capture_output=True, text=True, check=False
+CLUSTER_BY_URL = Injected(
+    reason=(
+        "the cluster was given by URL: txmq chaos only hurts a cluster it started "
+        "(--broker rabbitmq or kafka)"
     )
-    return "" if result.returncode == 0 else result.stderr.strip()[:200]
+)
+
+
+def _cluster_fault(
+    act: Callable[[cluster.Cluster, PlannedFault], str],
+) -> Callable[[Rig, PlannedFault], Injected]:
+    def inject(rig: Rig, fault: PlannedFault) -> Injected:
+        if rig.cluster is None:
+            return CLUSTER_BY_URL
+        hurt = time.time()
+        try:
+            detail = act(rig.cluster, fault)
+        except ProvisionError as exc:
+            return Injected(count=1, undone_at=time.time(), unrecovered=str(exc), hurt_at=hurt)
+        return Injected(count=1, undone_at=time.time(), detail=detail, hurt_at=hurt)
+
+    return inject
+
+
+#: How long a node restarted on its data has to answer and be counted by the cluster again.
+REJOIN_TIMEOUT = 180.0
+
+
+def _kill_node(running: cluster.Cluster, fault: PlannedFault) -> str:
+    cluster.stop_node(running, fault.nth, kill=True)
+    time.sleep(fault.seconds)  # the outage itself
+    took = cluster.start_node(running, fault.nth, timeout=REJOIN_TIMEOUT)
+    return (
+        f"node {fault.nth} down {fault.seconds} s, back and rejoined {took:.1f} s after its start"
+    )
+
+
+def _rolling_restart(running: cluster.Cluster, fault: PlannedFault) -> str:
+    took = []
+    for step in range(running.ports.size):
+        node = (fault.nth + step) % running.ports.size
+        cluster.stop_node(running, node)
+        took.append(
+            f"node {node} {cluster.start_node(running, node, timeout=REJOIN_TIMEOUT):.0f} s"
+        )
+    return "rejoined: " + ", ".join(took)
+
+
+def _partition_node(rig: Rig, fault: PlannedFault) -> Injected:
+    """Node ``fault.nth`` cut off from the other two for ``fault.seconds`` (see
+    :mod:`txmq.chaos.partition`); the rules are deleted again whatever happens meanwhile."""
+    running = rig.cluster
+    if running is None:
+        return CLUSTER_BY_URL
+    iptables = shutil.which("iptables")
+    if iptables is None:
+        return Injected(reason="iptables (nftables) is not installed")
+    try:
+        rules = node_rules(running.ports, running.broker, fault.nth)
+    except ConfigurationError as exc:
+        return Injected(reason=str(exc))
+    hurt = time.time()
+    refused, dropped = _hold_rules(iptables, rules, fault.seconds)
+    undone = time.time()
+    if refused or not dropped:
+        # Rules that dropped nothing cut nothing off: that is no partition to report.
+        why = f"iptables refused the rule: {refused}" if refused else "no packet was dropped"
+        return Injected(reason=why)
+    detail = f"node {fault.nth} cut off {fault.seconds:.0f} s, {dropped} packets dropped"
+    try:
+        took = cluster.wait_joined(running, timeout=REJOIN_TIMEOUT, via=fault.nth)
+    except ProvisionError as exc:
+        return Injected(
+            count=1, undone_at=undone, detail=detail, unrecovered=str(exc), hurt_at=hurt
+        )
+    detail += f", counted again {took:.1f} s after"
+    return Injected(count=1, undone_at=undone, detail=detail, hurt_at=hurt)
+
+
+def _hold_rules(iptables: str, rules: list[list[str]], seconds: float) -> tuple[str, int | None]:
+    """``rules`` in place for ``seconds``; iptables' refusal ("" when none) and the packets
+    the last rule dropped."""
+    with rules_in_place(iptables, rules) as refused:
+        if refused:
+            return refused, None
+        time.sleep(seconds)  # the partition itself
+        return "", dropped_packets(listing(iptables), rules[-1])
 
 
 INJECTORS: dict[str, Callable[[Rig, PlannedFault], Injected]] = {
@@ -254,4 +349,7 @@ INJECTORS: dict[str, Callable[[Rig, PlannedFault], Injected]] = {
     schedule.RELAYS_SHARING_ID: _twin_relay,
     schedule.TRANSACTION_TIMEOUT: _transaction_timeout,
     schedule.SLOW_HANDLER: _slow_handler,
+    schedule.NODE_KILL: _cluster_fault(_kill_node),
+    schedule.NODE_PARTITION: _partition_node,
+    schedule.ROLLING_RESTART: _cluster_fault(_rolling_restart),
 }

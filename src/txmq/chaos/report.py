@@ -16,7 +16,10 @@ from txmq.chaos.invariants import Invariants
 class FaultResult:
     """One fault of the run. ``count``: how often it was injected (or, for a connection
     reset, how many sockets it closed); ``recovery_s``: from its undoing until a transfer
-    made afterwards was credited (None: not run, or no recovery within the bound)."""
+    made afterwards was credited (None: not run, or no recovery within the bound);
+    ``outage_s``, measured for the cluster faults only: the longest time, from hurting the
+    cluster to undoing the fault, in which no credit was applied (how long service
+    stopped while the cluster rode it out)."""
 
     name: str
     ran: bool
@@ -26,12 +29,15 @@ class FaultResult:
     detail: str = ""
     #: False for what is part of the workload (poison messages): nothing to recover from.
     recovers: bool = True
+    outage_s: float | None = None
 
     def as_json(self) -> dict[str, object]:
         fields: dict[str, object] = {"name": self.name, "ran": self.ran}
         if not self.ran:
             fields["reason"] = self.reason
         fields.update(count=self.count, recovery_s=self.recovery_s, detail=self.detail)
+        if self.outage_s is not None:
+            fields["outage_s"] = self.outage_s
         return fields
 
 
@@ -129,7 +135,12 @@ class Report:
                     lines.append(f"  ran      {fault.name:<38} x{fault.count:<3} {fault.detail}")
                 elif fault.ran:
                     took = "never" if fault.recovery_s is None else f"{fault.recovery_s:.1f} s"
-                    lines.append(f"  ran      {fault.name:<38} x{fault.count:<3} recovered {took}")
+                    outage = (
+                        "" if fault.outage_s is None else f", longest outage {fault.outage_s} s"
+                    )
+                    lines.append(
+                        f"  ran      {fault.name:<38} x{fault.count:<3} recovered {took}{outage}"
+                    )
                 else:
                     lines.append(f"  not run  {fault.name:<38} {fault.reason}")
             inv = run.invariants

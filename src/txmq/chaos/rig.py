@@ -27,6 +27,7 @@ from txmq.chaos.scenario import (
 )
 from txmq.testing.provision import Broker, Ports, Running, processes
 from txmq.testing.provision import start as provision_start
+from txmq.testing.provision.cluster import Cluster
 
 #: How long a service is given to stop after SIGTERM before it is killed.
 STOP_TIMEOUT = 30.0
@@ -297,12 +298,15 @@ def services(scenario: Scenario, scenario_path: Path) -> dict[str, Service]:
 
 @dataclass
 class Rig:
-    """Everything a fault may act on. ``broker``/``database`` are None when given by URL."""
+    """Everything a fault may act on. ``broker``/``database`` are None when given by URL
+    (``broker`` also on the cluster schedule); ``cluster`` is the three-node cluster the
+    cluster schedule started (None otherwise, and when given by URL)."""
 
     system: str
     broker: PrivateServer | None
     database: PrivateServer | None
     services: dict[str, Service]
+    cluster: Cluster | None = None
 
     def revive(self) -> list[str]:
         """Start again every service that ended by itself; their names."""

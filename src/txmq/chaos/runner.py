@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 import random
+import signal
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from txmq.chaos.rig import PrivateServer, Rig, Service, services
 from txmq.chaos.scenario import ACCOUNTS, FROZEN, OPENING_BALANCE, BankTables, Scenario
 from txmq.chaos.workload import POISON
 from txmq.errors import ConfigurationError
+from txmq.testing.provision import cluster
 
 Say = Callable[[str], object]
 
@@ -35,6 +40,8 @@ RECOVERY_BOUND = 120.0
 DRAIN_BOUND = 180.0
 #: How long a service that cannot recover may go on saying it is ready.
 READY_BOUND = 10.0
+#: How long a private three-node cluster may take to start and form.
+CLUSTER_START = 300.0
 SYSTEMS = ("rabbitmq", "kafka")
 
 
@@ -55,13 +62,18 @@ def run(
             None (a private RabbitMQ, then a private Kafka).
         database: a PostgreSQL URL (used as it is, with tables named after the run, dropped
             afterwards; the database faults are not run), or None (a private PostgreSQL).
-        schedule: ``short`` (every single-node fault once) or ``long`` (about 30 minutes).
+        schedule: ``short`` (every single-node fault once), ``long`` (about 30 minutes) or
+            ``cluster`` (a node killed, a node partitioned, a rolling restart, on a private
+            three-node cluster on ``$TXMQ_CLUSTER_PORT_BASE``, or on the cluster a URL
+            names, where those faults are then not run).
         seed: replays a run's schedule and workload; a random one when None (printed).
         json_path: where to write the JSON report.
         say: where the readable summary and progress go.
 
     Raises:
         ConfigurationError: an unknown schedule or broker URL scheme.
+        ProvisionError: a private server or cluster could not be started (on the cluster
+            schedule: its ports are taken, say).
     """
     planner = functools.partial(schedules.plan, schedule)
     report = run_report(broker, database, name=schedule, planner=planner, seed=seed, say=say)
@@ -90,9 +102,34 @@ def run_report(
     seed = random.SystemRandom().randrange(2**31) if seed is None else seed
     targets = [broker] if broker else list(SYSTEMS)
     plans = [(target, planner(seed, system_of(target))) for target in targets]
+    # Where a private cluster would listen, checked before anything starts.
+    ports = cluster.ClusterPorts.from_env() if name == schedules.CLUSTER else None
     say(f"txmq chaos: schedule {name}, seed {seed}")
-    runs = tuple(_run_one(target, database, plan, say) for target, plan in plans)
+    with exits_on_sigterm():
+        runs = tuple(
+            _run_one(target, database, plan, ports=ports, say=say) for target, plan in plans
+        )
     return Report(schedule=name, seed=seed, runs=runs)
+
+
+@contextlib.contextmanager
+def exits_on_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM raises SystemExit (status 143) in the main thread, as
+    Ctrl-C raises KeyboardInterrupt: the run's ``finally`` blocks then stop the servers and
+    clusters it started and delete its partition rules, which the default SIGTERM skips.
+    Outside the main thread (no signal handlers there) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def system_of(target: str) -> str:
@@ -248,16 +285,40 @@ class _Run:
         return False
 
     def inject(self, fault: schedules.PlannedFault) -> FaultResult:
-        """Inject ``fault``, then measure the recovery from its undoing."""
+        """Inject ``fault``, then measure the recovery from its undoing (none when what it
+        hurt did not come back)."""
         injected = injectors.INJECTORS[fault.name](self.rig, fault)
         recovery = None
-        if injected.undone_at is not None:
+        if injected.unrecovered:
+            self.say(f"{self.rig.system}: {fault.name} did not recover: {injected.unrecovered}")
+        elif injected.undone_at is not None:
             recovery = self.recovery(injected.undone_at, RECOVERY_BOUND)
             if recovery is None:
                 self.say(f"{self.rig.system}: no recovery within {RECOVERY_BOUND:.0f} s")
+        outage = None
+        if injected.hurt_at is not None and injected.undone_at is not None:
+            outage = self.longest_gap(injected.hurt_at, injected.undone_at)
         return FaultResult(
-            fault.name, injected.ran, injected.reason, injected.count, recovery, injected.detail
+            fault.name,
+            injected.ran,
+            injected.reason,
+            injected.count,
+            recovery,
+            injected.detail or injected.unrecovered,
+            outage_s=outage,
         )
+
+    def longest_gap(self, start: float, end: float) -> float | None:
+        """The longest time from ``start`` to ``end`` (epoch seconds) in which no credit was
+        applied (None: the database could not be asked)."""
+        applied = self.tables.credits.c.applied_at
+        query = select(applied).where(applied.between(start, end)).order_by(applied)
+        try:
+            with self.engine.connect() as connection:
+                times = [float(at) for at in connection.execute(query).scalars()]
+        except Exception:  # the database may be down; the run says so elsewhere
+            return None
+        return longest_gap(start, end, times)
 
     def finish(self) -> int:
         """Stop the transfers, let the backlog drain, check the services are ready; the
@@ -276,14 +337,28 @@ class _Run:
         return stalls
 
 
+def longest_gap(start: float, end: float, applied: list[float]) -> float:
+    """The longest time from ``start`` to ``end`` with no time of ``applied`` (sorted,
+    between the two) in it."""
+    edges = [start, *applied, end]
+    return round(max(later - earlier for earlier, later in itertools.pairwise(edges)), 2)
+
+
 def _credits_payee(operation: Operation) -> bool:
     return operation.outcome == "ok" and operation.mode != POISON and operation.payee not in FROZEN
 
 
-def _run_one(target: str, database: str | None, plan: schedules.Schedule, say: Say) -> BrokerRun:
+def _run_one(
+    target: str,
+    database: str | None,
+    plan: schedules.Schedule,
+    *,
+    ports: cluster.ClusterPorts | None,
+    say: Say,
+) -> BrokerRun:
     started = time.monotonic()
     with ExitStack() as stack:
-        chaos = _start(target, database, plan, stack, say)
+        chaos = _start(target, database, plan, ports=ports, stack=stack, say=say)
         stalls = 0
         if chaos.recovery(time.time(), RECOVERY_BOUND) is None:
             stalls += 1
@@ -307,14 +382,14 @@ def _run_one(target: str, database: str | None, plan: schedules.Schedule, say: S
             stalls=stalls,
             silent_stalls=chaos.silent_stalls,
         )
-        if plan.name != schedules.CRASH:  # the demo makes no claim about the other faults
+        if plan.name not in (schedules.CRASH, schedules.CLUSTER):  # no claim about the others
             results += _not_run(plan.system)
         results.append(_poison(state))
         rig = chaos.rig
         return BrokerRun(
             broker=plan.system,
             broker_url=redact(chaos.scenario.broker_url),
-            private_broker=rig.broker is not None,
+            private_broker=rig.broker is not None or rig.cluster is not None,
             private_database=rig.database is not None,
             faults=tuple(results),
             invariants=invariants,
@@ -331,21 +406,34 @@ def _run_one(target: str, database: str | None, plan: schedules.Schedule, say: S
 
 
 def _start(
-    target: str, database: str | None, plan: schedules.Schedule, stack: ExitStack, say: Say
+    target: str,
+    database: str | None,
+    plan: schedules.Schedule,
+    *,
+    ports: cluster.ClusterPorts | None,
+    stack: ExitStack,
+    say: Say,
 ) -> _Run:
-    """Start the servers the run owns, the tables and the three services."""
+    """Start the servers the run owns (on the cluster schedule, a three-node cluster on
+    ``ports``), the tables and the three services."""
     system = plan.system
     run_dir = tempfile.mkdtemp(prefix=f"txmq-chaos-{system}-")
     say(f"{system}: starting (run directory {run_dir})")
-    broker_server = PrivateServer(system) if target in SYSTEMS else None  # type: ignore[arg-type]
-    if broker_server is not None:
+    private = target in SYSTEMS
+    broker_server, nodes = None, None
+    if private and ports is not None:
+        nodes = cluster.start(system, ports, timeout=CLUSTER_START)  # type: ignore[arg-type]
+        stack.callback(cluster.stop, nodes)
+    elif private:
+        broker_server = PrivateServer(system)  # type: ignore[arg-type]
         stack.callback(broker_server.close)
+    broker_url = nodes.url if nodes else broker_server.url if broker_server else target
     db_server = PrivateServer("postgres") if database is None else None
     if db_server is not None:
         stack.callback(db_server.close)
     scenario = Scenario(
         run=uuid.uuid4().hex[:8],
-        broker_url=client_url(broker_server.url if broker_server else target, system),
+        broker_url=client_url(broker_url, system),
         database_url=db_server.url if db_server else str(database),
         run_dir=run_dir,
         rate=RATE,
@@ -364,7 +452,7 @@ def _start(
             tables.accounts.insert(),
             [{"owner": owner, "balance": OPENING_BALANCE} for owner in ACCOUNTS],
         )
-    rig = Rig(system, broker_server, db_server, services(scenario, scenario_path))
+    rig = Rig(system, broker_server, db_server, services(scenario, scenario_path), nodes)
     for name in ("consumer", "worker", "bank"):
         rig.services[name].start()
         stack.callback(rig.services[name].close)

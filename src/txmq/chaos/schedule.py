@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from txmq.errors import ConfigurationError
 
 SCHEDULES = ("short", "long", "cluster")
+CLUSTER = "cluster"
 #: ``txmq demo --crash``: the worker and the consumer SIGKILLed midway (not a ``txmq chaos``
 #: schedule).
 CRASH = "crash"
@@ -50,6 +51,15 @@ INJECTED = (
     TRANSACTION_TIMEOUT,
     SLOW_HANDLER,
 )
+# The faults of the cluster schedule, on a three-node cluster the run starts.
+NODE_KILL = "cluster-node-kill-9-restart"
+NODE_PARTITION = "cluster-node-partition"
+ROLLING_RESTART = "cluster-rolling-restart"
+CLUSTER_FAULTS = (NODE_KILL, NODE_PARTITION, ROLLING_RESTART)
+#: How long one node is cut off from the other two.
+NODE_PARTITION_SECONDS = 10.0
+#: Nodes of the cluster the cluster schedule runs on.
+CLUSTER_SIZE = 3
 #: Faults on Kafka's own transactions; on another broker they are reported not run, for
 #: this reason.
 KAFKA_ONLY: dict[str, str] = {
@@ -94,8 +104,9 @@ class PlannedFault:
         name: one of :data:`INJECTED`.
         settle: seconds of normal work before it is injected.
         nth: for a kill point, at which arrival the process kills itself; for a relay
-            kill, how many tenths of a second after the fault starts.
-        seconds: how long a pause or an outage lasts.
+            kill, how many tenths of a second after the fault starts; for a cluster fault,
+            the node it hits (0-based; a rolling restart starts there).
+        seconds: how long a pause, an outage or a partition lasts.
     """
 
     name: str
@@ -116,16 +127,18 @@ def plan(name: str, seed: int, system: str) -> Schedule:
     """The schedule ``name`` for a broker of ``system`` (``"rabbitmq"`` or ``"kafka"``).
 
     ``short`` injects every single-node fault once, in a seeded order (partitions of 10 s);
-    ``long`` repeats them in seeded orders for about 30 minutes (partitions of 10 and 30 s).
+    ``long`` repeats them in seeded orders for about 30 minutes (partitions of 10 and 30 s);
+    ``cluster`` injects each of :data:`CLUSTER_FAULTS` once, in a seeded order, on seeded
+    nodes of a three-node cluster.
 
     Raises:
-        ConfigurationError: an unknown schedule, or ``cluster`` (not available yet).
+        ConfigurationError: an unknown schedule.
     """
     if name not in SCHEDULES:
         raise ConfigurationError(f"unknown schedule {name!r}: use one of {', '.join(SCHEDULES)}")
-    if name == "cluster":
-        raise ConfigurationError("the cluster schedule is not available yet: use short or long")
     rng = random.Random(f"{name}:{seed}:{system}")
+    if name == CLUSTER:
+        return Schedule(name=name, seed=seed, system=system, faults=_cluster_faults(rng))
     rounds = 1 if name == "short" else 12
     faults: list[PlannedFault] = []
     for number in range(rounds):
@@ -146,6 +159,24 @@ def crash(seed: int, system: str) -> Schedule:
         for fault in (RELAY_AFTER_CONFIRM, CONSUMER_AFTER_DB_COMMIT)
     )
     return Schedule(name=CRASH, seed=seed, system=system, faults=faults)
+
+
+def _cluster_faults(rng: random.Random) -> tuple[PlannedFault, ...]:
+    order = list(CLUSTER_FAULTS)
+    rng.shuffle(order)
+    faults = []
+    for fault in order:
+        # Longer than between single-node faults: the cluster settles its leaders first.
+        settle = round(rng.uniform(3.0, 6.0), 2)
+        node = rng.randrange(CLUSTER_SIZE)
+        if fault == NODE_KILL:
+            seconds = round(rng.uniform(1.0, 4.0), 2)  # how long the killed node stays down
+        elif fault == NODE_PARTITION:
+            seconds = NODE_PARTITION_SECONDS
+        else:
+            seconds = 0.0
+        faults.append(PlannedFault(fault, settle, nth=node, seconds=seconds))
+    return tuple(faults)
 
 
 def _parameters(fault: str, rng: random.Random, system: str, partition: float) -> PlannedFault:

@@ -190,6 +190,34 @@ def test_fenced_producer_reinitialises_without_losing_or_duplicating(
     assert sorted(ids) == sorted(m.id for m in first + second + third + fourth)
 
 
+def test_a_fenced_producer_abort_raises_a_txmq_error_and_the_next_transaction_begins(
+    adapter: KafkaAdapter, declared: Declared, unique: Callable[[str], str]
+) -> None:
+    """A producer failed for good raises its fatal error from ``poll`` too. Dropping it
+    while aborting let that escape as a raw ``KafkaException`` (through
+    ``Producer.send_in_transaction`` on a three-node cluster, after a coordinator moved)
+    and left the publisher believing it was initialised: the next ``begin`` failed."""
+    topology = declared()
+    tid = unique("fenced-abort")
+    zombie = _transactional(adapter, tid)
+    successor = _transactional(adapter, tid)
+    try:
+        zombie.begin()
+        zombie.produce(_messages(topology.topic, 2))
+        assert all(o.ok for o in successor.publish(_messages(topology.topic, 2)))  # fences it
+        with pytest.raises(BrokerUnavailable, match="did not confirm the abort"):
+            zombie.abort()
+        zombie.begin()
+        last = _messages(topology.topic, 3)
+        zombie.produce(last)
+        zombie.commit()
+    finally:
+        zombie.close()
+        successor.close()
+    listed = adapter.read_queue(topology.topic, limit=100, timeout=15)
+    assert {m.id for m in last} <= {d.message.id for d in listed if d.message}
+
+
 def test_explicit_commit_without_begin_is_refused(
     adapter: KafkaAdapter, unique: Callable[[str], str]
 ) -> None:

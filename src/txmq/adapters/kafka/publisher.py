@@ -10,6 +10,7 @@ half messages: records produced inside an open transaction are invisible to
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Iterable, Sequence
@@ -151,8 +152,12 @@ class KafkaPublisher(Publisher):
         """
         producer, self._producer = self._producer, None
         if producer is not None:
-            producer.purge(in_queue=True, in_flight=True, blocking=False)
-            producer.poll(0)
+            # A producer that failed for good raises its fatal error again from here (poll
+            # serves the purged messages' reports): it is dropped all the same, and the
+            # caller reports the failure it is dropped for.
+            with contextlib.suppress(KafkaException):
+                producer.purge(in_queue=True, in_flight=True, blocking=False)
+                producer.poll(0)
             del producer
 
     def _deadline(self, timeout: float | None) -> float:

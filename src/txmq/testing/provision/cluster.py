@@ -91,6 +91,21 @@ class ClusterPorts:
     def nodes(self) -> list[Ports]:
         return [self.node(number) for number in range(self.size)]
 
+    def group(self, number: int) -> int | None:
+        """The group id node ``number``'s processes run as: its first port, unique on this
+        machine, so that firewall rules can tell the node's sockets from the other nodes' and
+        from its clients' (``txmq chaos --schedule cluster`` partitions a node that way).
+        None unless we are root (only root may set it)."""
+        return self.node(number).rabbitmq if os.geteuid() == 0 else None
+
+    def peer_ports(self, broker: ClusterBroker, number: int) -> tuple[int, ...]:
+        """The ports the other nodes reach node ``number`` on: Erlang distribution on
+        RabbitMQ; the broker listener (replication) and the controller on Kafka."""
+        node = self.node(number)
+        if broker == "rabbitmq":
+            return (node.rabbitmq_dist,)
+        return (node.kafka, node.kafka_controller)
+
     def in_use(self) -> list[int]:
         """Every port the cluster listens on."""
         used = [self.epmd]
@@ -219,7 +234,9 @@ def _spawn_rabbitmq_node(
         ports.node(number), bind_host=LOOPBACK, base_dir=str(node_dir)
     )
     log = node_dir / "rabbitmq.log"
-    process = processes._spawn([server], env=env, cwd=node_dir, log=log, owner=owner)
+    process = processes._spawn(
+        [server], env=env, cwd=node_dir, log=log, owner=owner, group=ports.group(number)
+    )
     return processes._record("rabbitmq", ports.node(number), node_dir, log, [process.pid])
 
 
@@ -246,7 +263,12 @@ def _spawn_kafka_node(
     heap = len(kafka_dist.HEAP_OPTS)
     argv = [processes._java(), *KAFKA_NODE_HEAP, *args[heap:]]
     process = processes._spawn(
-        argv, env=processes._base_env(), cwd=node_dir, log=node_dir / "kafka.out", owner=owner
+        argv,
+        env=processes._base_env(),
+        cwd=node_dir,
+        log=node_dir / "kafka.out",
+        owner=owner,
+        group=ports.group(number),
     )
     return processes._record(
         "kafka", ports.node(number), node_dir, logs_dir / "server.log", [process.pid]

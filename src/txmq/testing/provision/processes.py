@@ -107,7 +107,10 @@ def _spawn(
     cwd: Path,
     log: Path,
     owner: pwd.struct_passwd | None,
+    group: int | None = None,
 ) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a session of its own as ``owner`` (None: as we are), with the group
+    id ``group`` instead of the owner's when given."""
     with open(log, "ab") as out:
         if owner is not None:
             os.chown(log, owner.pw_uid, owner.pw_gid)
@@ -120,7 +123,7 @@ def _spawn(
             stderr=subprocess.STDOUT,
             start_new_session=True,
             user=_uid(owner),
-            group=_gid(owner),
+            group=_gid(owner) if group is None else group,
             extra_groups=_groups(owner),
         )
     _children[process.pid] = process
