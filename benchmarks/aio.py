@@ -14,9 +14,11 @@ the synchronous engine already is, so connecting is not counted.
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from typing import Any
 
-from sqlalchemy import Engine, Table, insert
+from sqlalchemy import Engine, Table, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 import txmq
@@ -91,3 +93,38 @@ def async_consumer_rate(
             await async_engine.dispose()
 
     return asyncio.run(measure())
+
+
+def sqlalchemy_commit_rates(engine: Engine, count: int) -> tuple[float, float]:
+    """Commits/s of a single-row INSERT + COMMIT loop through SQLAlchemy, on a synchronous
+    connection and then on an asyncio one to the same database (psycopg both times): the
+    floor of what an asyncio consumer can reach against a synchronous one, since its
+    handlers' sessions and the inbox go through SQLAlchemy's asyncio layer."""
+    table = f"bench_sa_{uuid.uuid4().hex[:8]}"
+    statement = text(f"INSERT INTO {table} (v) VALUES (:v)")
+    with engine.begin() as connection:
+        connection.execute(text(f"CREATE TABLE {table} (id bigserial primary key, v varchar(80))"))
+    try:
+        with engine.connect() as connection:
+            started = time.perf_counter()
+            for i in range(count):
+                with connection.begin():
+                    connection.execute(statement, {"v": str(i)})
+            sync_rate = count / (time.perf_counter() - started)
+
+        async def measure() -> float:
+            async_engine = async_engine_for(engine)
+            try:
+                async with async_engine.connect() as connection:
+                    started = time.perf_counter()
+                    for i in range(count):
+                        async with connection.begin():
+                            await connection.execute(statement, {"v": str(i)})
+                    return count / (time.perf_counter() - started)
+            finally:
+                await async_engine.dispose()
+
+        return sync_rate, asyncio.run(measure())
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP TABLE {table}"))

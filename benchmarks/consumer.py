@@ -123,6 +123,17 @@ def consumer_section(
         target=Target(0.8, "ratio"),
     )
     results.figure(
+        f"{p}.sqlalchemy_sync_commits",
+        "SQLAlchemy single-row INSERT + COMMIT, synchronous connection",
+        "commits/s",
+    )
+    results.figure(
+        f"{p}.sqlalchemy_async_commits",
+        "the same loop on an asyncio connection (the floor of the AsyncConsumer's ratio)",
+        "commits/s",
+        baseline=f"{p}.sqlalchemy_sync_commits",
+    )
+    results.figure(
         f"cpu.consumer.{broker}.per_message",
         f"txmq consumer ({broker}), per message: CPU per 1,000",
         "s",
@@ -175,6 +186,13 @@ def consumer_section(
         rate = aio.async_consumer_rate(adapter, engine, unique(), per_message)
         return {f"{p}.async_per_message": rate.per_second}
 
+    def sqlalchemy_commits() -> dict[str, float]:
+        sync_rate, async_rate = aio.sqlalchemy_commit_rates(engine, per_message)
+        return {
+            f"{p}.sqlalchemy_sync_commits": sync_rate,
+            f"{p}.sqlalchemy_async_commits": async_rate,
+        }
+
     def batch_run() -> dict[str, float]:
         rate = txmq_consumer(adapter, engine, unique(), count, **BATCH)
         return {f"{p}.batch": rate.per_second, f"cpu.consumer.{broker}.batch": rate.cpu_per_1000}
@@ -189,6 +207,7 @@ def consumer_section(
                 "txmq per message": per_message_run,
                 "txmq auto": auto_run,
                 "txmq async per message": async_per_message_run,
+                "SQLAlchemy commits, sync and asyncio": sqlalchemy_commits,
             },
             results,
         )

@@ -29,7 +29,10 @@ def expected_figures(broker: str) -> set[str]:
     names |= {f"wal.{broker}", f"wal.{broker}.plain_row", f"dead_tuples.{broker}"}
     names |= {
         f"consumer.{broker}.{name}"
-        for name in ("raw", "pg_commits", "batch", "per_message", "auto", "async_per_message")
+        for name in (
+            *("raw", "pg_commits", "batch", "per_message", "auto", "async_per_message"),
+            *("sqlalchemy_sync_commits", "sqlalchemy_async_commits"),
+        )
     }
     names |= {f"cpu.consumer.{broker}.{name}" for name in ("raw", "batch", "per_message", "auto")}
     names |= {"staging.stage", "staging.plain_insert", "staging.async_stage"}
