@@ -18,7 +18,6 @@ from txmq.chaos.partition import (
     listing,
     node_rules,
     rules_in_place,
-    run_iptables,
 )
 from txmq.chaos.rig import PrivateServer, Rig
 from txmq.chaos.scenario import (
@@ -226,17 +225,10 @@ def _partition(which: str) -> Callable[[Rig, PlannedFault], Injected]:
             ["INPUT", "-i", "lo", "-p", "tcp", direction, port, "-j", "DROP"]
             for direction in ("--dport", "--sport")
         ]
-        added: list[list[str]] = []
-        try:
-            for rule in rules:
-                result = run_iptables(iptables, "-I", rule)
-                if result:
-                    return Injected(reason=f"iptables refused the rule: {result}")
-                added.append(rule)
+        with rules_in_place(iptables, rules, insert=True) as refused:
+            if refused:
+                return Injected(reason=f"iptables refused the rule: {refused}")
             time.sleep(fault.seconds)  # the partition itself
-        finally:
-            for rule in added:
-                run_iptables(iptables, "-D", rule)
         return Injected(count=1, undone_at=time.time(), detail=f"{fault.seconds:.0f} s")
 
     return inject

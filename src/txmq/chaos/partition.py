@@ -88,15 +88,16 @@ def dropped_packets(listing: str, drop_rule: list[str]) -> int | None:
 
 
 @contextlib.contextmanager
-def rules_in_place(iptables: str, rules: list[list[str]]) -> Iterator[str]:
-    """Append ``rules`` (``OUTPUT ...`` specs) for the block, and delete them again however
-    it ends; yields iptables' refusal of one of them ("" when every rule is in; a refused
-    rule's predecessors stay until the block ends)."""
+def rules_in_place(iptables: str, rules: list[list[str]], *, insert: bool = False) -> Iterator[str]:
+    """Append ``rules`` (``CHAIN ...`` specs; ``insert``: put each at the head of its chain
+    instead) for the block, and delete them again however it ends; yields iptables' refusal
+    of one of them ("" when every rule is in; a refused rule's predecessors stay until the
+    block ends)."""
     added: list[list[str]] = []
     refused = ""
     try:
         for rule in rules:
-            refused = run_iptables(iptables, "-A", rule)
+            refused = run_iptables(iptables, "-I" if insert else "-A", rule)
             if refused:
                 break
             added.append(rule)
