@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import shlex
 import socket
 import string
@@ -14,7 +15,13 @@ import pytest
 
 from txmq.testing import provision
 from txmq.testing.provision import containers, debian, images, kafka_dist, launch, state
-from txmq.testing.provision.common import Ports, ProvisionError, url_for
+from txmq.testing.provision.common import (
+    Ports,
+    ProvisionError,
+    ephemeral_range,
+    unused_ports,
+    url_for,
+)
 from txmq.testing.provision.engine import Engine
 from txmq.testing.provision.lifecycle import Endpoints, resolve_mode
 from txmq.testing.provision.state import Running
@@ -46,6 +53,29 @@ def test_free_ports_are_distinct_and_unprivileged() -> None:
     ports = dataclasses.astuple(Ports.free())
     assert len(set(ports)) == len(ports)
     assert all(1024 < port < 65536 for port in ports)
+
+
+def test_free_ports_stay_out_of_the_ephemeral_range_and_the_defaults() -> None:
+    # A server restarted on its ports (chaos kills RabbitMQ and starts it again) once found
+    # its Erlang distribution port taken by an outgoing connection's source port.
+    low, high = ephemeral_range()
+    defaults = set(dataclasses.astuple(Ports()))
+    for _ in range(20):
+        for port in dataclasses.astuple(Ports.free()):
+            assert not low <= port <= high
+            assert port not in defaults
+
+
+def test_free_ports_skip_a_port_something_listens_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = Ports.free().rabbitmq
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        # The busy port is the first candidate tried.
+        monkeypatch.setattr(random, "shuffle", lambda items: items.sort(key=lambda p: p != port))
+        chosen = unused_ports(3)
+    assert port not in chosen
+    assert len(set(chosen)) == 3
 
 
 def test_urls_point_at_loopback_on_the_configured_ports() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from txmq.chaos.scenario import (
 from txmq.testing.provision import Broker, Ports, Running, processes
 from txmq.testing.provision import start as provision_start
 from txmq.testing.provision.cluster import Cluster
+from txmq.testing.provision.common import unused_ports
 
 #: How long a service is given to stop after SIGTERM before it is killed.
 STOP_TIMEOUT = 30.0
@@ -80,9 +80,7 @@ class PrivateServer:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return unused_ports(1)[0]
 
 
 @dataclass

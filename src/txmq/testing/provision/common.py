@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -81,18 +82,70 @@ class Ports:
 
     @classmethod
     def free(cls) -> Ports:
-        """Ports nothing listens on right now, for brokers private to one test session."""
-        sockets = []
-        try:
-            for _ in fields(cls):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sockets.append(sock)
-                # Held open until all are chosen, so the ports differ from one another.
-                sock.bind((LOOPBACK, 0))
-            return cls(*(sock.getsockname()[1] for sock in sockets))
-        finally:
-            for sock in sockets:
+        """Ports nothing listens on right now, for brokers private to one test session.
+
+        Chosen outside the ephemeral range, like the defaults: a broker that is stopped and
+        started again on the same ports (``txmq chaos`` kills and restarts its servers) must
+        find them free, and a port in that range may meanwhile have become the source port
+        of an outgoing connection.
+        """
+        return cls(*unused_ports(len(fields(cls))))
+
+
+#: Ports :func:`unused_ports` never offers: the blocks of the defaults (``Ports()`` and a
+#: cluster's ``TXMQ_CLUSTER_PORT_BASE`` block, 25600-25699), which other runs may be using.
+_RESERVED_BLOCKS = ((21000, 22000), (25600, 25700))
+_LOWEST_OFFERED = 10000
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of source ports for outgoing connections (inclusive)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def unused_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports nothing listens on now, none of them in the
+    ephemeral range nor among the defaults or the ``TXMQ_PORT_*`` settings.
+
+    Raises:
+        ProvisionError: not enough such ports could be found.
+    """
+    low, high = ephemeral_range()
+    taken = set(astuple(Ports())) | set(astuple(Ports.from_env()))
+    candidates = [
+        port
+        for port in range(_LOWEST_OFFERED, 65536)
+        if not low <= port <= high
+        and port not in taken
+        and not any(start <= port < end for start, end in _RESERVED_BLOCKS)
+    ]
+    random.shuffle(candidates)
+    chosen: list[socket.socket] = []
+    try:
+        for port in candidates:
+            if len(chosen) == count:
+                break
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                # Held until all are chosen, so the ports differ from one another.
+                sock.bind((LOOPBACK, port))
+            except OSError:
                 sock.close()
+                continue
+            chosen.append(sock)
+        if len(chosen) < count:
+            raise ProvisionError(
+                f"found only {len(chosen)} free loopback ports outside the ephemeral range "
+                f"{low}-{high}, {count} needed"
+            )
+        return [sock.getsockname()[1] for sock in chosen]
+    finally:
+        for sock in chosen:
+            sock.close()
 
 
 def url_for(broker: Broker, ports: Ports) -> str:
