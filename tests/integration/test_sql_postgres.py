@@ -5,6 +5,7 @@ outbox and inbox in a schema of their own."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -147,6 +148,30 @@ def test_the_waiter_wakes_on_notify_and_on_stop(database_url: str) -> None:
         stop.set()
         stopped.join(timeout=60)
         assert not stopped.is_alive()
+    finally:
+        waiter.close()
+        engine.dispose()
+
+
+def test_notifications_queued_while_busy_wake_the_waiter_once(database_url: str) -> None:
+    # A relay busy with a pass gets one NOTIFY per staging transaction committed meanwhile;
+    # each one left queued woke it again for a pass that found nothing.
+    engine = create_engine(database_url)
+    waiter = dialect_of(engine.dialect).waiter(engine, threading.Event())
+    try:
+        waiter.wait(0)  # opens the LISTEN connection
+        for _ in range(20):
+            with engine.begin() as connection:
+                connection.execute(
+                    text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL}
+                )
+        # The server sends every notification signalled so far before it answers a query
+        # on the listening connection: all 20 are with the client now.
+        waiter._driver.execute("SELECT 1")  # type: ignore[attr-defined]
+        waiter.wait(60)  # returns at once: there is work
+        started = time.monotonic()
+        waiter.wait(0.5)
+        assert time.monotonic() - started >= 0.45, "woken again by an earlier notification"
     finally:
         waiter.close()
         engine.dispose()
