@@ -79,6 +79,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         type=lambda value: value if value == "auto" else int(value),
         help='the latency consumer\'s batch_size (default 1; "auto" or a number)',
     )
+    parser.add_argument(
+        "--latency-producers",
+        type=int,
+        default=1,
+        help="processes the latency producer service runs in, sharing the offered rate",
+    )
     parser.add_argument("--json", type=Path, default=Path("bench-report.json"), help="report")
     parser.add_argument("--chart", type=Path, help="PNG chart (default: the report's name .png)")
     args = parser.parse_args(argv)
@@ -88,6 +94,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {SECTIONS}")
     if unknown := set(brokers) - {"rabbitmq", "kafka"}:
         parser.error(f"unknown broker(s) {', '.join(sorted(unknown))}")
+    if args.latency_producers < 1:
+        parser.error("--latency-producers must be at least 1")
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
     args.sections, args.broker_names = sections, brokers
@@ -168,6 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 if args.latency_batch_size is not None
                                 else None
                             ),
+                            producers=args.latency_producers,
                         )
                     elif section == "mysql":
                         assert mysql_url is not None

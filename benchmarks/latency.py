@@ -5,7 +5,11 @@ The producer process runs business transactions (one row of ``bench_orders`` and
 ``stage()``d message) offered open-loop at a fixed rate: transaction ``i`` starts at
 ``t0 + i / rate`` whatever happened to the ones before (eight threads take the slots, so a
 slow commit delays no later transaction), with the producer's own relay
-(``producer.start()``). The consumer process runs a ``Consumer`` with the default inbox.
+(``producer.start()``). With ``producers`` above one, that producer service runs as that
+many processes, each offered its share of the rate and each with its own relay, as a web
+service runs several workers: on a 2-core machine one Python process cannot run 1,000
+SQLAlchemy business transactions a second even without txmq. The consumer process runs a
+``Consumer`` with the default inbox.
 Both stamp ``time.monotonic()`` (one clock for every process of the machine): the
 producer when the commit returned, the handler when it started. Each round is one phase
 at one rate; phases of both rates alternate in the same two processes.
@@ -235,9 +239,11 @@ def latency_section(
     seconds: float,
     rounds: int,
     consumer_options: dict[str, Any] | None = None,
+    producers: int = 1,
 ) -> None:
     """Measure one broker's end-to-end latency at each rate into ``results``, the consumer
-    with ``consumer_options`` over txmq's defaults."""
+    with ``consumer_options`` over txmq's defaults, the producer service in ``producers``
+    processes."""
     suffix = uuid.uuid4().hex[:8]
     group, topic = f"bench-e2e-{suffix}", f"bench.e2e.{suffix}"
     adapter = txmq.connect(url)
@@ -266,7 +272,7 @@ def latency_section(
         for role in ("producer", "consumer"):
             results.figure(
                 f"cpu.e2e.{broker}.{rate}.{role}",
-                f"{role} process CPU per 1,000, {label}",
+                f"{role} CPU per 1,000 (all its processes), {label}",
                 "s",
                 better="lower",
             )
@@ -274,26 +280,40 @@ def latency_section(
     context = multiprocessing.get_context("spawn")
     ready = context.Event()
     consumer_pipe, consumer_end = context.Pipe()
-    producer_pipe, producer_end = context.Pipe()
     args = (url, database_url)
     consumer = context.Process(
         target=consumer_process,
         name="consumer process",
         args=(*args, topology.group, topic, consumer_end, ready, consumer_options or {}),
     )
-    producer = context.Process(
-        target=producer_process,
-        name="producer process",
-        args=(*args, group, topic, producer_end, ready),
-    )
+    producer_pipes: list[Connection] = []
+    producer_processes: list[multiprocessing.process.BaseProcess] = []
+    for number in range(producers):
+        pipe, end = context.Pipe()
+        producer_pipes.append(pipe)
+        producer_processes.append(
+            context.Process(
+                target=producer_process,
+                name=f"producer process {number}",
+                args=(*args, group, topic, end, ready),
+            )
+        )
+    producing = list(zip(producer_pipes, producer_processes, strict=True))
     phases = itertools.count()
 
     def phase(rate: int) -> dict[str, float]:
         name = f"{rate}-{next(phases)}"
         with Backlog(adapter, engine, group, topology.group, topic) as backlog:
             consumer_pipe.send(("begin", name))
-            producer_pipe.send(("run", name, rate, seconds))
-            _, commits, producer_cpu, achieved = _reply(producer_pipe, producer)
+            for pipe, _ in producing:
+                pipe.send(("run", name, rate / producers, seconds))
+            commits: dict[str, float] = {}
+            producer_cpu = achieved = 0.0
+            for pipe, process in producing:
+                _, some, cpu, rate_reached = _reply(pipe, process)
+                commits.update(some)
+                producer_cpu += cpu
+                achieved += rate_reached
             consumer_pipe.send(("collect", name, len(commits)))
             _, handled, consumer_cpu = _reply(consumer_pipe, consumer)
         missing = len(set(commits) - set(handled))
@@ -314,14 +334,16 @@ def latency_section(
         }
 
     consumer.start()
-    producer.start()
+    for process in producer_processes:
+        process.start()
     try:
-        _reply(producer_pipe, producer)  # warmed up: the consumer handles messages
+        for pipe, process in producing:
+            _reply(pipe, process)  # warmed up: the consumer handles messages
         alternate(rounds, {f"{rate} msg/s": partial(phase, rate) for rate in rates}, results)
     finally:
-        for pipe in (producer_pipe, consumer_pipe):
+        for pipe in (*producer_pipes, consumer_pipe):
             pipe.send(("stop",))
-        for process in (producer, consumer):
+        for process in (*producer_processes, consumer):
             process.join(30)
             if process.is_alive():
                 process.terminate()
