@@ -102,7 +102,8 @@ def consumer_process(
 def producer_process(
     broker_url: str, database_url: str, group: str, topic: str, pipe: Connection, ready: Event
 ) -> None:
-    """The producer service: warms up until the consumer handled a message, then answers
+    """The producer service: warms up until the consumer handled a message (answering how
+    many it sent), then answers
     ``("run", phase, rate, seconds)`` with ``{message id: commit returned}``, the CPU
     seconds the phase took and the rate achieved, and ``("stop",)``."""
 
@@ -120,12 +121,14 @@ def producer_process(
 
         try:
             deadline = time.monotonic() + REPLY_TIMEOUT
+            warm_up = 0
             while not ready.is_set():
                 if time.monotonic() > deadline:
                     raise TimeoutError("the consumer handled no warm-up message")
                 business("warm-up")
+                warm_up += 1
                 ready.wait(0.05)
-            pipe.send(("ok",))
+            pipe.send(("ok", warm_up))
             while True:
                 command = pipe.recv()
                 if command[0] == "stop":
@@ -337,8 +340,12 @@ def latency_section(
     for process in producer_processes:
         process.start()
     try:
-        for pipe, process in producing:
-            _reply(pipe, process)  # warmed up: the consumer handles messages
+        # Warmed up: the consumer handles messages. Those sent until then are all handled
+        # before the first phase, which would otherwise start behind them.
+        warm_up = sum(_reply(pipe, process)[1] for pipe, process in producing)
+        consumer_pipe.send(("begin", "warm-up"))
+        consumer_pipe.send(("collect", "warm-up", warm_up))
+        _reply(consumer_pipe, consumer)
         alternate(rounds, {f"{rate} msg/s": partial(phase, rate) for rate in rates}, results)
     finally:
         for pipe in (*producer_pipes, consumer_pipe):

@@ -83,6 +83,9 @@ def test_smoke_report_has_every_figure(
             mysql_url,
             "--json",
             str(out),
+            # The producer service in two processes: that path runs too.
+            "--latency-producers",
+            "2",
         ],
         cwd=tmp_path,
         env=env,
