@@ -210,3 +210,28 @@ def wait_for_either(a: threading.Event, b: threading.Event, *, timeout: float) -
         if a.wait(0.05) or b.is_set():
             return True
     return False
+
+
+def test_interleaved_held_messages_of_other_topics_stay_held_in_their_order(
+    private: RabbitMQAdapter, raw_channel: Any, unique: Callable[[str], str], cleanup: list[str]
+) -> None:
+    # The held messages are streamed to the re-route, not fetched one by one: a topic's
+    # messages among many of other topics are moved, the others given back in place.
+    topology, other = Topology(unique("g"), unique("t")), unique("other")
+    cleanup.extend([topology.work_queue, topology.dead_letter_queue])
+    with private.publisher() as publisher:
+        for n in range(300):
+            publish(publisher, topology.topic if n % 3 == 0 else other, str(n).encode())
+        private.declare([topology])
+    assert contents(raw_channel, topology.work_queue) == [
+        str(n).encode() for n in range(300) if n % 3 == 0
+    ]
+    kept = contents(raw_channel, f"{private.settings.exchange}.unroutable")
+    others = [str(n).encode() for n in range(300) if n % 3]
+    if private.settings.queue_type == "classic":
+        assert kept == others
+    else:
+        # A quorum queue does not put a message given back where it was: the other
+        # topics' held messages are all kept, but reordered (as they were before the
+        # streaming re-route; known, not fixed yet).
+        assert sorted(kept) == sorted(others)

@@ -31,6 +31,11 @@ log = logging.getLogger("txmq.rabbitmq")
 #: growing (a topic published but never consumed) would otherwise slow every consumer start.
 SCAN_LIMIT = 10_000
 
+#: The most unacknowledged deliveries RabbitMQ lets one consumer hold (a 16-bit field).
+MAX_PREFETCH = 65_535
+#: Seconds a re-route waits for the next held message before it takes the queue as emptied.
+TAKE_IDLE = 5.0
+
 #: Seconds a re-route waits for another one to release the exchange's lock, and between tries.
 LOCK_TIMEOUT = 60.0
 LOCK_POLL = 0.2
@@ -231,25 +236,43 @@ def _take_held(
     after ``forward`` returned; the others are given back in their places."""
     name = unroutable_name(settings)
     waiting = channel.queue_declare(name, passive=True).method.message_count
-    if scan_limit is not None and waiting > scan_limit:
+    # Those looked at but kept stay unacknowledged until the end: no more than RabbitMQ
+    # lets one consumer hold (all of them are taken when every topic is).
+    limit = scan_limit
+    if topics is not None:
+        limit = MAX_PREFETCH if limit is None else min(limit, MAX_PREFETCH)
+    if limit is not None and waiting > limit:
         log.warning(
             "%d messages are held in %r (topics nobody consumes?); re-routing looks at "
             "the first %d only: run `txmq unroutable reroute` for the rest",
-            *(waiting, name, scan_limit),
+            *(waiting, name, limit),
         )
-        waiting = scan_limit
-    moved = 0
-    kept = False
-    for _ in range(waiting):
-        method, properties, body = channel.basic_get(name, auto_ack=False)
-        if method is None:
-            break
-        if topics is not None and method.routing_key not in topics:
-            kept = True  # given back below, all at once, in their places
-            continue
-        forward(method, properties, body)
-        channel.basic_ack(method.delivery_tag)
-        moved += 1
-    if kept:
-        channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
+        waiting = limit
+    if waiting == 0:
+        return 0
+    # Streamed to a channel of its own (basic_get was one round trip per held message:
+    # 10,000 held messages of topics nobody consumes took 20-30 s at every declare).
+    taker = channel.connection.channel()
+    try:
+        taker.basic_qos(prefetch_count=min(waiting, MAX_PREFETCH))
+        moved = 0
+        last_kept = None
+        deliveries = taker.consume(name, auto_ack=False, inactivity_timeout=TAKE_IDLE)
+        for seen, (method, properties, body) in enumerate(deliveries, start=1):
+            if method is None:
+                break  # fewer than counted: another client took some meanwhile
+            if topics is not None and method.routing_key not in topics:
+                last_kept = method.delivery_tag  # given back below, all at once, in place
+            else:
+                forward(method, properties, body)
+                taker.basic_ack(method.delivery_tag)
+                moved += 1
+            if seen >= waiting:
+                break
+        if last_kept is not None:
+            # Up to the last one looked at; cancel() gives back any delivered after it.
+            taker.basic_nack(delivery_tag=last_kept, multiple=True, requeue=True)
+        taker.cancel()
+    finally:
+        close_quietly(taker)
     return moved
