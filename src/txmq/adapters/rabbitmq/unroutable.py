@@ -27,8 +27,9 @@ from txmq.adapters.rabbitmq.settings import RabbitMQSettings
 
 log = logging.getLogger("txmq.rabbitmq")
 
-#: Most held messages one re-route looks at: each is fetched, so a holding queue that keeps
-#: growing (a topic published but never consumed) would otherwise slow every consumer start.
+#: Most held messages one re-route looks at: each is delivered to it, so a holding queue that
+#: keeps growing (a topic published but never consumed) would otherwise slow every consumer
+#: start.
 SCAN_LIMIT = 10_000
 
 #: The most unacknowledged deliveries RabbitMQ lets one consumer hold (a 16-bit field).
