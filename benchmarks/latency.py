@@ -289,19 +289,20 @@ def latency_section(
         name="consumer process",
         args=(*args, topology.group, topic, consumer_end, ready, consumer_options or {}),
     )
-    producer_pipes: list[Connection] = []
-    producer_processes: list[multiprocessing.process.BaseProcess] = []
+    producing: list[tuple[Connection, multiprocessing.process.BaseProcess]] = []
     for number in range(producers):
         pipe, end = context.Pipe()
-        producer_pipes.append(pipe)
-        producer_processes.append(
-            context.Process(
-                target=producer_process,
-                name=f"producer process {number}",
-                args=(*args, group, topic, end, ready),
+        producing.append(
+            (
+                pipe,
+                context.Process(
+                    target=producer_process,
+                    name=f"producer process {number}",
+                    args=(*args, group, topic, end, ready),
+                ),
             )
         )
-    producing = list(zip(producer_pipes, producer_processes, strict=True))
+    every = [*producing, (consumer_pipe, consumer)]
     phases = itertools.count()
 
     def phase(rate: int) -> dict[str, float]:
@@ -337,7 +338,7 @@ def latency_section(
         }
 
     consumer.start()
-    for process in producer_processes:
+    for _, process in producing:
         process.start()
     try:
         # Warmed up: the consumer handles messages. Those sent until then are all handled
@@ -348,9 +349,9 @@ def latency_section(
         _reply(consumer_pipe, consumer)
         alternate(rounds, {f"{rate} msg/s": partial(phase, rate) for rate in rates}, results)
     finally:
-        for pipe in (*producer_pipes, consumer_pipe):
+        for pipe, _ in every:
             pipe.send(("stop",))
-        for process in (*producer_processes, consumer):
+        for _, process in every:
             process.join(30)
             if process.is_alive():
                 process.terminate()
