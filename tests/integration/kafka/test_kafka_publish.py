@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -216,6 +218,71 @@ def test_a_fenced_producer_abort_raises_a_txmq_error_and_the_next_transaction_be
         successor.close()
     listed = adapter.read_queue(topology.topic, limit=100, timeout=15)
     assert {m.id for m in last} <= {d.message.id for d in listed if d.message}
+
+
+#: A relay lane that opens a transaction, produces one record to it, waits until the record
+#: is on the broker (the partition is in the transaction), says so, and hangs until killed.
+_OPEN_A_TRANSACTION_AND_HANG = """
+import sys, threading
+import txmq
+from txmq.message import Message
+
+url, identity, topic = sys.argv[1:]
+lane = txmq.connect(url).publisher(identity=identity)
+lane.begin()
+lane.produce([Message(topic, b"never committed", key="same")])
+lane._client().flush(30)
+print("open", flush=True)
+threading.Event().wait()
+"""
+
+
+def test_a_relay_killed_in_a_transaction_stalls_its_partition_for_seconds_not_a_minute(
+    adapter: KafkaAdapter,
+    kafka_url: str,
+    declared: Declared,
+    unique: Callable[[str], str],
+    drain: Drain,
+) -> None:
+    """A relay lane SIGKILLed between produce and commit leaves its transaction open, and
+    read_committed readers of that partition see nothing behind it until the broker aborts
+    it. A new relay has a new ``transactional.id`` (the default ``instance_id`` is
+    random), so it cannot fence the dead one: only the relay's ``transaction.timeout.ms``
+    bounds the stall. At 60 s it stalled a saga whose orchestrator was killed past the
+    60 s the takeover test waits."""
+    topology = declared()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _OPEN_A_TRANSACTION_AND_HANG,
+            kafka_url,
+            unique("dead"),
+            topology.topic,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "open", process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait(30)
+    killed = time.monotonic()
+    after = Message(topology.topic, b"committed after the kill", key="same")
+    with (
+        _transactional(adapter, unique("successor")) as successor,
+        adapter.subscribe(topology.group, [topology.topic]) as subscription,
+    ):
+        assert all(o.ok for o in successor.publish([after]))
+        received = drain(subscription, 1, timeout=30)
+    stalled = time.monotonic() - killed
+    assert [d.message.id for d in received if d.message] == [after.id]
+    # The relay's 10 s transaction timeout, plus up to 10 s until the broker's next look for
+    # timed-out transactions (transaction.abort.timed.out.transaction.cleanup.interval.ms).
+    assert stalled < 25, stalled
 
 
 def test_explicit_commit_without_begin_is_refused(

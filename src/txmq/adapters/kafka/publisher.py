@@ -40,7 +40,17 @@ _PRODUCER_DEFAULTS: dict[str, Any] = {
 }
 #: What txmq's delivery guarantee rests on: no duplicates from retries, no loss on failover.
 _PRODUCER_REQUIRED: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
-_TRANSACTION_TIMEOUT_MS = 60_000
+#: ``transaction.timeout.ms`` of a producer's half messages: the transaction stays open
+#: while the application's local transaction runs.
+HALF_MESSAGE_TRANSACTION_TIMEOUT_MS = 60_000
+#: ``transaction.timeout.ms`` of a relay lane: a batch is produced and committed in
+#: milliseconds. A lane killed between produce and commit leaves its transaction open, and
+#: read_committed readers of its partitions see nothing behind it until the broker aborts
+#: it; a relay that takes over has a transactional.id of its own (unless it reuses the
+#: dead relay's ``instance_id``) and cannot fence it. So this bounds that stall: 10 s,
+#: plus up to the broker's ``transaction.abort.timed.out.transaction.cleanup.interval.ms``
+#: (10 s by default). Kafka Streams chose the same 10 s for exactly-once.
+RELAY_TRANSACTION_TIMEOUT_MS = 10_000
 _QUEUE_FULL_WAIT = 0.05
 #: Delivery report errors of messages taken back or timed out rather than refused.
 _UNCONFIRMED_CODES = frozenset(
@@ -298,9 +308,16 @@ class KafkaTransactionalPublisher(KafkaPublisher, Transaction):
     be stable across restarts of the same instance and unique among live instances.
     """
 
-    def __init__(self, context: KafkaContext, transactional_id: str) -> None:
+    def __init__(
+        self,
+        context: KafkaContext,
+        transactional_id: str,
+        *,
+        transaction_timeout_ms: int = HALF_MESSAGE_TRANSACTION_TIMEOUT_MS,
+    ) -> None:
         super().__init__(context)
         self.transactional_id = transactional_id
+        self.transaction_timeout_ms = transaction_timeout_ms
         self._initialised = False
         self._in_transaction = False
 
@@ -446,7 +463,7 @@ class KafkaTransactionalPublisher(KafkaPublisher, Transaction):
     def _producer_config(self) -> dict[str, Any]:
         return self._context.config(
             self._events,
-            defaults={**_PRODUCER_DEFAULTS, "transaction.timeout.ms": _TRANSACTION_TIMEOUT_MS},
+            defaults={**_PRODUCER_DEFAULTS, "transaction.timeout.ms": self.transaction_timeout_ms},
             required={**_PRODUCER_REQUIRED, "transactional.id": self.transactional_id},
         )
 
