@@ -622,6 +622,14 @@ def test_relay_connect_opens_every_lane_before_the_first_batch(
         make_producer(engine, metadata, broker).relay().connect()
 
 
+@pytest.mark.parametrize("linger", [-0.001, 2.0, float("nan")])
+def test_a_linger_outside_zero_to_the_poll_interval_is_refused(
+    engine: Engine, metadata: MetaData, broker: InMemoryBroker, linger: float
+) -> None:
+    with pytest.raises(ValueError, match="linger must be from 0 to poll_interval"):
+        make_producer(engine, metadata, broker).relay(linger=linger, poll_interval=1.0)
+
+
 def test_a_duplicate_message_id_fails_the_staging_transaction(
     engine: Engine, metadata: MetaData, broker: InMemoryBroker
 ) -> None:

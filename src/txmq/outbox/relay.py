@@ -8,7 +8,16 @@ commit republishes those records with the same message ids (at-least-once).
 
 A relay runs ``concurrency`` lanes, each with its own database transaction and publisher
 connection, so that one lane claims and marks while another waits for the broker. The claim
-keeps same-key records in order across lanes and across relays.
+keeps same-key records in order across lanes and across relays. Only the first lane waits
+for new records (PostgreSQL's NOTIFY, or its poll interval); the others join it while there
+is a backlog (a lane's last batch was full) and otherwise look every ``poll_interval``, so
+that one staged record does not wake every lane for one claim that finds it and others
+that find nothing.
+
+Batches grow with the load: a lane whose batch found records but not a full batch waits
+``linger`` before it looks again, so the records staged meanwhile go out together. An idle
+relay publishes a record as soon as it is woken; a relay with a backlog claims full batches
+without pause.
 
 Delayed records (DELAYED, see :mod:`txmq.states`) are not claimed: a relay moves those due
 to READY at least every ``poll_interval``, and at the due time of the earliest one it saw
@@ -45,6 +54,7 @@ from txmq.errors import (
 from txmq.message import Message, validate_name
 from txmq.outbox.store import ClaimedRecord, OutboxStore, utcnow
 from txmq.outbox.worker_lock import WorkerLock
+from txmq.sql.dialect import Waiter
 from txmq.supervision import Health, SupervisedLoop, health_of
 from txmq.telemetry import (
     RELAY_BATCH_SECONDS,
@@ -82,6 +92,13 @@ class Relay:
         retention: SENT and ROLLED_BACK records older than this are purged; with
             ``timedelta(0)`` a record is deleted as soon as the broker confirmed it (no SENT
             history, and the cheapest mark).
+        linger: seconds a lane waits after a batch that found records but not a full one
+            before it looks again (0: at once). Under a steady load a batch then holds what
+            was staged while the previous one was published plus ``linger``, instead of one
+            or two records per claim; an idle relay still publishes a record as soon as it
+            is woken. It costs at most ``linger`` of latency, and saves a database
+            transaction per record: at 300 msg/s on a 2-core machine the producer service's
+            CPU per message fell by a third.
         instance_id: stable name of this relay; on Kafka lane ``n`` uses
             ``transactional.id = txmq-relay-<instance_id>-<n>``, so a restarted relay fences
             its previous incarnation.
@@ -109,12 +126,16 @@ class Relay:
         poll_interval: float = 1.0,
         retention: timedelta = timedelta(days=1),
         purge_interval: float = 60.0,
+        linger: float = 0.002,
         instance_id: str | None = None,
         max_backoff: float = 30.0,
         max_refused_attempts: int = 3,
     ) -> None:
         if batch_size < 1 or concurrency < 1 or max_refused_attempts < 1:
             raise ValueError("batch_size, concurrency and max_refused_attempts must be at least 1")
+        if not 0 <= linger <= poll_interval:
+            raise ValueError(f"linger must be from 0 to poll_interval, not {linger!r}")
+        self.linger = linger
         self.max_refused_attempts = max_refused_attempts
         if isinstance(groups, str):
             groups = [groups]  # one name, not its characters
@@ -147,6 +168,8 @@ class Relay:
         self._due = _DueClock(poll_interval)
         self._lanes = [_Lane(self, n) for n in range(concurrency)]
         self._stop = threading.Event()
+        #: Set while a lane's last batch was full: the lanes after the first then work too.
+        self._backlog = threading.Event()
         self._loops: list[SupervisedLoop] = []
         self._purge_lock = threading.Lock()
         self._last_purge = 0.0
@@ -268,6 +291,7 @@ class Relay:
         """
         if not any(loop.alive for loop in self._loops):
             self._stop.clear()
+            self._backlog.clear()
             self._loops = [self._supervised(lane) for lane in self._lanes]
             for loop in self._loops:
                 loop.start()
@@ -276,6 +300,7 @@ class Relay:
     def stop(self, timeout: float = 10.0) -> None:
         """Let each lane finish its batch, then stop and close the publishers."""
         self._stop.set()
+        self._backlog.set()  # the lanes waiting for a backlog look at the stop at once
         deadline = time.monotonic() + timeout
         for loop in self._loops:
             loop.join(max(0.0, deadline - time.monotonic()))
@@ -297,13 +322,23 @@ class Relay:
         return self.health().healthy
 
     def _supervised(self, lane: _Lane) -> SupervisedLoop:
-        notifications = self.store.sql.waiter(self.store.engine, self._stop)
+        notifications: Waiter = (
+            self.store.sql.waiter(self.store.engine, self._stop)
+            if lane.number == 0
+            else _BacklogWaiter(self._backlog)
+        )
 
         def step() -> bool:
             if not self._may_work():
                 return False  # stands by: waits like an idle lane, then asks again
             done = lane.run_once()
             self._maybe_purge()
+            if done.full:
+                self._backlog.set()
+            elif lane.number:
+                self._backlog.clear()
+            if done.claimed and not done.full:
+                self._stop.wait(self.linger)
             return done.full
 
         def on_error(exc: BaseException) -> None:
@@ -398,6 +433,20 @@ class Relay:
 
 #: Most delayed records of one group a relay moves to READY in one transaction.
 RELEASE_BATCH = 10_000
+
+
+class _BacklogWaiter:
+    """What a relay lane after the first waits on: a backlog (or stop), at most
+    ``seconds``."""
+
+    def __init__(self, backlog: threading.Event) -> None:
+        self._backlog = backlog
+
+    def wait(self, seconds: float) -> None:
+        self._backlog.wait(seconds)
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 class _DueClock:
