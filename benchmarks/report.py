@@ -8,7 +8,6 @@ from typing import Any
 
 #: Not measured, and why (the issue asks for them; the report says so instead of hiding it).
 NOT_MEASURED = {
-    "delayed-message overhead": "txmq has no delayed messages yet",
     "one-hour soak (outbox size bounded)": "not part of this command: it takes an hour",
 }
 
