@@ -177,6 +177,30 @@ def test_notifications_queued_while_busy_wake_the_waiter_once(database_url: str)
         engine.dispose()
 
 
+def test_the_first_wait_on_a_new_listen_connection_returns_at_once(database_url: str) -> None:
+    """A record committed before the LISTEN began sends its NOTIFY to nobody: the waiter
+    that waited out its poll interval left it unpublished that long (60 s in
+    ``test_relay_wakes_up_on_notify``, which failed when the record was staged between a
+    lane's first claim and its first wait). Having just begun to listen, the waiter returns
+    at once, so that a pass looks for what came before."""
+    engine = create_engine(database_url)
+    waiter = dialect_of(engine.dialect).waiter(engine, threading.Event())
+    try:
+        started = time.monotonic()
+        waiter.wait(30)
+        assert time.monotonic() - started < 5
+        started = time.monotonic()
+        waiter.wait(0.5)  # listening now: this one waits
+        assert time.monotonic() - started >= 0.45
+        waiter.close()  # as after a lost connection: the next wait listens anew
+        started = time.monotonic()
+        waiter.wait(30)
+        assert time.monotonic() - started < 5
+    finally:
+        waiter.close()
+        engine.dispose()
+
+
 def test_the_waiter_reports_a_lost_listen_connection_and_listens_again(
     database_url: str,
 ) -> None:

@@ -472,7 +472,8 @@ class _Listen:
     stages; with another driver, a plain sleep.
 
     The connection is opened at the first wait and again at the first wait after a failure
-    (:meth:`close`): a database restart cuts it like any other.
+    (:meth:`close`): a database restart cuts it like any other. Such a wait returns at once,
+    as if woken: what was committed before the LISTEN began notified nobody.
     """
 
     def __init__(self, engine: Engine, stop: threading.Event) -> None:
@@ -482,9 +483,14 @@ class _Listen:
         self._driver: Any = None
 
     def wait(self, seconds: float) -> None:
+        new = self._driver is None and self._listening
         driver = self._connection()
         if driver is None:
             self._stop.wait(seconds)
+            return
+        if new:
+            # A stage committed before the LISTEN notified nobody: return as if woken, so
+            # that a pass looks for it now rather than after ``seconds``.
             return
         deadline = time.monotonic() + seconds
         try:
