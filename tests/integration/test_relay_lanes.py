@@ -118,9 +118,9 @@ def test_the_other_lanes_join_the_first_through_a_backlog(rig: Callable[..., Rig
 
 
 def test_batches_grow_with_the_staging_rate(rig: Callable[..., Rig]) -> None:
-    """Staged one by one, about every 5 ms, with a 50 ms linger: a claim finds what was
+    """Staged one by one, about every 5 ms, with a 200 ms linger: a claim finds what was
     staged while the lane published and lingered, not one record at a time."""
-    relay = rig(concurrency=1, linger=0.05)
+    relay = rig(concurrency=1, linger=0.2)
     relay.stage(1)
     wait_for(lambda: relay.unsent() == 0, what="the first record sent")
     relay.claims.made.clear()
