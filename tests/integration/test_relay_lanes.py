@@ -98,15 +98,15 @@ def test_a_record_staged_into_an_idle_relay_is_claimed_by_one_lane(
 ) -> None:
     """Every lane used to wait for the NOTIFY of a staged record: each record cost one
     claim that found it and one that found nothing, per lane beyond the first."""
-    relay = rig(concurrency=3, poll_interval=5.0)
+    relay = rig(concurrency=3, poll_interval=60.0)  # no lane looks on its own meanwhile
     relay.stage(1)
     wait_for(lambda: relay.unsent() == 0, what="the first record sent")
     before = relay.claims.empty()
     for _ in range(15):
         relay.stage(1)
         wait_for(lambda: relay.unsent() == 0, what="a record sent")
-    # A lane waiting for a backlog still looks every poll interval: 2 lanes, 5 s.
-    assert relay.claims.empty() - before <= 2, relay.claims.made
+    # Each lane's first look, at start, may come this late on a loaded machine.
+    assert relay.claims.empty() - before <= 3, relay.claims.made
 
 
 def test_the_other_lanes_join_the_first_through_a_backlog(rig: Callable[..., Rig]) -> None:
@@ -119,15 +119,19 @@ def test_the_other_lanes_join_the_first_through_a_backlog(rig: Callable[..., Rig
 
 def test_batches_grow_with_the_staging_rate(rig: Callable[..., Rig]) -> None:
     """Staged one by one, about every 5 ms, with a 200 ms linger: a claim finds what was
-    staged while the lane published and lingered, not one record at a time."""
+    staged while the lane published and lingered, not one record at a time. (Without the
+    linger, a claim a record; a slow publish may batch a few, but not to this bound.)"""
     relay = rig(concurrency=1, linger=0.2)
     relay.stage(1)
     wait_for(lambda: relay.unsent() == 0, what="the first record sent")
     relay.claims.made.clear()
+    started = time.monotonic()
     for _ in range(60):
         relay.stage(1)
         time.sleep(0.005)  # the staging rate, not a wait for anything
     wait_for(lambda: relay.unsent() == 0, what="every record sent")
+    elapsed = time.monotonic() - started
     found = relay.claims.found()
     assert sum(found) == 60
-    assert sum(found) / len(found) >= 3, found
+    # Every claim that found records is followed by 200 ms of linger.
+    assert len(found) <= elapsed / 0.2 + 2, (found, elapsed)

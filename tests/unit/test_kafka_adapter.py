@@ -515,3 +515,28 @@ def test_offsets_are_not_asked_again_after_an_error_retrying_cannot_fix() -> Non
     with pytest.raises(TopologyError, match="TOPIC_AUTHORIZATION_FAILED"):
         adapter._offsets(admin, [TopicPartition("t", 0)], OffsetSpec.latest())  # type: ignore[arg-type, no-untyped-call]
     assert admin.calls == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "at_least"),
+    [
+        ("", 10_000),
+        ("message.timeout.ms=30000", 30_000),
+        ("delivery.timeout.ms=15000", 15_000),
+        ("socket.timeout.ms=30000", 29_900),
+    ],
+)
+def test_a_relay_lanes_transaction_timeout_admits_the_urls_delivery_timeouts(
+    option: str, at_least: int
+) -> None:
+    """librdkafka refuses a transactional producer whose delivery timeouts exceed its
+    ``transaction.timeout.ms``: with the relay's 10 s, a URL that set
+    ``message.timeout.ms=30000`` (fine at 60 s) broke every relay lane."""
+    from confluent_kafka import Producer
+
+    url = "kafka://127.0.0.1:1" + (f"?{option}" if option else "")
+    adapter = KafkaAdapter(parse_broker_url(url))  # type: ignore[arg-type]
+    lane = adapter.publisher(identity="lane")
+    config = lane._producer_config()  # type: ignore[attr-defined]
+    assert at_least <= config["transaction.timeout.ms"] <= max(at_least, 10_000)
+    Producer(config)  # librdkafka checks the configuration here, without a broker

@@ -7,12 +7,13 @@ Any number of relays may run; a crash between the broker's confirmation and the 
 commit republishes those records with the same message ids (at-least-once).
 
 A relay runs ``concurrency`` lanes, each with its own database transaction and publisher
-connection, so that one lane claims and marks while another waits for the broker. The claim
-keeps same-key records in order across lanes and across relays. Only the first lane waits
-for new records (PostgreSQL's NOTIFY, or its poll interval); the others join it while there
-is a backlog (a lane's last batch was full) and otherwise look every ``poll_interval``, so
-that one staged record does not wake every lane for one claim that finds it and others
-that find nothing.
+connection. The claim keeps same-key records in order across lanes and across relays. Only
+the first lane waits for new records (PostgreSQL's NOTIFY, or its poll interval), so that
+one staged record does not wake every lane for one claim that finds it and others that find
+nothing. The others join it while there is a backlog (a lane's last batch was full), so
+that one lane claims and marks while another waits for the broker, and otherwise look every
+``poll_interval``. Below a backlog, then, a record staged while the first lane publishes
+waits for that batch.
 
 Batches grow with the load: a lane whose batch found records but not a full batch waits
 ``linger`` before it looks again, so the records staged meanwhile go out together. An idle
@@ -96,9 +97,8 @@ class Relay:
             before it looks again (0: at once). Under a steady load a batch then holds what
             was staged while the previous one was published plus ``linger``, instead of one
             or two records per claim; an idle relay still publishes a record as soon as it
-            is woken. It costs at most ``linger`` of latency, and saves a database
-            transaction per record: at 300 msg/s on a 2-core machine the producer service's
-            CPU per message fell by a third.
+            is woken. A record staged during the linger waits for it; fewer claims leave
+            more CPU for everything else (see ``docs/performance.md``).
         instance_id: stable name of this relay; on Kafka lane ``n`` uses
             ``transactional.id = txmq-relay-<instance_id>-<n>``, so a restarted relay fences
             its previous incarnation.
@@ -300,7 +300,7 @@ class Relay:
     def stop(self, timeout: float = 10.0) -> None:
         """Let each lane finish its batch, then stop and close the publishers."""
         self._stop.set()
-        self._backlog.set()  # the lanes waiting for a backlog look at the stop at once
+        self._backlog.set()  # the lanes waiting for a backlog see the stop at once
         deadline = time.monotonic() + timeout
         for loop in self._loops:
             loop.join(max(0.0, deadline - time.monotonic()))
@@ -325,7 +325,7 @@ class Relay:
         notifications: Waiter = (
             self.store.sql.waiter(self.store.engine, self._stop)
             if lane.number == 0
-            else _BacklogWaiter(self._backlog)
+            else _BacklogWaiter(self._backlog, self._stop)
         )
 
         def step() -> bool:
@@ -436,14 +436,21 @@ RELEASE_BATCH = 10_000
 
 
 class _BacklogWaiter:
-    """What a relay lane after the first waits on: a backlog (or stop), at most
-    ``seconds``."""
+    """What a relay lane after the first waits on: a backlog or stop, at most ``seconds``.
 
-    def __init__(self, backlog: threading.Event) -> None:
+    In short slices: another lane may clear the backlog just after :meth:`Relay.stop` set
+    it, and the stop must still be seen at once."""
+
+    def __init__(self, backlog: threading.Event, stop: threading.Event) -> None:
         self._backlog = backlog
+        self._stop = stop
 
     def wait(self, seconds: float) -> None:
-        self._backlog.wait(seconds)
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self._backlog.wait(min(left, 0.25)):
+                return
 
     def close(self) -> None:
         """Nothing to release."""

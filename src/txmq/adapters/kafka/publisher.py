@@ -51,6 +51,12 @@ HALF_MESSAGE_TRANSACTION_TIMEOUT_MS = 60_000
 #: plus up to the broker's ``transaction.abort.timed.out.transaction.cleanup.interval.ms``
 #: (10 s by default). Kafka Streams chose the same 10 s for exactly-once.
 RELAY_TRANSACTION_TIMEOUT_MS = 10_000
+#: librdkafka options bounded by ``transaction.timeout.ms`` (plus the slack it allows).
+_TIMEOUTS_WITHIN_A_TRANSACTION = (
+    ("message.timeout.ms", 0),
+    ("delivery.timeout.ms", 0),
+    ("socket.timeout.ms", 100),
+)
 _QUEUE_FULL_WAIT = 0.05
 #: Delivery report errors of messages taken back or timed out rather than refused.
 _UNCONFIRMED_CODES = frozenset(
@@ -463,9 +469,21 @@ class KafkaTransactionalPublisher(KafkaPublisher, Transaction):
     def _producer_config(self) -> dict[str, Any]:
         return self._context.config(
             self._events,
-            defaults={**_PRODUCER_DEFAULTS, "transaction.timeout.ms": self.transaction_timeout_ms},
+            defaults={**_PRODUCER_DEFAULTS, "transaction.timeout.ms": self._transaction_timeout()},
             required={**_PRODUCER_REQUIRED, "transactional.id": self.transactional_id},
         )
+
+    def _transaction_timeout(self) -> int:
+        """:attr:`transaction_timeout_ms`, raised where the URL's own delivery timeouts need
+        more: librdkafka refuses a transactional producer whose ``message.timeout.ms`` or
+        ``delivery.timeout.ms`` exceeds its ``transaction.timeout.ms``, or whose
+        ``socket.timeout.ms`` exceeds it by over 100 ms."""
+        options = self._context.settings.options
+        needed = [self.transaction_timeout_ms]
+        for option, slack in _TIMEOUTS_WITHIN_A_TRANSACTION:
+            with contextlib.suppress(KeyError, ValueError):  # librdkafka reports a bad value
+                needed.append(int(options[option]) - slack)
+        return max(needed)
 
     def _discard(self) -> None:
         super()._discard()
