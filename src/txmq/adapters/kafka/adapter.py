@@ -47,11 +47,7 @@ from txmq.adapters.kafka.client import (
     is_unreachable,
     logger,
 )
-from txmq.adapters.kafka.publisher import (
-    RELAY_TRANSACTION_TIMEOUT_MS,
-    KafkaPublisher,
-    KafkaTransactionalPublisher,
-)
+from txmq.adapters.kafka.publisher import KafkaPublisher, KafkaTransactionalPublisher
 from txmq.adapters.kafka.settings import KafkaSettings
 from txmq.adapters.kafka.subscription import KafkaSubscription
 from txmq.errors import BrokerUnavailable, ConfigurationError, QueueNotFound, TopologyError
@@ -270,10 +266,17 @@ class KafkaAdapter(Adapter):
 
     def publisher(self, *, identity: str | None = None) -> KafkaPublisher:
         """Open a publisher; with an ``identity`` each batch is one Kafka transaction, with
-        ``transactional.id = txmq-<identity>`` and a ``transaction.timeout.ms`` of 10 s
-        (the URL's ``transaction.timeout.ms`` overrides it): a relay lane killed between
-        produce and commit stalls read_committed readers of its partitions until the
-        broker aborts its transaction.
+        ``transactional.id = txmq-<identity>``.
+
+        Its ``transaction.timeout.ms`` is the publish timeout (the URL's
+        ``transaction.timeout.ms`` overrides it): a batch is given that long to be
+        confirmed anyway. A relay lane killed between produce and commit leaves its
+        transaction open, and read_committed readers of its partitions see nothing behind
+        it until the broker aborts it; a relay that takes over has a transactional.id of
+        its own (unless it reuses the dead relay's ``instance_id``) and cannot fence it. So
+        the publish timeout, plus up to the broker's
+        ``transaction.abort.timed.out.transaction.cleanup.interval.ms`` (10 s by default),
+        bounds that stall.
 
         The producer connects lazily, at the first publish.
 
@@ -285,7 +288,8 @@ class KafkaAdapter(Adapter):
         return KafkaTransactionalPublisher(
             self._context,
             _transactional_id(identity),
-            transaction_timeout_ms=RELAY_TRANSACTION_TIMEOUT_MS,
+            # librdkafka takes no less than a second.
+            transaction_timeout_ms=max(1_000, round(self._context.publish_timeout * 1000)),
         )
 
     def transaction(self, identity: str) -> KafkaTransactionalPublisher:

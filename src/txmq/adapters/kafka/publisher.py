@@ -43,14 +43,6 @@ _PRODUCER_REQUIRED: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
 #: ``transaction.timeout.ms`` of a producer's half messages: the transaction stays open
 #: while the application's local transaction runs.
 HALF_MESSAGE_TRANSACTION_TIMEOUT_MS = 60_000
-#: ``transaction.timeout.ms`` of a relay lane: a batch is produced and committed in
-#: milliseconds. A lane killed between produce and commit leaves its transaction open, and
-#: read_committed readers of its partitions see nothing behind it until the broker aborts
-#: it; a relay that takes over has a transactional.id of its own (unless it reuses the
-#: dead relay's ``instance_id``) and cannot fence it. So this bounds that stall: 10 s,
-#: plus up to the broker's ``transaction.abort.timed.out.transaction.cleanup.interval.ms``
-#: (10 s by default). Kafka Streams chose the same 10 s for exactly-once.
-RELAY_TRANSACTION_TIMEOUT_MS = 10_000
 #: librdkafka options bounded by ``transaction.timeout.ms`` (plus the slack it allows).
 _TIMEOUTS_WITHIN_A_TRANSACTION = (
     ("message.timeout.ms", 0),
