@@ -174,10 +174,13 @@ def staging_section(results: Results, engine: Engine, count: int, body: bytes, r
 
 
 def wal_position(engine: Engine) -> int:
+    """The WAL *insert* position, in bytes. Not the write position (``pg_current_wal_lsn``):
+    with ``synchronous_commit=off`` that one lags by whatever the WAL writer has not yet
+    written out, and may not move at all across a small transaction."""
     with engine.connect() as connection:
         return int(
             connection.execute(
-                text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")
+                text("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')")
             ).scalar_one()
         )
 

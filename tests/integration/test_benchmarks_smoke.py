@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
 pytestmark = [pytest.mark.broker, pytest.mark.database, pytest.mark.slow]
 
@@ -121,3 +122,28 @@ def test_smoke_report_has_every_figure(
     assert (tmp_path / "out.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     # The table on stdout names every figure too.
     assert all(name in done.stdout for name in figures)
+
+
+def test_the_wal_position_counts_a_commit_that_is_not_yet_written_out(database_url: str) -> None:
+    """The test database runs with ``synchronous_commit=off``: a commit's WAL stays in the
+    buffers until the WAL writer's next round, so the *write* position
+    (``pg_current_wal_lsn``) may not have moved right after it. The benchmark reads the
+    *insert* position, which every WAL record moves at once."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import database
+    finally:
+        sys.path.remove(str(ROOT))
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sqlalchemy.text("CREATE TABLE IF NOT EXISTS bench_wal_probe (b int)")
+            )
+        for attempt in range(20):
+            before = database.wal_position(engine)
+            with engine.begin() as connection:
+                connection.execute(sqlalchemy.text("INSERT INTO bench_wal_probe VALUES (1)"))
+            assert database.wal_position(engine) > before, attempt
+    finally:
+        engine.dispose()
