@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,28 @@ def test_the_wal_position_counts_a_commit_that_is_not_yet_written_out(database_u
             assert database.wal_position(engine) > before, attempt
     finally:
         engine.dispose()
+
+
+def test_the_cursor_probe_runs_and_reports_its_ratios(
+    broker_url: str, database_url: str, tmp_path: Path
+) -> None:
+    """``python -m benchmarks.cursor_probe``, tiny: the on-demand design probe never rots."""
+    broker = "kafka" if broker_url.startswith("kafka") else "rabbitmq"
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.cursor_probe", "--broker", broker),
+            *("--url", broker_url, "--database", database_url),
+            *("--count", "300", "--history", "500", "--rounds", "1"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("raw", "relay", "cursor"):
+        assert re.search(rf"^{broker} {name} .* msg/s", done.stdout, re.MULTILINE), done.stdout
+    assert re.search(rf"^{broker} cursor .* ratio \d+\.\d\dx$", done.stdout, re.MULTILINE)
