@@ -48,6 +48,23 @@ def expected_figures(broker: str) -> set[str]:
     return names
 
 
+def run_benchmark(cwd: Path, arguments: list[str]) -> subprocess.CompletedProcess[str]:
+    """``python -m <arguments>`` with the checkout's ``src`` and root importable; it must
+    exit 0 within 240 s."""
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    done = subprocess.run(
+        [sys.executable, "-m", *arguments],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 #: Figures the issue sets a target for, and the baseline each is compared with.
 TARGETED = {
     "relay.{b}.empty": True,
@@ -68,11 +85,9 @@ def test_smoke_report_has_every_figure(
 ) -> None:
     broker = "kafka" if broker_url.startswith("kafka") else "rabbitmq"
     out = tmp_path / "out.json"
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
-    done = subprocess.run(
+    done = run_benchmark(
+        tmp_path,
         [
-            sys.executable,
-            "-m",
             "benchmarks",
             "--smoke",
             "--brokers",
@@ -89,14 +104,7 @@ def test_smoke_report_has_every_figure(
             "--latency-producers",
             "2",
         ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
 
     report = json.loads(out.read_text())
     figures = report["figures"]
@@ -155,21 +163,14 @@ def test_the_cursor_probe_runs_and_reports_its_ratios(
 ) -> None:
     """``python -m benchmarks.cursor_probe``, tiny: the on-demand design probe never rots."""
     broker = "kafka" if broker_url.startswith("kafka") else "rabbitmq"
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
-    done = subprocess.run(
+    done = run_benchmark(
+        tmp_path,
         [
-            *(sys.executable, "-m", "benchmarks.cursor_probe", "--broker", broker),
+            *("benchmarks.cursor_probe", "--broker", broker),
             *("--url", broker_url, "--database", database_url),
             *("--count", "300", "--history", "500", "--rounds", "1"),
         ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     for name in ("raw", "relay", "cursor"):
         assert re.search(rf"^{broker} {name} .* msg/s", done.stdout, re.MULTILINE), done.stdout
     assert re.search(rf"^{broker} cursor .* ratio \d+\.\d\dx$", done.stdout, re.MULTILINE)
