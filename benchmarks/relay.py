@@ -63,6 +63,11 @@ def stage(producer: txmq.Producer, topic: str, count: int, body: bytes) -> None:
 def relay_run(producer: txmq.Producer, topic: str, count: int, body: bytes) -> Rate:
     """Stage ``count`` messages, then time their relay with the default settings."""
     stage(producer, topic, count, body)
+    return relay_drain(producer, count)
+
+
+def relay_drain(producer: txmq.Producer, count: int) -> Rate:
+    """Time the relay of the ``count`` records staged, with the default settings."""
     relay = producer.relay().connect()  # Kafka's init_transactions happens before the clock
     try:
         clock = CpuClock()

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -144,16 +145,19 @@ def test_the_wal_position_counts_a_commit_that_is_not_yet_written_out(database_u
     finally:
         sys.path.remove(str(ROOT))
     engine = sqlalchemy.create_engine(database_url)
+    table = f"bench_wal_probe_{uuid.uuid4().hex[:8]}"
     try:
         with engine.begin() as connection:
-            connection.execute(
-                sqlalchemy.text("CREATE TABLE IF NOT EXISTS bench_wal_probe (b int)")
-            )
-        for attempt in range(20):
-            before = database.wal_position(engine)
+            connection.execute(sqlalchemy.text(f"CREATE TABLE {table} (b int)"))
+        try:
+            for attempt in range(20):
+                before = database.wal_position(engine)
+                with engine.begin() as connection:
+                    connection.execute(sqlalchemy.text(f"INSERT INTO {table} VALUES (1)"))
+                assert database.wal_position(engine) > before, attempt
+        finally:
             with engine.begin() as connection:
-                connection.execute(sqlalchemy.text("INSERT INTO bench_wal_probe VALUES (1)"))
-            assert database.wal_position(engine) > before, attempt
+                connection.execute(sqlalchemy.text(f"DROP TABLE {table}"))
     finally:
         engine.dispose()
 
@@ -171,6 +175,10 @@ def test_the_cursor_probe_runs_and_reports_its_ratios(
             *("--count", "300", "--history", "500", "--rounds", "1"),
         ],
     )
-    for name in ("raw", "relay", "cursor"):
+    for name in ("raw", "relay", "cursor", "cursor/relay"):
         assert re.search(rf"^{broker} {name} .* msg/s", done.stdout, re.MULTILINE), done.stdout
-    assert re.search(rf"^{broker} cursor .* ratio \d+\.\d\dx$", done.stdout, re.MULTILINE)
+    ratio = r"ratio \d+\.\d\dx \(\d+\.\d\d\.\.\d+\.\d\d\)$"
+    for name in ("cursor", "cursor/relay"):
+        assert re.search(rf"^{broker} {name} .* {ratio}", done.stdout, re.MULTILINE), done.stdout
+    for name in ("wal.relay", "wal.cursor", "stalled"):
+        assert re.search(rf"^{broker} {name} +[\d.,]+ ", done.stdout, re.MULTILINE), done.stdout
