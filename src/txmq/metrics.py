@@ -39,6 +39,7 @@ from txmq.outbox.store import OutboxStore, utcnow
 from txmq.saga.definition import SagaState
 from txmq.saga.store import SagaStore
 from txmq.sql.schema import as_schema_missing
+from txmq.sql.tables import in_state
 from txmq.states import RecordState
 from txmq.telemetry import (
     CONSUMER_LAG,
@@ -203,14 +204,14 @@ def oldest_staged(records: Table, group: str) -> Select[Any]:
     in_group = records.c.producer_group == group
     ready = (
         select(records.c.created_at)
-        .where(records.c.state == RecordState.READY.value, in_group)
+        .where(in_state(records, RecordState.READY), in_group)
         .order_by(records.c.seq)
         .limit(1)
         .scalar_subquery()
     )
     prepared = (
         select(func.min(records.c.created_at))
-        .where(records.c.state == RecordState.PREPARED.value, in_group)
+        .where(in_state(records, RecordState.PREPARED), in_group)
         .scalar_subquery()
     )
     return select(ready, prepared)

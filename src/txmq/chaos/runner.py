@@ -28,6 +28,7 @@ from txmq.chaos.rig import PrivateServer, Rig, Service, services
 from txmq.chaos.scenario import ACCOUNTS, FROZEN, OPENING_BALANCE, BankTables, Scenario
 from txmq.chaos.workload import POISON
 from txmq.errors import ConfigurationError
+from txmq.sql.tables import in_state
 from txmq.testing.provision import cluster
 
 Say = Callable[[str], object]
@@ -263,8 +264,8 @@ class _Run:
     def backlog(self) -> int:
         """Outbox records still to publish or to decide (READY or PREPARED)."""
         records = self.tables.outbox.records
-        pending = (RecordState.READY.value, RecordState.PREPARED.value)
-        query = select(func.count()).select_from(records).where(records.c.state.in_(pending))
+        pending = in_state(records, RecordState.READY, RecordState.PREPARED)
+        query = select(func.count()).select_from(records).where(pending)
         with self.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
 

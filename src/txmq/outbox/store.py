@@ -46,7 +46,7 @@ from txmq.sql.schema import (
     raises_schema_missing,
     upgrade_statements,
 )
-from txmq.sql.tables import OutboxTables
+from txmq.sql.tables import OutboxTables, in_state
 from txmq.states import LocalTransactionState, RecordState
 
 log = logging.getLogger("txmq.outbox")
@@ -140,7 +140,7 @@ class OutboxStore:
                 records.c.publish_attempts,
             )
             .where(
-                records.c.state == bindparam("ready", RecordState.READY.value),
+                in_state(records, RecordState.READY),
                 records.c.producer_group == bindparam("group"),
                 records.c.seq > bindparam("after"),
                 or_(records.c.check_after.is_(None), records.c.check_after <= bindparam("now")),
@@ -286,7 +286,7 @@ class OutboxStore:
         """Row-lock a PREPARED record so check-backs skip it; False if it is no longer PREPARED."""
         records = self.tables.records
         query = select(records.c.seq).where(
-            records.c.id == message_id, records.c.state == RecordState.PREPARED.value
+            records.c.id == message_id, in_state(records, RecordState.PREPARED)
         )
         return connection.execute(self.sql.row_lock(query)).first() is not None
 
@@ -316,7 +316,7 @@ class OutboxStore:
             update(records)
             .where(
                 records.c.id == message_id,
-                records.c.state.in_([s.value for s in expected]),
+                in_state(records, *expected),
                 *self._still_due(due),
             )
             .values(values)
@@ -385,7 +385,7 @@ class OutboxStore:
             .where(
                 records.c.id == message_id,
                 records.c.producer_group == group,
-                records.c.state == RecordState.DELAYED.value,
+                in_state(records, RecordState.DELAYED),
             )
             .values(state=RecordState.CANCELLED.value, updated_at=utcnow())
         ).rowcount
@@ -404,7 +404,7 @@ class OutboxStore:
         """
         records = self.tables.records
         delayed = [
-            records.c.state == RecordState.DELAYED.value,
+            in_state(records, RecordState.DELAYED),
             records.c.producer_group == group,
         ]
         with self.queue_engine.begin() as connection:
@@ -421,7 +421,7 @@ class OutboxStore:
                 connection.execute(
                     update(records)
                     # DELAYED still: on SQLite a cancel may have committed since the select.
-                    .where(records.c.seq.in_(seqs), records.c.state == RecordState.DELAYED.value)
+                    .where(records.c.seq.in_(seqs), in_state(records, RecordState.DELAYED))
                     .values(state=RecordState.READY.value, updated_at=utcnow())
                 )
             # Still to come: a due record skipped (locked) waits for a later look, not for a
@@ -448,9 +448,7 @@ class OutboxStore:
         while True:
             # ORDER BY .. LIMIT 1, not min(): with stale statistics, min() was planned as an
             # aggregate over every entry above the last name.
-            query = select(records.c.producer_group).where(
-                records.c.state == RecordState.READY.value
-            )
+            query = select(records.c.producer_group).where(in_state(records, RecordState.READY))
             if found:
                 query = query.where(records.c.producer_group > found[-1])
             group = connection.execute(query.order_by(records.c.producer_group).limit(1)).scalar()
@@ -464,9 +462,7 @@ class OutboxStore:
         records = self.tables.records
         found: list[str] = []
         while True:
-            query = select(records.c.producer_group).where(
-                records.c.state == RecordState.DELAYED.value
-            )
+            query = select(records.c.producer_group).where(in_state(records, RecordState.DELAYED))
             if found:
                 query = query.where(records.c.producer_group > found[-1])
             group = connection.execute(query.order_by(records.c.producer_group).limit(1)).scalar()
@@ -494,7 +490,6 @@ class OutboxStore:
         rows = self._claim.run(
             connection,
             {
-                "ready": RecordState.READY.value,
                 "group": group,
                 "after": after,
                 "now": utcnow(),
@@ -528,7 +523,7 @@ class OutboxStore:
         earlier = connection.execute(
             select(records.c.seq, records.c.topic, records.c.key)
             .where(
-                records.c.state == RecordState.READY.value,
+                in_state(records, RecordState.READY),
                 records.c.key.is_not(None),
                 # Both leading columns of the (topic, key, seq) index, so that it is sought,
                 # not scanned through every keyed record waiting.
@@ -593,7 +588,7 @@ class OutboxStore:
         with self.engine.connect() as connection:
             rows = connection.execute(
                 select(records.c.check_after).where(
-                    records.c.seq.in_(list(seqs)), records.c.state == RecordState.READY.value
+                    records.c.seq.in_(list(seqs)), in_state(records, RecordState.READY)
                 )
             )
             return [_aware(at) or utcnow() for (at,) in rows]
@@ -608,7 +603,7 @@ class OutboxStore:
         query = (
             select(records)
             .where(
-                records.c.state == RecordState.PREPARED.value,
+                in_state(records, RecordState.PREPARED),
                 records.c.producer_group == group,
                 records.c.check_after <= now,
             )
@@ -651,7 +646,7 @@ class OutboxStore:
             return []
         records = self.tables.records
         return [
-            records.c.state == RecordState.PREPARED.value,
+            in_state(records, RecordState.PREPARED),
             records.c.check_after <= due,
         ]
 
@@ -666,7 +661,7 @@ class OutboxStore:
         with self.engine.begin() as connection:
             moved = connection.execute(
                 update(records)
-                .where(records.c.id == message_id, records.c.state == RecordState.PREPARED.value)
+                .where(records.c.id == message_id, in_state(records, RecordState.PREPARED))
                 .values(check_after=until)
             ).rowcount
         return bool(moved == 1)
@@ -690,7 +685,7 @@ class OutboxStore:
     ) -> list[OutboxRecord]:
         """Records in ``state`` of ``groups`` (None: of every group), oldest first."""
         records = self.tables.records
-        query = select(records).where(records.c.state == state.value)
+        query = select(records).where(in_state(records, state))
         if groups is not None:
             query = query.where(records.c.producer_group.in_(groups))
         with self.engine.connect() as connection:
@@ -738,8 +733,7 @@ class OutboxStore:
         elif to is RecordState.READY:
             values["check_after"] = None
         values["state"] = self._ready_or_delayed(to, values["updated_at"])
-        expected_values = [s.value for s in expected]
-        where = [records.c.id == message_id, records.c.state.in_(expected_values)]
+        where = [records.c.id == message_id, in_state(records, *expected)]
         if group is not None:
             where.append(records.c.producer_group == group)
         with self.engine.begin() as connection:
@@ -748,7 +742,7 @@ class OutboxStore:
                 of_group = f" of group {group!r}" if group is not None else ""
                 raise RecordNotFound(
                     f"no outbox record {message_id!r}{of_group} in state "
-                    f"{' or '.join(expected_values)}"
+                    f"{' or '.join(s.value for s in expected)}"
                 )
 
     def retry_failed(self, message_id: str) -> None:
@@ -757,7 +751,7 @@ class OutboxStore:
         with self.engine.begin() as connection:
             moved = connection.execute(
                 update(records)
-                .where(records.c.id == message_id, records.c.state == RecordState.FAILED.value)
+                .where(records.c.id == message_id, in_state(records, RecordState.FAILED))
                 .values(
                     state=RecordState.READY.value,
                     publish_attempts=0,
@@ -774,7 +768,7 @@ class OutboxStore:
         with self.engine.begin() as connection:
             deleted = connection.execute(
                 delete(records).where(
-                    records.c.id == message_id, records.c.state == RecordState.FAILED.value
+                    records.c.id == message_id, in_state(records, RecordState.FAILED)
                 )
             ).rowcount
         if not deleted:
@@ -794,10 +788,10 @@ class OutboxStore:
         records, markers = self.tables.records, self.tables.markers
         cutoff = utcnow() - older_than
         done = 0
-        finished = [RecordState.SENT.value, RecordState.ROLLED_BACK.value]
         # Two conditions, each the predicate of its own partial index.
-        cancelled = records.c.state == RecordState.CANCELLED.value
-        for ended in (records.c.state.in_(finished), cancelled):
+        finished = in_state(records, RecordState.SENT, RecordState.ROLLED_BACK)
+        cancelled = in_state(records, RecordState.CANCELLED)
+        for ended in (finished, cancelled):
             while True:
                 with self.queue_engine.begin() as connection:
                     victims = select(records.c.seq).where(ended, records.c.updated_at < cutoff)
@@ -811,7 +805,7 @@ class OutboxStore:
                     done += len(seqs)
         with self.queue_engine.begin() as connection:
             still_pending = select(records.c.tx_key).where(
-                records.c.tx_key.is_not(None), records.c.state == RecordState.PREPARED.value
+                records.c.tx_key.is_not(None), in_state(records, RecordState.PREPARED)
             )
             marker_cutoff = utcnow() - max(older_than, MARKER_RETENTION)
             connection.execute(

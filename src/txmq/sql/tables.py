@@ -38,6 +38,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     event,
+    literal_column,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -147,9 +148,9 @@ def make_outbox_tables(
     )
     # Partial indexes hold only the rows a query looks for, so staging a READY row touches
     # as few indexes as possible (MySQL, which has none, gets full ones).
-    ready = records.c.state == RecordState.READY.value
-    prepared = records.c.state == RecordState.PREPARED.value
-    finished = records.c.state.in_([RecordState.SENT.value, RecordState.ROLLED_BACK.value])
+    ready = in_state(records, RecordState.READY)
+    prepared = in_state(records, RecordState.PREPARED)
+    finished = in_state(records, RecordState.SENT, RecordState.ROLLED_BACK)
     # Relays claim per producer group: a backlog of a group nobody relays is never read.
     _partial_index(f"ix_{records_name}_ready", ready, records.c.producer_group, records.c.seq)
     _partial_index(
@@ -170,13 +171,13 @@ def make_outbox_tables(
     # reads none of them; a relay finds the due ones through this index.
     _partial_index(
         f"ix_{records_name}_delayed",
-        records.c.state == RecordState.DELAYED.value,
+        in_state(records, RecordState.DELAYED),
         records.c.producer_group,
         records.c.deliver_at,
     )
     _partial_index(
         f"ix_{records_name}_cancelled",
-        records.c.state == RecordState.CANCELLED.value,
+        in_state(records, RecordState.CANCELLED),
         records.c.updated_at,
     )
     _notify_relays_on_ready(records)
@@ -291,6 +292,23 @@ END $$"""
 def _full_name(name: str, schema: str | None) -> str:
     """The key of a table in ``MetaData.tables``, and its name in DDL: ``schema.name``."""
     return name if schema is None else f"{schema}.{name}"
+
+
+def in_state(records: Table, *states: RecordState) -> ColumnElement[bool]:
+    """``state = 'READY'`` (``IN (..)`` for several), the states written into the SQL.
+
+    Every query on the outbox filters on its state this way, and so do the partial indexes'
+    predicates. A planner uses a partial index only where it can prove the predicate from the
+    query, and a bound parameter proves nothing to a plan made for any value: once
+    PostgreSQL switched a prepared claim (psycopg prepares a statement after five runs) to
+    its generic plan, every claim read the whole table through the primary key. SQLite never
+    matches a partial index's predicate to a parameter.
+    """
+    # The values are RecordState's own constants: upper-case letters and underscores.
+    values = [literal_column(f"'{state.value}'", String) for state in states]
+    if len(values) == 1:
+        return records.c.state == values[0]
+    return records.c.state.in_(values)
 
 
 def _partial_index(name: str, where: ColumnElement[bool], *columns: Column[Any]) -> Index:
