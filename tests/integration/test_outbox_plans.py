@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, MetaData, create_engine, text
 from sqlalchemy.pool import StaticPool
 
 import txmq
-from txmq.outbox.store import OutboxStore, utcnow
+from txmq.outbox.store import ClaimedRecord, OutboxStore, utcnow
 
 pytestmark = pytest.mark.database
 
@@ -31,15 +31,20 @@ HISTORY = 20_000
 AT_MOST = 100
 
 
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
+def one_connection(database_url: str, plan_cache_mode: str) -> Engine:
     """One connection (so its statistics can be read back), every statement prepared on its
-    first run (psycopg's ``prepare_threshold``) and planned for any parameters."""
-    engine = create_engine(
+    first run (psycopg's ``prepare_threshold``) and planned by ``plan_cache_mode``."""
+    return create_engine(
         database_url,
         poolclass=StaticPool,
-        connect_args={"prepare_threshold": 0, "options": "-c plan_cache_mode=force_generic_plan"},
+        connect_args={"prepare_threshold": 0, "options": f"-c plan_cache_mode={plan_cache_mode}"},
     )
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """Every statement planned once for any parameter values."""
+    engine = one_connection(database_url, "force_generic_plan")
     yield engine
     engine.dispose()
 
@@ -50,7 +55,12 @@ def store(engine: Engine) -> Iterator[OutboxStore]:
     metadata = MetaData()
     tables = txmq.make_outbox_tables(metadata, prefix=f"plans_{uuid.uuid4().hex[:8]}_")
     metadata.create_all(engine)
-    name = tables.records.name
+    fill(engine, tables.records.name)
+    yield OutboxStore(engine, tables)
+    metadata.drop_all(engine)
+
+
+def fill(engine: Engine, name: str) -> None:
     with engine.begin() as connection:
         connection.execute(
             text(
@@ -73,10 +83,12 @@ def store(engine: Engine) -> Iterator[OutboxStore]:
                 "  now() - interval '1 minute', now(), now())"
             )
         )
+    analyze(engine, name)
+
+
+def analyze(engine: Engine, name: str) -> None:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text(f"VACUUM ANALYZE {name}"))
-    yield OutboxStore(engine, tables)
-    metadata.drop_all(engine)
 
 
 def rows_read(connection: Connection, table: str) -> int:
@@ -153,3 +165,44 @@ def test_the_claim_still_finds_its_record_under_a_generic_plan(store: OutboxStor
         assert [record.message.id for record in due] == ["prepared"]
         assert store.delayed_groups(connection) == ["shop"]
     assert store.release_due("shop", now=utcnow())[0] == 1
+
+
+@pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
+def test_a_claim_reads_the_ready_index_when_another_group_holds_the_ready_records(
+    database_url: str, plan_cache_mode: str
+) -> None:
+    """Statistics that put every READY record in another group (one whose relay is down,
+    or that never runs one) made the planner walk the primary key for this group's claim,
+    expecting a batch within the first pages: it read the whole table."""
+    engine = one_connection(database_url, plan_cache_mode)
+    metadata = MetaData()
+    tables = txmq.make_outbox_tables(metadata, prefix=f"plans_{uuid.uuid4().hex[:8]}_")
+    try:
+        metadata.create_all(engine)
+        name = tables.records.name
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    f"INSERT INTO {name} (id, producer_group, topic, headers, body, state,"
+                    " created_at, updated_at)"
+                    " SELECT 'waiting-' || g, 'reports', 'reports', '{}', 'x', 'READY', now(),"
+                    " now() FROM generate_series(1, :rows) AS g"
+                ),
+                {"rows": HISTORY // 2},
+            )
+        fill(engine, name)
+        store = OutboxStore(engine, tables)
+
+        def claim() -> list[ClaimedRecord]:
+            with engine.begin() as connection:
+                return store.claim_ready(connection, 1000, group="shop")
+
+        claim()
+        before = flushed_rows_read(engine, name)
+        claimed = claim()
+        read = flushed_rows_read(engine, name) - before
+        assert [record.message.id for record in claimed] == ["ready"]
+        assert read <= AT_MOST, f"the claim read {read:,} of the {HISTORY * 3 // 2:,} rows"
+    finally:
+        metadata.drop_all(engine)
+        engine.dispose()

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Row,
+    Select,
     and_,
     bindparam,
     case,
@@ -129,25 +130,25 @@ class OutboxStore:
         records = tables.records
         # One producer group per claim, through the READY index on (group, seq): it reads
         # only its batch, however large another group's backlog.
-        claim = (
-            select(
-                records.c.seq,
-                records.c.id,
-                records.c.topic,
-                records.c.key,
-                records.c.headers,
-                records.c.body,
-                records.c.publish_attempts,
-            )
-            .where(
-                in_state(records, RecordState.READY),
-                records.c.producer_group == bindparam("group"),
-                records.c.seq > bindparam("after"),
-                or_(records.c.check_after.is_(None), records.c.check_after <= bindparam("now")),
-            )
-            .order_by(records.c.seq)
-            .limit(bindparam("limit"))
+        ready: Select[Any] = select(
+            records.c.seq,
+            records.c.id,
+            records.c.topic,
+            records.c.key,
+            records.c.headers,
+            records.c.body,
+            records.c.publish_attempts,
+        ).where(
+            in_state(records, RecordState.READY),
+            or_(records.c.check_after.is_(None), records.c.check_after <= bindparam("now")),
         )
+        claim = self.sql.after_in_group(
+            ready,
+            records.c.producer_group,
+            records.c.seq,
+            group_value=bindparam("group"),
+            after=bindparam("after"),
+        ).limit(bindparam("limit"))
         # The relay's statements run thousands of rows a second, and staging once per
         # business transaction: all four take the direct-cursor path.
         self._claim = DirectStatement(self.sql.claim_lock(claim))
