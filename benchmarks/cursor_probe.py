@@ -22,7 +22,7 @@ design before it is built, in the same rounds as the raw baseline and today's re
 * the table holds ``history`` older records before the cursor, as the relay's does.
 
 Besides the rates it reports, per published record, the WAL that each design writes while
-it relays (the staging excluded), and how long the probe waited on an empty batch.
+it relays (the staging excluded), and how long the probe slept after empty batches.
 
 ``python -m benchmarks.cursor_probe --broker kafka`` prints each round and the medians.
 """
@@ -64,7 +64,7 @@ class CursorRun:
     rate: Rate
     #: WAL written while relaying (the staging excluded), bytes per published record.
     wal_per_record: float
-    #: Seconds spent waiting on an empty batch while records were still to come.
+    #: Seconds slept after empty batches while records were still to come.
     stalled: float
 
 
@@ -242,7 +242,7 @@ def probe(broker: str, url: str, database_url: str, count: int, history: int, ro
     results.figure("cpu.cursor", "probe: CPU per 1,000", "s", better="lower", baseline="cpu.raw")
     results.figure("wal.relay", "relay: WAL per record", "B", better="lower")
     results.figure("wal.cursor", "probe: WAL per record", "B", better="lower")
-    results.figure("stalled", "probe: waited on an empty batch", "s", better="lower")
+    results.figure("stalled", "probe: slept after empty batches", "s", better="lower")
 
     with contextlib.ExitStack() as cleanup:
         engine = create_engine(database_url)

@@ -38,6 +38,7 @@ from txmq.message import validate_name
 from txmq.outbox.store import OutboxStore, utcnow
 from txmq.saga.definition import SagaState
 from txmq.saga.store import SagaStore
+from txmq.sql.dialect import SqlDialect
 from txmq.sql.schema import as_schema_missing
 from txmq.sql.tables import in_state
 from txmq.states import RecordState
@@ -114,7 +115,7 @@ class OutboxSampler:
             for group, state, count in rows:
                 counts[group][RecordState(state)] = count
             for group in self.groups:
-                staged = connection.execute(oldest_staged(records, group)).one()
+                staged = connection.execute(oldest_staged(records, group, sql=self.store.sql)).one()
                 now = utcnow()
                 oldest[group] = {
                     RecordState.READY: _age(now, staged[0]),
@@ -194,18 +195,21 @@ class ConsumerLagSampler(_BrokerSampler):
         return self.broker.consumer_lag(group, topic)
 
 
-def oldest_staged(records: Table, group: str) -> Select[Any]:
+def oldest_staged(records: Table, group: str, *, sql: SqlDialect | None = None) -> Select[Any]:
     """One row: when the oldest READY and the oldest PREPARED record of ``group`` were staged.
 
     Neither scans the table: READY is the first in publishing order, along the partial index
-    on ``seq``; PREPARED the minimum over the group's part of the partial index on
-    ``(producer_group, check_after)``.
+    on ``(producer_group, seq)``; PREPARED the minimum over the group's part of the partial
+    index on ``(producer_group, check_after)``. ``sql``, the database's dialect, writes the
+    READY lookup as the relay's claim is written (see ``SqlDialect.after_in_group``).
     """
     in_group = records.c.producer_group == group
+    ready_query = select(records.c.created_at).where(in_state(records, RecordState.READY))
     ready = (
-        select(records.c.created_at)
-        .where(in_state(records, RecordState.READY), in_group)
-        .order_by(records.c.seq)
+        (sql or SqlDialect("generic"))
+        .after_in_group(
+            ready_query, records.c.producer_group, records.c.seq, group_value=group, after=0
+        )
         .limit(1)
         .scalar_subquery()
     )

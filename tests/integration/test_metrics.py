@@ -143,7 +143,7 @@ def test_the_oldest_age_queries_scan_no_table(
     store.prepare(Message("t", b"half"), group, immunity=timedelta(minutes=1))
     with engine.begin() as connection:
         connection.execute(text(f"ANALYZE {name}"))
-        statement = oldest_staged(tables.records, group).compile(
+        statement = oldest_staged(tables.records, group, sql=store.sql).compile(
             engine, compile_kwargs={"literal_binds": True}
         )
         plan = "\n".join(connection.execute(text(f"EXPLAIN {statement}")).scalars())

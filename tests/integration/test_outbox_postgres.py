@@ -336,7 +336,7 @@ def test_claim_and_mark_read_only_the_batch_when_statistics_are_stale(
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cursor.execute(
             "EXPLAIN " + store._claim.sql(engine.dialect),
-            {"ready": "READY", "group": "orders", "after": 0, "now": utcnow(), "limit": 100},
+            {"group": "orders", "after": 0, "now": utcnow(), "limit": 100},
         )
         claim_plan = "\n".join(row[0] for row in cursor.fetchall())
         cursor.execute(

@@ -146,8 +146,10 @@ class OutboxStore:
             ready,
             records.c.producer_group,
             records.c.seq,
-            group_value=bindparam("group"),
-            after=bindparam("after"),
+            # Typed, so that the driver sends one type whatever the value (psycopg keys its
+            # prepared statements by the parameters' types as well as the text).
+            group_value=bindparam("group", type_=records.c.producer_group.type),
+            after=bindparam("after", type_=records.c.seq.type),
         ).limit(bindparam("limit"))
         # The relay's statements run thousands of rows a second, and staging once per
         # business transaction: all four take the direct-cursor path.

@@ -19,6 +19,7 @@ txmq may import it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -294,6 +295,10 @@ def _full_name(name: str, schema: str | None) -> str:
     return name if schema is None else f"{schema}.{name}"
 
 
+#: What a state's value may hold to be written into SQL text.
+_STATE_VALUE = re.compile("[A-Z_]+")
+
+
 def in_state(records: Table, *states: RecordState) -> ColumnElement[bool]:
     """``state = 'READY'`` (``IN (..)`` for several), the states written into the SQL.
 
@@ -301,11 +306,14 @@ def in_state(records: Table, *states: RecordState) -> ColumnElement[bool]:
     predicates. A planner uses a partial index only where it can prove the predicate from the
     query, and a bound parameter proves nothing to a plan made for any value: once
     PostgreSQL switched a prepared claim (psycopg prepares a statement after five runs) to
-    its generic plan, every claim read the whole table through the primary key. SQLite never
-    matches a partial index's predicate to a parameter.
+    its generic plan, every claim read the whole table through the primary key.
     """
-    # The values are RecordState's own constants: upper-case letters and underscores.
-    values = [literal_column(f"'{state.value}'", String) for state in states]
+    values = []
+    for state in states:
+        # RecordState's own constants; the check keeps the SQL text safe if one is added.
+        if not _STATE_VALUE.fullmatch(state.value):
+            raise ValueError(f"record state {state.value!r} cannot be written into SQL")
+        values.append(literal_column(f"'{state.value}'", String))
     if len(values) == 1:
         return records.c.state == values[0]
     return records.c.state.in_(values)
