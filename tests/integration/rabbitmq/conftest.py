@@ -97,9 +97,12 @@ def depth(raw_channel: Any) -> Callable[[str], int]:
 
 
 class TcpProxy:
-    """Forwards TCP connections to the broker; can hold broker->client bytes or cut sockets.
+    """Forwards TCP connections to the broker; can hold broker->client bytes, freeze the
+    connections open so far, or cut sockets.
 
-    Lets tests lose confirms (hold) and kill connections (sever) the way a network would.
+    Lets tests lose confirms (hold), strand a connection behind a partition that new
+    connections no longer meet (freeze: TCP retransmits on such a connection only after a
+    back-off of seconds) and kill connections (sever) the way a network would.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -111,6 +114,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._flowing = threading.Event()
         self._flowing.set()
+        self._gates: list[threading.Event] = []  # one per connection: cleared while frozen
         self._stopped = threading.Event()
         self.upstream_bytes = 0
         self.connections = 0
@@ -121,6 +125,18 @@ class TcpProxy:
 
     def resume_downstream(self) -> None:
         self._flowing.set()
+
+    def freeze(self) -> None:
+        """Hold the bytes of every connection opened so far, both ways; later connections
+        flow."""
+        with self._lock:
+            for gate in self._gates:
+                gate.clear()
+
+    def thaw(self) -> None:
+        with self._lock:
+            for gate in self._gates:
+                gate.set()
 
     def sever(self) -> None:
         with self._lock:
@@ -133,6 +149,7 @@ class TcpProxy:
     def close(self) -> None:
         self._stopped.set()
         self._flowing.set()
+        self.thaw()
         self.sever()
         self._server.close()
 
@@ -145,13 +162,20 @@ class TcpProxy:
             except OSError:
                 return
             upstream = socket.create_connection(self._target)
+            gate = threading.Event()
+            gate.set()
             with self._lock:
                 self._sockets += [client, upstream]
+                self._gates.append(gate)
                 self.connections += 1
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+            for source, sink, up in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(
+                    target=self._pump, args=(source, sink, up, gate), daemon=True
+                ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, upstream: bool, gate: threading.Event
+    ) -> None:
         try:
             while data := source.recv(65536):
                 if upstream:
@@ -159,6 +183,7 @@ class TcpProxy:
                         self.upstream_bytes += len(data)
                 else:
                     self._flowing.wait()
+                gate.wait()
                 sink.sendall(data)
         except OSError:
             pass

@@ -18,6 +18,15 @@ about as much CPU as the consumer's own work per message). Acks are written at o
 the caller has nothing left to poll (so a small prefetch never waits for them), when they
 fill half the prefetch, or with a release; those still waiting when the subscription closes
 are written before the connection closes. A release is waited for until it is written.
+
+A subscription that is closed while its connection hangs (behind a partition, say) leaves
+its IO thread to finish closing by itself, and until the broker has taken that close, it
+still holds the subscription's unacknowledged messages: they are redelivered only then. A
+new subscription to the same queue opened meanwhile would receive the messages published
+after them first. So, in one process, a subscription to a queue is refused with
+:class:`~txmq.errors.BrokerUnavailable` while an earlier one to that queue is still
+closing (the consumer backs off and tries again), which keeps per-key order across a
+reconnect.
 """
 
 from __future__ import annotations
@@ -62,6 +71,14 @@ ACK_INTERVAL = 0.01
 
 _AMQP_ERRORS = (pika.exceptions.AMQPError, OSError)
 
+#: A queue as the broker knows it: (nodes, virtual host, queue name).
+_QueueKey = tuple[tuple[tuple[str, int], ...], str, str]
+
+#: Subscriptions whose close() returned while their IO thread was still closing the
+#: connection (see the module's docstring), guarded by _closing_lock.
+_closing: list[RabbitMQSubscription] = []
+_closing_lock = threading.Lock()
+
 
 class _Settlement:
     """Acks (or requeueing rejects) of some delivery tags, handed to the IO thread."""
@@ -91,7 +108,9 @@ class RabbitMQSubscription(Subscription):
     included); the subscription does not reconnect.
 
     Raises (when opened):
-        BrokerUnavailable: the broker cannot be reached.
+        BrokerUnavailable: the broker cannot be reached, or an earlier subscription to one
+            of the queues in this process is still closing its connection (waited for up
+            to the connect timeout plus a second first).
         TopologyError: a source queue does not exist.
     """
 
@@ -118,6 +137,8 @@ class RabbitMQSubscription(Subscription):
         self._sources: dict[str, str] = {}  # consumer tag -> queue
         self._next_write = 0.0  # time.monotonic() from which acks are written at once
         self._write_later = False  # a timer will write what is pending
+        self._queues = {_queue_key(settings, source) for source in sources}
+        _wait_for_earlier(settings, self._queues)
         self._connection = open_blocking(settings, name=f"txmq consumer {group}")
         source = ""
         try:
@@ -195,7 +216,8 @@ class RabbitMQSubscription(Subscription):
     def close(self) -> None:
         """Stop the IO thread, which closes the connection: unsettled messages, buffered
         ones included, go back to their queues. Waits for it at most the connect timeout
-        (plus a second). Idempotent."""
+        (plus a second); if it is still closing then, it finishes by itself, and new
+        subscriptions to its queues wait for it (see the module's docstring). Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -204,11 +226,15 @@ class RabbitMQSubscription(Subscription):
         bound = self._settings.common.connect_timeout + _GRACE
         self._thread.join(bound)
         if self._thread.is_alive():
+            with _closing_lock:
+                _closing.append(self)
             log.warning(
                 "the IO thread of a RabbitMQ subscription to %s did not stop within %g s; "
-                "leaving it to finish by itself",
+                "it finishes closing by itself, and until it has, the broker holds its "
+                "unacknowledged messages and this process opens no subscription to %s",
                 self._settings.redacted_url(),
                 bound,
+                ", ".join(sorted(repr(queue) for _, _, queue in self._queues)),
             )
         with self._lock:
             self._buffer.clear()
@@ -354,6 +380,37 @@ class RabbitMQSubscription(Subscription):
         for tag in tags:
             del outstanding[tag]
         settlement.finish()
+
+
+def _queue_key(settings: RabbitMQSettings, queue: str) -> _QueueKey:
+    return (settings.nodes, settings.virtual_host, queue)
+
+
+def _wait_for_earlier(settings: RabbitMQSettings, queues: set[_QueueKey]) -> None:
+    """Wait (up to the connect timeout plus a second) for the subscriptions to any of
+    ``queues`` that are still closing.
+
+    Raises:
+        BrokerUnavailable: one is still closing then.
+    """
+    with _closing_lock:
+        _closing[:] = [earlier for earlier in _closing if earlier._thread.is_alive()]
+        waits = [earlier for earlier in _closing if earlier._queues & queues]
+    if not waits:
+        return
+    bound = settings.common.connect_timeout + _GRACE
+    deadline = time.monotonic() + bound
+    for earlier in waits:
+        earlier._thread.join(max(0.0, deadline - time.monotonic()))
+        if earlier._thread.is_alive():
+            shared = sorted(repr(queue) for _, _, queue in earlier._queues & queues)
+            raise BrokerUnavailable(
+                f"RabbitMQ at {settings.redacted_url()}: an earlier subscription to "
+                f"{', '.join(shared)} in this process is still closing its connection "
+                f"(waited {bound:g} s); the broker redelivers its unacknowledged messages "
+                "only once it has, and consuming before that would deliver later messages "
+                "first"
+            )
 
 
 def _nothing() -> None:
