@@ -8,6 +8,7 @@ import importlib
 import ssl
 import sys
 
+import pika
 import pytest
 
 from txmq.adapters.base import Topology
@@ -29,6 +30,7 @@ from txmq.errors import (
     MessageDecodeError,
     MissingDependency,
     PublishError,
+    PublishRefused,
 )
 from txmq.message import Message
 
@@ -66,10 +68,23 @@ def test_encode_omits_key_header_without_key() -> None:
 def test_outgoing_is_persistent_with_message_id() -> None:
     message = Message("t", b"body", headers={"h": "v"})
     item = outgoing("txmq", "t", message)
-    assert item.properties.delivery_mode == PERSISTENT
-    assert item.properties.message_id == message.id
-    assert item.properties.headers["h"] == "v"
+    assert isinstance(item.header, bytes)
+    properties = pika.BasicProperties()
+    properties.decode(item.header[12:])  # class, weight and body size come first
+    assert properties.delivery_mode == PERSISTENT
+    assert properties.message_id == message.id
+    assert properties.headers == encode_headers(message)
     assert (item.exchange, item.routing_key, item.body) == ("txmq", "t", b"body")
+
+
+def test_a_message_amqp_cannot_carry_is_settled_refused_when_its_batch_is_made() -> None:
+    fine, refused = Message("t", b""), Message("t", b"", headers={"h" * 256: "v"})
+    batch = Batch([outgoing("txmq", "t", m) for m in (fine, refused)])
+    assert (batch.remaining, batch.settled) == (1, [False, True])
+    assert isinstance(batch.errors[1], PublishRefused)
+    assert refused.id in str(batch.errors[1])
+    alone = Batch([outgoing("txmq", "t", refused)])
+    assert alone.done.is_set()
 
 
 # --- decoding -------------------------------------------------------------------------

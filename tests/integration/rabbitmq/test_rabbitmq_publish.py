@@ -334,3 +334,53 @@ def test_raw_pika_publish_with_txmq_headers_is_read_back(
     assert delivery.message == Message(
         topology.topic, b"payload", key="k", headers={"app": "v"}, id="id-from-elsewhere"
     )
+
+
+def test_a_header_name_amqp_cannot_carry_fails_that_message_alone(
+    adapter: RabbitMQAdapter, declared: Callable[..., Topology], depth: Callable[[str], int]
+) -> None:
+    """AMQP's header names are short strings (at most 255 bytes): a longer one is refused
+    for that message, and its neighbours and the connection are unaffected. It used to fail
+    the whole publish as a lost connection, so a relay tried the batch again for ever."""
+    topology = declared()
+    messages = [
+        Message(topology.topic, b"1"),
+        Message(topology.topic, b"2", headers={"h" * 256: "v"}),
+        Message(topology.topic, b"3", headers={"é" * 128: "v"}),  # 256 bytes of UTF-8
+        Message(topology.topic, b"4", headers={"h" * 255: "v"}),
+    ]
+    with adapter.publisher() as publisher:
+        outcomes = publisher.publish(messages)
+        assert [o.ok for o in outcomes] == [True, False, False, True]
+        assert all(isinstance(o.error, txmq.PublishRefused) for o in outcomes[1:3])
+        assert "at most 255" in str(outcomes[1].error)
+        assert publisher.publish([Message(topology.topic, b"5")])[0].ok
+    assert depth(topology.work_queue) == 3
+
+
+def test_what_the_publisher_writes_is_read_back_whole_across_frames(
+    adapter: RabbitMQAdapter, declared: Callable[..., Topology], raw_channel: Any
+) -> None:
+    """The publisher encodes its frames itself: a body longer than a frame (128 KiB by
+    default), an empty one and non-ASCII headers arrive as they were sent, persistent."""
+    topology = declared()
+    messages = [
+        Message(topology.topic, bytes(range(256)) * 1200, key="k", headers={"ä": "ö€"}),
+        Message(topology.topic, b"", headers={}),
+        Message(topology.topic, b"x" * (131072 - 8)),  # exactly one full body frame
+    ]
+    with adapter.publisher() as publisher:
+        assert all(o.ok for o in publisher.publish(messages))
+    for sent in messages:
+        method, properties, body = raw_channel.basic_get(topology.work_queue, auto_ack=True)
+        assert method is not None
+        assert body == sent.body
+        assert properties.delivery_mode == 2
+        assert properties.message_id == sent.id
+    assert raw_channel.basic_get(topology.work_queue, auto_ack=True)[0] is None
+    got = adapter.read_queue(topology.work_queue, limit=5, timeout=1)
+    assert got == []
+    with adapter.publisher() as publisher:
+        assert all(o.ok for o in publisher.publish(messages))
+    deliveries = adapter.read_queue(topology.work_queue, limit=5, timeout=5)
+    assert [d.message for d in deliveries] == messages

@@ -6,7 +6,8 @@ Waiting for each confirm before the next publish costs a round trip per message 
 ``SelectConnection`` from an IO thread it owns. :meth:`RabbitMQPublisher.publish` hands a
 batch to that thread (``add_callback_threadsafe``) and waits for the batch's completion
 event; the IO thread publishes, maps delivery tags to the batch's messages and settles them
-as acks, nacks and returns arrive.
+as acks, nacks and returns arrive. The frames are txmq's own encoding
+(:mod:`txmq.adapters.rabbitmq.frames`), written to pika's connection in the order published.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from txmq.adapters.base import Publisher, PublishOutcome
+from txmq.adapters.rabbitmq import frames
 from txmq.adapters.rabbitmq.connection import (
     PRECONDITION_FAILED,
     connection_parameters,
@@ -34,8 +36,14 @@ from txmq.adapters.rabbitmq.unroutable import (
     holding_declarations,
     holding_queue_hint,
 )
-from txmq.adapters.rabbitmq.wire import PERSISTENT, encode_headers
-from txmq.errors import BrokerError, BrokerUnavailable, PublishError, TopologyError
+from txmq.adapters.rabbitmq.wire import encode_headers
+from txmq.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    PublishError,
+    PublishRefused,
+    TopologyError,
+)
 from txmq.message import Message, validate_name
 
 log = logging.getLogger("txmq.rabbitmq")
@@ -47,6 +55,8 @@ DEFAULT_EXCHANGE = ""
 _SLICE = 64
 #: Extra seconds allowed for an IO thread to finish closing its connection.
 _CLOSE_GRACE = 1.0
+#: Encoded ``basic.publish`` method frames kept per link, one per (exchange, routing key).
+_METHOD_CACHE = 1024
 
 
 class _Outgoing(NamedTuple):  # a tuple: built once per message on the hot path
@@ -54,7 +64,9 @@ class _Outgoing(NamedTuple):  # a tuple: built once per message on the hot path
     routing_key: str
     message_id: str
     body: bytes
-    properties: Any
+    #: The encoded content header (:func:`frames.content_header`), or why the message cannot
+    #: be published to RabbitMQ as it is (it is settled with that error, never sent).
+    header: bytes | PublishRefused
 
 
 class Batch:
@@ -77,6 +89,9 @@ class Batch:
         self.closed = False
         #: Why the connection went away before every message was settled.
         self.lost: str | None = None
+        for index, item in enumerate(items):
+            if isinstance(item.header, PublishRefused):
+                self.settle(index, item.header)
 
     def settle(self, index: int, error: Exception | None) -> None:
         with self.lock:
@@ -139,6 +154,7 @@ class _Link:
         self._next_tag = 1
         self._oldest_unconfirmed = 1
         self._pending: dict[int, tuple[Batch, int]] = {}
+        self._methods: dict[tuple[str, str], bytes] = {}  # see frames.publish_method
         # basic.return arrives before the basic.ack of the same publish; remember why the
         # message came back, by (message id, exchange, routing key), until its ack settles it.
         self._returned: dict[tuple[str, str, str], str] = {}
@@ -300,22 +316,47 @@ class _Link:
             self._connection.close()
 
     def _send(self, batch: Batch, start: int) -> None:
-        if batch.closed:  # the caller gave up on it: what is unsent stays unsent
+        if batch.closed:  # the caller gave up on it (or every message was refused)
             return
-        publish = self._channel.basic_publish
+        if not self._channel.is_open:
+            batch.connection_lost(f"the publisher channel is {self._channel_state()}")
+            return
+        connection = self._connection
+        channel = self._channel.channel_number
+        body_max = connection._body_max_length  # the negotiated frame_max, less 8
+        methods = self._methods
         pending = self._pending
         end = min(start + _SLICE, len(batch.items))
         for index in range(start, end):
             item = batch.items[index]
+            header = item.header
+            if isinstance(header, PublishRefused):
+                continue  # settled when the batch was made
+            target = (item.exchange, item.routing_key)
+            method = methods.get(target)
+            if method is None:
+                if len(methods) >= _METHOD_CACHE:
+                    methods.clear()
+                try:
+                    method = methods[target] = frames.publish_method(channel, *target)
+                except PublishRefused as exc:  # names are validated: not seen so far
+                    batch.settle(index, exc)
+                    continue
+            data = method + frames.content_frames(channel, header, item.body, body_max)
             try:
-                publish(item.exchange, item.routing_key, item.body, item.properties, True)
+                # What basic_publish ends with, minus its per-message marshalling: the
+                # connection counts the bytes (heartbeats read the count) and buffers them.
+                connection._output_marshaled_frames((data,))
             except (pika.exceptions.AMQPError, OSError) as exc:
                 batch.connection_lost(describe(self._settings, exc))
                 return
             pending[self._next_tag] = (batch, index)
             self._next_tag += 1
         if end < len(batch.items):
-            self._connection.ioloop.add_callback(functools.partial(self._send, batch, end))
+            connection.ioloop.add_callback(functools.partial(self._send, batch, end))
+
+    def _channel_state(self) -> str:
+        return "closing" if self._channel.is_closing else "closed"
 
     def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
         if method.exchange == DEFAULT_EXCHANGE:
@@ -452,9 +493,10 @@ class RabbitMQPublisher(Publisher):
 
 
 def outgoing(exchange: str, routing_key: str, message: Message) -> _Outgoing:
-    properties = pika.BasicProperties(
-        message_id=message.id,
-        delivery_mode=PERSISTENT,
-        headers=encode_headers(message),
-    )
-    return _Outgoing(exchange, routing_key, message.id, message.body, properties)
+    try:
+        header: bytes | PublishRefused = frames.content_header(
+            message.id, encode_headers(message), len(message.body)
+        )
+    except PublishRefused as exc:
+        header = PublishRefused(f"message {message.id} cannot go to RabbitMQ: {exc}")
+    return _Outgoing(exchange, routing_key, message.id, message.body, header)
