@@ -182,3 +182,22 @@ def test_the_cursor_probe_runs_and_reports_its_ratios(
         assert re.search(rf"^{broker} {name} .* {ratio}", done.stdout, re.MULTILINE), done.stdout
     for name in ("wal.relay", "wal.cursor", "stalled"):
         assert re.search(rf"^{broker} {name} +[\d.,]+ ", done.stdout, re.MULTILINE), done.stdout
+
+
+def test_the_publish_cost_benchmark_runs_and_reports_its_ratios(
+    rabbitmq_url: str, tmp_path: Path
+) -> None:
+    """``python -m benchmarks.publish_cost``, tiny: the on-demand publish comparison never
+    rots."""
+    done = run_benchmark(
+        tmp_path,
+        [
+            *("benchmarks.publish_cost", "--url", rabbitmq_url),
+            *("--count", "300", "--rounds", "1", "--json", str(tmp_path / "cost.json")),
+        ],
+    )
+    report = json.loads((tmp_path / "cost.json").read_text())
+    assert set(report) == {"publish.raw", "publish.txmq", "cpu.raw", "cpu.txmq"}
+    assert all(entry["median"] > 0 for entry in report.values())
+    assert report["publish.txmq"]["ratio"]["median"] > 0
+    assert re.search(r"^publish\.txmq .* msg/s +\d+\.\d\dx", done.stdout, re.MULTILINE)

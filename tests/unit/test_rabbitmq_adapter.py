@@ -87,6 +87,14 @@ def test_a_message_amqp_cannot_carry_is_settled_refused_when_its_batch_is_made()
     assert alone.done.is_set()
 
 
+def test_a_batch_of_refused_messages_needs_no_broker() -> None:
+    refused = Message("t", b"", headers={"h" * 256: "v"})
+    unreachable = RabbitMQAdapter(settings("rabbitmq://127.0.0.1:1/?connect_timeout=0.2"))
+    with unreachable.publisher() as publisher:
+        (outcome,) = publisher.publish([refused])
+    assert isinstance(outcome.error, PublishRefused)
+
+
 # --- decoding -------------------------------------------------------------------------
 
 

@@ -50,9 +50,8 @@ def ours(
     body_max: int,
 ) -> bytes:
     header = frames.content_header(message_id, headers, len(body))
-    return frames.publish_method(channel, exchange, routing_key) + frames.content_frames(
-        channel, header, body, body_max
-    )
+    method = frames.publish_method(channel, exchange, routing_key)
+    return frames.message_frames(method, channel, header, body, body_max)
 
 
 CASES = {

@@ -100,9 +100,9 @@ class TcpProxy:
     """Forwards TCP connections to the broker; can hold broker->client bytes, freeze the
     connections open so far, or cut sockets.
 
-    Lets tests lose confirms (hold), strand a connection behind a partition that new
-    connections no longer meet (freeze: TCP retransmits on such a connection only after a
-    back-off of seconds) and kill connections (sever) the way a network would.
+    Lets tests lose confirms (hold), strand the connections open so far behind a partition
+    that new connections do not meet (freeze: nothing moves on them either way, and neither
+    end sees them close) and kill connections (sever) the way a network would.
     """
 
     def __init__(self, host: str, port: int) -> None:

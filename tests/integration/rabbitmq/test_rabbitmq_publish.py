@@ -22,6 +22,7 @@ from txmq import (
     unroutable,
 )
 from txmq.adapters.rabbitmq.adapter import RabbitMQAdapter
+from txmq.adapters.rabbitmq.wire import encode_headers
 
 pytestmark = pytest.mark.broker
 
@@ -348,39 +349,41 @@ def test_a_header_name_amqp_cannot_carry_fails_that_message_alone(
         Message(topology.topic, b"2", headers={"h" * 256: "v"}),
         Message(topology.topic, b"3", headers={"é" * 128: "v"}),  # 256 bytes of UTF-8
         Message(topology.topic, b"4", headers={"h" * 255: "v"}),
+        # Headers within max_body_bytes but more than one frame (128 KiB) can carry.
+        Message(topology.topic, b"5", headers={"big": "v" * 200_000}),
     ]
     with adapter.publisher() as publisher:
         outcomes = publisher.publish(messages)
-        assert [o.ok for o in outcomes] == [True, False, False, True]
-        assert all(isinstance(o.error, txmq.PublishRefused) for o in outcomes[1:3])
-        assert "at most 255" in str(outcomes[1].error)
-        assert publisher.publish([Message(topology.topic, b"5")])[0].ok
+        assert [o.ok for o in outcomes] == [True, False, False, True, False]
+        refused = [outcomes[n].error for n in (1, 2, 4)]
+        assert all(isinstance(error, txmq.PublishRefused) for error in refused)
+        assert "at most 255" in str(refused[0])
+        assert "more than one frame carries" in str(refused[2])
+        assert publisher.publish([Message(topology.topic, b"6")])[0].ok
     assert depth(topology.work_queue) == 3
 
 
 def test_what_the_publisher_writes_is_read_back_whole_across_frames(
     adapter: RabbitMQAdapter, declared: Callable[..., Topology], raw_channel: Any
 ) -> None:
-    """The publisher encodes its frames itself: a body longer than a frame (128 KiB by
-    default), an empty one and non-ASCII headers arrive as they were sent, persistent."""
+    """The publisher encodes its frames itself: a body longer than a frame (128 KiB at the
+    default frame_max), an empty one and non-ASCII headers arrive as they were sent,
+    persistent, and decode to the messages sent."""
     topology = declared()
     messages = [
         Message(topology.topic, bytes(range(256)) * 1200, key="k", headers={"ä": "ö€"}),
         Message(topology.topic, b"", headers={}),
-        Message(topology.topic, b"x" * (131072 - 8)),  # exactly one full body frame
+        Message(topology.topic, b"x" * (131072 - 8)),  # one full body frame by default
     ]
     with adapter.publisher() as publisher:
         assert all(o.ok for o in publisher.publish(messages))
+    deliveries = adapter.read_queue(topology.work_queue, limit=5, timeout=5)
+    assert [d.message for d in deliveries] == messages
     for sent in messages:
         method, properties, body = raw_channel.basic_get(topology.work_queue, auto_ack=True)
         assert method is not None
         assert body == sent.body
         assert properties.delivery_mode == 2
         assert properties.message_id == sent.id
+        assert properties.headers == encode_headers(sent)
     assert raw_channel.basic_get(topology.work_queue, auto_ack=True)[0] is None
-    got = adapter.read_queue(topology.work_queue, limit=5, timeout=1)
-    assert got == []
-    with adapter.publisher() as publisher:
-        assert all(o.ok for o in publisher.publish(messages))
-    deliveries = adapter.read_queue(topology.work_queue, limit=5, timeout=5)
-    assert [d.message for d in deliveries] == messages

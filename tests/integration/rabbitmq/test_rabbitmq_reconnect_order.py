@@ -10,6 +10,7 @@ block came back only when the broker restarted.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -60,14 +61,21 @@ def test_a_queue_is_not_consumed_again_while_a_hung_subscription_to_it_still_clo
             proxied_adapter.subscribe(topology.group, [topology.work_queue], prefetch=10)
         # Another queue is not held up.
         proxied_adapter.subscribe(other.group, [other.work_queue]).close()
+        # The partition ends while a subscription waits: once the hung connection's close
+        # goes through, the subscription opens, and the held messages come back before m2.
+        thaw = threading.Timer(1.0, proxy.thaw)
+        thaw.start()
+        started = time.monotonic()
+        with proxied_adapter.subscribe(
+            topology.group, [topology.work_queue], prefetch=10
+        ) as subscription:
+            waited = time.monotonic() - started
+            again = _poll(subscription, 3)
+            subscription.ack(again)
+        thaw.join()
+        assert waited >= 0.9
     finally:
         proxy.thaw()
-    # Once the hung connection's close goes through, its messages are back, ahead of m2.
-    with proxied_adapter.subscribe(
-        topology.group, [topology.work_queue], prefetch=10
-    ) as subscription:
-        again = _poll(subscription, 3)
-        subscription.ack(again)
     assert [d.message.body for d in again if d.message] == [b"m0", b"m1", b"m2"]
     # m2 too was sent down the hung connection (its consumer was still registered), so
     # the broker marks all three redelivered; what matters is the order.

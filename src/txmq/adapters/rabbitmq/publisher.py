@@ -72,8 +72,9 @@ class _Outgoing(NamedTuple):  # a tuple: built once per message on the hot path
 class Batch:
     """One publish call: its messages and what became of each.
 
-    Settled from the IO thread, abandoned from the caller's thread on timeout; ``lock``
-    makes the two exclusive, so an outcome never changes after the caller has read it.
+    Settled from the IO thread (and, for messages refused before they are sent, when it is
+    made), abandoned from the caller's thread on timeout; ``lock`` makes the two exclusive,
+    so an outcome never changes after the caller has read it.
     """
 
     __slots__ = ("closed", "done", "errors", "items", "lock", "lost", "remaining", "settled")
@@ -332,6 +333,18 @@ class _Link:
             header = item.header
             if isinstance(header, PublishRefused):
                 continue  # settled when the batch was made
+            if len(header) > body_max:
+                # RabbitMQ would close the connection on the frame (FRAME_ERROR), and every
+                # batch holding the message would fail as an outage.
+                batch.settle(
+                    index,
+                    _refused(
+                        item,
+                        f"its headers take {len(header)} bytes, "
+                        f"more than one frame carries on this connection ({body_max})",
+                    ),
+                )
+                continue
             target = (item.exchange, item.routing_key)
             method = methods.get(target)
             if method is None:
@@ -340,15 +353,16 @@ class _Link:
                 try:
                     method = methods[target] = frames.publish_method(channel, *target)
                 except PublishRefused as exc:  # names are validated: not seen so far
-                    batch.settle(index, exc)
+                    batch.settle(index, _refused(item, str(exc)))
                     continue
-            data = method + frames.content_frames(channel, header, item.body, body_max)
+            data = frames.message_frames(method, channel, header, item.body, body_max)
             try:
                 # What basic_publish ends with, minus its per-message marshalling: the
-                # connection counts the bytes (heartbeats read the count) and buffers them.
+                # connection counts the bytes (heartbeats read the count; its frame count,
+                # a statistic, goes up by one per message) and buffers them.
                 connection._output_marshaled_frames((data,))
-            except (pika.exceptions.AMQPError, OSError) as exc:
-                batch.connection_lost(describe(self._settings, exc))
+            except (pika.exceptions.AMQPError, OSError) as exc:  # defensive: pika drops
+                batch.connection_lost(describe(self._settings, exc))  # writes once closed
                 return
             pending[self._next_tag] = (batch, index)
             self._next_tag += 1
@@ -443,6 +457,8 @@ class RabbitMQPublisher(Publisher):
         for _, _, message in targets:
             message.check_size(limit)
         batch = Batch([outgoing(*target) for target in targets])
+        if batch.done.is_set():  # every message refused: nothing to send
+            return batch.outcomes()
         link = self._live_link()
         if not link.submit(batch):
             # Lost between the check and the hand-off, before anything was sent.
@@ -500,3 +516,7 @@ def outgoing(exchange: str, routing_key: str, message: Message) -> _Outgoing:
     except PublishRefused as exc:
         header = PublishRefused(f"message {message.id} cannot go to RabbitMQ: {exc}")
     return _Outgoing(exchange, routing_key, message.id, message.body, header)
+
+
+def _refused(item: _Outgoing, reason: str) -> PublishRefused:
+    return PublishRefused(f"message {item.message_id} cannot go to RabbitMQ: {reason}")

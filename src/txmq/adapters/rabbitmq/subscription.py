@@ -23,10 +23,15 @@ A subscription that is closed while its connection hangs (behind a partition, sa
 its IO thread to finish closing by itself, and until the broker has taken that close, it
 still holds the subscription's unacknowledged messages: they are redelivered only then. A
 new subscription to the same queue opened meanwhile would receive the messages published
-after them first. So, in one process, a subscription to a queue is refused with
-:class:`~txmq.errors.BrokerUnavailable` while an earlier one to that queue is still
-closing (the consumer backs off and tries again), which keeps per-key order across a
-reconnect.
+after them first. So, in one process, a subscription to a queue waits for an earlier one
+to that queue that is still closing, up to the connect timeout plus a second, and is then
+refused with :class:`~txmq.errors.BrokerUnavailable` (the consumer backs off and tries
+again), which keeps per-key order across a reconnect. The IO thread ends when the broker
+answers the close, or when pika gives the connection up for missed heartbeats (after one
+to two heartbeat timeouts: 65 to 130 s by default; with ``heartbeat=0``, only when TCP
+gives up, which can take a quarter of an hour). In that second case the broker may not
+have noticed yet, and the order then holds only if it notices before the new subscription
+receives anything.
 """
 
 from __future__ import annotations
@@ -71,12 +76,13 @@ ACK_INTERVAL = 0.01
 
 _AMQP_ERRORS = (pika.exceptions.AMQPError, OSError)
 
-#: A queue as the broker knows it: (nodes, virtual host, queue name).
-_QueueKey = tuple[tuple[tuple[str, int], ...], str, str]
+#: A queue as the broker knows it: (nodes in any order, virtual host, queue name).
+_QueueKey = tuple[frozenset[tuple[str, int]], str, str]
 
-#: Subscriptions whose close() returned while their IO thread was still closing the
-#: connection (see the module's docstring), guarded by _closing_lock.
-_closing: list[RabbitMQSubscription] = []
+#: Subscriptions being closed, and those whose close() returned while their IO thread was
+#: still closing the connection (see the module's docstring), guarded by _closing_lock.
+#: Those whose thread has ended are dropped by the next subscription that opens.
+_closing: set[RabbitMQSubscription] = set()
 _closing_lock = threading.Lock()
 
 
@@ -224,10 +230,13 @@ class RabbitMQSubscription(Subscription):
         self._stopping.set()
         self._wake()
         bound = self._settings.common.connect_timeout + _GRACE
+        with _closing_lock:  # from now: a subscription opened meanwhile waits for this one
+            _closing.add(self)
         self._thread.join(bound)
-        if self._thread.is_alive():
+        if not self._thread.is_alive():
             with _closing_lock:
-                _closing.append(self)
+                _closing.discard(self)  # or dropped already, by a subscription opening
+        else:
             log.warning(
                 "the IO thread of a RabbitMQ subscription to %s did not stop within %g s; "
                 "it finishes closing by itself, and until it has, the broker holds its "
@@ -383,7 +392,7 @@ class RabbitMQSubscription(Subscription):
 
 
 def _queue_key(settings: RabbitMQSettings, queue: str) -> _QueueKey:
-    return (settings.nodes, settings.virtual_host, queue)
+    return (frozenset(settings.nodes), settings.virtual_host, queue)
 
 
 def _wait_for_earlier(settings: RabbitMQSettings, queues: set[_QueueKey]) -> None:
@@ -394,7 +403,7 @@ def _wait_for_earlier(settings: RabbitMQSettings, queues: set[_QueueKey]) -> Non
         BrokerUnavailable: one is still closing then.
     """
     with _closing_lock:
-        _closing[:] = [earlier for earlier in _closing if earlier._thread.is_alive()]
+        _closing.difference_update([e for e in _closing if not e._thread.is_alive()])
         waits = [earlier for earlier in _closing if earlier._queues & queues]
     if not waits:
         return
