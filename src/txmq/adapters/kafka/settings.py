@@ -26,13 +26,16 @@ class KafkaSettings:
     """Where and how to reach Kafka. Built by :func:`txmq.parse_broker_url`.
 
     ``options`` are passed to librdkafka as they are (``security.protocol``,
-    ``sasl.mechanism``, ...); secrets among them are never printed.
+    ``sasl.mechanism``, ...); secrets among them are never printed. ``stall_timeout`` is
+    txmq's own: seconds a consumer may have messages to read and receive none before it
+    counts as wedged and is rebuilt (see :class:`~txmq.adapters.kafka.KafkaSubscription`).
     """
 
     bootstrap_servers: tuple[str, ...]
     options: Mapping[str, str] = field(default_factory=dict)
     partitions: int = 3
     replication_factor: int = 1
+    stall_timeout: float = 60.0
     common: CommonSettings = field(default_factory=CommonSettings)
 
     system: Literal["kafka"] = "kafka"
@@ -71,14 +74,18 @@ def parse_url(url: str, scheme: str) -> KafkaSettings:
     try:
         partitions = int(query.pop("partitions", 3))
         replication_factor = int(query.pop("replication_factor", 1))
+        stall_timeout = float(query.pop("stall_timeout", 60.0))
     except ValueError as exc:
         raise InvalidURL(f"bad number in broker URL {redact(url)}: {exc}") from None
     if partitions < 1 or replication_factor < 1:
         raise InvalidURL("partitions and replication_factor must be at least 1")
+    if not stall_timeout > 0:  # also refuses nan
+        raise InvalidURL(f"stall_timeout must be a positive number of seconds: {redact(url)}")
     return KafkaSettings(
         bootstrap_servers=servers,
         options=MappingProxyType(query),
         partitions=partitions,
         replication_factor=replication_factor,
+        stall_timeout=stall_timeout,
         common=common,
     )

@@ -12,6 +12,11 @@ once, so a retry that is not due yet is given back and its topic paused until th
 (:class:`~txmq.adapters.due_time.DueTimeGate`); and a group reads the topic itself, where
 DLQ replays of every group arrive, so a replay addressed to another group
 (``x-txmq-target-group``) is acknowledged without being handed out.
+
+And it does not stay silent when librdkafka stops working for it: a member that has
+messages to read and receives none, or that waits for its partitions longer than any
+rebalance may take, raises :class:`~txmq.errors.BrokerUnavailable`, and the consumer
+builds a new one (see :class:`_StallWatch`).
 """
 
 from __future__ import annotations
@@ -32,9 +37,13 @@ from txmq.adapters.base import Subscription, Withheld
 from txmq.adapters.due_time import DueTimeGate
 from txmq.adapters.kafka.client import ClientEvents, KafkaContext, logger
 from txmq.adapters.kafka.offsets import OffsetTracker, PartitionKey, Position
+from txmq.adapters.kafka.stall import StallWatch
 from txmq.adapters.kafka.wire import decode_record
 from txmq.errors import BrokerUnavailable
 from txmq.wire import HEADER_TARGET_GROUP, Delivery
+
+#: librdkafka's ``OFFSET_INVALID``: no position (nothing fetched yet) or no committed offset.
+_NO_OFFSET = -1001
 
 #: Rebalancing: ``cooperative-sticky`` moves only the partitions that change owner, so a
 #: consumer joining or leaving does not make every member drop its in-flight messages
@@ -118,6 +127,12 @@ class KafkaSubscription(Subscription):
       acknowledged (their next owner gets them again).
     * ``Delivery.redelivered`` is true for records this subscription delivered before
       (after :meth:`release`); Kafka does not say whether another member had them.
+    * A wedged member is not left idling: :meth:`poll` raises
+      :class:`~txmq.errors.BrokerUnavailable` when an assigned, unpaused partition has had
+      committed messages past this member's position for the URL's ``stall_timeout``
+      (60 s) while nothing came, or when a rebalance has left it without partitions for
+      longer than ``max.poll.interval.ms`` plus ``session.timeout.ms`` plus that timeout.
+      The consumer then closes it and subscribes again with a new librdkafka client.
 
     Build it with :meth:`txmq.adapters.kafka.KafkaAdapter.subscribe`.
     """
@@ -140,6 +155,13 @@ class KafkaSubscription(Subscription):
             required={**CONSUMER_REQUIRED, "group.id": group, "on_commit": self._on_commit},
         )
         self._cooperative = config["partition.assignment.strategy"] == "cooperative-sticky"
+        stall_after = context.settings.stall_timeout
+        rebalance_bound = _seconds(config, "max.poll.interval.ms", 300_000) + _seconds(
+            config, "session.timeout.ms", 45_000
+        )
+        self._watch = StallWatch(
+            stall_after=stall_after, join_bound=rebalance_bound + stall_after, now=time.monotonic()
+        )
         self._consumer = context.build(Consumer, config, "consumer")
         self._consumer.subscribe(
             list(sources),
@@ -174,6 +196,10 @@ class KafkaSubscription(Subscription):
             )
         if not deliveries and self._events.brokers_down:
             self._check_reachable(consumer, timeout)
+        if records:
+            self._watch.fetched(time.monotonic())
+        else:
+            self._check_progress(consumer)
         return self._others_dropped(self._gate.admit(self, deliveries))
 
     def ack(self, deliveries: Iterable[Delivery]) -> None:
@@ -315,6 +341,67 @@ class KafkaSubscription(Subscription):
             ) from exc
         self._events.brokers_down = False
 
+    def _check_progress(self, consumer: Consumer) -> None:
+        """After a poll that fetched nothing: raise if this member is wedged (see
+        :class:`~txmq.adapters.kafka.stall.StallWatch`)."""
+        now = time.monotonic()
+        waited = self._watch.waited_too_long(now)
+        if waited is not None:
+            raise BrokerUnavailable(
+                f"Kafka consumer of group {self.group!r} has waited {waited:.0f} s for its "
+                "partitions, longer than a rebalance may take; it is wedged, and a new "
+                "consumer joins in its place"
+            )
+        if not self._watch.should_look(now):
+            return
+        stuck = self._watch.looked(now, self._lagging(consumer))
+        if stuck:
+            where = ", ".join(f"{t}[{p}] at offset {o}" for (t, p), o in sorted(stuck.items()))
+            raise BrokerUnavailable(
+                f"Kafka consumer of group {self.group!r} received nothing for "
+                f"{self._watch.stall_after:.0f} s although committed messages wait past "
+                f"its position on {where}; it is wedged, and a new consumer joins in its place"
+            )
+
+    def _lagging(self, consumer: Consumer) -> dict[PartitionKey, int]:
+        """Owned, unpaused partitions with committed messages past this member's position
+        (key -> position). Empty when the broker cannot tell right now."""
+        partitions = [tp for tp in consumer.assignment() if tp.topic not in self._paused]
+        if not partitions:
+            return {}
+        probe = min(self._context.connect_timeout, 5.0)
+        lagging: dict[PartitionKey, int] = {}
+        try:
+            committed: dict[PartitionKey, int] | None = None
+            for tp in consumer.position(partitions):
+                key = (tp.topic, tp.partition)
+                position = tp.offset
+                if position < 0:  # nothing fetched yet: it starts from the committed offset
+                    if committed is None:
+                        answer = consumer.committed(partitions, timeout=probe)
+                        committed = {(c.topic, c.partition): c.offset for c in answer}
+                    position = committed.get(key, _NO_OFFSET)
+                # With read_committed, the end offset is the last stable one: the messages
+                # of a transaction still open do not count.
+                bounds = consumer.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=probe, cached=False
+                )
+                if bounds is None:
+                    continue
+                low, high = bounds
+                if position < 0:  # no committed offset either: auto.offset.reset=earliest
+                    position = low
+                if position < high:
+                    lagging[key] = position
+        except KafkaException as exc:
+            logger.debug(
+                "Kafka consumer of group %r: positions not known now: %s",
+                self.group,
+                self._context.describe(exc),
+            )
+            return {}
+        return lagging
+
     def _commit_soon(self, consumer: Consumer) -> None:
         """Send the new commit points asynchronously, unless one was sent very recently.
 
@@ -382,6 +469,7 @@ class KafkaSubscription(Subscription):
         return [tp for tp in self._open_consumer().assignment() if tp.topic in topics]
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._watch.assigned(time.monotonic())
         self._tracker.assign((tp.topic, tp.partition) for tp in partitions)
         # Assign here rather than letting confluent-kafka do it after this callback, so
         # partitions of paused topics can be paused before anything is fetched from them.
@@ -394,6 +482,7 @@ class KafkaSubscription(Subscription):
             consumer.pause(paused)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._watch.rebalancing(time.monotonic())
         keys = [(tp.topic, tp.partition) for tp in partitions]
         if not self._closed:  # close() has just committed, or found it could not
             self._commit_now(consumer, self._tracker.unconfirmed(keys))
@@ -401,7 +490,13 @@ class KafkaSubscription(Subscription):
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost, not revoked: the group already gave them to someone else; a commit would fail.
+        self._watch.rebalancing(time.monotonic())
         self._tracker.revoke((tp.topic, tp.partition) for tp in partitions)
+
+
+def _seconds(config: dict[str, Any], option: str, default_ms: int) -> float:
+    """A librdkafka ``*.ms`` option in seconds (URL options arrive as strings)."""
+    return float(config.get(option, default_ms)) / 1000
 
 
 def _topic_partitions(points: dict[PartitionKey, int]) -> list[TopicPartition]:
