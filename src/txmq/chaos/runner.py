@@ -296,6 +296,8 @@ class _Run:
             recovery = self.recovery(injected.undone_at, RECOVERY_BOUND)
             if recovery is None:
                 self.say(f"{self.rig.system}: no recovery within {RECOVERY_BOUND:.0f} s")
+                for service in self.rig.services.values():  # what each said last, to go on
+                    self.say(f"  {service.name} log: {service.last_line() or '(empty)'}")
         outage = None
         if injected.hurt_at is not None and injected.undone_at is not None:
             outage = self.longest_gap(injected.hurt_at, injected.undone_at)

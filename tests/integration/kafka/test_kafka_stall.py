@@ -14,12 +14,16 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from confluent_kafka import Producer
+from sqlalchemy import MetaData, create_engine
+from sqlalchemy.orm import Session
 
 import txmq
-from txmq.adapters.base import Topology
+from txmq.adapters.base import Subscription, Topology
 from txmq.adapters.kafka.adapter import KafkaAdapter, KafkaSubscription
+from txmq.consumer import Consumer, make_inbox_table
 from txmq.errors import BrokerUnavailable
 from txmq.message import Message
+from txmq.testing import wait_for
 from txmq.wire import Delivery
 
 pytestmark = pytest.mark.broker
@@ -142,3 +146,48 @@ def test_a_member_that_gives_partitions_to_a_newcomer_is_not_left_waiting(
                     member.ack(batch)
                     got.extend(batch)
             assert sorted(_ids(got)) == sorted(later)
+
+
+@pytest.mark.database
+def test_a_consumer_rebuilds_its_wedged_member_by_itself_and_goes_on(
+    quick: KafkaAdapter, declared: Declared, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topology = declared()
+    opened: list[KafkaSubscription] = []
+    subscribe = quick.subscribe
+
+    def recorded(*args: object, **kwargs: object) -> Subscription:
+        subscription = subscribe(*args, **kwargs)  # type: ignore[arg-type]
+        assert isinstance(subscription, KafkaSubscription)
+        opened.append(subscription)
+        return subscription
+
+    monkeypatch.setattr(quick, "subscribe", recorded)
+    metadata = MetaData()
+    inbox = make_inbox_table(metadata, name=f"inbox_{uuid.uuid4().hex[:10]}")
+    engine = create_engine(database_url)
+    metadata.create_all(engine)
+    seen: list[str] = []
+
+    def handle(message: Message, session: Session) -> None:
+        seen.append(message.id)
+
+    consumer = Consumer(
+        broker=quick, engine=engine, group=topology.group, inbox=inbox, poll_interval=0.2
+    )
+    consumer.add_handler(topology.topic, handle)
+    try:
+        consumer.start()
+        first = _publish(quick, topology.topic, 3)
+        wait_for(lambda: set(first) <= set(seen), timeout=30, what="the first messages")
+        (member,) = opened
+        client = member._consumer
+        client.pause(client.assignment())  # librdkafka stops fetching, txmq not told
+        later = _publish(quick, topology.topic, 3)
+        wait_for(lambda: set(later) <= set(seen), timeout=30, what="the later messages")
+        assert len(opened) >= 2  # a new member delivered them
+        assert sorted(seen) == sorted(first + later)
+    finally:
+        consumer.stop()
+        metadata.drop_all(engine)
+        engine.dispose()
