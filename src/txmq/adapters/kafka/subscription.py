@@ -16,7 +16,7 @@ DLQ replays of every group arrive, so a replay addressed to another group
 And it does not stay silent when librdkafka stops working for it: a member that has
 messages to read and receives none, or that waits for its partitions longer than any
 rebalance may take, raises :class:`~txmq.errors.BrokerUnavailable`, and the consumer
-builds a new one (see :class:`_StallWatch`).
+builds a new one (see :class:`~txmq.adapters.kafka.stall.StallWatch`).
 """
 
 from __future__ import annotations
