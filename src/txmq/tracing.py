@@ -7,7 +7,8 @@ messages, so its ``publish`` span starts a trace of its own and links to each me
 Attributes follow the OpenTelemetry messaging semantic conventions.
 
 Without opentelemetry-api every helper here is a no-op that costs one function call; with
-the API but no SDK (no tracer provider), spans are the API's non-recording ones.
+the API but no SDK (no tracer provider), spans are the API's non-recording ones, which carry
+a message's trace context on, and a consumer skips the span of a message that carries none.
 """
 
 from __future__ import annotations
@@ -45,6 +46,16 @@ def _otel() -> Any:
         except ImportError:
             _OTEL = None
     return _OTEL
+
+
+def _silent(trace: Any, tracer: Any) -> bool:
+    """True if ``tracer`` makes only the API's non-recording spans: a ``NoOpTracer``, or
+    the API's proxy while no SDK tracer provider is set (one set later is seen at once)."""
+    if isinstance(tracer, trace.ProxyTracer):
+        # What the proxy delegates to now (the proxy itself, so "not silent", if an API
+        # version no longer has the attribute).
+        tracer = getattr(tracer, "_tracer", tracer)
+    return isinstance(tracer, trace.NoOpTracer)
 
 
 def _unchanged(message: Message) -> Message:
@@ -248,6 +259,12 @@ def message_span(
         yield
         return
     propagate, trace, tracer = otel
+    traceparent = "traceparent" in message.headers
+    if not traceparent and _silent(trace, tracer):
+        # The span would be the API's invalid one and the context it made current empty,
+        # as it is without the span: skipped, it costs a consumer nothing per message.
+        yield
+        return
     processing = operation == "process"
     span_attributes = _base(system, "process" if processing else "send", operation)
     span_attributes["messaging.destination.name"] = destination or message.topic
@@ -255,7 +272,7 @@ def message_span(
     span_attributes["messaging.consumer.group.name"] = group
     if attributes:
         span_attributes.update(attributes)
-    parent = propagate.extract(message.headers) if "traceparent" in message.headers else None
+    parent = propagate.extract(message.headers) if traceparent else None
     with tracer.start_as_current_span(
         f"{operation} {destination or message.topic}",
         context=parent,

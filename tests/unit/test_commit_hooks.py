@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from txmq.consumer.transactions import Transactions
 from txmq.sql.hooks import after_commit
@@ -67,3 +67,38 @@ def test_a_failing_callback_does_not_stop_the_others(
         after_commit(session, lambda: seen.append("after"))
     assert seen == ["after"]
     assert "a callback after the commit failed" in caplog.text
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Row(_Base):
+    __tablename__ = "rows"
+    n: Mapped[int] = mapped_column(primary_key=True)
+
+
+@pytest.mark.parametrize("ends", ["as txmq commits", "with the handler's own commit"])
+def test_each_transaction_starts_from_an_empty_session(tmp_path: Path, ends: str) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'orm.db'}")
+    _Base.metadata.create_all(engine)
+    transactions = Transactions(engine, None)
+    row = _Row(n=1)  # held: the session's identity map holds its objects weakly
+    with transactions.begin() as (session, _):
+        session.add(row)
+        if ends != "as txmq commits":
+            session.commit()  # joins txmq's transaction: the objects stay in the session
+    with transactions.begin() as (session, _):
+        assert not session.identity_map
+        assert not session.new
+        loaded = session.get(_Row, 1)
+        assert loaded is not None
+        assert loaded is not row
+    with transactions.begin() as (session, _):
+        assert not session.identity_map  # ``loaded`` is still held
+    with transactions.begin() as (session, _):  # one the handler did not use
+        pass
+    with transactions.begin() as (session, _):
+        assert not session.identity_map
+        assert not session.in_transaction()
+    assert loaded.n == 1

@@ -197,3 +197,36 @@ def test_a_publish_span_links_no_more_than_the_link_limit(
     assert published.attributes is not None
     assert published.attributes["txmq.unlinked_count"] == 1
     assert published.attributes["messaging.batch.message_count"] == 4
+
+
+def test_with_no_sdk_a_message_without_trace_context_gets_no_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tracer = trace.ProxyTracer("txmq")
+    monkeypatch.setattr(tracing, "_OTEL", (propagate, trace, tracer))
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)  # no SDK provider set
+    started: list[str] = []
+    start = tracer.start_as_current_span
+
+    def counting(name: str, *args: object, **kwargs: object) -> object:
+        started.append(name)
+        return start(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tracer, "start_as_current_span", counting)
+    with message_span("process", txmq.Message("t", b"x"), group="g", system="memory"):
+        assert not trace.get_current_span().get_span_context().is_valid
+    assert started == []
+    # A message carrying a context still continues its trace through a non-recording span.
+    traceparent = f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-01"
+    carried = txmq.Message("t", b"x", headers={"traceparent": traceparent})
+    with message_span("process", carried, group="g", system="memory"):
+        assert trace.get_current_span().get_span_context().trace_id == TRACE_ID
+    assert started == ["process t"]
+    # A provider set later is used at once.
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
+    with message_span("process", txmq.Message("t", b"x"), group="g", system="memory"):
+        pass
+    assert [span.name for span in memory.get_finished_spans()] == ["process t"]
