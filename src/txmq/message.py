@@ -107,9 +107,18 @@ class Message:
         object.__setattr__(self, "headers", MappingProxyType(headers))
 
     def with_headers(self, **extra: str) -> Message:
-        """Return a copy with ``extra`` headers merged in (same id)."""
-        return Message(
-            self.topic, self.body, key=self.key, headers={**self.headers, **extra}, id=self.id
+        """Return a copy with ``extra`` headers merged in (same id).
+
+        Raises:
+            InvalidMessage: a value in ``extra`` is not a ``str``.
+        """
+        # Only what is new needs checking (a consumer adds a header to every delivery).
+        if not all(isinstance(value, str) for value in extra.values()):
+            raise InvalidMessage("headers must map str to str")
+        headers = dict(self.headers)
+        headers.update(extra)
+        return restore_message(
+            topic=self.topic, body=self.body, key=self.key, headers=headers, id=self.id
         )
 
     def application_headers(self) -> dict[str, str]:

@@ -1,0 +1,27 @@
+"""A message's copy with more headers: the same message otherwise, and still immutable."""
+
+from __future__ import annotations
+
+import pytest
+
+from txmq import InvalidMessage, Message
+
+
+def test_with_headers_merges_and_keeps_the_rest() -> None:
+    original = Message("orders.created", b"{}", key="k", headers={"a": "1", "b": "2"})
+    copy = original.with_headers(b="3", c="4")
+    assert dict(copy.headers) == {"a": "1", "b": "3", "c": "4"}
+    assert (copy.topic, copy.body, copy.key, copy.id) == (
+        original.topic,
+        original.body,
+        original.key,
+        original.id,
+    )
+    assert dict(original.headers) == {"a": "1", "b": "2"}
+    with pytest.raises(TypeError):
+        copy.headers["a"] = "x"  # type: ignore[index]
+
+
+def test_with_headers_refuses_a_value_that_is_not_text() -> None:
+    with pytest.raises(InvalidMessage, match="str to str"):
+        Message("t", b"").with_headers(n=1)  # type: ignore[arg-type]
