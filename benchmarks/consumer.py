@@ -6,7 +6,10 @@ not counted):
 
 * the raw consumer: RabbitMQ, pika with manual ack, prefetch 1000, one multiple-ack every
   100 messages; Kafka, confluent-kafka committing synchronously per poll of 1000;
-* PostgreSQL's single-row commit rate (one INSERT + COMMIT per row, raw psycopg);
+* PostgreSQL's single-row commit rate (one INSERT + COMMIT per row, raw psycopg), and its
+  inbox rate in batches of 500 (the same INSERT .. ON CONFLICT over arrays as txmq's inbox,
+  raw psycopg): no consumer that writes an inbox row per message goes faster here, so the
+  batch figure is also given against it;
 * txmq per-message mode (the defaults: one database transaction, the inbox row, per
   message, one worker), batch mode (``batch_size=500, prefetch=1000``) and
   ``batch_size="auto"`` (per message while it keeps up; here, with the queue filled
@@ -103,6 +106,17 @@ def consumer_section(
         target=Target(0.5, "ratio"),
     )
     results.figure(
+        f"{p}.inbox_floor",
+        "PostgreSQL inbox rows, 500 a transaction (raw psycopg, the floor of any inbox)",
+        "rows/s",
+    )
+    results.figure(
+        f"{p}.batch_vs_floor",
+        f"txmq consumer ({broker}), batch 500, against that floor",
+        "msg/s",
+        baseline=f"{p}.inbox_floor",
+    )
+    results.figure(
         f"{p}.per_message",
         f"txmq consumer ({broker}), per message",
         "msg/s",
@@ -195,7 +209,16 @@ def consumer_section(
 
     def batch_run() -> dict[str, float]:
         rate = txmq_consumer(adapter, engine, unique(), count, **BATCH)
-        return {f"{p}.batch": rate.per_second, f"cpu.consumer.{broker}.batch": rate.cpu_per_1000}
+        return {
+            f"{p}.batch": rate.per_second,
+            f"{p}.batch_vs_floor": rate.per_second,
+            f"cpu.consumer.{broker}.batch": rate.cpu_per_1000,
+        }
+
+    def inbox_floor() -> dict[str, float]:
+        url = engine.url.render_as_string(hide_password=False)
+        rows = database.inbox_batch_rows(url, count, int(BATCH["batch_size"]))
+        return {f"{p}.inbox_floor": rows}
 
     try:
         alternate(
@@ -204,6 +227,7 @@ def consumer_section(
                 "raw": raw,
                 "txmq batch": batch_run,
                 "PostgreSQL commits": pg_commits,
+                "PostgreSQL inbox rows": inbox_floor,
                 "txmq per message": per_message_run,
                 "txmq auto": auto_run,
                 "txmq async per message": async_per_message_run,

@@ -106,6 +106,39 @@ def single_row_commits(url: str, count: int) -> float:
     return count / elapsed
 
 
+def inbox_batch_rows(url: str, count: int, batch: int) -> float:
+    """Rows/s of raw psycopg inbox writes, ``batch`` rows a transaction: one INSERT of the
+    batch (unnest over arrays, ON CONFLICT DO NOTHING RETURNING the key, as txmq's inbox
+    does) and a COMMIT, into a table shaped like the inbox. What any consumer that writes
+    an inbox row per message reaches at most on this database."""
+    table = f"bench_inbox_{uuid.uuid4().hex[:8]}"
+    insert_batch = (
+        f"INSERT INTO {table} (consumer_group, message_key, topic, status, processed_at) "
+        "SELECT %s, u.k, u.t, 'done', %s FROM unnest(%s::varchar(96)[], %s::varchar(120)[]) "
+        "AS u(k, t) ON CONFLICT DO NOTHING RETURNING message_key"
+    )
+    with psycopg.connect(driver_dsn(url)) as connection:
+        connection.execute(
+            f"CREATE TABLE {table} (consumer_group varchar(120), message_key varchar(96), "
+            "topic varchar(120) NOT NULL, status varchar(8) NOT NULL, "
+            "processed_at timestamptz NOT NULL, error_type varchar(200), error_message text, "
+            "PRIMARY KEY (consumer_group, message_key))"
+        )
+        connection.commit()
+        keys = [txmq.Message("t", b"").id for _ in range(count)]
+        started = time.perf_counter()
+        for start in range(0, count, batch):
+            chunk = keys[start : start + batch]
+            connection.execute(
+                insert_batch, ("g", datetime.now(UTC), chunk, ["bench.evt"] * len(chunk))
+            ).fetchall()
+            connection.commit()
+        elapsed = time.perf_counter() - started
+        connection.execute(f"DROP TABLE {table}")
+        connection.commit()
+    return count / elapsed
+
+
 def business_transactions(
     engine: Engine, orders: Table, count: int, extra: Callable[[Session], None]
 ) -> float:

@@ -115,10 +115,10 @@ class Message:
         # Only what is new needs checking (a consumer adds a header to every delivery).
         if not all(isinstance(value, str) for value in extra.values()):
             raise InvalidMessage("headers must map str to str")
-        headers = dict(self.headers)
-        headers.update(extra)
+        headers = self.headers  # read-only (a MappingProxyType) once the message is built
+        merged = headers | extra if isinstance(headers, MappingProxyType) else {**headers, **extra}
         return restore_message(
-            topic=self.topic, body=self.body, key=self.key, headers=headers, id=self.id
+            topic=self.topic, body=self.body, key=self.key, headers=merged, id=self.id
         )
 
     def application_headers(self) -> dict[str, str]:
