@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from txmq.errors import InvalidMessage, MessageTooLarge
 
@@ -89,21 +90,9 @@ class Message:
     id: str = field(default_factory=new_message_id)
 
     def __post_init__(self) -> None:
-        validate_name(self.topic, "topic")
-        if not isinstance(self.body, bytes):
-            raise InvalidMessage(
-                f"body must be bytes, not {type(self.body).__name__}; encode it first"
-            )
-        if self.key is not None and (
-            not isinstance(self.key, str) or not 0 < len(self.key) <= KEY_MAX_LENGTH
-        ):
-            raise InvalidMessage(f"key must be a non-empty str of at most {KEY_MAX_LENGTH} chars")
-        if not isinstance(self.id, str) or not 0 < len(self.id) <= 64:
-            raise InvalidMessage("id must be a non-empty str of at most 64 characters")
+        _check_fields(self.topic, self.body, self.key, self.id)
         headers = dict(self.headers)
-        for name, value in headers.items():
-            if not isinstance(name, str) or not isinstance(value, str):
-                raise InvalidMessage("headers must map str to str")
+        _check_headers(headers)
         object.__setattr__(self, "headers", MappingProxyType(headers))
 
     def with_headers(self, **extra: str) -> Message:
@@ -142,6 +131,36 @@ class Message:
             f"Message(topic={self.topic!r}, id={self.id!r}, key={self.key!r}, "
             f"body=<{len(self.body)} bytes>)"
         )
+
+
+def _check_fields(topic: object, body: object, key: object, message_id: object) -> None:
+    validate_name(topic, "topic")
+    if not isinstance(body, bytes):
+        raise InvalidMessage(f"body must be bytes, not {type(body).__name__}; encode it first")
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= KEY_MAX_LENGTH):
+        raise InvalidMessage(f"key must be a non-empty str of at most {KEY_MAX_LENGTH} chars")
+    if not isinstance(message_id, str) or not 0 < len(message_id) <= 64:
+        raise InvalidMessage("id must be a non-empty str of at most 64 characters")
+
+
+def _check_headers(headers: Mapping[Any, Any]) -> None:
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise InvalidMessage("headers must map str to str")
+
+
+def build_message(
+    *, topic: str, body: bytes, key: str | None, headers: dict[str, str], id: str
+) -> Message:
+    """A :class:`Message` checked as its constructor checks it, from a ``headers`` dict the
+    caller hands over (wrapped, not copied): the consumer's decoding path.
+
+    Raises:
+        InvalidMessage: as :class:`Message` does.
+    """
+    _check_fields(topic, body, key, id)
+    _check_headers(headers)
+    return restore_message(topic=topic, body=body, key=key, headers=headers, id=id)
 
 
 def restore_message(

@@ -58,6 +58,16 @@ def _silent(trace: Any, tracer: Any) -> bool:
     return isinstance(tracer, trace.NoOpTracer)
 
 
+def untraced(message: Message) -> bool:
+    """True if a :func:`message_span` of ``message`` would do nothing: no opentelemetry-api,
+    or no SDK tracer provider and no trace context in the message. A consumer then skips
+    even building the span's attributes."""
+    otel = _otel()
+    if otel is None:
+        return True
+    return "traceparent" not in message.headers and _silent(otel[1], otel[2])
+
+
 def _unchanged(message: Message) -> Message:
     return message
 
@@ -262,7 +272,7 @@ def message_span(
     traceparent = "traceparent" in message.headers
     if not traceparent and _silent(trace, tracer):
         # The span would be the API's invalid one and the context it made current empty,
-        # as it is without the span: skipped, it costs a consumer nothing per message.
+        # as it is without the span: skipped.
         yield
         return
     processing = operation == "process"

@@ -216,9 +216,11 @@ def test_with_no_sdk_a_message_without_trace_context_gets_no_span(
     with message_span("process", txmq.Message("t", b"x"), group="g", system="memory"):
         assert not trace.get_current_span().get_span_context().is_valid
     assert started == []
+    assert tracing.untraced(txmq.Message("t", b"x"))
     # A message carrying a context still continues its trace through a non-recording span.
     traceparent = f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-01"
     carried = txmq.Message("t", b"x", headers={"traceparent": traceparent})
+    assert not tracing.untraced(carried)
     with message_span("process", carried, group="g", system="memory"):
         assert trace.get_current_span().get_span_context().trace_id == TRACE_ID
     assert started == ["process t"]
@@ -227,6 +229,7 @@ def test_with_no_sdk_a_message_without_trace_context_gets_no_span(
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(memory))
     monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
+    assert not tracing.untraced(txmq.Message("t", b"x"))
     with message_span("process", txmq.Message("t", b"x"), group="g", system="memory"):
         pass
     assert [span.name for span in memory.get_finished_spans()] == ["process t"]

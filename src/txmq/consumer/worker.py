@@ -52,7 +52,7 @@ from txmq.message import Message
 from txmq.sql.tables import STATUS_DEAD
 from txmq.supervision import SupervisedLoop
 from txmq.telemetry import CONSUME_SECONDS
-from txmq.tracing import ATTEMPT, message_span
+from txmq.tracing import ATTEMPT, message_span, untraced
 from txmq.wire import (
     HEADER_ATTEMPT,
     Delivery,
@@ -299,9 +299,13 @@ class Worker:
     def _run_handler(self, item: _Item, session: Session) -> None:
         started = time.perf_counter()
         histogram = self._handler_error_seconds
+        message = item.message
         try:
-            with self._span("process", item.message, attempt=parse_attempt(item.message.headers)):
-                item.route.handler(item.message, session)  # the span records what it raises
+            if untraced(message):  # no span to make (the common case): no attributes either
+                item.route.handler(message, session)
+            else:
+                with self._span("process", message, attempt=parse_attempt(message.headers)):
+                    item.route.handler(message, session)  # the span records what it raises
             histogram = self._handler_ok_seconds
         except Exception as exc:
             raise HandlerRaised(exc) from exc

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from txmq.errors import InvalidMessage, MessageDecodeError
-from txmq.message import Message
+from txmq.message import Message, build_message
 from txmq.wire.headers import HEADER_ID, HEADER_KEY, HEADER_TOPIC
 
 #: The headers that carry :class:`~txmq.message.Message` fields rather than headers.
@@ -60,9 +60,9 @@ def message_from_wire(
     if not message_id:
         raise MessageDecodeError(f"no message id (no {HEADER_ID} header): not a txmq message")
     try:
-        return Message(
-            headers.get(HEADER_TOPIC) or topic,
-            body,
+        return build_message(
+            topic=headers.get(HEADER_TOPIC) or topic,
+            body=body,
             key=headers.get(HEADER_KEY) or key or None,
             headers={k: v for k, v in headers.items() if k not in STRUCTURAL_HEADERS},
             id=message_id,
