@@ -263,4 +263,12 @@ def test_the_outbox_and_the_inbox_work_in_a_schema_of_their_own(
         assert inbox.claim(connection, "m1", "t")
         assert not inbox.claim(connection, "m1", "t")
         assert inbox.claim_many(connection, [("m1", "t"), ("m2", "t")]) == {"m2"}
-    assert txmq.purge_inbox(engine, timedelta(0), inbox=inbox_table) == 2
+        # A batch of one topic sends it once; one of several keeps each row's own.
+        assert inbox.claim_many(connection, [("m3", "t"), ("m4", "u"), ("m2", "t")]) == {
+            "m3",
+            "m4",
+        }
+        c = inbox_table.c
+        topics = dict(connection.execute(select(c.message_key, c.topic)).tuples().all())
+        assert topics == {"m1": "t", "m2": "t", "m3": "t", "m4": "u"}
+    assert txmq.purge_inbox(engine, timedelta(0), inbox=inbox_table) == 4

@@ -78,11 +78,17 @@ class Inbox:
 
     def claim_many(self, connection: Connection, rows: Sequence[tuple[str, str]]) -> set[str]:
         """Insert rows ``(key, topic)`` in one statement; return the keys that were new."""
-        shared = {
+        shared: dict[str, Any] = {
             "consumer_group": self.group,
             "status": STATUS_DONE,
             "processed_at": datetime.now(UTC),
         }
+        topics = {topic for _, topic in rows}
+        if len(topics) == 1:  # the usual batch: one topic, sent once instead of per row
+            shared["topic"] = topics.pop()
+            return self._insert.many(
+                connection, [{"message_key": key} for key, _ in rows], shared=shared
+            )
         return self._insert.many(
             connection, [{"message_key": key, "topic": topic} for key, topic in rows], shared=shared
         )
