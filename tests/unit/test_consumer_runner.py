@@ -108,6 +108,29 @@ def test_handler_fails_twice_then_succeeds_after_the_delays(engine: Engine) -> N
     assert consumer.stats.retried == 2
 
 
+def test_a_first_delivery_reaches_the_handler_as_it_was_published(engine: Engine) -> None:
+    broker = InMemoryBroker()
+    consumer = make_consumer(broker, engine, retry=RetryPolicy(delays=(0.1,)))
+    seen: list[Message] = []
+
+    @consumer.handler(TOPIC)
+    def handler(message: Message, session: Session) -> None:
+        seen.append(message)
+        if len(seen) == 1:
+            raise ConnectionError("downstream busy")
+
+    m = Message(TOPIC, b"1", key="k", headers={"app": "v"})
+    with consumer:
+        consumer.start()
+        publish(broker, m)
+        wait_for(lambda: consumer.stats.processed == 1)
+    first, retried = seen
+    assert first == m
+    assert attempt_of(first) == 1
+    assert retried.headers["x-txmq-attempt"] == "2"
+    assert retried.headers["app"] == "v"
+
+
 def test_kafka_style_retry_topics_are_held_until_due(engine: Engine) -> None:
     broker = InMemoryBroker(retry_mode="consume")
     consumer = make_consumer(broker, engine, retry=RetryPolicy(delays=(0.3,)))

@@ -54,7 +54,6 @@ from txmq.supervision import SupervisedLoop
 from txmq.telemetry import CONSUME_SECONDS
 from txmq.tracing import ATTEMPT, message_span, untraced
 from txmq.wire import (
-    HEADER_ATTEMPT,
     Delivery,
     dead_letter_copy,
     error_text,
@@ -240,8 +239,6 @@ class Worker:
                 settled.append(delivery)
             else:
                 message = delivery.message
-                if HEADER_ATTEMPT not in message.headers:
-                    message = message.with_headers(**{HEADER_ATTEMPT: "1"})
                 items.append(_Item(delivery, route, message, inbox_key(message)))
         if held:
             self.plan.stats.add("held", len(held))
