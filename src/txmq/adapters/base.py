@@ -23,7 +23,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from txmq.adapters.names import dead_letter_queue, retry_queue, work_queue
 from txmq.errors import ConfigurationError
@@ -245,6 +245,11 @@ class Subscription(Closing):
     caller's to handle never comes out of :meth:`poll`: a retry that is not due yet, a
     replay for another group (see :class:`Capabilities`); :meth:`withheld` counts them.
     """
+
+    #: True if :meth:`ack` and :meth:`withheld` never wait for the network (an ack is handed
+    #: to an IO thread or sent asynchronously): the asyncio consumer then calls them on the
+    #: event loop instead of sending each to a thread.
+    settles_at_once: ClassVar[bool] = False
 
     @abc.abstractmethod
     def poll(self, timeout: float, max_messages: int = 100) -> list[Delivery]:

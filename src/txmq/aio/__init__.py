@@ -9,7 +9,8 @@
 * :class:`AsyncDeadLetters`: list, show, replay and purge a group's DLQ, awaited.
 
 Needs ``txmq[asyncio]`` (greenlet) and an asyncio database driver (asyncpg, psycopg,
-aiosqlite). Broker I/O (pika, confluent-kafka) runs in threads of txmq's, never on the loop.
+aiosqlite). Broker I/O (pika, confluent-kafka) runs in threads of txmq's, never on the loop
+(acks, which only hand over or send asynchronously, aside).
 """
 
 from txmq.aio.consumer import AsyncCompensationHandler, AsyncConsumer, AsyncHandler

@@ -10,7 +10,9 @@ Two directions:
   driver), :func:`blocking` hands a blocking broker call to the pool and suspends the
   greenlet until it returns; the event loop keeps running meanwhile.
 
-pika and confluent-kafka stay the drivers: their calls run in the pool, never on the loop.
+pika and confluent-kafka stay the drivers: their calls that may wait for the network run in
+the pool, never on the loop; the acks of a subscription that
+:attr:`~txmq.adapters.base.Subscription.settles_at_once` are made on the loop.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ class Threads:
 
 
 class BridgedSubscription(Subscription):
-    """A subscription whose every call runs in the bridge's threads (see :func:`blocking`)."""
+    """A subscription whose calls run in the bridge's threads (see :func:`blocking`), but
+    for the acks and counts of one that :attr:`~Subscription.settles_at_once`."""
 
     def __init__(self, inner: Subscription, threads: Threads) -> None:
         self._inner = inner
@@ -71,7 +74,10 @@ class BridgedSubscription(Subscription):
         return self._threads.blocking(self._inner.poll, timeout, max_messages)
 
     def ack(self, deliveries: Iterable[Delivery]) -> None:
-        self._threads.blocking(self._inner.ack, list(deliveries))
+        if self._inner.settles_at_once:  # a thread hop would cost more than the ack
+            self._inner.ack(deliveries)
+        else:
+            self._threads.blocking(self._inner.ack, list(deliveries))
 
     def release(self, deliveries: Iterable[Delivery]) -> None:
         self._threads.blocking(self._inner.release, list(deliveries))
@@ -86,6 +92,8 @@ class BridgedSubscription(Subscription):
         self._threads.blocking(self._inner.resume, list(sources))
 
     def withheld(self) -> Withheld:
+        if self._inner.settles_at_once:
+            return self._inner.withheld()
         return self._threads.blocking(self._inner.withheld)
 
 

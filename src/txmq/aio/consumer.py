@@ -5,9 +5,9 @@ Each worker is an asyncio task that runs the synchronous consumer's own code
 dead-letter decisions) inside a greenlet of SQLAlchemy's asyncio bridge. Its SQL goes
 through the application's asyncio driver (asyncpg, psycopg async, aiosqlite), so waiting on
 the database never blocks the event loop; its broker calls (pika, confluent-kafka) run in a
-thread of the worker's own (:mod:`txmq.aio.bridge`). The handler is awaited on the event
-loop with an :class:`~sqlalchemy.ext.asyncio.AsyncSession` joined to the transaction that
-also inserts the inbox row.
+thread of the worker's own (:mod:`txmq.aio.bridge`), but for acks, which do not wait. The
+handler is awaited on the event loop with an :class:`~sqlalchemy.ext.asyncio.AsyncSession`
+joined to the transaction that also inserts the inbox row.
 """
 
 from __future__ import annotations

@@ -137,6 +137,8 @@ class KafkaSubscription(Subscription):
     Build it with :meth:`txmq.adapters.kafka.KafkaAdapter.subscribe`.
     """
 
+    settles_at_once = True  # ack() books offsets and commits asynchronously
+
     def __init__(
         self, context: KafkaContext, group: str, sources: Sequence[str], *, prefetch: int
     ) -> None:

@@ -120,6 +120,8 @@ class RabbitMQSubscription(Subscription):
         TopologyError: a source queue does not exist.
     """
 
+    settles_at_once = True  # ack() hands the acks to the IO thread
+
     def __init__(
         self, settings: RabbitMQSettings, group: str, sources: Sequence[str], *, prefetch: int
     ) -> None:
