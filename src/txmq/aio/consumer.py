@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import Table
+from sqlalchemy import Connection, Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.util import await_only, greenlet_spawn
@@ -281,7 +281,12 @@ def _in_greenlet(fn: AsyncHandler, engine: AsyncEngine) -> Handler:
     with an ``AsyncSession`` on the worker's connection, inside the worker's transaction."""
 
     def handler(message: Message, session: Session) -> None:
-        connection = AsyncConnection(engine, sync_connection=session.connection())
+        # The worker's own session is bound to its connection, in the transaction: taken
+        # from the bind, the connection does not start the unused sync session's own
+        # transaction (which would then have to be closed after every message).
+        bind = session.get_bind()
+        sync_connection = bind if isinstance(bind, Connection) else session.connection()
+        connection = AsyncConnection(engine, sync_connection=sync_connection)
         await_only(_handle(fn, message, connection))
 
     return handler
