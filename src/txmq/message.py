@@ -101,7 +101,7 @@ class Message:
         Raises:
             InvalidMessage: a value in ``extra`` is not a ``str``.
         """
-        # Only what is new needs checking (a consumer adds a header to every delivery).
+        # Only what is new needs checking: the rest was checked when this one was built.
         if not all(isinstance(value, str) for value in extra.values()):
             raise InvalidMessage("headers must map str to str")
         headers = self.headers  # read-only (a MappingProxyType) once the message is built
