@@ -35,10 +35,12 @@ def expected_figures(broker: str) -> set[str]:
         for name in (
             *("raw", "pg_commits", "batch", "per_message", "auto", "async_per_message"),
             *("sqlalchemy_sync_commits", "sqlalchemy_async_commits"),
+            *("inbox_floor", "batch_vs_floor"),
         )
     }
     names |= {f"cpu.consumer.{broker}.{name}" for name in ("raw", "batch", "per_message", "auto")}
     names |= {"staging.stage", "staging.plain_insert", "staging.async_stage"}
+    names |= {"staging.async_plain_insert", "staging.async_vs_sync"}
     for rate in (300, 1000):
         names |= {f"latency.{broker}.{rate}.{p}" for p in ("p50", "p99", "p99.9", "achieved")}
         names |= {f"latency.{broker}.{rate}.{where}_backlog" for where in ("outbox", "broker")}
