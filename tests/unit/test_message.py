@@ -1,4 +1,5 @@
-"""A message's copy with more headers: the same message otherwise, and still immutable."""
+"""Copies with more headers, and messages built from decoded fields: checked as the
+constructor checks, and still immutable."""
 
 from __future__ import annotations
 
