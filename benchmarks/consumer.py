@@ -216,8 +216,7 @@ def consumer_section(
         }
 
     def inbox_floor() -> dict[str, float]:
-        url = engine.url.render_as_string(hide_password=False)
-        rows = database.inbox_batch_rows(url, count, int(BATCH["batch_size"]))
+        rows = database.inbox_batch_rows(engine, count, int(BATCH["batch_size"]))
         return {f"{p}.inbox_floor": rows}
 
     try:

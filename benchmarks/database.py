@@ -106,25 +106,20 @@ def single_row_commits(url: str, count: int) -> float:
     return count / elapsed
 
 
-def inbox_batch_rows(url: str, count: int, batch: int) -> float:
+def inbox_batch_rows(engine: Engine, count: int, batch: int) -> float:
     """Rows/s of raw psycopg inbox writes, ``batch`` rows a transaction: one INSERT of the
     batch (unnest over arrays, ON CONFLICT DO NOTHING RETURNING the key, as txmq's inbox
     does) and a COMMIT, into a table shaped like the inbox. What any consumer that writes
     an inbox row per message reaches at most on this database."""
-    table = f"bench_inbox_{uuid.uuid4().hex[:8]}"
+    table = txmq.make_inbox_table(MetaData(), f"bench_inbox_{uuid.uuid4().hex[:8]}")
     insert_batch = (
-        f"INSERT INTO {table} (consumer_group, message_key, topic, status, processed_at) "
+        f"INSERT INTO {table.name} (consumer_group, message_key, topic, status, processed_at) "
         "SELECT %s, u.k, u.t, 'done', %s FROM unnest(%s::varchar(96)[], %s::varchar(120)[]) "
         "AS u(k, t) ON CONFLICT DO NOTHING RETURNING message_key"
     )
+    table.create(engine)  # the inbox's own definition: its columns, key and indexes
+    url = engine.url.render_as_string(hide_password=False)
     with psycopg.connect(driver_dsn(url)) as connection:
-        connection.execute(
-            f"CREATE TABLE {table} (consumer_group varchar(120), message_key varchar(96), "
-            "topic varchar(120) NOT NULL, status varchar(8) NOT NULL, "
-            "processed_at timestamptz NOT NULL, error_type varchar(200), error_message text, "
-            "PRIMARY KEY (consumer_group, message_key))"
-        )
-        connection.commit()
         keys = [txmq.Message("t", b"").id for _ in range(count)]
         started = time.perf_counter()
         for start in range(0, count, batch):
@@ -134,7 +129,7 @@ def inbox_batch_rows(url: str, count: int, batch: int) -> float:
             ).fetchall()
             connection.commit()
         elapsed = time.perf_counter() - started
-        connection.execute(f"DROP TABLE {table}")
+        connection.execute(f"DROP TABLE {table.name}")
         connection.commit()
     return count / elapsed
 

@@ -264,17 +264,12 @@ def message_span(
 
     The span is current inside the block, and records an exception that leaves it.
     """
-    otel = _otel()
-    if otel is None:
+    if untraced(message):
+        # Without opentelemetry, or without a provider and a context to carry on, the span
+        # would be the API's invalid one and the context it made current empty: skipped.
         yield
         return
-    propagate, trace, tracer = otel
-    traceparent = "traceparent" in message.headers
-    if not traceparent and _silent(trace, tracer):
-        # The span would be the API's invalid one and the context it made current empty,
-        # as it is without the span: skipped.
-        yield
-        return
+    propagate, trace, tracer = _otel()
     processing = operation == "process"
     span_attributes = _base(system, "process" if processing else "send", operation)
     span_attributes["messaging.destination.name"] = destination or message.topic
@@ -282,7 +277,7 @@ def message_span(
     span_attributes["messaging.consumer.group.name"] = group
     if attributes:
         span_attributes.update(attributes)
-    parent = propagate.extract(message.headers) if traceparent else None
+    parent = propagate.extract(message.headers) if "traceparent" in message.headers else None
     with tracer.start_as_current_span(
         f"{operation} {destination or message.topic}",
         context=parent,

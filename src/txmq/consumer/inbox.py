@@ -86,12 +86,10 @@ class Inbox:
         topics = {topic for _, topic in rows}
         if len(topics) == 1:  # the usual batch: one topic, sent once instead of per row
             shared["topic"] = topics.pop()
-            return self._insert.many(
-                connection, [{"message_key": key} for key, _ in rows], shared=shared
-            )
-        return self._insert.many(
-            connection, [{"message_key": key, "topic": topic} for key, topic in rows], shared=shared
-        )
+            varying = [{"message_key": key} for key, _ in rows]
+        else:
+            varying = [{"message_key": key, "topic": topic} for key, topic in rows]
+        return self._insert.many(connection, varying, shared=shared)
 
     def lookup(self, connection: Connection, keys: Iterable[str]) -> dict[str, InboxEntry]:
         """The existing rows among ``keys``."""
